@@ -1,0 +1,88 @@
+"""The demo dataset: coloured shapes on a plain background with questions and answers,
+in the seed's JSONL format. Generated on demand, deterministic for a seed."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import zipfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
+SHAPES = ("circle", "square", "triangle", "star")
+QUESTIONS = {
+    "colour": "What colour is the shape? Answer with one word.",
+    "shape": "What shape is in the picture? Answer with one word.",
+}
+
+
+def _draw(shape: str, colour: tuple[int, int, int], size: int, rng: random.Random) -> Image.Image:
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    r = rng.randint(size // 4, size // 3)
+    cx = rng.randint(r + 4, size - r - 4)
+    cy = rng.randint(r + 4, size - r - 4)
+    if shape == "circle":
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif shape == "square":
+        d.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    else:
+        import math
+
+        pts = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else r * 0.45
+            a = math.pi / 2 + k * math.pi / 5
+            pts.append((cx + rad * math.cos(a), cy - rad * math.sin(a)))
+        d.polygon(pts, fill=colour)
+    return img
+
+
+def generate(n: int = 64, seed: int = 0, size: int = 448) -> list[tuple[str, bytes, dict]]:
+    """``n`` samples as (image name, PNG bytes, annotation record)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        shape = rng.choice(SHAPES)
+        colour = rng.choice(list(COLOURS))
+        kind = rng.choice(list(QUESTIONS))
+        buf = io.BytesIO()
+        _draw(shape, COLOURS[colour], size, rng).save(buf, format="PNG")
+        name = f"images/{i:05d}.png"
+        record = {
+            "id": i,
+            "image": name,
+            "conversations": [
+                {"from": "human", "value": "<image>\n" + QUESTIONS[kind]},
+                {"from": "gpt", "value": colour if kind == "colour" else shape},
+            ],
+        }
+        out.append((name, buf.getvalue(), record))
+    return out
+
+
+def write_zip(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """Write the demo dataset as a zip (``images/*.png`` + ``annotations.jsonl``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = generate(n, seed)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data, _ in samples:
+            zf.writestr(name, data)
+        zf.writestr("annotations.jsonl", "".join(json.dumps(r) + "\n" for _, _, r in samples))
+    return path
+
+
+def write_folder(root: Path, n: int = 64, seed: int = 0) -> Path:
+    """Write the demo dataset unpacked; returns the annotation path."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    samples = generate(n, seed)
+    for name, data, _ in samples:
+        (root / name).write_bytes(data)
+    ann = root / "annotations.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for _, _, r in samples))
+    return ann

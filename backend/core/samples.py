@@ -1,0 +1,131 @@
+"""From one annotation record to token ids and labels: the single implementation shared by
+the training data pipeline, the dataset validator and the sample preview.
+
+Pure Python; the tokenizer is duck-typed (a Hugging Face *fast* tokenizer works):
+``tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)`` must return a
+mapping with ``input_ids`` and ``offset_mapping``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from backend.core.templates import Template, render
+
+IMAGE_PLACEHOLDER = "<image>"
+IMG_START = "<img>"
+IMG_END = "</img>"
+IMG_CONTEXT = "<IMG_CONTEXT>"
+IGNORE_INDEX = -100
+
+
+class SampleError(ValueError):
+    """A record that cannot become a training sample; the message says why."""
+
+
+class Tokenizer(Protocol):
+    def __call__(self, text: str, **kwargs: Any) -> Any: ...
+
+    def convert_tokens_to_ids(self, token: str) -> int: ...
+
+
+def image_paths(record: dict) -> list[str]:
+    image = record.get("image")
+    if image is None:
+        return []
+    if isinstance(image, str):
+        return [image]
+    return list(image)
+
+
+def normalise_conversations(record: dict) -> list[dict]:
+    """Apply the recipe's ``<image>`` rule and return a copy of the conversation.
+
+    Single image: if the first human turn lacks ``<image>``, ``<image>\\n`` is prepended.
+    Multi-image: the number of tags must equal the number of images.
+    """
+    convs = [dict(t) for t in record["conversations"]]
+    n_images = len(image_paths(record))
+    n_tags = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in convs)
+    first_human = next((t for t in convs if t.get("from") == "human"), None)
+    if n_images == 1 and n_tags == 0 and first_human is not None:
+        first_human["value"] = IMAGE_PLACEHOLDER + "\n" + first_human["value"]
+        n_tags = 1
+    if n_tags != n_images:
+        raise SampleError(f"{n_tags} <image> tag(s) for {n_images} image(s)")
+    for t in convs:
+        if t.get("from") == "gpt" and IMAGE_PLACEHOLDER in t["value"]:
+            raise SampleError("<image> tag inside an assistant reply")
+    return convs
+
+
+@dataclass
+class TokenizedSample:
+    input_ids: list[int]
+    labels: list[int]
+    text_tokens: int
+    image_tokens: int
+    rendered: str  # with <image> placeholders, before expansion
+    trained_spans: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def _encode_chunk(tokenizer: Tokenizer, text: str, start: int,
+                  spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    if not text:
+        return [], []
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels: list[int] = []
+    for tok, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
+        a, b = a + start, b + start
+        trained = b > a and any(s <= a and b <= e for s, e in spans)
+        labels.append(tok if trained else IGNORE_INDEX)
+    return ids, labels
+
+
+def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tiles_per_image: list[int],
+                    tokens_per_tile: int = 256) -> TokenizedSample:
+    """Render a record with ``template`` and tokenize it, expanding each ``<image>`` into
+    ``<img>`` + ``<IMG_CONTEXT>`` x (tokens_per_tile x tiles) + ``</img>``."""
+    convs = normalise_conversations(record)
+    if len(tiles_per_image) != len(image_paths(record)):
+        raise SampleError("tile counts do not match the images")
+    rendered = render(convs, template)
+    text = rendered.text
+    start_id = tokenizer.convert_tokens_to_ids(IMG_START)
+    end_id = tokenizer.convert_tokens_to_ids(IMG_END)
+    ctx_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    ids: list[int] = []
+    labels: list[int] = []
+    image_tokens = 0
+    pos = 0
+    for tiles in tiles_per_image:
+        at = text.index(IMAGE_PLACEHOLDER, pos)
+        chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:at], pos, rendered.trained_spans)
+        ids += chunk_ids
+        labels += chunk_labels
+        n = tokens_per_tile * tiles
+        ids += [start_id] + [ctx_id] * n + [end_id]
+        labels += [IGNORE_INDEX] * (n + 2)
+        image_tokens += n + 2
+        pos = at + len(IMAGE_PLACEHOLDER)
+    chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:], pos, rendered.trained_spans)
+    ids += chunk_ids
+    labels += chunk_labels
+    return TokenizedSample(
+        input_ids=ids,
+        labels=labels,
+        text_tokens=len(ids) - image_tokens,
+        image_tokens=image_tokens,
+        rendered=text,
+        trained_spans=rendered.trained_spans,
+    )
