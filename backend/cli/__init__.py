@@ -1,0 +1,111 @@
+"""The ``vlstudio`` command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import typer
+
+from backend.cli.datasets import datasets_app
+from backend.cli.models import models_app
+from backend.settings import get_settings
+
+app = typer.Typer(help="vlstudio: fine-tune InternVL vision-language models.", no_args_is_help=True,
+                  add_completion=False)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+
+
+def worker_command(concurrency: int | None = None, hostname: str | None = None) -> list[str]:
+    s = get_settings()
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--pool", "threads",
+           "--concurrency", str(concurrency or s.worker_concurrency), "--loglevel", "INFO"]
+    if hostname:
+        cmd += ["--hostname", hostname]
+    return cmd
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (done automatically at start too)."""
+    from backend.db.migrate import upgrade_to_head
+
+    get_settings().ensure_dirs()
+    upgrade_to_head()
+    typer.echo(f"database at head: {get_settings().db_url.split('@')[-1]}")
+
+
+@app.command()
+def api(host: str = typer.Option(None, help="default VLSTUDIO_HOST"),
+        port: int = typer.Option(None, help="default VLSTUDIO_PORT"),
+        with_ui: bool = typer.Option(False, "--with-ui", help="also serve the Gradio UI at /")) -> None:
+    """Run the REST API (OpenAPI at /docs)."""
+    import uvicorn
+
+    s = get_settings()
+    uvicorn.run(_build_app(with_ui), host=host or s.host, port=port or s.port, log_level="info")
+
+
+def _build_app(with_ui: bool):  # noqa: ANN202
+    from backend.api.app import create_app
+
+    app_ = create_app()
+    if with_ui:
+        import gradio as gr
+
+        from ui.app import CSS, build_ui
+
+        app_ = gr.mount_gradio_app(app_, build_ui(get_settings().api_base_url), path="/", css=CSS,
+                                   footer_links=["api"])
+    return app_
+
+
+@app.command()
+def worker(concurrency: int = typer.Option(None, help="jobs at once; default VLSTUDIO_WORKER_CONCURRENCY"),
+           hostname: str = typer.Option(None)) -> None:
+    """Run a Celery worker that takes training jobs from the gpu queue."""
+    get_settings().ensure_dirs()
+    os.execv(sys.executable, worker_command(concurrency, hostname))
+
+
+@app.command()
+def ui(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(7861)) -> None:
+    """Run the Gradio UI alone, talking to the API at VLSTUDIO_API_URL."""
+    from ui.app import CSS, build_ui
+
+    build_ui(get_settings().api_base_url).launch(server_name=host, server_port=port, css=CSS)
+
+
+@app.command()
+def up(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
+    """The embedded all-in-one mode: API + UI + one worker, SQLite and a filesystem broker."""
+    import uvicorn
+
+    s = get_settings()
+    s.ensure_dirs()
+    from backend.db.migrate import upgrade_to_head
+
+    upgrade_to_head()
+    env = {**os.environ, "VLSTUDIO_DATA_DIR": str(s.data_path)}
+    worker_proc = subprocess.Popen(worker_command(hostname="embedded@%h"), env=env,
+                                   stdout=open(s.data_path / "worker.log", "a"), stderr=subprocess.STDOUT)
+    typer.echo(f"vlstudio: data in {s.data_path}; worker log {s.data_path / 'worker.log'}")
+    typer.echo(f"vlstudio: open http://{host or s.host}:{port or s.port}/  (API docs at /docs)")
+    try:
+        uvicorn.run(_build_app(True), host=host or s.host, port=port or s.port, log_level="info")
+    finally:
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+__all__ = ["app"]

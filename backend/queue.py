@@ -1,0 +1,38 @@
+"""The Celery application's configuration, shared by the API (which sends tasks by name)
+and the worker (which registers them). The backend never imports the training program."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from backend.settings import Settings, get_settings
+
+TRAIN_TASK = "vlstudio.train"
+GPU_QUEUE = "gpu"
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    app = Celery("vlstudio", broker=s.celery_broker_url)
+    conf: dict = {
+        "task_default_queue": GPU_QUEUE,
+        "task_routes": {TRAIN_TASK: {"queue": GPU_QUEUE}},
+        # The jobs table is the source of truth; no result backend.
+        "task_ignore_result": True,
+        # Ack on receipt: a multi-day run must never be redelivered after Redis' visibility
+        # timeout. A lost worker is found by its heartbeat instead, and claim_job's
+        # conditional update refuses a second start in any case.
+        "task_acks_late": False,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if s.embedded_broker:
+        s.broker_dir.mkdir(parents=True, exist_ok=True)
+        folder = str(s.broker_dir / "in")
+        conf["broker_transport_options"] = {
+            "data_folder_in": folder, "data_folder_out": folder,
+            "processed_folder": str(s.broker_dir / "processed"), "store_processed": False,
+        }
+    app.conf.update(conf)
+    return app

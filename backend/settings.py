@@ -1,0 +1,63 @@
+"""Deployment settings: one pydantic-settings object read from ``VLSTUDIO_*`` variables.
+
+The defaults give the embedded mode (SQLite + filesystem broker under the data folder);
+``VLSTUDIO_DATABASE_URL=postgresql+psycopg://...`` and ``VLSTUDIO_BROKER_URL=redis://...``
+give the production mode.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VLSTUDIO_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="datasets, models, run folders, SQLite and broker")
+    database_url: str | None = Field(None, description="default: SQLite at DATA/vlstudio.db")
+    broker_url: str | None = Field(None, description="default: Celery filesystem broker under DATA/broker")
+    host: str = "127.0.0.1"
+    port: int = 7860
+    api_url: str | None = Field(None, description="where the UI reaches the API; default http://host:port")
+    worker_concurrency: int = 1
+    max_upload_bytes: int = 20 * 2**30
+    log_batch_lines: int = 200
+    stream_poll_seconds: float = 0.25
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'vlstudio.db'}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_path / "broker"
+
+    @property
+    def api_base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return (self.api_url or f"http://{host}:{self.port}").rstrip("/")
+
+    def ensure_dirs(self) -> None:
+        for sub in ("datasets", "models", "runs", "uploads", "broker/in", "broker/processed"):
+            (self.data_path / sub).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
