@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,7 @@ class Settings(BaseSettings):
     port: int = 7860
     api_url: str | None = Field(None, description="where the UI reaches the API; default http://host:port")
     worker_concurrency: int = 1
+    backend: Literal["local", "slurm"] = Field("local", description="where training commands run")
     max_upload_bytes: int = 20 * 2**30
     log_batch_lines: int = 200
     stream_poll_seconds: float = 0.25

@@ -10,10 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Protocol
 
 from backend.core.spec import Hyperparameters, TrainingSpec
 from backend.db.models import Job, JobLog, JobMetric, JobStatus
@@ -66,34 +66,66 @@ def prepare_run(job: Job, run_dir: Path) -> tuple[Path, list[str]]:
     return spec_path, cmd
 
 
-class OutputPump:
-    """Reads the trainer's stdout on a thread; the main loop drains it in batches."""
+class Executor(Protocol):
+    """Where a training command runs. The local one is torchrun on this node; other
+    backends (Slurm) implement the same four calls. Output must go to ``log_path``."""
 
-    def __init__(self, proc: subprocess.Popen, tee: Path) -> None:
-        self.lines: list[str] = []
-        self.lock = threading.Lock()
-        self.tee = open(tee, "a", encoding="utf-8")
-        self.thread = threading.Thread(target=self._run, args=(proc,), daemon=True)
-        self.thread.start()
+    def start(self, cmd: list[str], run_dir: Path, log_path: Path, env: dict[str, str]) -> None: ...
 
-    def _run(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            # tqdm-style carriage returns: keep only the last state of the line.
-            line = raw.rstrip("\n").split("\r")[-1]
-            self.tee.write(line + "\n")
-            self.tee.flush()
-            with self.lock:
-                self.lines.append(line)
+    def poll(self) -> int | None: ...
 
-    def drain(self) -> list[str]:
-        with self.lock:
-            out, self.lines = self.lines, []
-        return out
+    def terminate(self) -> None: ...
 
-    def close(self) -> None:
-        self.thread.join(timeout=10)
-        self.tee.close()
+    def kill(self) -> None: ...
+
+
+class LocalExecutor:
+    """torchrun as a child in its own process session, so the whole group can be signalled."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, cmd: list[str], run_dir: Path, log_path: Path, env: dict[str, str]) -> None:
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=env, cwd=run_dir)
+
+    def poll(self) -> int | None:
+        assert self.proc is not None
+        return self.proc.poll()
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+class LogTail:
+    """Reads new complete lines of a text log from a byte offset; tqdm-style carriage
+    returns keep only the last state of a line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self, final: bool = False) -> list[str]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = len(data) if final else data.rfind(b"\n") + 1
+        self.offset += end
+        text = data[:end].decode("utf-8", errors="replace")
+        return [line.split("\r")[-1] for line in text.splitlines()]
 
 
 class MetricsTail:
@@ -112,13 +144,6 @@ class MetricsTail:
         end = data.rfind(b"\n") + 1
         self.offset += end
         return [json.loads(x) for x in data[:end].splitlines() if x.strip()]
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def run_training_job(job_id: int, worker_name: str) -> str:
@@ -140,12 +165,23 @@ def run_training_job(job_id: int, worker_name: str) -> str:
     return supervise(job_id, run_dir, cmd)
 
 
-def supervise(job_id: int, run_dir: Path, cmd: list[str]) -> str:
+def make_executor() -> Executor:
+    """The executor of the configured backend (``VLSTUDIO_BACKEND``)."""
+    if get_settings().backend == "slurm":
+        from worker.slurm import SlurmExecutor  # type: ignore[import-not-found]
+
+        return SlurmExecutor()
+    return LocalExecutor()
+
+
+def supervise(job_id: int, run_dir: Path, cmd: list[str], executor: Executor | None = None) -> str:
+    """Start ``cmd`` and stream its log and metrics into the database until it ends."""
     settings = get_settings()
+    executor = executor or make_executor()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True, env=env, cwd=run_dir)
-    pump = OutputPump(proc, run_dir / "training_log.txt")
+    log_path = run_dir / "training_log.txt"
+    executor.start(cmd, run_dir, log_path, env)
+    logs = LogTail(log_path)
     metrics = MetricsTail(run_dir / "metrics.jsonl")
     with session_scope() as s:
         log_seq = jobs_svc.next_seq(s, JobLog, job_id)
@@ -157,8 +193,8 @@ def supervise(job_id: int, run_dir: Path, cmd: list[str]) -> str:
     stop_sent_at: float | None = None
     killed = False
     while True:
-        rc = proc.poll()
-        lines = pump.drain() if rc is None else (pump.close() or pump.drain())
+        rc = executor.poll()
+        lines = logs.read(final=rc is not None)
         rows = metrics.read()
         with session_scope() as s:
             if lines:
@@ -174,10 +210,10 @@ def supervise(job_id: int, run_dir: Path, cmd: list[str]) -> str:
         if rc is not None:
             break
         if status == S.stopping and stop_sent_at is None:
-            _signal_group(proc, signal.SIGTERM)
+            executor.terminate()
             stop_sent_at = time.monotonic()
         elif stop_sent_at is not None and not killed and time.monotonic() - stop_sent_at > CANCEL_GRACE_SECONDS:
-            _signal_group(proc, signal.SIGKILL)
+            executor.kill()
             killed = True
         time.sleep(settings.stream_poll_seconds)
     with session_scope() as s:

@@ -30,7 +30,8 @@ class Hyperparameters(BaseModel):
     per_device_batch_size: int = Field(2, ge=1, le=1024)
     global_batch_size: int | None = Field(
         None, ge=1, description="kept when the process count changes; gradient accumulation is derived")
-    nproc_per_node: int = Field(1, ge=1, le=64, description="training processes (GPUs, or CPU ranks)")
+    nproc_per_node: int = Field(1, ge=1, le=64, description="training processes per node (GPUs, or CPU ranks)")
+    nnodes: int = Field(1, ge=1, le=128, description="nodes (more than one needs the Slurm backend)")
     gpus: int = Field(0, ge=0, le=64, description="GPUs per job; 0 trains on the CPU")
     zero_stage: Literal[0, 1, 2, 3] = 1
     max_seq_length: int = Field(4096, ge=64)

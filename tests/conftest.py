@@ -1,0 +1,139 @@
+"""Shared fixtures: real servers for the production path, a studio launched as real
+processes (API + Celery worker) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("VLSTUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("VLSTUDIO_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database; the test fails (never skips) if the server is down."""
+    import psycopg
+
+    name = f"vlstudio_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[str]:
+    """A Redis database index of its own, flushed before and after."""
+    import redis
+
+    db = 9
+    client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=5)
+    client.flushdb()
+    yield f"{REDIS_URL}/{db}"
+    client.flushdb()
+
+
+@dataclass
+class Studio:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen]
+
+    @property
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/api", timeout=60)
+
+    def wait_job(self, job_id: int, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.api as c:
+            while time.monotonic() < deadline:
+                job = c.get(f"/jobs/{job_id}").json()
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    return job
+                time.sleep(1)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}\n{self.worker_log()}")
+
+    def worker_log(self) -> str:
+        p = self.data_dir / "worker.log"
+        return p.read_text()[-5000:] if p.exists() else ""
+
+
+def start_studio(tmp_path: Path, database_url: str | None = None, broker_url: str | None = None,
+                 with_ui: bool = False, workers: int = 1) -> Studio:
+    port = free_port()
+    data = tmp_path / "data"
+    env = {**os.environ, "VLSTUDIO_DATA_DIR": str(data), "VLSTUDIO_PORT": str(port), "VLSTUDIO_HOST": "127.0.0.1"}
+    for key, val in (("VLSTUDIO_DATABASE_URL", database_url), ("VLSTUDIO_BROKER_URL", broker_url)):
+        if val:
+            env[key] = val
+        else:
+            env.pop(key, None)
+    data.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "backend.cli"]
+    subprocess.run([*cli, "migrate"], env=env, check=True, cwd=REPO, capture_output=True)
+    api_cmd = [*cli, "api"] + (["--with-ui"] if with_ui else [])
+    procs = [subprocess.Popen(api_cmd, env=env, cwd=REPO, stdout=open(data / "api.log", "ab"),
+                              stderr=subprocess.STDOUT)]
+    for i in range(workers):
+        procs.append(subprocess.Popen([*cli, "worker", "--hostname", f"w{i}-{port}@%h"], env=env, cwd=REPO,
+                                      stdout=open(data / "worker.log", "ab"), stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                return Studio(url, data, env, procs)
+        except httpx.HTTPError:
+            pass
+        if procs[0].poll() is not None:
+            break
+        time.sleep(0.5)
+    stop_studio(Studio(url, data, env, procs))
+    raise RuntimeError("the API did not start:\n" + (data / "api.log").read_text()[-3000:])
+
+
+def stop_studio(studio: Studio) -> None:
+    for p in studio.procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in studio.procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture
+def embedded_studio(tmp_path: Path) -> Iterator[Studio]:
+    studio = start_studio(tmp_path)
+    yield studio
+    stop_studio(studio)
+
+
+@pytest.fixture
+def production_studio(tmp_path: Path, pg_database: str, redis_broker: str) -> Iterator[Studio]:
+    studio = start_studio(tmp_path, database_url=pg_database, broker_url=redis_broker)
+    yield studio
+    stop_studio(studio)
