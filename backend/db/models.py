@@ -6,7 +6,19 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -32,10 +44,38 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token. Only an HMAC of it is stored; ``kind`` is ``session`` (from a login,
+    expires) or ``api`` (for scripts, until revoked)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(10), default="api")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
     name: Mapped[str] = mapped_column(String(200))
     root: Mapped[str] = mapped_column(Text)
     annotation: Mapped[str] = mapped_column(Text)
@@ -49,6 +89,7 @@ class Model(Base):
     __tablename__ = "models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     path: Mapped[str] = mapped_column(Text)
     family: Mapped[str] = mapped_column(String(50))
@@ -60,8 +101,10 @@ class Model(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_queue", "status", "priority", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, native_enum=False, length=20), default=JobStatus.queued, index=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
@@ -80,6 +123,44 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Scheduling: GPUs asked for (0 = CPU), higher priority first, then submission order.
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    requeue_on_failure: Mapped[bool] = mapped_column(default=False)
+    resume_from_checkpoint: Mapped[str | None] = mapped_column(Text, default=None)
+    parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
+    # Where it runs: node, leased GPU indices ("0,1"), torchrun's rendezvous port.
+    node: Mapped[str | None] = mapped_column(String(200), default=None)
+    gpu_ids: Mapped[str | None] = mapped_column(String(200), default=None)
+    rendezvous_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    memory_estimate: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    command: Mapped[str | None] = mapped_column(Text, default=None)
+    last_checkpoint: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class WorkerNode(Base):
+    """A live worker process: its node, GPU count and heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    node: Mapped[str] = mapped_column(String(200))
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GpuLease(Base):
+    """One GPU of one node held by one job; the primary key makes a double lease impossible
+    even with several worker processes on the same node."""
+
+    __tablename__ = "gpu_leases"
+    __table_args__ = (PrimaryKeyConstraint("node", "gpu_index"),)
+
+    node: Mapped[str] = mapped_column(String(200))
+    gpu_index: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobLog(Base):
