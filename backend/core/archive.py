@@ -1,4 +1,13 @@
-"""Safe extraction of uploaded zip archives (zip slip and zip bomb guarded)."""
+"""Safe extraction of uploaded zip archives.
+
+Refused, with a message that names the entry: an empty or non-zip file, entries with
+absolute paths, drive letters or ``..`` components (zip slip), symbolic links, duplicate
+names, encrypted entries, an archive whose declared or real size exceeds
+``max_total_bytes`` or the free disk space, and entries with an absurd compression ratio
+(zip bombs). The sizes are enforced on the bytes actually written, not only on the
+directory's declarations, which a crafted archive can fake. On any error ``dest`` is removed:
+nothing is left half-extracted.
+"""
 
 from __future__ import annotations
 
@@ -12,55 +21,97 @@ class ArchiveError(ValueError):
     """The upload is not a usable archive; the message says what and where."""
 
 
+SKIPPED_PREFIXES = ("__MACOSX/",)
+
+
+def _safe_parts(name: str, src: str) -> tuple[str, ...]:
+    norm = name.replace("\\", "/")
+    p = PurePosixPath(norm)
+    if not norm or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or ".." in p.parts or "\x00" in norm:
+        raise ArchiveError(f"{src}: entry {name!r} points outside the archive (zip slip)")
+    return tuple(x for x in p.parts if x not in ("", "."))
+
+
+def _check_entries(zf: zipfile.ZipFile, src: str, max_total_bytes: int, max_files: int,
+                   max_ratio: float) -> list[zipfile.ZipInfo]:
+    infos = zf.infolist()
+    if len(infos) > max_files:
+        raise ArchiveError(f"{src}: {len(infos):,} entries, more than the limit of {max_files:,}")
+    total = 0
+    seen: set[tuple[str, ...]] = set()
+    for info in infos:
+        parts = _safe_parts(info.filename, src)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ArchiveError(f"{src}: entry {info.filename!r} is a symbolic link")
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"{src}: entry {info.filename!r} is encrypted")
+        if not info.is_dir():
+            if parts in seen:
+                raise ArchiveError(f"{src}: entry {info.filename!r} appears twice")
+            seen.add(parts)
+        total += info.file_size
+        if total > max_total_bytes:
+            raise ArchiveError(f"{src}: unpacks to more than {max_total_bytes:,} bytes")
+        if info.file_size > 2**20 and info.file_size > max_ratio * max(1, info.compress_size):
+            raise ArchiveError(f"{src}: entry {info.filename!r} has a compression ratio of "
+                               f"{info.file_size / max(1, info.compress_size):,.0f}:1 (zip bomb?)")
+    return infos
+
+
 def extract_zip(src: Path, dest: Path, *, max_total_bytes: int = 20 * 2**30, max_files: int = 2_000_000,
                 max_ratio: float = 200.0) -> list[Path]:
-    """Extract ``src`` into ``dest`` (which must not exist yet) and return the files written.
-
-    Refuses entries with absolute paths or ``..`` components, symlinks, a declared total
-    size over ``max_total_bytes``, and entries whose compression ratio is absurd.
-    """
+    """Extract ``src`` into ``dest`` (which must not exist yet) and return the files written."""
+    src, dest = Path(src), Path(dest)
+    name = src.name
+    if not src.is_file():
+        raise ArchiveError(f"{name}: not found")
+    if src.stat().st_size == 0:
+        raise ArchiveError(f"{name}: the file is empty")
     if not zipfile.is_zipfile(src):
-        raise ArchiveError(f"{src.name}: not a zip archive")
-    written: list[Path] = []
+        raise ArchiveError(f"{name}: not a zip archive")
     dest.mkdir(parents=True, exist_ok=False)
+    written: list[Path] = []
     try:
         with zipfile.ZipFile(src) as zf:
-            infos = zf.infolist()
-            if len(infos) > max_files:
-                raise ArchiveError(f"{src.name}: {len(infos)} entries, more than the limit of {max_files}")
-            total = 0
+            infos = _check_entries(zf, name, max_total_bytes, max_files, max_ratio)
+            declared = sum(i.file_size for i in infos)
+            free = shutil.disk_usage(dest).free
+            if declared > free:
+                raise ArchiveError(f"{name}: unpacks to {declared:,} bytes, more than the {free:,} bytes free")
+            budget = max_total_bytes
             for info in infos:
-                name = info.filename
-                p = PurePosixPath(name.replace("\\", "/"))
-                if p.is_absolute() or name.startswith(("/", "\\")) or ".." in p.parts or (
-                        len(name) > 1 and name[1] == ":"):
-                    raise ArchiveError(f"{src.name}: entry {name!r} points outside the archive")
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise ArchiveError(f"{src.name}: entry {name!r} is a symbolic link")
-                total += info.file_size
-                if total > max_total_bytes:
-                    raise ArchiveError(f"{src.name}: unpacks to more than {max_total_bytes} bytes")
-                if info.compress_size and info.file_size / info.compress_size > max_ratio and info.file_size > 2**20:
-                    raise ArchiveError(f"{src.name}: entry {name!r} has a compression ratio of "
-                                       f"{info.file_size / info.compress_size:.0f}:1 (zip bomb?)")
-            for info in infos:
-                if info.is_dir() or info.filename.startswith("__MACOSX/"):
+                parts = _safe_parts(info.filename, name)
+                if info.is_dir() or not parts or info.filename.startswith(SKIPPED_PREFIXES):
                     continue
-                target = dest.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
+                target = dest.joinpath(*parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as fin, open(target, "wb") as fout:
-                    # Count real bytes: the declared sizes in the directory can lie.
                     copied = 0
                     while chunk := fin.read(1 << 20):
                         copied += len(chunk)
-                        if copied > info.file_size:
-                            raise ArchiveError(f"{src.name}: entry {info.filename!r} is larger than declared")
+                        budget -= len(chunk)
+                        if copied > info.file_size or budget < 0:
+                            raise ArchiveError(f"{name}: entry {info.filename!r} is larger than declared (zip bomb?)")
                         fout.write(chunk)
                 written.append(target)
-    except (zipfile.BadZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError) as e:
         shutil.rmtree(dest, ignore_errors=True)
-        raise ArchiveError(f"{src.name}: corrupt zip archive ({e})") from None
+        raise ArchiveError(f"{name}: corrupt or unsupported zip archive ({e})") from None
+    except OSError as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ArchiveError(f"{name}: cannot extract ({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return written
+
+
+def find_annotations(folder: Path) -> list[Path]:
+    """The ``.jsonl`` files of an extracted upload, sorted (macOS resource forks and hidden
+    files left out)."""
+    out = []
+    for p in sorted(Path(folder).rglob("*.jsonl")):
+        rel = p.relative_to(folder).parts
+        if p.is_file() and not any(x.startswith(".") or x == "__MACOSX" for x in rel):
+            out.append(p)
+    return out

@@ -8,6 +8,7 @@ mapping with ``input_ids`` and ``offset_mapping``.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +69,11 @@ class TokenizedSample:
     image_tokens: int
     rendered: str  # with <image> placeholders, before expansion
     trained_spans: list[tuple[int, int]] = field(default_factory=list)
+    #: token index ranges [start, end) of each image span (<img> ... </img> included)
+    image_spans: list[tuple[int, int]] = field(default_factory=list)
+    #: per token, the character range in ``rendered`` it comes from (image tokens map to their
+    #: ``<image>`` placeholder); only filled when ``with_offsets=True``
+    offsets: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -78,8 +84,11 @@ class TokenizedSample:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
 
-def _encode_chunk(tokenizer: Tokenizer, text: str, start: int,
-                  spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+def _encode_chunk(tokenizer: Tokenizer, text: str, start: int, span_starts: list[int],
+                  span_ends: list[int], offsets: list[tuple[int, int]] | None) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` and their labels: a token is trained when its characters lie
+    entirely inside one trained span (spans are sorted and disjoint, so the only candidate is
+    the last span starting at or before the token)."""
     if not text:
         return [], []
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -87,13 +96,16 @@ def _encode_chunk(tokenizer: Tokenizer, text: str, start: int,
     labels: list[int] = []
     for tok, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
         a, b = a + start, b + start
-        trained = b > a and any(s <= a and b <= e for s, e in spans)
+        k = bisect_right(span_starts, a) - 1
+        trained = b > a and k >= 0 and b <= span_ends[k]
         labels.append(tok if trained else IGNORE_INDEX)
+        if offsets is not None:
+            offsets.append((a, b))
     return ids, labels
 
 
 def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tiles_per_image: list[int],
-                    tokens_per_tile: int = 256) -> TokenizedSample:
+                    tokens_per_tile: int = 256, *, with_offsets: bool = False) -> TokenizedSample:
     """Render a record with ``template`` and tokenize it, expanding each ``<image>`` into
     ``<img>`` + ``<IMG_CONTEXT>`` x (tokens_per_tile x tiles) + ``</img>``."""
     convs = normalise_conversations(record)
@@ -101,24 +113,32 @@ def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tile
         raise SampleError("tile counts do not match the images")
     rendered = render(convs, template)
     text = rendered.text
+    spans = sorted(rendered.trained_spans)
+    starts = [s for s, _ in spans]
+    ends = [e for _, e in spans]
+    offsets: list[tuple[int, int]] | None = [] if with_offsets else None
     start_id = tokenizer.convert_tokens_to_ids(IMG_START)
     end_id = tokenizer.convert_tokens_to_ids(IMG_END)
     ctx_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     ids: list[int] = []
     labels: list[int] = []
+    image_spans: list[tuple[int, int]] = []
     image_tokens = 0
     pos = 0
     for tiles in tiles_per_image:
         at = text.index(IMAGE_PLACEHOLDER, pos)
-        chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:at], pos, rendered.trained_spans)
+        chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:at], pos, starts, ends, offsets)
         ids += chunk_ids
         labels += chunk_labels
         n = tokens_per_tile * tiles
+        image_spans.append((len(ids), len(ids) + n + 2))
         ids += [start_id] + [ctx_id] * n + [end_id]
         labels += [IGNORE_INDEX] * (n + 2)
+        if offsets is not None:
+            offsets += [(at, at + len(IMAGE_PLACEHOLDER))] * (n + 2)
         image_tokens += n + 2
         pos = at + len(IMAGE_PLACEHOLDER)
-    chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:], pos, rendered.trained_spans)
+    chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:], pos, starts, ends, offsets)
     ids += chunk_ids
     labels += chunk_labels
     return TokenizedSample(
@@ -128,4 +148,6 @@ def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tile
         image_tokens=image_tokens,
         rendered=text,
         trained_spans=rendered.trained_spans,
+        image_spans=image_spans,
+        offsets=offsets or [],
     )

@@ -1,129 +1,398 @@
 """Dataset validation: one engine for the API, the UI and the CLI.
 
-Every problem is reported with its file, line number, sample id and a one-line reason.
+The annotation file is streamed in chunks of lines; each chunk is checked by
+:func:`backend.core.checks.check_chunk` in a pool of worker processes (or in-process for
+small files), results are merged in file order, so memory stays bounded whatever the line
+count (plus 24 bytes a line for the duplicate-id and duplicate-sample hashes). Every
+problem is reported with its file, line number, sample id and a one-line reason.
+
+Typical use::
+
+    report = validate_annotation(Path("train.jsonl"), Path("images_root"),
+                                 settings=ValidationSettings(template="internlm2-chat", max_seq_length=4096),
+                                 tokenizer=load_tokenizer(model_dir), progress=cb, cancel=event)
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+import multiprocessing
+import os
+import threading
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 
-from PIL import Image
+import numpy as np
 
-from backend.core.samples import SampleError, image_paths, normalise_conversations
+from backend.core.checks import (
+    CheckConfig,
+    ChunkResult,
+    WorkerState,
+    check_chunk,
+    init_worker,
+    pool_check_chunk,
+)
+from backend.core.images import DEFAULT_MAX_PIXELS, ImageProblem, resolve_image
+from backend.core.report import BundleReport, Issue, Report, Severity, Stats
+from backend.core.samples import SampleError
+from backend.core.templates import get_template
 
-Severity = Literal["error", "warning", "info"]
+__all__ = ["BundleReport", "Issue", "Report", "Severity", "Stats", "ValidationCancelled", "ValidationFailed",
+           "ValidationSettings", "Validator", "drop_bad_lines", "resolve_inside", "validate_annotation"]
 
-
-@dataclass
-class Issue:
-    severity: Severity
-    code: str
-    file: str
-    line: int
-    sample_id: str | None
-    message: str
-
-
-@dataclass
-class Report:
-    annotation: str
-    samples: int = 0
-    images: int = 0
-    issues: list[Issue] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "error"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(f"{i.severity}:{i.code}" for i in self.issues))
-
-    def to_dict(self) -> dict:
-        return {"annotation": self.annotation, "samples": self.samples, "images": self.images,
-                "ok": self.ok, "counts": self.counts(), "issues": [asdict(i) for i in self.issues]}
+ProgressFn = Callable[[int, int], None]
+#: below this size a file is checked in-process: starting worker processes costs more
+PARALLEL_MIN_BYTES = 1 << 20
+CHUNK_LINES = 1000
+CHUNK_BYTES = 1 << 20
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of the non-empty lines; tolerates a BOM and CRLF."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            yield n, raw.decode("utf-8").rstrip("\r\n")
+class ValidationCancelled(Exception):
+    """The caller's cancel event was set; the partial work is discarded."""
+
+
+class ValidationFailed(RuntimeError):
+    """The engine itself failed (a worker process died); the data may be fine."""
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """The model and training settings a dataset is checked against.
+
+    ``template`` None skips token counting (there is no tokenizer without a model);
+    ``max_seq_length`` None skips the length rule; ``truncation="truncate"`` turns an
+    over-long sample into a warning when cutting it keeps every image span whole.
+    """
+
+    template: str | None = None
+    max_dynamic_patch: int = 12
+    min_dynamic_patch: int = 1
+    use_thumbnail: bool = True
+    dynamic_image_size: bool = True
+    image_size: int = 448
+    tokens_per_tile: int = 256
+    max_seq_length: int | None = None
+    truncation: Literal["error", "truncate"] = "error"
+    check_images: bool = True
+    full_decode: bool = False
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_line_bytes: int = 4 << 20
+    max_examples: int = 20
+
+    def __post_init__(self) -> None:
+        if self.template is not None:
+            get_template(self.template)  # raises TemplateError for an unknown name
+        if self.truncation not in ("error", "truncate"):
+            raise ValueError(f"truncation must be 'error' or 'truncate', not {self.truncation!r}")
+        if self.max_dynamic_patch < 1 or self.min_dynamic_patch < 1:
+            raise ValueError("max_dynamic_patch and min_dynamic_patch must be at least 1")
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
     """``root/rel``, refusing anything that escapes ``root`` (``..``, absolute, symlinks)."""
-    root_r = root.resolve()
-    p = (root / rel).resolve()
-    if p != root_r and root_r not in p.parents:
-        raise SampleError(f"image path {rel!r} escapes the dataset root")
-    return p
-
-
-def _check_record(rec: object) -> dict:
-    if not isinstance(rec, dict):
-        raise SampleError("line is not a JSON object")
-    if "id" not in rec:
-        raise SampleError("missing field 'id'")
-    convs = rec.get("conversations")
-    if not isinstance(convs, list) or not convs:
-        raise SampleError("field 'conversations' must be a non-empty list")
-    for k, t in enumerate(convs):
-        if not isinstance(t, dict) or not isinstance(t.get("value"), str) or t.get("from") not in (
-                "human", "gpt", "system"):
-            raise SampleError(f"conversations[{k}] must be {{from: human|gpt, value: string}}")
-    img = rec.get("image")
-    if img is not None and not (isinstance(img, str) or (
-            isinstance(img, list) and all(isinstance(x, str) for x in img))):
-        raise SampleError("field 'image' must be a string or a list of strings")
-    return rec
-
-
-def validate_annotation(annotation: Path, root: Path) -> Report:
-    report = Report(annotation=annotation.name)
-    seen_ids: set[str] = set()
-    fname = annotation.name
     try:
-        lines = list(iter_lines(annotation))
-    except UnicodeDecodeError as e:
-        report.issues.append(Issue("error", "encoding", fname, 0, None, f"not valid UTF-8: {e}"))
-        return report
-    for n, line in lines:
-        if not line.strip():
-            continue
-        sid = None
+        return Path(resolve_image(os.path.realpath(root), rel))
+    except ImageProblem as e:
+        raise SampleError(e.message) from None
+
+
+def _read_chunks(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, list, list[tuple[int, int]], int]]:
+    """(first line number, lines, [(line, size) of lines over the limit], bytes read so far).
+
+    Lines are read with a size limit, so a 50 MB line costs 1 MB of memory, not 50.
+    """
+    line_no, lines, oversize, size = 1, [], [], 0
+    first = 1
+    while True:
+        raw = f.readline(max_line_bytes + 1)
+        if not raw:
+            break
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            n = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+                n += len(raw)
+            oversize.append((line_no, n))
+            lines.append(None)
+        else:
+            lines.append(raw)
+            size += len(raw)
+        line_no += 1
+        if len(lines) >= CHUNK_LINES or size >= CHUNK_BYTES:
+            yield first, lines, oversize, f.tell()
+            first, lines, oversize, size = line_no, [], [], 0
+    if lines:
+        yield first, lines, oversize, f.tell()
+
+
+def _read_lines(path: Path, wanted: set[int], max_line_bytes: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    with open(path, "rb") as f:
+        for first, lines, _, _ in _read_chunks(f, max_line_bytes):
+            for k, raw in enumerate(lines):
+                if first + k in wanted and raw is not None:
+                    out[first + k] = raw
+            if len(out) == len(wanted):
+                break
+    return out
+
+
+def _duplicates(hashes: list[array], lines: list[array]) -> tuple[np.ndarray, np.ndarray]:
+    """(line, first line with the same hash) of every repeated hash, in line order."""
+    h = np.concatenate([np.frombuffer(a, dtype=np.uint64) for a in hashes]) if hashes else np.zeros(0, np.uint64)
+    ln = np.concatenate([np.frombuffer(a, dtype=np.uint32) for a in lines]) if lines else np.zeros(0, np.uint32)
+    if len(h) < 2:
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    order = np.argsort(h, kind="stable")  # stable: within a group, lines stay ascending
+    hs, ls = h[order], ln[order]
+    new_group = np.concatenate(([True], hs[1:] != hs[:-1]))
+    first = ls[np.flatnonzero(new_group)][np.cumsum(new_group) - 1]
+    dup = ~new_group
+    by_line = np.argsort(ls[dup], kind="stable")
+    return ls[dup][by_line], first[dup][by_line]
+
+
+class Validator:
+    """Validates one or more annotation files with one worker pool.
+
+    ``progress(done, total)`` is called after each chunk with bytes of annotation read so far
+    and in all (``expect_bytes`` raises the total when several files are checked);
+    ``cancel`` is polled between chunks and raises :class:`ValidationCancelled`.
+    """
+
+    def __init__(self, settings: ValidationSettings | None = None, *, tokenizer: Any = None,
+                 workers: int | None = None, progress: ProgressFn | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        self.settings = settings or ValidationSettings()
+        self.tokenizer = tokenizer if self.settings.template else None
+        self.workers = workers
+        self.progress = progress
+        self.cancel = cancel
+        self.total_bytes = 0
+        self.done_bytes = 0
+        self._state = WorkerState(self.tokenizer)
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 1
+
+    def __enter__(self) -> Validator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def expect_bytes(self, n: int) -> None:
+        self.total_bytes += n
+
+    def _pool_for(self, size: int) -> ProcessPoolExecutor | None:
+        if self._pool is not None:
+            return self._pool
+        n = self.workers
+        if n is None:
+            # Celery's prefork children are daemons, which may not have children of their own.
+            if size < PARALLEL_MIN_BYTES or multiprocessing.current_process().daemon:
+                return None
+            n = os.cpu_count() or 1
+        if n <= 1:
+            return None
+        # spawn, not fork: the API server has threads, and forking a threaded process can deadlock.
+        self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=init_worker, initargs=(self.tokenizer,))
+        self._pool_size = n
+        return self._pool
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise ValidationCancelled("validation cancelled")
+
+    def _results(self, f: BinaryIO, cfg: CheckConfig, size: int) -> Iterator[tuple[list, int, ChunkResult]]:
+        pool = self._pool_for(size)
+        chunks = _read_chunks(f, self.settings.max_line_bytes)
+        if pool is None:
+            for first, lines, oversize, pos in chunks:
+                self._check_cancel()
+                yield oversize, pos, check_chunk(lines, first, cfg, self._state)
+            return
+        pending: deque = deque()
         try:
-            rec = _check_record(json.loads(line))
-            sid = str(rec["id"])
-            if sid in seen_ids:
-                report.issues.append(Issue("error", "duplicate_id", fname, n, sid, f"duplicate id {sid!r}"))
-            seen_ids.add(sid)
-            normalise_conversations(rec)
-            for rel in image_paths(rec):
-                p = resolve_inside(root, rel)
-                if not p.is_file():
-                    raise SampleError(f"image {rel!r} not found")
-                try:
-                    with Image.open(p) as im:
-                        im.verify()
-                except Exception as e:  # PIL raises many types for bad files
-                    raise SampleError(f"image {rel!r} cannot be decoded ({type(e).__name__})") from None
-                report.images += 1
-            report.samples += 1
-        except json.JSONDecodeError as e:
-            report.issues.append(Issue("error", "json", fname, n, sid, f"invalid JSON: {e.msg} at column {e.colno}"))
-        except SampleError as e:
-            report.issues.append(Issue("error", "sample", fname, n, sid, str(e)))
-    if report.samples == 0 and not report.errors:
-        report.issues.append(Issue("error", "empty", fname, 0, None, "no samples in the annotation file"))
-    return report
+            for first, lines, oversize, pos in chunks:
+                self._check_cancel()
+                pending.append((oversize, pos, pool.submit(pool_check_chunk, lines, first, cfg)))
+                while len(pending) > 2 * self._pool_size + 1:
+                    oversize0, pos0, fut = pending.popleft()
+                    yield oversize0, pos0, fut.result()
+            while pending:
+                self._check_cancel()
+                oversize0, pos0, fut = pending.popleft()
+                yield oversize0, pos0, fut.result()
+        except BrokenProcessPool as e:
+            self._pool = None
+            raise ValidationFailed(f"a validation worker process died ({e})") from None
+        finally:
+            for _, _, fut in pending:
+                fut.cancel()
+
+    def validate(self, annotation: Path, root: Path | None = None, *, name: str | None = None,
+                 max_dynamic_patch: int | None = None, per_sample_out: Path | None = None) -> Report:
+        """Check one annotation file; images are relative to ``root`` (default: its folder)."""
+        annotation = Path(annotation)
+        root = Path(root) if root is not None else annotation.parent
+        s = self.settings
+        if max_dynamic_patch is not None:
+            s = replace(s, max_dynamic_patch=max_dynamic_patch)
+        fname = name or annotation.name
+        report = Report(annotation=fname, root=str(root), max_examples=s.max_examples,
+                        settings={**asdict(s), "tokenizer": self.tokenizer is not None})
+        if not annotation.is_file():
+            why = "is a directory" if annotation.is_dir() else "not found"
+            report.add(Issue("error", "file", fname, 0, None, f"annotation file {why}"))
+            return report
+        if s.check_images and not root.is_dir():
+            report.add(Issue("error", "root", fname, 0, None, f"dataset root {root} is not a folder"))
+        cfg = CheckConfig(
+            file=fname, root=os.path.realpath(root), template=s.template if self.tokenizer is not None else None,
+            check_images=s.check_images, full_decode=s.full_decode, max_pixels=s.max_image_pixels,
+            max_dynamic_patch=s.max_dynamic_patch, min_dynamic_patch=s.min_dynamic_patch,
+            use_thumbnail=s.use_thumbnail, dynamic=s.dynamic_image_size, image_size=s.image_size,
+            tokens_per_tile=s.tokens_per_tile, max_seq_length=s.max_seq_length, truncation=s.truncation,
+            max_examples=s.max_examples, per_sample=per_sample_out is not None)
+        if s.template and self.tokenizer is None:
+            report.add(Issue("info", "no_tokenizer", fname, 0, None,
+                             "no tokenizer given: text token counts and max_seq_length are not checked"))
+        size = annotation.stat().st_size
+        if self.total_bytes < self.done_bytes + size:
+            self.total_bytes = self.done_bytes + size
+        try:
+            self._run(annotation, cfg, report, size, per_sample_out)
+        except OSError as e:
+            report.add(Issue("error", "file", fname, 0, None, f"cannot read the annotation file ({e.strerror})"))
+        report.sort_issues()
+        return report
+
+    def _run(self, annotation: Path, cfg: CheckConfig, report: Report, size: int, rows_out: Path | None) -> None:
+        kept: Counter = Counter()
+        hashes: dict[str, list[array]] = {"id_hash": [], "id_line": [], "dup_hash": [], "dup_line": []}
+        crlf = 0
+        start = self.done_bytes
+        out = open(rows_out, "wb") if rows_out is not None else None  # noqa: SIM115 (closed below)
+        try:
+            with open(annotation, "rb") as f:
+                if f.read(3) == b"\xef\xbb\xbf":
+                    report.add(Issue("warning", "bom", cfg.file, 1, None, "the file starts with a UTF-8 byte-order "
+                                     "mark: vlstudio ignores it, the reference scripts fail on it"))
+                else:
+                    f.seek(0)
+                for oversize, pos, res in self._results(f, cfg, size):
+                    for line, n in oversize:
+                        report.add(Issue("error", "line_too_long", cfg.file, line, None, f"the line is {n:,} "
+                                         f"bytes, over the {self.settings.max_line_bytes:,}-byte limit"))
+                        report.error_lines.append(line)
+                        report.lines += 1
+                    self._merge(report, res, kept, hashes)
+                    crlf += res.crlf
+                    if out is not None:
+                        out.write(res.rows)
+                    self.done_bytes = start + pos
+                    if self.progress is not None:
+                        self.progress(self.done_bytes, self.total_bytes)
+        finally:
+            if out is not None:
+                out.close()
+        self.done_bytes = start + size
+        self._dedup(annotation, cfg, report, hashes)
+        if crlf:
+            report.add(Issue("info", "crlf", cfg.file, 0, None, f"{crlf:,} line(s) end with CRLF; accepted"))
+        if report.samples == 0 and report.ok:
+            report.add(Issue("error", "empty", cfg.file, 0, None,
+                             "empty file" if size == 0 else "no samples in the annotation file"))
+
+    def _merge(self, report: Report, res: ChunkResult, kept: Counter, hashes: dict[str, list[array]]) -> None:
+        report.lines += res.lines
+        report.counts.update(res.counts)
+        for sev, code, line, sid, msg in res.examples:
+            if kept[(sev, code)] < report.max_examples:
+                kept[(sev, code)] += 1
+                report.issues.append(Issue(sev, code, report.annotation, line, sid, msg))
+        report.error_lines.extend(res.error_lines)
+        for key, parts in hashes.items():
+            parts.append(getattr(res, key))
+        report.stats.merge(res.stats)
+        report.samples = report.stats.samples
+        report.images = report.stats.images
+
+    def _dedup(self, annotation: Path, cfg: CheckConfig, report: Report, hashes: dict[str, list[array]]) -> None:
+        ids, id_first = _duplicates(hashes["id_hash"], hashes["id_line"])
+        same, same_first = _duplicates(hashes["dup_hash"], hashes["dup_line"])
+        if not len(ids) and not len(same):
+            return
+        n = report.max_examples
+        wanted = {int(x) for x in np.concatenate((ids[:n], id_first[:n], same[:n], same_first[:n]))}
+        text = _read_lines(annotation, wanted, self.settings.max_line_bytes)
+
+        def rec(line: int) -> dict:
+            try:
+                return json.loads(text[line].decode("utf-8"))
+            except (KeyError, ValueError):
+                return {}
+
+        errors = np.sort(np.frombuffer(report.error_lines, dtype=np.uint32))
+        newly_bad = ids[~np.isin(ids, errors)]
+        report.samples -= len(newly_bad)
+        report.error_lines.extend(int(x) for x in newly_bad)
+        if len(ids):
+            report.counts[("error", "duplicate_id")] += len(ids)
+        for line, first in zip(ids[:n].tolist(), id_first[:n].tolist(), strict=True):
+            sid = str(rec(line).get("id"))
+            report.issues.append(Issue("error", "duplicate_id", cfg.file, line, sid,
+                                       f"duplicate id {sid!r} (first used on line {first})"))
+        if len(same):
+            report.counts[("warning", "duplicate_sample")] += len(same)
+        for line, first in zip(same[:n].tolist(), same_first[:n].tolist(), strict=True):
+            sid = rec(line).get("id")
+            report.issues.append(Issue("warning", "duplicate_sample", cfg.file, line, None if sid is None else str(sid),
+                                       f"exact duplicate of the sample on line {first} (same images and turns)"))
+
+
+def validate_annotation(annotation: Path, root: Path | None = None, *, settings: ValidationSettings | None = None,
+                        tokenizer: Any = None, workers: int | None = None, progress: ProgressFn | None = None,
+                        cancel: threading.Event | None = None, per_sample_out: Path | None = None,
+                        max_dynamic_patch: int | None = None) -> Report:
+    """Check one JSONL annotation file; images resolve inside ``root`` (default: its folder)."""
+    with Validator(settings, tokenizer=tokenizer, workers=workers, progress=progress, cancel=cancel) as v:
+        return v.validate(annotation, root, max_dynamic_patch=max_dynamic_patch, per_sample_out=per_sample_out)
+
+
+def drop_bad_lines(annotation: Path, report: Report, dest: Path) -> int:
+    """Write the lines of ``annotation`` without errors (and without blank lines, BOM and CR)
+    to the new file ``dest``; the original is never touched. Returns the lines written."""
+    annotation, dest = Path(annotation), Path(dest)
+    if dest.exists() or dest.resolve() == annotation.resolve():
+        raise FileExistsError(f"{dest} exists; the cleaned copy must be a new file")
+    bad = set(report.error_lines)
+    limit = int(report.settings.get("max_line_bytes", 4 << 20))
+    tmp = dest.with_name(dest.name + ".partial")
+    written = 0
+    try:
+        with open(annotation, "rb") as f, open(tmp, "wb") as out:
+            if f.read(3) != b"\xef\xbb\xbf":
+                f.seek(0)
+            for first, lines, _, _ in _read_chunks(f, limit):
+                for k, raw in enumerate(lines):
+                    if first + k in bad or not raw.strip():
+                        continue
+                    out.write(raw.rstrip(b"\r\n") + b"\n")
+                    written += 1
+        tmp.rename(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written

@@ -1,0 +1,173 @@
+"""What dataset validation and the preview need from a model folder: its conversation
+template, its tiling settings and its tokenizer.
+
+The template comes from ``config.json``'s ``template`` field (the original InternVL configs
+and the folders vlstudio writes carry it), else from the language model's family. The
+tokenizer is the folder's ``tokenizer.json`` run through the ``tokenizers`` library directly
+(no torch, no transformers import); folders without one fall back to transformers'
+``AutoTokenizer`` (fast tokenizers only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backend.core.templates import TEMPLATES
+from backend.core.tiling import DOWNSAMPLE_RATIO, IMAGE_SIZE, PATCH_SIZE, tokens_per_tile
+
+
+class ModelFolderError(ValueError):
+    """The folder is not a usable model folder; the message says what is missing."""
+
+
+#: language-model family -> template, for configs that do not name their template
+FAMILY_TEMPLATES: dict[str, str] = {
+    "InternLM2ForCausalLM": "internlm2-chat",
+    "internlm2": "internlm2-chat",
+    "Phi3ForCausalLM": "phi3-chat",
+    "phi3": "phi3-chat",
+    "Qwen2ForCausalLM": "Hermes-2",
+    "qwen2": "Hermes-2",
+    "LlamaForCausalLM": "Hermes-2",
+    "llama": "Hermes-2",
+}
+
+
+def _first_int(value: Any, default: int) -> int:
+    if isinstance(value, list | tuple) and value:
+        value = value[0]
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def template_for_config(config: dict) -> str:
+    """The template name of a model config (see the module docstring for the rule)."""
+    name = config.get("template")
+    if isinstance(name, str) and name:
+        if name not in TEMPLATES:
+            raise ModelFolderError(f"config.json names template {name!r}, which vlstudio does not know "
+                                   f"(known: {', '.join(sorted(TEMPLATES))})")
+        return name
+    if config.get("model_type") == "internvl":  # transformers' native InternVL (InternVL2.5/3 -hf)
+        return "internvl2_5"
+    llm = config.get("llm_config") or config.get("text_config") or {}
+    keys = list(llm.get("architectures") or []) + [llm.get("model_type")]
+    for key in keys:
+        if key in FAMILY_TEMPLATES:
+            return FAMILY_TEMPLATES[key]
+    raise ModelFolderError("cannot tell the conversation template from config.json (no 'template' field and "
+                           f"an unknown language model {keys!r}); name the template explicitly")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model-side settings that decide how a sample is rendered and how long it is."""
+
+    template: str
+    max_dynamic_patch: int = 12
+    min_dynamic_patch: int = 1
+    use_thumbnail: bool = True
+    dynamic_image_size: bool = True
+    image_size: int = IMAGE_SIZE
+    tokens_per_tile: int = 256
+
+
+def settings_from_config(config: dict) -> ModelSettings:
+    vision = config.get("vision_config") or {}
+    image_size = _first_int(config.get("force_image_size") or vision.get("image_size"), IMAGE_SIZE)
+    patch = _first_int(vision.get("patch_size"), PATCH_SIZE)
+    ratio = config.get("downsample_ratio", DOWNSAMPLE_RATIO)
+    return ModelSettings(
+        template=template_for_config(config),
+        max_dynamic_patch=_first_int(config.get("max_dynamic_patch"), 12),
+        min_dynamic_patch=_first_int(config.get("min_dynamic_patch"), 1),
+        use_thumbnail=bool(config.get("use_thumbnail", True)),
+        dynamic_image_size=bool(config.get("dynamic_image_size", True)),
+        image_size=image_size,
+        tokens_per_tile=tokens_per_tile(image_size, patch, float(ratio)),
+    )
+
+
+def read_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFolderError(f"{model_dir}: no config.json (not a model folder)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{path}: not a JSON object")
+    return config
+
+
+def read_model_settings(model_dir: Path) -> ModelSettings:
+    return settings_from_config(read_config(model_dir))
+
+
+class FastTokenizer:
+    """A ``tokenizers.Tokenizer`` behind the small interface :mod:`backend.core.samples` uses.
+
+    Same ids and offsets as transformers' fast tokenizer built on the same ``tokenizer.json``
+    (it is the same Rust object), at half the per-call overhead. Picklable, so the validation
+    worker processes receive it once.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.backend = tokenizer
+        self._ids: dict[str, int | None] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False,
+                 **_: Any) -> dict:
+        enc = self.backend.encode(text, add_special_tokens=add_special_tokens)
+        out = {"input_ids": enc.ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = enc.offsets
+        return out
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        if token not in self._ids:
+            self._ids[token] = self.backend.token_to_id(token)
+        return self._ids[token]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def __getstate__(self) -> dict:
+        return {"backend": self.backend}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["backend"])
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The folder's tokenizer: ``tokenizer.json`` via ``tokenizers``, else ``AutoTokenizer``."""
+    path = Path(model_dir) / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            return FastTokenizer(Tokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises a bare Exception for malformed files
+            raise ModelFolderError(f"{path}: cannot load the tokenizer ({e})") from None
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:
+        raise ModelFolderError(f"{model_dir}: no tokenizer.json and transformers cannot load a tokenizer "
+                               f"({type(e).__name__}: {e})") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelFolderError(f"{model_dir}: the tokenizer has no fast version; token offsets are needed")
+    return tok
+
+
+def require_image_tokens(tokenizer: Any) -> None:
+    """Refuse a tokenizer without the image special tokens (every count would be wrong)."""
+    from backend.core.samples import IMG_CONTEXT, IMG_END, IMG_START
+
+    missing = [t for t in (IMG_START, IMG_END, IMG_CONTEXT) if tokenizer.convert_tokens_to_ids(t) is None]
+    if missing:
+        raise ModelFolderError(f"the tokenizer lacks the image tokens {', '.join(missing)}")
