@@ -105,8 +105,10 @@ def check_image(path: str, rel: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageProblem("image_missing", f"image {rel!r} not found") from None
     except IsADirectoryError:
         raise ImageProblem("image_missing", f"image {rel!r} is a directory") from None
-    except Image.DecompressionBombError:
-        raise ImageProblem("image_too_large", f"image {rel!r} exceeds the decompression-bomb limit") from None
+    except Image.DecompressionBombError as e:
+        # PIL's own guard fires in open() for more than twice its limit: say the size anyway.
+        raise ImageProblem("image_too_large", f"image {rel!r} is too large for the decompression-bomb guard "
+                           f"({str(e).split(',')[0]})") from None
     except Image.UnidentifiedImageError:
         raise ImageProblem("image_unreadable", f"{rel!r} is not an image file PIL can read") from None
     except PermissionError:
