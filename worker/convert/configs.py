@@ -1,0 +1,359 @@
+"""Reading the original ``internvl_chat`` config and translating it to the native one (and back).
+
+The original config is read as plain JSON (never through its remote-code classes); missing keys
+take the defaults of the original config classes, because those are what the original code would
+run with (e.g. an absent ``ps_version`` means ``v1``, an absent ``norm_type`` means RMSNorm).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from backend.core.templates import TEMPLATES
+from worker.convert.errors import ConversionError
+from worker.convert.layout import TextSpec, VisionSpec
+
+LLM_FAMILIES = {
+    "InternLM2ForCausalLM": "internlm2",
+    "Phi3ForCausalLM": "phi3",
+    "Qwen2ForCausalLM": "qwen2",
+    "LlamaForCausalLM": "llama",
+}
+FAMILY_ARCH = {family: arch for arch, family in LLM_FAMILIES.items()}
+NATIVE_TEXT_TYPE = {"internlm2": "llama", "phi3": "phi3", "qwen2": "qwen2", "llama": "llama"}
+ROPE_TYPES = {
+    "internlm2": {"linear", "dynamic"},
+    "phi3": {"su", "longrope"},  # Phi-3's "yarn" uses another attention factor than the native one
+    "qwen2": {"linear", "dynamic", "yarn"},
+    "llama": {"linear", "dynamic", "yarn", "llama3"},
+}
+ORIGINAL_AUTO_MAP = {
+    "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+    "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+    "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+}
+SOURCE_KEY = "vlstudio_source"  # where the native config.json keeps the original config
+TILING_KEYS = ("template", "max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size",
+               "force_image_size")
+
+
+@dataclass(frozen=True)
+class OriginalModel:
+    """An original ``internvl_chat`` config, checked and normalised."""
+
+    raw: dict[str, Any]
+    vision: VisionSpec
+    text: TextSpec
+    llm: dict[str, Any]
+    scale: int  # 1 / downsample_ratio
+    select_layer: int
+    template: str
+    image_size: int  # force_image_size, the tile size
+    dtype: str
+
+    @property
+    def num_image_token(self) -> int:
+        return (self.image_size // self.vision.patch) ** 2 // (self.scale * self.scale)
+
+    @property
+    def tiling(self) -> dict[str, Any]:
+        r = self.raw
+        return {"max_dynamic_patch": int(r.get("max_dynamic_patch", 6)),
+                "min_dynamic_patch": int(r.get("min_dynamic_patch", 1)),
+                "use_thumbnail": bool(r.get("use_thumbnail", False)),
+                "dynamic_image_size": bool(r.get("dynamic_image_size", False))}
+
+
+def _need(d: dict, key: str, where: str, kind: type | tuple[type, ...] = int) -> Any:
+    if key not in d:
+        raise ConversionError(f"config.json: {where}.{key} is missing")
+    value = d[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ConversionError(f"config.json: {where}.{key} has the wrong type ({value!r})")
+    return value
+
+
+def check_template(name: Any, where: str = "config.json: template") -> str:
+    if name not in TEMPLATES:
+        raise ConversionError(f"{where} is {name!r}; vlstudio knows {', '.join(sorted(TEMPLATES))}")
+    return name
+
+
+def _vision_spec(v: dict) -> VisionSpec:
+    w = "vision_config"
+    spec = VisionSpec(
+        hidden=_need(v, "hidden_size", w), layers=_need(v, "num_hidden_layers", w),
+        heads=_need(v, "num_attention_heads", w), intermediate=_need(v, "intermediate_size", w),
+        patch=_need(v, "patch_size", w), image_size=_need(v, "image_size", w),
+        channels=int(v.get("num_channels", 3)), qkv_bias=bool(v.get("qkv_bias", False)),
+        qk_norm=bool(v.get("qk_normalization", True)), norm_type=v.get("norm_type", "rms_norm"))
+    if spec.norm_type not in ("layer_norm", "rms_norm"):
+        raise ConversionError(f"config.json: vision_config.norm_type {spec.norm_type!r} is unknown")
+    if spec.qk_norm and float(v.get("layer_norm_eps", 1e-6)) != 1e-6:
+        raise ConversionError("config.json: vision_config uses qk_normalization with layer_norm_eps "
+                              f"{v.get('layer_norm_eps')}; the native q/k norms use 1e-6 only")
+    if spec.hidden % spec.heads or spec.image_size % spec.patch:
+        raise ConversionError("config.json: vision_config sizes are inconsistent (hidden_size % heads or "
+                              "image_size % patch_size is not 0)")
+    return spec
+
+
+def _text_spec(family: str, llm: dict) -> TextSpec:
+    w = "llm_config"
+    hidden, heads = _need(llm, "hidden_size", w), _need(llm, "num_attention_heads", w)
+    kv_heads = int(llm.get("num_key_value_heads") or heads)
+    head_dim = int(llm.get("head_dim") or hidden // heads)
+    if heads % kv_heads:
+        raise ConversionError(f"config.json: llm_config.num_attention_heads {heads} is not a multiple of "
+                              f"num_key_value_heads {kv_heads}")
+    attn_bias = bool(llm.get("bias", True)) if family == "internlm2" else bool(llm.get("attention_bias", False))
+    return TextSpec(
+        family=family, hidden=hidden, layers=_need(llm, "num_hidden_layers", w), heads=heads, kv_heads=kv_heads,
+        head_dim=head_dim, intermediate=_need(llm, "intermediate_size", w), vocab=_need(llm, "vocab_size", w),
+        attn_bias=attn_bias, mlp_bias=bool(llm.get("mlp_bias", False)),
+        tied=bool(llm.get("tie_word_embeddings", False)))
+
+
+def parse_original(cfg: dict) -> OriginalModel:
+    """Check an original config.json and extract what the conversion needs."""
+    if cfg.get("model_type") != "internvl_chat":
+        raise ConversionError(f"config.json: model_type is {cfg.get('model_type')!r}, not 'internvl_chat'")
+    llm = cfg.get("llm_config")
+    vision = cfg.get("vision_config")
+    if not isinstance(llm, dict) or not isinstance(vision, dict):
+        raise ConversionError("config.json: llm_config and vision_config must both be present")
+    archs = llm.get("architectures") or [None]
+    family = LLM_FAMILIES.get(archs[0])
+    if family is None:
+        raise ConversionError(f"config.json: llm_config.architectures[0] is {archs[0]!r}; vlstudio converts "
+                              f"{', '.join(LLM_FAMILIES)}")
+    ps = cfg.get("ps_version", "v1")
+    if ps != "v2":
+        raise ConversionError(
+            f"config.json: ps_version is {ps!r}. Only pixel shuffle 'v2' exists in the native InternVL model; "
+            "'v1' checkpoints (which transpose each tile's feature map) cannot be converted faithfully")
+    ratio = float(cfg.get("downsample_ratio", 0.5))
+    scale = round(1 / ratio)
+    if abs(scale * ratio - 1) > 1e-9:
+        raise ConversionError(f"config.json: downsample_ratio {ratio} is not 1/n")
+    v = _vision_spec(vision)
+    t = _text_spec(family, llm)
+    select = int(cfg.get("select_layer", -1))
+    if not -(v.layers + 1) <= select <= v.layers:
+        raise ConversionError(f"config.json: select_layer {select} is out of range for {v.layers} layers")
+    image_size = int(cfg.get("force_image_size") or v.image_size)
+    if (image_size // v.patch) % scale:
+        raise ConversionError("config.json: force_image_size / patch_size is not divisible by 1/downsample_ratio")
+    dtype = str(cfg.get("torch_dtype") or llm.get("torch_dtype") or "bfloat16")
+    template = check_template(cfg.get("template"))
+    return OriginalModel(raw=cfg, vision=v, text=t, llm=llm, scale=scale, select_layer=select,
+                         template=template, image_size=image_size, dtype=dtype)
+
+
+def _rope(family: str, llm: dict) -> dict[str, Any]:
+    theta = float(llm.get("rope_theta", 10000.0))
+    scaling = llm.get("rope_scaling")
+    if not scaling:
+        return {"rope_type": "default", "rope_theta": theta}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ROPE_TYPES[family]:
+        raise ConversionError(f"config.json: llm_config.rope_scaling type {kind!r} is not supported for {family} "
+                              f"(supported: {', '.join(sorted(ROPE_TYPES[family]))})")
+    params = {k: v for k, v in scaling.items() if k not in ("type", "rope_type")}
+    if family == "phi3":
+        kind = "longrope"
+        original_max = int(llm.get("original_max_position_embeddings", llm.get("max_position_embeddings", 4096)))
+        params["original_max_position_embeddings"] = original_max
+        # the original derives its attention factor from this ratio; the native class wants it spelled out
+        params.setdefault("factor", int(llm.get("max_position_embeddings", original_max)) / original_max)
+    return {"rope_type": kind, "rope_theta": theta, **params}
+
+
+def _text_config(m: OriginalModel) -> Any:
+    from transformers import LlamaConfig, Phi3Config, Qwen2Config
+
+    t, llm = m.text, m.llm
+    common = dict(
+        vocab_size=t.vocab, hidden_size=t.hidden, intermediate_size=t.intermediate,
+        num_hidden_layers=t.layers, num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,
+        hidden_act=llm.get("hidden_act", "silu"), max_position_embeddings=int(llm.get("max_position_embeddings", 2048)),
+        rms_norm_eps=float(llm.get("rms_norm_eps", 1e-6)), initializer_range=float(llm.get("initializer_range", 0.02)),
+        tie_word_embeddings=t.tied, bos_token_id=llm.get("bos_token_id"), eos_token_id=llm.get("eos_token_id"),
+        pad_token_id=llm.get("pad_token_id"), use_cache=True, rope_parameters=_rope(t.family, llm),
+        attention_dropout=float(llm.get("attention_dropout", 0.0)), dtype=m.dtype)
+    pad = common["pad_token_id"]
+    if pad is not None and not 0 <= pad < t.vocab:
+        raise ConversionError(f"config.json: llm_config.pad_token_id {pad} is outside the vocabulary ({t.vocab})")
+    try:
+        if t.family in ("internlm2", "llama"):
+            return LlamaConfig(**common, head_dim=t.head_dim, attention_bias=t.attn_bias, mlp_bias=t.mlp_bias)
+        if t.family == "phi3":
+            return Phi3Config(
+                **common, original_max_position_embeddings=int(llm.get(
+                    "original_max_position_embeddings", common["max_position_embeddings"])),
+                sliding_window=llm.get("sliding_window"), resid_pdrop=float(llm.get("resid_pdrop", 0.0)),
+                embd_pdrop=float(llm.get("embd_pdrop", 0.0)))
+        return Qwen2Config(**common, use_sliding_window=bool(llm.get("use_sliding_window", False)),
+                           sliding_window=llm.get("sliding_window"),
+                           max_window_layers=int(llm.get("max_window_layers", t.layers)))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConversionError(f"config.json: llm_config cannot be expressed natively: {e}") from None
+
+
+def _vision_config(m: OriginalModel) -> Any:
+    from transformers.models.internvl import InternVLVisionConfig
+
+    v, raw = m.vision, m.raw["vision_config"]
+    return InternVLVisionConfig(
+        hidden_size=v.hidden, num_hidden_layers=v.layers, num_attention_heads=v.heads,
+        intermediate_size=v.intermediate, attention_bias=v.qkv_bias, use_qk_norm=v.qk_norm,
+        hidden_act=raw.get("hidden_act", "gelu"), layer_norm_eps=float(raw.get("layer_norm_eps", 1e-6)),
+        norm_type=v.norm_type, image_size=v.image_size, patch_size=v.patch, num_channels=v.channels,
+        attention_dropout=float(raw.get("attention_dropout", 0.0)), projection_dropout=float(raw.get("dropout", 0.0)),
+        layer_scale_init_value=float(raw.get("initializer_factor", 0.1)),
+        initializer_range=float(raw.get("initializer_range", 0.02)),
+        use_mean_pooling=True,  # no final norm: the original tower has none
+        use_absolute_position_embeddings=True, dtype=m.dtype)
+
+
+def native_config(m: OriginalModel, image_token_id: int) -> Any:
+    """The ``InternVLConfig`` of the converted model, with the studio's tiling defaults and the whole
+    original config kept under ``vlstudio_source`` (so that export can restore it after fine-tuning)."""
+    from transformers import InternVLConfig
+
+    config = InternVLConfig(
+        vision_config=_vision_config(m), text_config=_text_config(m), image_token_id=image_token_id,
+        image_seq_length=m.num_image_token, downsample_ratio=1 / m.scale, projector_hidden_act="gelu",
+        vision_feature_layer=m.select_layer, vision_feature_select_strategy="default",
+        tie_word_embeddings=m.text.tied, dtype=m.dtype)
+    config.architectures = ["InternVLForConditionalGeneration"]
+    config.template = m.template
+    for key, value in m.tiling.items():
+        setattr(config, key, value)
+    config.force_image_size = m.image_size
+    setattr(config, SOURCE_KEY, {"format": "internvl_chat", "family": m.text.family, "config": copy.deepcopy(m.raw)})
+    return config
+
+
+def export_family(native: dict, base: dict | None) -> str:
+    """Which original LLM family a native config.json goes back to."""
+    source = native.get(SOURCE_KEY)
+    if isinstance(source, dict) and source.get("family") in FAMILY_ARCH:
+        return source["family"]
+    if base is not None:
+        arch = (base.get("llm_config", {}).get("architectures") or [None])[0]
+        if arch in LLM_FAMILIES:
+            return LLM_FAMILIES[arch]
+    text_type = native.get("text_config", {}).get("model_type")
+    if text_type in ("llama", "qwen2", "phi3"):
+        return text_type
+    raise ConversionError(f"config.json: text_config.model_type {text_type!r} has no original InternVL layout")
+
+
+def _original_rope(family: str, text: dict) -> tuple[float, dict | None]:
+    rope = dict(text.get("rope_parameters") or {})
+    theta = float(rope.pop("rope_theta", text.get("rope_theta", 10000.0)))
+    kind = rope.pop("rope_type", "default")
+    rope.pop("type", None)
+    if kind == "default":
+        return theta, None
+    if family == "phi3":
+        rope.pop("original_max_position_embeddings", None)
+        rope.pop("factor", None)
+        return theta, {"type": "su", **rope}
+    return theta, {"type": kind, **rope}
+
+
+def _original_llm(family: str, text: dict, dtype: str) -> dict[str, Any]:
+    theta, scaling = _original_rope(family, text)
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "initializer_range",
+            "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout")
+    llm: dict[str, Any] = {k: text[k] for k in keys if k in text}
+    llm.update(architectures=[FAMILY_ARCH[family]], model_type=family, rope_theta=theta, rope_scaling=scaling,
+               torch_dtype=dtype, use_cache=True)
+    if family == "internlm2":
+        llm["bias"] = bool(text.get("attention_bias", False))
+        llm["auto_map"] = {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                           "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+                           "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}
+    elif family == "phi3":
+        for k in ("original_max_position_embeddings", "sliding_window", "resid_pdrop", "embd_pdrop"):
+            if k in text:
+                llm[k] = text[k]
+    elif family == "qwen2":
+        for k in ("use_sliding_window", "sliding_window", "max_window_layers"):
+            if k in text:
+                llm[k] = text[k]
+    else:
+        for k in ("attention_bias", "mlp_bias", "head_dim"):
+            if k in text:
+                llm[k] = text[k]
+    return llm
+
+
+def _original_vision(vision: dict, dtype: str) -> dict[str, Any]:
+    def first(x: Any) -> Any:
+        return x[0] if isinstance(x, (list, tuple)) else x
+
+    return {
+        "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
+        "hidden_size": vision["hidden_size"], "num_hidden_layers": vision["num_hidden_layers"],
+        "num_attention_heads": vision["num_attention_heads"], "intermediate_size": vision["intermediate_size"],
+        "image_size": first(vision.get("image_size", 448)), "patch_size": first(vision.get("patch_size", 14)),
+        "num_channels": vision.get("num_channels", 3), "qkv_bias": bool(vision.get("attention_bias", False)),
+        "qk_normalization": bool(vision.get("use_qk_norm", False)), "norm_type": vision.get("norm_type", "layer_norm"),
+        "layer_norm_eps": vision.get("layer_norm_eps", 1e-6), "hidden_act": vision.get("hidden_act", "gelu"),
+        "attention_dropout": vision.get("attention_dropout", 0.0), "dropout": vision.get("projection_dropout", 0.0),
+        "drop_path_rate": 0.0, "initializer_range": vision.get("initializer_range", 0.02),
+        "initializer_factor": vision.get("layer_scale_init_value", 0.1), "use_flash_attn": False,
+        "torch_dtype": dtype,
+    }
+
+
+def synthesize_original(native: dict, family: str, dtype: str) -> dict[str, Any]:
+    """An original config.json written from a native one alone (no original config to start from)."""
+    vision, text = native["vision_config"], native["text_config"]
+    patch = vision.get("patch_size", 14)
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    tokens = int(native.get("image_seq_length", 256))
+    ratio = float(native.get("downsample_ratio", 0.5))
+    image_size = native.get("force_image_size") or round((tokens ** 0.5) / ratio) * patch
+    template = check_template(native.get("template"), "config.json: template (set it before exporting)")
+    return {
+        "architectures": ["InternVLChatModel"], "auto_map": dict(ORIGINAL_AUTO_MAP), "model_type": "internvl_chat",
+        "downsample_ratio": ratio, "dynamic_image_size": bool(native.get("dynamic_image_size", True)),
+        "force_image_size": int(image_size), "max_dynamic_patch": int(native.get("max_dynamic_patch", 12)),
+        "min_dynamic_patch": int(native.get("min_dynamic_patch", 1)), "pad2square": False, "ps_version": "v2",
+        "select_layer": int(native.get("vision_feature_layer", -1)), "template": template,
+        "use_thumbnail": bool(native.get("use_thumbnail", True)), "use_backbone_lora": 0, "use_llm_lora": 0,
+        "torch_dtype": dtype, "llm_config": _original_llm(family, text, dtype),
+        "vision_config": _original_vision(vision, dtype),
+    }
+
+
+def update_original(base: dict, native: dict, family: str, dtype: str) -> dict[str, Any]:
+    """The original config an import started from, brought up to date with what fine-tuning may
+    change: the vocabulary size, tied embeddings, dtype, template and tiling defaults."""
+    cfg = copy.deepcopy(base)
+    text, llm, vision = native["text_config"], cfg["llm_config"], cfg["vision_config"]
+    for o_key, n_key in (("hidden_size", "hidden_size"), ("num_hidden_layers", "num_hidden_layers")):
+        if llm.get(o_key) != text.get(n_key) or vision.get(o_key) != native["vision_config"].get(n_key):
+            raise ConversionError(f"the original config does not describe this model ({o_key} differs); "
+                                  "export without --original-source or pass the folder it was imported from")
+    if LLM_FAMILIES.get((llm.get("architectures") or [None])[0]) != family:
+        raise ConversionError("the original config's llm_config.architectures does not match this model")
+    llm["vocab_size"] = text["vocab_size"]
+    tied = bool(text.get("tie_word_embeddings", False))
+    if bool(llm.get("tie_word_embeddings", False)) != tied:
+        llm["tie_word_embeddings"] = tied
+    for d in (cfg, llm, vision):
+        if d.get("torch_dtype", dtype) != dtype:
+            d["torch_dtype"] = dtype
+    for key in TILING_KEYS:
+        if native.get(key) is not None:
+            cfg[key] = native[key]
+    check_template(cfg.get("template"))
+    return cfg

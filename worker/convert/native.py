@@ -1,0 +1,175 @@
+"""Import a folder that is already transformers-native (``model_type: internvl``, the ``-hf``
+checkpoints): check it against the model class, fix the tied-embeddings trap, and link or copy it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.core.samples import IMG_CONTEXT
+from worker.convert.configs import SOURCE_KEY, check_template
+from worker.convert.errors import ConversionError
+from worker.convert.importer import (
+    INDEX_FILES,
+    copy_side_files,
+    dominant_dtype,
+    dtype_name,
+    expected_native_shapes,
+    write_json,
+)
+from worker.convert.layout import disk_name
+from worker.convert.model_info import ModelInfo
+from worker.convert.streaming import Progress, copy_job, order_jobs, run_jobs
+from worker.convert.tensor_io import CheckpointReader, _read_json
+from worker.convert.tokenizer import _json
+
+EMBED, HEAD = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
+
+
+def load_native_config(raw: dict) -> Any:
+    from transformers import InternVLConfig
+
+    try:
+        return InternVLConfig.from_dict(copy.deepcopy(raw))
+    except Exception as e:  # the config classes raise many kinds of errors
+        raise ConversionError(f"config.json: not a valid native InternVL config ({e})") from None
+
+
+def _chat_template_text(src: Path) -> str:
+    parts = []
+    if (src / "chat_template.jinja").exists():
+        parts.append((src / "chat_template.jinja").read_text(encoding="utf-8"))
+    for name in ("tokenizer_config.json", "chat_template.json", "processor_config.json"):
+        value = _json(src / name).get("chat_template")
+        if isinstance(value, str):
+            parts.append(value)
+    return "\n".join(parts)
+
+
+def guess_template(src: Path, raw: dict) -> str:
+    if raw.get("template") is not None:
+        return check_template(raw["template"])
+    text = _chat_template_text(src)
+    if "<|user|>" in text:
+        return "phi3-chat"
+    if "<|im_end|>\n" in text or "<|im_end|>\\n" in text:
+        return "internvl2_5"
+    if "<|im_start|>" in text:
+        return "internlm2-chat" if ("bos_token" in text or "<s>" in text) else "Hermes-2"
+    raise ConversionError("cannot tell this model's conversation template from its chat template; add "
+                          "\"template\": \"internvl2_5\" (or internlm2-chat, Hermes-2, phi3-chat) to config.json")
+
+
+def _tiling(src: Path, raw: dict) -> dict[str, Any]:
+    pre = _json(src / "preprocessor_config.json")
+    return {"max_dynamic_patch": int(raw.get("max_dynamic_patch", pre.get("max_patches", 12))),
+            "min_dynamic_patch": int(raw.get("min_dynamic_patch", pre.get("min_patches", 1))),
+            "use_thumbnail": bool(raw.get("use_thumbnail", True)),
+            "dynamic_image_size": bool(raw.get("dynamic_image_size", pre.get("crop_to_patches", True)))}
+
+
+def _untie_if_different(reader: CheckpointReader, names: dict[str, str], raw: dict, config: Any) -> None:
+    """``InternVLConfig`` ties the embeddings unless told otherwise; a checkpoint that carries its own,
+    different ``lm_head`` would silently lose it on load. Write ``tie_word_embeddings: false`` then."""
+    if not config.tie_word_embeddings or HEAD not in names:
+        return
+    with reader.open_file(reader.file_of[names[EMBED]]) as get:
+        embed = get(names[EMBED]).clone()
+    with reader.open_file(reader.file_of[names[HEAD]]) as get:
+        same = torch.equal(embed, get(names[HEAD]))
+    if not same:
+        raw["tie_word_embeddings"] = False
+        raw.setdefault("text_config", {})["tie_word_embeddings"] = False
+        config.tie_word_embeddings = False
+        config.text_config.tie_word_embeddings = False
+
+
+def _check_weights(reader: CheckpointReader, names: dict[str, str], config: Any) -> None:
+    want = expected_native_shapes(config)
+    have = {n: reader.meta[actual].shape for n, actual in names.items()}
+    if config.tie_word_embeddings:
+        have.pop(HEAD, None)
+    problems = []
+    missing = sorted(set(want) - set(have))
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing from the weights, e.g. {', '.join(missing[:5])}")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) the native model does not have, e.g. {', '.join(extra[:5])}")
+    for n in sorted(set(want) & set(have)):
+        if tuple(have[n]) != tuple(want[n]):
+            problems.append(f"tensor {n} has shape {list(have[n])}, but config.json implies {list(want[n])}")
+    if problems:
+        raise ConversionError("; ".join(problems[:8]))
+
+
+def _check_tokenizer(src: Path, config: Any) -> None:
+    from tokenizers import Tokenizer
+
+    if not (src / "tokenizer.json").exists():
+        raise ConversionError(f"{src}: a native model folder needs a tokenizer.json")
+    try:
+        idx = Tokenizer.from_file(str(src / "tokenizer.json")).token_to_id(IMG_CONTEXT)
+    except Exception as e:  # tokenizers raises a plain Exception
+        raise ConversionError(f"tokenizer.json: cannot load it ({e})") from None
+    if idx != config.image_token_id:
+        raise ConversionError(f"config.json: image_token_id is {config.image_token_id}, but the tokenizer gives "
+                              f"{IMG_CONTEXT} the id {idx}")
+
+
+def _link_or_copy(path: Path, target: Path) -> None:
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copy2(path, target)
+
+
+def _place_weights(reader: CheckpointReader, names: dict[str, str], out: Path, progress: Progress | None) -> None:
+    if reader.is_pickle:
+        jobs = order_jobs(reader, [copy_job(actual, n) for n, actual in names.items()])
+        run_jobs(reader, jobs, out, 2 * 1024**3, progress)
+        return
+    total = sum(p.stat().st_size for p in reader.files)
+    done = 0
+    for path in reader.files:
+        _link_or_copy(path, out / path.name)
+        done += path.stat().st_size
+        if progress is not None:
+            progress(done, total, path.name)
+    index = reader.folder / INDEX_FILES[0]
+    if index.exists():
+        shutil.copy2(index, out / index.name)
+
+
+def import_native(src: Path, out: Path, progress: Progress | None) -> ModelInfo:
+    raw = _read_json(src / "config.json")
+    config = load_native_config(raw)
+    reader = CheckpointReader(src)
+    names = {disk_name(n): n for n in reader.meta}
+    _untie_if_different(reader, names, raw, config)
+    _check_weights(reader, names, config)
+    _check_tokenizer(src, config)
+    template = guess_template(src, raw)
+    tiling = _tiling(src, raw)
+    raw.update(template=template, **tiling)
+    _place_weights(reader, names, out, progress)
+    copy_side_files(src, out, skip={"config.json"}, include_code=False)
+    write_json(out / "config.json", raw)
+    v, t = config.vision_config, config.text_config
+    kept = [m for n, m in ((n, reader.meta[a]) for n, a in names.items())
+            if not (config.tie_word_embeddings and n == HEAD)]
+    source = raw.get(SOURCE_KEY) if isinstance(raw.get(SOURCE_KEY), dict) else {}
+    patch = v.patch_size[0] if isinstance(v.patch_size, (list, tuple)) else v.patch_size
+    tokens = int(config.image_seq_length)
+    return ModelInfo(
+        family=source.get("family", t.model_type), text_model_type=t.model_type, template=template,
+        vision_hidden_size=v.hidden_size, vision_layers=v.num_hidden_layers, text_hidden_size=t.hidden_size,
+        text_layers=t.num_hidden_layers, vocab_size=t.vocab_size, image_token_id=int(config.image_token_id),
+        image_size=int(raw.get("force_image_size") or round(tokens**0.5 / config.downsample_ratio) * patch),
+        num_image_token=tokens, **tiling, param_count=sum(m.nbytes // m.dtype.itemsize for m in kept),
+        dtype=dtype_name(dominant_dtype(kept)), source_format="hf", source_path=str(src.resolve()), native_path="")

@@ -1,0 +1,217 @@
+"""The original checkpoint's tokenizer, rebuilt as a fast (``tokenizer.json``) tokenizer.
+
+InternLM2 and Phi-3 ship a sentencepiece ``tokenizer.model`` behind a slow (or remote-code) class.
+The fast tokenizer is built from the sentencepiece model itself with transformers' converter, which
+follows the model's own normaliser settings (byte fallback, dummy prefix, whitespace handling), and
+then receives the checkpoint's added tokens at their original ids.
+
+The trap (see docs/models.md): the slow tokenizers differ in how they treat text *after* a special
+token. InternLM2's class always encodes each piece of text between special tokens on its own, with
+sentencepiece's dummy prefix ("legacy"); Phi-3's ``LlamaTokenizer`` config asks for ``legacy: false``,
+where only the start of the whole text gets the prefix. The flag is read from the checkpoint's own
+``tokenizer_config.json`` and reproduced; tests compare ids on text with special tokens followed by
+words, newlines, tabs and space runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backend.core.samples import IMG_CONTEXT, IMG_END, IMG_START
+from backend.core.templates import Template
+from worker.convert.errors import ConversionError
+
+ROLE_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+TOKENIZER_SOURCE_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "added_tokens.json", "vocab.json", "merges.txt")
+
+
+@dataclass(frozen=True)
+class AddedTok:
+    id: int
+    content: str
+    special: bool = True
+    lstrip: bool = False
+    rstrip: bool = False
+    single_word: bool = False
+
+
+def _json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path.name}: cannot read JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path.name}: expected a JSON object")
+    return data
+
+
+def _content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def read_added_tokens(src: Path) -> list[AddedTok]:
+    """The added tokens of a checkpoint, from ``tokenizer_config.json`` (``added_tokens_decoder``)
+    or, for older folders, ``added_tokens.json``."""
+    decoder = _json(src / "tokenizer_config.json").get("added_tokens_decoder")
+    out: dict[int, AddedTok] = {}
+    if isinstance(decoder, dict):
+        for key, tok in decoder.items():
+            try:
+                out[int(key)] = AddedTok(int(key), tok["content"], bool(tok.get("special", True)),
+                                         bool(tok.get("lstrip", False)), bool(tok.get("rstrip", False)),
+                                         bool(tok.get("single_word", False)))
+            except (KeyError, TypeError, ValueError):
+                raise ConversionError(f"tokenizer_config.json: added_tokens_decoder entry {key} is malformed") from None
+    for content, idx in _json(src / "added_tokens.json").items():
+        if isinstance(idx, int) and idx not in out:
+            out[idx] = AddedTok(idx, content)
+    return [out[i] for i in sorted(out)]
+
+
+def special_roles(src: Path) -> dict[str, str]:
+    """``bos_token``/``eos_token``/``unk_token``/``pad_token`` -> their text."""
+    roles: dict[str, str] = {}
+    for source in (_json(src / "special_tokens_map.json"), _json(src / "tokenizer_config.json")):
+        for key in ROLE_KEYS:
+            content = _content(source.get(key))
+            if content and key not in roles:
+                roles[key] = content
+    return roles
+
+
+def uses_legacy_prefix(tokenizer_config: dict) -> bool:
+    """Whether text after a special token gets sentencepiece's dummy prefix, as the original does."""
+    cls = str(tokenizer_config.get("tokenizer_class") or "")
+    if cls.startswith("InternLM2Tokenizer"):
+        return True  # its _tokenize encodes every chunk with the prefix, whatever "legacy" says
+    return bool(tokenizer_config.get("legacy", True))  # LlamaTokenizer's default at transformers 4.37
+
+
+def _from_sentencepiece(path: Path, added: list[AddedTok], legacy: bool) -> Any:
+    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+
+    proto = import_protobuf().ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf raises its own DecodeError
+        raise ConversionError(f"tokenizer.model: not a sentencepiece model ({e})") from None
+    if proto.trainer_spec.model_type != 2:  # 1 unigram, 2 BPE
+        raise ConversionError("tokenizer.model: only sentencepiece BPE models (InternLM2, Llama, Phi-3) are converted")
+    renamed = {t.id: t.content for t in added if t.id < len(proto.pieces)}
+    vocab: dict[str, int] = {}
+    for i, piece in enumerate(proto.pieces):
+        vocab.setdefault(renamed.get(i, piece.piece), i)
+    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=legacy)
+    if tok is None:
+        raise ConversionError("tokenizer.model: transformers cannot convert this sentencepiece model")
+    return tok
+
+
+def _from_bpe_files(src: Path) -> Any:
+    from transformers.convert_slow_tokenizer import Qwen2Converter
+
+    vocab = _json(src / "vocab.json")
+    lines = (src / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    if any(len(m) != 2 for m in merges):
+        raise ConversionError("merges.txt: every line must hold two symbols")
+    return Qwen2Converter(None).converted(vocab=vocab, merges=merges)
+
+
+def _backend(src: Path, family: str, added: list[AddedTok], tokenizer_config: dict) -> Any:
+    from tokenizers import Tokenizer
+
+    if (src / "tokenizer.model").exists():
+        return _from_sentencepiece(src / "tokenizer.model", added, uses_legacy_prefix(tokenizer_config))
+    if (src / "tokenizer.json").exists():
+        try:
+            return Tokenizer.from_file(str(src / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a plain Exception
+            raise ConversionError(f"tokenizer.json: cannot load it ({e})") from None
+    if family == "qwen2" and (src / "vocab.json").exists() and (src / "merges.txt").exists():
+        return _from_bpe_files(src)
+    raise ConversionError(f"{src}: no tokenizer (tokenizer.model, tokenizer.json, or vocab.json + merges.txt)")
+
+
+def _add_tokens(tok: Any, added: list[AddedTok]) -> None:
+    from tokenizers import AddedToken
+
+    for t in added:
+        token = AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
+                           normalized=False, special=t.special)
+        have = tok.token_to_id(t.content)
+        if have is None and t.id != tok.get_vocab_size(with_added_tokens=True):
+            raise ConversionError(f"tokenizer: added token {t.content!r} has id {t.id}, but the next free id is "
+                                  f"{tok.get_vocab_size(with_added_tokens=True)} (gaps are not supported)")
+        (tok.add_special_tokens if t.special else tok.add_tokens)([token])
+        if tok.token_to_id(t.content) != t.id:
+            raise ConversionError(f"tokenizer: added token {t.content!r} should have id {t.id}, "
+                                  f"got {tok.token_to_id(t.content)}")
+
+
+def chat_template(t: Template) -> str:
+    """A Jinja chat template that renders exactly what :func:`backend.core.templates.render` renders.
+
+    String contents go through as they are (vlstudio's ``<image>`` placeholders included); list
+    contents (the transformers multimodal form) render images as ``<IMG_CONTEXT>`` + newline, which is
+    what ``InternVLProcessor`` expands.
+    """
+    sys_prefix, sys_suffix = t.system_template.split("{system_message}")
+    q = json.dumps
+    return (
+        "{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
+        "{%- for part in content -%}{%- if part['type'] == 'image' -%}{{ " + q(IMG_CONTEXT + "\n") + " }}"
+        "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- set system_message = render(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
+        "{%- else -%}{%- set system_message = " + q(t.system_message, ensure_ascii=False) + " -%}"
+        "{%- set loop_messages = messages -%}{%- endif -%}"
+        + ("{{ " + q(t.bos) + " }}" if t.bos else "")
+        + "{{ " + q(sys_prefix) + " + system_message + " + q(sys_suffix + t.sep) + " }}"
+        "{%- for message in loop_messages -%}"
+        "{%- if message['role'] == 'user' -%}{{ " + q(t.user_role) + " + render(message['content']) + " + q(t.sep)
+        + " }}{%- elif message['role'] == 'assistant' -%}{{ " + q(t.assistant_role)
+        + " + render(message['content']) + " + q(t.sep) + " }}"
+        "{%- else -%}{{ raise_exception('roles must be system (first), user or assistant') }}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ " + q(t.assistant_role) + " }}{%- endif -%}"
+    )
+
+
+def build_tokenizer(src: Path, family: str, template: Template) -> Any:
+    """The checkpoint's tokenizer as a transformers fast tokenizer with the InternVL image tokens,
+    the template's chat template, and BOS added exactly when the original tokenizer added it."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    config = _json(src / "tokenizer_config.json")
+    added = read_added_tokens(src)
+    tok = _backend(src, family, added, config)
+    _add_tokens(tok, added)
+    roles = special_roles(src)
+    for needed in (IMG_START, IMG_END, IMG_CONTEXT):
+        if tok.token_to_id(needed) is None:
+            raise ConversionError(f"tokenizer: the InternVL token {needed} is missing from this checkpoint's tokenizer")
+    bos = roles.get("bos_token")
+    add_bos = bool(config.get("add_bos_token", family in ("internlm2", "phi3", "llama") and bos is not None))
+    if add_bos and bos is not None and tok.token_to_id(bos) is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, **roles, model_max_length=int(config.get("model_max_length", 8192)),
+        start_image_token=IMG_START, end_image_token=IMG_END, context_image_token=IMG_CONTEXT,
+        clean_up_tokenization_spaces=False)
+    fast.chat_template = chat_template(template)
+    for t in added:
+        if fast.convert_tokens_to_ids(t.content) != t.id:
+            raise ConversionError(f"tokenizer: {t.content!r} maps to {fast.convert_tokens_to_ids(t.content)}, not {t.id}")
+    return fast
