@@ -257,6 +257,8 @@ def _original_rope(family: str, text: dict) -> tuple[float, dict | None]:
     theta = float(rope.pop("rope_theta", text.get("rope_theta", 10000.0)))
     kind = rope.pop("rope_type", "default")
     rope.pop("type", None)
+    if rope.get("partial_rotary_factor", 1.0) == 1.0:  # added by the native classes, unknown to the original
+        rope.pop("partial_rotary_factor", None)
     if kind == "default":
         return theta, None
     if family == "phi3":

@@ -120,7 +120,9 @@ class CheckpointReader:
                     raise
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            lines = [ln for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+            # torch's first line advises weights_only=False; the useful part names the refused object
+            first = next((ln for ln in lines if "GLOBAL" in ln), lines[0])
             raise ConversionError(
                 f"{path.name}: refused to load this pickle checkpoint: it is not a plain tensor file that "
                 f"torch.load(weights_only=True) accepts ({first}). Convert it to safetensors with a tool you "
