@@ -26,6 +26,24 @@ class Settings(BaseSettings):
     api_url: str | None = Field(None, description="where the UI reaches the API; default http://host:port")
     worker_concurrency: int = 1
     backend: Literal["local", "slurm"] = Field("local", description="where training commands run")
+    # Slurm backend (docs/deploy-slurm.md): used when backend == "slurm".
+    slurm_partition: str | None = Field(None, description="sbatch --partition; default: the cluster's")
+    slurm_account: str | None = Field(None, description="sbatch --account")
+    slurm_qos: str | None = Field(None, description="sbatch --qos")
+    slurm_time_limit: str | None = Field(None, description="sbatch --time, e.g. 2-00:00:00")
+    slurm_gpus_per_node: int | None = Field(
+        None, ge=0, description="GPUs on one node of the partition; a job asking for more per node is refused")
+    slurm_cpus_per_task: int | None = Field(None, ge=1, description="sbatch --cpus-per-task (one task per node)")
+    slurm_extra_options: str = Field("", description="more sbatch options, shell-quoted, e.g. '--exclusive'")
+    slurm_shared_dir: Path | None = Field(
+        None, description="shared folder every node sees; the data folder (datasets, runs) must be inside it")
+    slurm_python: str | None = Field(None, description="Python on the nodes; default: the worker's own")
+    slurm_setup: str = Field("", description="shell lines run on the nodes first, e.g. module load, venv")
+    slurm_requeue: bool = Field(False, description="let Slurm requeue after node failure; resumes from the "
+                                                   "last checkpoint")
+    slurm_signal_seconds: int = Field(
+        120, ge=0, description="SIGTERM this long before the time limit, so the trainer checkpoints")
+    slurm_poll_seconds: float = Field(5.0, gt=0, description="how often the worker asks squeue")
     max_upload_bytes: int = 20 * 2**30
     log_batch_lines: int = 200
     stream_poll_seconds: float = 0.25

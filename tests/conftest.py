@@ -80,10 +80,11 @@ class Studio:
 
 
 def start_studio(tmp_path: Path, database_url: str | None = None, broker_url: str | None = None,
-                 with_ui: bool = False, workers: int = 1) -> Studio:
+                 with_ui: bool = False, workers: int = 1, extra_env: dict[str, str] | None = None) -> Studio:
     port = free_port()
     data = tmp_path / "data"
     env = {**os.environ, "VLSTUDIO_DATA_DIR": str(data), "VLSTUDIO_PORT": str(port), "VLSTUDIO_HOST": "127.0.0.1"}
+    env.update(extra_env or {})  # e.g. VLSTUDIO_BACKEND=slurm
     for key, val in (("VLSTUDIO_DATABASE_URL", database_url), ("VLSTUDIO_BROKER_URL", broker_url)):
         if val:
             env[key] = val
