@@ -1,0 +1,128 @@
+"""Evaluation jobs: create, list, get, cancel, logs, results side by side, download."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.api.auth import CurrentUser
+from backend.api.deps import SessionDep, SettingsDep
+from backend.db.session import get_sessionmaker
+from backend.queue import make_celery
+from backend.services import evaluations as svc
+
+router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: int | None = Field(None, description="a registered model (base)")
+    job_id: int | None = Field(None, description="what a training job saved")
+    checkpoint: str | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
+
+
+class EvaluationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: int
+    split: str = Field("validation", description="'validation' (the held-out split) or 'train'")
+    models: list[ModelRef]
+    metrics: list[str] = Field(default_factory=list, description="empty: chosen from the data")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="max_new_tokens, batch_size, max_dynamic_patch, limit")
+
+
+class EvaluationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    owner_id: int | None
+    status: str
+    dataset_id: int
+    split: str
+    models: list[dict[str, Any]]
+    metrics: list[str]
+    params: dict[str, Any]
+    summary: list[dict[str, Any]]
+    done: int
+    total: int | None
+    exit_code: int | None
+    failure_reason: str | None
+    run_dir: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@router.post("", response_model=EvaluationOut, status_code=201,
+             responses={422: {"description": "invalid request; `errors` lists every problem"}})
+def create_evaluation(body: EvaluationCreate, session: SessionDep, settings: SettingsDep,
+                      user: CurrentUser):  # noqa: ANN201
+    """Queue an evaluation of one or more models on a dataset split (same queue as training)."""
+    celery = make_celery(settings)
+
+    def send(evaluation_id: int) -> str:
+        return celery.send_task(svc.EVAL_TASK, args=[evaluation_id]).id
+
+    refs = [r.model_dump(exclude_none=True) for r in body.models]
+    return svc.create_evaluation(session, user, dataset_id=body.dataset_id, split=body.split, models=refs,
+                                 metrics=body.metrics, params=body.params, send=send)
+
+
+@router.get("", response_model=list[EvaluationOut])
+def list_evaluations(session: SessionDep, user: CurrentUser) -> list:
+    return svc.list_evaluations(session, user)
+
+
+@router.get("/{evaluation_id}", response_model=EvaluationOut)
+def get_evaluation(evaluation_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+    return svc.get_evaluation(session, evaluation_id, user)
+
+
+@router.post("/{evaluation_id}/cancel", response_model=EvaluationOut)
+def cancel_evaluation(evaluation_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+    return svc.request_cancel(session, evaluation_id, user)
+
+
+@router.get("/{evaluation_id}/logs")
+def get_logs(evaluation_id: int, session: SessionDep, user: CurrentUser, after: int = 0,
+             limit: int = 1000) -> list[dict]:
+    """Log lines with ``seq`` greater than ``after`` (a cursor), oldest first."""
+    svc.get_evaluation(session, evaluation_id, user)
+    return [{"seq": r.seq, "stream": r.stream, "line": r.line}
+            for r in svc.logs_after(session, evaluation_id, after, min(limit, 10000))]
+
+
+@router.get("/{evaluation_id}/results")
+def get_results(evaluation_id: int, session: SessionDep, user: CurrentUser, only_differences: bool = False,
+                offset: int = 0, limit: int = 500) -> dict:
+    """Per-model metrics and, per sample, every model's prediction side by side; with
+    ``only_differences`` only the samples where the models' predictions differ."""
+    return svc.results(session, evaluation_id, user, only_differences, offset, min(limit, 5000))
+
+
+@router.get("/{evaluation_id}/download")
+def download(evaluation_id: int, session: SessionDep, user: CurrentUser) -> StreamingResponse:
+    """Every per-sample output as JSON lines (one line per model and sample), summary first."""
+    ev = svc.get_evaluation(session, evaluation_id, user)
+    summary = {"evaluation_id": ev.id, "status": ev.status.value, "summary": ev.summary}
+    labels = [m["label"] for m in ev.models]
+
+    def lines() -> Iterator[str]:
+        yield json.dumps(summary) + "\n"
+        with get_sessionmaker()() as s:
+            for r in svc.samples(s, evaluation_id):
+                yield json.dumps({"model": labels[r.model_index] if r.model_index < len(labels) else r.model_index,
+                                  "index": r.sample_index, "id": r.sample_id, "question": r.question,
+                                  "answers": r.answers, "prediction": r.prediction, "scores": r.scores},
+                                 ensure_ascii=False) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers={
+        "Content-Disposition": f'attachment; filename="evaluation-{ev.id}.jsonl"'})

@@ -1,0 +1,64 @@
+"""The evaluation-job spec: written resolved into the run folder by the worker, read by the
+evaluation program (``python -m worker.evaluation.run --spec RUN/spec.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.core.samples import IMAGE_PLACEHOLDER, normalise_conversations
+
+
+class EvalModel(BaseModel):
+    label: str
+    path: str
+    template: str
+
+
+class EvaluationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evaluation_id: int
+    annotation: str
+    root: str
+    output_dir: str
+    models: list[EvalModel]
+    metrics: list[str] = Field(default_factory=list, description="empty: chosen from the data")
+    max_new_tokens: int = 32
+    batch_size: int = 8
+    max_dynamic_patch: int | None = None
+    limit: int | None = None
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
+
+    @classmethod
+    def read(cls, path: Path) -> EvaluationSpec:
+        return cls.model_validate_json(path.read_text())
+
+
+def default_metrics(records: list[dict]) -> list[str]:
+    """Every text metric; multiple choice too when the records carry ``options``."""
+    names = ["exact_match", "vqa_accuracy", "anls", "relaxed_accuracy"]
+    if any(r.get("options") for r in records):
+        names.append("multiple_choice")
+    return names
+
+
+def split_record(record: dict) -> tuple[list[dict], list[str], list[str] | None]:
+    """(prompt turns, acceptable answers, options) of an evaluation record: the prompt is the
+    conversation up to its last assistant turn, whose text is the reference answer unless the
+    record lists ``answers`` (VQA-style, several human answers)."""
+    convs = normalise_conversations(record)
+    last = max((i for i, t in enumerate(convs) if t.get("from") == "gpt"), default=None)
+    if last is None:
+        raise ValueError(f"record {record.get('id')!r} has no assistant turn to compare with")
+    answers = record.get("answers") or [convs[last]["value"]]
+    return convs[:last], [str(a) for a in answers], record.get("options")
+
+
+def question_text(prompt: list[dict]) -> str:
+    human = [t["value"] for t in prompt if t.get("from") == "human"]
+    return human[-1].replace(IMAGE_PLACEHOLDER, "").strip() if human else ""

@@ -1,0 +1,262 @@
+"""Evaluations: compare models (base, fine-tuned, checkpoints of a job) on a dataset split.
+
+An evaluation is a job of its own kind on the same Celery queue as training
+(task ``vlstudio.evaluate``); it has the same status machine, live logs and heartbeat as a
+training job. Per-sample outputs are stored in ``evaluation_samples`` as the worker streams
+them; the summary (per model, per metric) when it ends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from backend.core.eval_metrics import METRICS
+from backend.db.models import (
+    Dataset,
+    Evaluation,
+    EvaluationLog,
+    EvaluationSample,
+    Job,
+    JobStatus,
+    Model,
+    User,
+)
+from backend.services.datasets import get_dataset
+from backend.services.errors import Conflict, InvalidInput, NotFound
+from backend.services.jobs import LEGAL
+from backend.services.models import get_model
+from backend.services.users import visible_to
+
+EVAL_TASK = "vlstudio.evaluate"
+SPLITS = ("validation", "train")
+S = JobStatus
+CHECKPOINT_NAME = re.compile(r"^(final|checkpoint-\d+)$")
+DEFAULT_PARAMS: dict[str, Any] = {"max_new_tokens": 32, "batch_size": 8, "max_dynamic_patch": None, "limit": None}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------- models
+def resolve_model_ref(session: Session, ref: dict[str, Any], user: User | None) -> dict[str, Any]:
+    """``{"model_id": N}`` (a registered model) or ``{"job_id": N, "checkpoint": "final" |
+    "checkpoint-STEP"}`` (what a training job saved) -> a reference with a label."""
+    if "model_id" in ref and ref.get("job_id") is None:
+        m = get_model(session, int(ref["model_id"]), user)
+        return {"label": m.name, "model_id": m.id, "job_id": None, "checkpoint": None}
+    if ref.get("job_id") is None:
+        raise InvalidInput("a model reference needs model_id or job_id", [ref])
+    job = session.get(Job, int(ref["job_id"]))
+    if job is None or not visible_to(user, job.owner_id):
+        raise NotFound(f"job {ref['job_id']} not found")
+    ckpt = ref.get("checkpoint") or "final"
+    if not CHECKPOINT_NAME.match(ckpt):
+        raise InvalidInput(f"checkpoint {ckpt!r}: expected 'final' or 'checkpoint-STEP'")
+    if ckpt == "final" and job.status != S.succeeded:
+        raise InvalidInput(f"job {job.id} is {job.status.value}; only a succeeded job has a final model")
+    if ckpt != "final" and not job.run_dir:
+        raise InvalidInput(f"job {job.id} has not started; it has no checkpoints")
+    label = f"job {job.id}" + ("" if ckpt == "final" else f" {ckpt}")
+    return {"label": label, "model_id": job.model_id, "job_id": job.id, "checkpoint": ckpt}
+
+
+def model_location(session: Session, ref: dict[str, Any]) -> tuple[Path, str, bool]:
+    """(folder, template, builtin) of a resolved reference."""
+    if ref.get("job_id") is None:
+        m = session.get(Model, ref["model_id"])
+        if m is None:
+            raise NotFound(f"model {ref['model_id']} not found")
+        return Path(m.path), m.template, m.builtin
+    job = session.get(Job, ref["job_id"])
+    if job is None or not job.run_dir:
+        raise NotFound(f"job {ref['job_id']} has no run folder")
+    base = session.get(Model, job.model_id)
+    template = (job.hyper or {}).get("template") or (base.template if base else "internlm2-chat")
+    run = Path(job.run_dir)
+    folder = run / "final" if ref["checkpoint"] == "final" else run / "checkpoints" / ref["checkpoint"]
+    return folder, template, False
+
+
+# ----------------------------------------------------------------------------- create/read
+def split_annotation(ds: Dataset, split: str) -> str:
+    if split == "train":
+        return ds.annotation
+    if split == "validation":
+        if not ds.val_annotation:
+            raise InvalidInput(f"dataset {ds.id} has no validation split; register it with a held-out fraction "
+                               "or a validation JSONL, or evaluate split 'train'")
+        return ds.val_annotation
+    raise InvalidInput(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+
+
+def create_evaluation(session: Session, user: User | None, *, dataset_id: int, split: str,
+                      models: Sequence[dict[str, Any]], metrics: Sequence[str] | None,
+                      params: dict[str, Any], send: Callable[[int], str]) -> Evaluation:
+    """Validate the request (every problem at once), record a queued evaluation, queue it."""
+    problems: list[dict[str, Any]] = []
+    refs: list[dict[str, Any]] = []
+    try:
+        split_annotation(get_dataset(session, dataset_id, user), split)
+    except (NotFound, InvalidInput) as e:
+        problems.append({"field": "dataset_id" if isinstance(e, NotFound) else "split", "message": e.message})
+    if not models:
+        problems.append({"field": "models", "message": "at least one model to evaluate"})
+    for i, ref in enumerate(models):
+        try:
+            refs.append(resolve_model_ref(session, dict(ref), user))
+        except (NotFound, InvalidInput) as e:
+            problems.append({"field": f"models.{i}", "message": e.message})
+    unknown = [m for m in (metrics or []) if m not in METRICS]
+    if unknown:
+        problems.append({"field": "metrics", "message": f"unknown metric(s) {unknown}; known: {list(METRICS)}"})
+    bad = sorted(set(params) - set(DEFAULT_PARAMS))
+    if bad:
+        problems.append({"field": "params", "message": f"unknown parameter(s) {bad}; known: {list(DEFAULT_PARAMS)}"})
+    for key in ("max_new_tokens", "batch_size", "max_dynamic_patch", "limit"):
+        v = params.get(key)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            problems.append({"field": f"params.{key}", "message": "must be a positive integer"})
+    if problems:
+        raise InvalidInput("invalid evaluation", problems)
+    ev = Evaluation(owner_id=user.id if user else None, dataset_id=dataset_id, split=split, models=refs,
+                    metrics=list(metrics or []), params={**DEFAULT_PARAMS, **params}, status=S.queued)
+    session.add(ev)
+    session.commit()
+    try:
+        ev.celery_task_id = send(ev.id)
+    except Exception as e:  # the broker is down: the evaluation must not stay queued forever
+        transition(session, ev.id, S.failed, failure_reason=f"could not queue the evaluation: {e}")
+        raise
+    session.commit()
+    return ev
+
+
+def get_evaluation(session: Session, evaluation_id: int, user: User | None = None) -> Evaluation:
+    ev = session.get(Evaluation, evaluation_id)
+    if ev is None or not visible_to(user, ev.owner_id):
+        raise NotFound(f"evaluation {evaluation_id} not found")
+    return ev
+
+
+def list_evaluations(session: Session, user: User | None = None, limit: int = 200) -> list[Evaluation]:
+    q = select(Evaluation).order_by(Evaluation.id.desc()).limit(limit)
+    if user is not None and not user.is_admin:
+        q = q.where((Evaluation.owner_id == user.id) | (Evaluation.owner_id.is_(None)))
+    return list(session.scalars(q))
+
+
+# ------------------------------------------------------------------------------- lifecycle
+def transition(session: Session, evaluation_id: int, new: JobStatus, **fields: Any) -> bool:
+    ev = get_evaluation(session, evaluation_id)
+    session.refresh(ev)
+    current = ev.status
+    if new not in LEGAL[current]:
+        raise Conflict(f"evaluation {evaluation_id} cannot go from {current.value} to {new.value}")
+    values: dict[str, Any] = {"status": new, "updated_at": now(), **fields}
+    if new.finished:
+        values.setdefault("finished_at", now())
+    res = session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == current)
+                          .values(**values))
+    session.commit()
+    session.refresh(ev)
+    return res.rowcount == 1
+
+
+def claim_evaluation(session: Session, evaluation_id: int, worker: str) -> bool:
+    """Atomically take a queued evaluation (a redelivered message cannot start it twice)."""
+    res = session.execute(
+        update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == S.queued)
+        .values(status=S.starting, worker=worker, started_at=now(), heartbeat_at=now(), updated_at=now()))
+    session.commit()
+    return res.rowcount == 1
+
+
+def request_cancel(session: Session, evaluation_id: int, user: User | None = None) -> Evaluation:
+    ev = get_evaluation(session, evaluation_id, user)
+    if ev.status == S.queued:
+        transition(session, evaluation_id, S.cancelled, failure_reason="cancelled before it started")
+    elif ev.status in (S.starting, S.running):
+        transition(session, evaluation_id, S.stopping)
+    elif ev.status != S.stopping:
+        raise Conflict(f"evaluation {evaluation_id} is {ev.status.value}; nothing to cancel")
+    session.refresh(ev)
+    return ev
+
+
+def heartbeat(session: Session, evaluation_id: int, **fields: Any) -> None:
+    session.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(heartbeat_at=now(), **fields))
+    session.commit()
+
+
+def next_log_seq(session: Session, evaluation_id: int) -> int:
+    q = select(func.max(EvaluationLog.seq)).where(EvaluationLog.evaluation_id == evaluation_id)
+    return (session.scalar(q) or 0) + 1
+
+
+def append_logs(session: Session, evaluation_id: int, first_seq: int, lines: Sequence[str],
+                stream: str = "stdout") -> int:
+    session.add_all(EvaluationLog(evaluation_id=evaluation_id, seq=first_seq + i, stream=stream, line=line)
+                    for i, line in enumerate(lines))
+    session.commit()
+    return first_seq + len(lines)
+
+
+def logs_after(session: Session, evaluation_id: int, after: int = 0, limit: int = 1000) -> list[EvaluationLog]:
+    return list(session.scalars(select(EvaluationLog).where(
+        EvaluationLog.evaluation_id == evaluation_id, EvaluationLog.seq > after).order_by(EvaluationLog.seq)
+        .limit(limit)))
+
+
+def append_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    """Store per-sample outputs as written by the evaluation program (``outputs.jsonl``)."""
+    session.add_all(EvaluationSample(
+        evaluation_id=evaluation_id, model_index=int(r["model"]), sample_index=int(r["index"]),
+        sample_id=str(r.get("id", r["index"]))[:200], question=r.get("question", ""),
+        answers=list(r.get("answers", [])), prediction=r.get("prediction", ""), scores=r.get("scores", {}))
+        for r in rows)
+    session.commit()
+
+
+# --------------------------------------------------------------------------------- results
+def samples(session: Session, evaluation_id: int) -> list[EvaluationSample]:
+    return list(session.scalars(select(EvaluationSample).where(EvaluationSample.evaluation_id == evaluation_id)
+                                .order_by(EvaluationSample.sample_index, EvaluationSample.model_index)))
+
+
+def side_by_side(ev: Evaluation, rows: Sequence[EvaluationSample]) -> list[dict[str, Any]]:
+    """One entry per sample with every model's prediction and scores; ``differ`` is true
+    when the models' predictions are not all the same (after trimming and case folding)."""
+    by_index: dict[int, dict[str, Any]] = {}
+    n_models = len(ev.models)
+    for r in rows:
+        e = by_index.setdefault(r.sample_index, {
+            "index": r.sample_index, "id": r.sample_id, "question": r.question, "answers": r.answers,
+            "predictions": [None] * n_models, "scores": [None] * n_models})
+        if 0 <= r.model_index < n_models:
+            e["predictions"][r.model_index] = r.prediction
+            e["scores"][r.model_index] = r.scores
+    out = []
+    for e in sorted(by_index.values(), key=lambda x: x["index"]):
+        norm = {(p or "").strip().lower() for p in e["predictions"]}
+        e["differ"] = len(norm) > 1
+        out.append(e)
+    return out
+
+
+def results(session: Session, evaluation_id: int, user: User | None = None, only_differences: bool = False,
+            offset: int = 0, limit: int = 500) -> dict[str, Any]:
+    ev = get_evaluation(session, evaluation_id, user)
+    entries = side_by_side(ev, samples(session, evaluation_id))
+    differing = [e for e in entries if e["differ"]]
+    shown = differing if only_differences else entries
+    return {"evaluation_id": ev.id, "status": ev.status.value, "models": [m["label"] for m in ev.models],
+            "summary": ev.summary, "samples": len(entries), "differing": len(differing),
+            "items": shown[offset:offset + limit]}

@@ -1,0 +1,93 @@
+"""Evaluation jobs, the validation split and the playground through the REST API, against
+SQLite and PostgreSQL (no worker runs here: queued evaluations stay queued)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+from backend.core.demo_data import generate
+
+
+def demo_zip(n: int) -> bytes:
+    buf = io.BytesIO()
+    samples = generate(n)
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data, _ in samples:
+            zf.writestr(name, data)
+        zf.writestr("ann.jsonl", "".join(json.dumps(r) + "\n" for _, _, r in samples))
+    return buf.getvalue()
+
+
+def test_validation_split_by_fraction(api):
+    r = api.post("/api/datasets/demo", params={"samples": 20, "val_fraction": 0.25})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert (ds["num_samples"], ds["num_val_samples"]) == (15, 5)
+
+
+def test_validation_split_by_second_jsonl(api):
+    samples = generate(6)
+    val = "".join(json.dumps(r) + "\n" for _, _, r in samples[:2])
+    r = api.post("/api/datasets", files={"file": ("d.zip", demo_zip(6), "application/zip"),
+                                         "validation": ("val.jsonl", val.encode(), "application/jsonl")})
+    assert r.status_code == 201, r.text
+    assert (r.json()["num_samples"], r.json()["num_val_samples"]) == (6, 2)
+
+
+def test_validation_split_errors_say_what(api):
+    r = api.post("/api/datasets", files={"file": ("d.zip", demo_zip(4), "application/zip")},
+                 data={"val_fraction": "0.01"})
+    assert r.status_code == 422 and "leaves 0 for validation" in r.json()["detail"]
+    bad = json.dumps({"id": 1, "image": "images/missing.png",
+                      "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]})
+    r = api.post("/api/datasets", files={"file": ("d.zip", demo_zip(4), "application/zip"),
+                                         "validation": ("val.jsonl", bad.encode(), "application/jsonl")})
+    assert r.status_code == 422 and "validation JSONL" in r.json()["detail"], r.text
+    assert api.get("/api/datasets").json() == []
+
+
+def test_create_list_cancel_evaluation(api):
+    model = api.get("/api/models").json()[0]
+    ds = api.post("/api/datasets/demo", params={"samples": 8, "val_fraction": 0.5}).json()
+    body = {"dataset_id": ds["id"], "models": [{"model_id": model["id"]}], "metrics": ["exact_match"]}
+    r = api.post("/api/evaluations", json=body)
+    assert r.status_code == 201, r.text
+    ev = r.json()
+    assert ev["status"] == "queued" and ev["models"][0]["label"] == model["name"]
+    assert ev["params"]["max_new_tokens"] == 32
+    assert [e["id"] for e in api.get("/api/evaluations").json()] == [ev["id"]]
+    res = api.get(f"/api/evaluations/{ev['id']}/results").json()
+    assert res["models"] == [model["name"]] and res["items"] == []
+    assert api.post(f"/api/evaluations/{ev['id']}/cancel").json()["status"] == "cancelled"
+    assert api.post(f"/api/evaluations/{ev['id']}/cancel").status_code == 409
+    assert api.get("/api/evaluations/999").status_code == 404
+
+
+def test_invalid_evaluation_lists_every_problem(api):
+    ds = api.post("/api/datasets/demo", params={"samples": 4}).json()  # no validation split
+    r = api.post("/api/evaluations", json={
+        "dataset_id": ds["id"], "models": [{"model_id": 999}, {"job_id": 5}], "metrics": ["bleu"],
+        "params": {"batch_size": 0, "beams": 2}})
+    assert r.status_code == 422
+    fields = {e["field"]: e["message"] for e in r.json()["errors"]}
+    assert "no validation split" in fields["split"]
+    assert fields["models.0"] == "model 999 not found" and fields["models.1"] == "job 5 not found"
+    assert "bleu" in fields["metrics"] and "beams" in fields["params"]
+    assert fields["params.batch_size"] == "must be a positive integer"
+    assert api.get("/api/evaluations").json() == []
+
+
+def test_chat_rejects_bad_requests_before_loading_anything(api):
+    model = api.get("/api/models").json()[0]
+    url = f"/api/models/{model['id']}/chat"
+    r = api.post(url, json={"messages": [{"role": "assistant", "content": "hi"}]})
+    assert r.status_code == 422 and any("alternate" in e["message"] for e in r.json()["errors"])
+    r = api.post(url, json={"messages": [{"role": "user", "content": "hi"}], "image": "not base64!"})
+    assert r.status_code == 422 and "image: not valid base64" in r.json()["detail"]
+    r = api.post(url, json={"messages": [{"role": "user", "content": "hi"}],
+                            "image": base64.b64encode(b"plain text").decode()})
+    assert r.status_code == 422 and "not a readable image" in r.json()["detail"]
+    assert api.post("/api/models/999/chat", json={"messages": [{"role": "user", "content": "x"}]}).status_code == 404

@@ -1,0 +1,1 @@
+"""The evaluation program and the generation engine shared with the playground."""

@@ -1,0 +1,162 @@
+"""Generation with exactly the training pipeline: the same template rendering, the same
+``<image>`` expansion and token ids (``backend.core.samples.tokenize_sample``), the same
+dynamic tiling and pixel transform (``worker.training.data``).
+
+The prompt of a conversation whose last turn is from the user is the token ids that training
+would put before the first trained token of an (empty) assistant reply: by construction the
+model sees at generation time what it saw before every answer in training.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from backend.core.samples import SampleError, tokenize_sample
+from backend.core.templates import Template, get_template
+from backend.core.tiling import IMAGE_SIZE, max_patches_per_image
+from worker.training.data import tile_image, to_tensor
+
+
+@dataclass(frozen=True)
+class Tiling:
+    max_dynamic_patch: int = 6
+    min_dynamic_patch: int = 1
+    use_thumbnail: bool = True
+    dynamic: bool = True
+
+
+@dataclass
+class Prompt:
+    input_ids: list[int]
+    pixel_values: torch.Tensor  # [tiles, 3, 448, 448]
+
+
+def build_prompt(conversations: list[dict], images: Sequence[Image.Image], template: Template, tokenizer,
+                 tiling: Tiling, tokens_per_tile: int = 256) -> Prompt:
+    """Token ids and tiles for a conversation ending with a user turn (``from: human``)."""
+    if not conversations or conversations[-1].get("from") != "human":
+        raise SampleError("the conversation must end with a user turn to generate a reply")
+    per_image = max_patches_per_image(tiling.max_dynamic_patch, len(images))
+    tiles: list[Image.Image] = []
+    counts: list[int] = []
+    for img in images:
+        t = tile_image(img.convert("RGB"), max_num=per_image, min_num=tiling.min_dynamic_patch,
+                       use_thumbnail=tiling.use_thumbnail, dynamic=tiling.dynamic)
+        tiles += t
+        counts.append(len(t))
+    record: dict = {"conversations": [*conversations, {"from": "gpt", "value": ""}]}
+    if images:
+        record["image"] = [f"image{i}" for i in range(len(images))] if len(images) > 1 else "image0"
+    sample = tokenize_sample(record, template, tokenizer, counts, tokens_per_tile, with_offsets=True)
+    reply_start = sample.trained_spans[-1][0]
+    cut = next(i for i, (a, _) in enumerate(sample.offsets) if a >= reply_start and sample.labels[i] != -100)
+    pixel_values = (torch.stack([to_tensor(t) for t in tiles]) if tiles
+                    else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE))
+    return Prompt(sample.input_ids[:cut], pixel_values)
+
+
+def stop_token_ids(template: Template, tokenizer) -> list[int]:
+    ids = {tokenizer.convert_tokens_to_ids(s) for s in template.stop_strings}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+
+
+def collate_left(prompts: Sequence[Prompt], pad_id: int) -> dict:
+    """Left-pad so every prompt ends at the same position (generation continues from there)."""
+    n = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), n), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        k = len(p.input_ids)
+        ids[i, n - k:] = torch.tensor(p.input_ids)
+        mask[i, n - k:] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    tiles = [p.pixel_values for p in prompts if len(p.pixel_values)]
+    if tiles:
+        batch["pixel_values"] = torch.cat(tiles)
+    return batch
+
+
+class Generator:
+    """A loaded model with its tokenizer, template and tiling; greedy by default."""
+
+    def __init__(self, model_path: Path, template: str | None = None, tiling: Tiling | None = None,
+                 device: str | None = None) -> None:
+        from transformers import AutoTokenizer, InternVLForConditionalGeneration
+
+        self.path = Path(model_path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = InternVLForConditionalGeneration.from_pretrained(self.path, dtype=dtype).to(self.device)
+        self.model.eval()
+        cfg = self.model.config
+        self.template = get_template(template or getattr(cfg, "template", None) or "internlm2-chat")
+        self.tiling = tiling or Tiling(max_dynamic_patch=getattr(cfg, "max_dynamic_patch", 6),
+                                       use_thumbnail=getattr(cfg, "use_thumbnail", True))
+        self.stop_ids = stop_token_ids(self.template, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        # One generation at a time per loaded model (the playground may get concurrent requests).
+        self.lock = threading.Lock()
+
+    def prompt(self, conversations: list[dict], images: Sequence[Image.Image]) -> Prompt:
+        return build_prompt(conversations, images, self.template, self.tokenizer, self.tiling)
+
+    def _kwargs(self, max_new_tokens: int, temperature: float) -> dict:
+        kw: dict = {"max_new_tokens": max_new_tokens, "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
+        if temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = list(ids)
+        for k, t in enumerate(ids):
+            if t in self.stop_ids:
+                ids = ids[:k]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 32, temperature: float = 0.0) -> list[str]:
+        batch = {k: v.to(self.device) for k, v in collate_left(prompts, self.pad_id).items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+        with self.lock:
+            out = self.model.generate(**batch, **self._kwargs(max_new_tokens, temperature))
+        n = batch["input_ids"].shape[1]
+        return [self.decode(row[n:].tolist()) for row in out]
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
+        """Yield text pieces as tokens are generated (one request at a time per model)."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        batch = {k: v.to(self.device) for k, v in collate_left([prompt], self.pad_id).items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with self.lock, torch.inference_mode():
+                    self.model.generate(**batch, **self._kwargs(max_new_tokens, temperature), streamer=streamer)
+            except BaseException as e:  # re-raised in the caller's thread below
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from (piece for piece in streamer if piece)
+        thread.join()
+        if errors:
+            raise errors[0]
