@@ -1,19 +1,26 @@
 """The training-job spec: the single source of truth for a run.
 
-``TrainingSpec`` is validated at the API (every problem listed at once), written resolved
-into the run folder as ``spec.json``, re-read by the training program and rendered by the
-UI. Defaults live here and in :mod:`backend.core.presets`; nothing else repeats them.
+``TrainingSpec`` is validated at the API (every problem listed at once, each under its field),
+written resolved into the run folder as ``spec.json``, re-read by the training program and
+rendered by the UI. Defaults live here and in :mod:`backend.core.presets`; nothing else
+repeats them. The switches are the reference recipe's (``internvl_chat_finetune.py``), with
+the same names where the reference has one.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from backend.core.templates import TEMPLATES
+from backend.core.templates import TEMPLATES, TOKENIZER_TEMPLATE
+from backend.core.tiling import DOWNSAMPLE_RATIO, PATCH_SIZE
+
+#: image tokens per tile at 448 px; the problem check below scales it for force_image_size
+TOKENS_PER_TILE_448 = 256
 
 
 class Hyperparameters(BaseModel):
@@ -21,60 +28,160 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
-    num_train_epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    per_device_batch_size: int = Field(2, ge=1, le=1024)
+    # --- schedule
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: train for num_train_epochs)")
+    num_train_epochs: float = Field(1.0, gt=0, description="passes over the data (used when max_steps is -1)")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate (the seed: 4e-5)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (the seed: 0.01 for 2B, 0.05 for 4B)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of the steps spent warming up linearly")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after the warmup")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping threshold")
+    # --- batch and processes
+    per_device_batch_size: int = Field(2, ge=1, le=1024, description="samples per process per forward pass")
     global_batch_size: int | None = Field(
-        None, ge=1, description="kept when the process count changes; gradient accumulation is derived")
+        None, ge=1, description="samples per optimizer step over all processes; kept when the process count "
+        "changes, gradient accumulation is derived (empty: no accumulation)")
     nproc_per_node: int = Field(1, ge=1, le=64, description="training processes per node (GPUs, or CPU ranks)")
     nnodes: int = Field(1, ge=1, le=128, description="nodes (more than one needs the Slurm backend)")
-    gpus: int = Field(0, ge=0, le=64, description="GPUs per job; 0 trains on the CPU")
-    zero_stage: Literal[0, 1, 2, 3] = 1
-    max_seq_length: int = Field(4096, ge=64)
-    max_dynamic_patch: int = Field(6, ge=1, le=40)
-    min_dynamic_patch: int = Field(1, ge=1, le=40)
-    use_thumbnail: bool = True
-    dynamic_image_size: bool = True
-    freeze_backbone: bool = False
-    freeze_mlp: bool = False
-    freeze_llm: bool = False
-    grad_checkpoint: bool = False
-    drop_path_rate: float = Field(0.0, ge=0, lt=1)
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(0, ge=0, description="0: save only at the end")
-    save_total_limit: int = Field(2, ge=1)
-    seed: int = 42
-    template: str | None = Field(None, description="conversation template; default: the model's")
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per node; 0 trains on the CPU (fp32)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage (0: plain DDP)")
+    offload: Literal["none", "optimizer", "optimizer+parameters"] = Field(
+        "none", description="DeepSpeed CPU offload: optimizer states (ZeRO 1-3), or also parameters (ZeRO-3)")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="LLM attention kernel; auto: flash-attention 2 on GPU where installed, else SDPA")
+    dataloader_num_workers: int = Field(0, ge=0, le=64, description="data-loading processes per rank")
+    # --- data
+    max_seq_length: int = Field(4096, ge=64, description="longer samples are truncated (dropped and counted "
+                                "when the cut would fall inside an image)")
+    max_dynamic_patch: int = Field(6, ge=1, le=40, description="most tiles per image (shared by multi-image samples)")
+    min_dynamic_patch: int = Field(1, ge=1, le=40, description="fewest tiles per image")
+    use_thumbnail: bool = Field(True, description="add a whole-image thumbnail tile when an image has several tiles")
+    dynamic_image_size: bool = Field(True, description="dynamic tiling; off: every image is one tile")
+    force_image_size: int | None = Field(
+        None, ge=28, le=1792, description="tile size in pixels (empty: the model's, 448); other sizes interpolate "
+        "the vision position embeddings")
+    group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
+    # --- what trains
+    freeze_backbone: bool = Field(False, description="freeze the vision tower (InternViT)")
+    freeze_mlp: bool = Field(False, description="freeze the vision-to-language projector (mlp1)")
+    freeze_llm: bool = Field(False, description="freeze the language model (and its output head)")
+    unfreeze_vit_layers: int = Field(0, ge=0, description="with freeze_backbone: train the last N ViT layers anyway")
+    unfreeze_lm_head: bool = Field(False, description="with freeze_llm: train the output head anyway")
+    use_backbone_lora: int = Field(0, ge=0, le=512, description="LoRA rank on the vision tower (0: off)")
+    use_llm_lora: int = Field(0, ge=0, le=512, description="LoRA rank on the language model (0: off)")
+    lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha (empty: 2 x rank, as the reference)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
+    merge_lora: bool = Field(False, description="LoRA runs: also save the model with the adapter merged in")
+    vision_select_layer: int = Field(-1, description="ViT layer whose output feeds the projector (-1: the last)")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the ViT, rising linearly to "
+                                  "this rate over the layers")
+    grad_checkpoint: bool = Field(False, description="recompute activations in the backward pass (less memory)")
+    # --- bookkeeping
+    logging_steps: int = Field(1, ge=1, description="write a metrics row every N optimizer steps")
+    save_steps: int = Field(0, ge=0, description="save a checkpoint every N steps (0: only the final model)")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
+    seed: int = Field(42, description="seed of the data order, initialisation of new weights and dropout")
+    report_to: Literal["none", "tensorboard"] = Field(
+        "none", description="also write TensorBoard event files under the run folder's tensorboard/")
+    template: str | None = Field(
+        None, description="conversation template; empty: the model's. 'tokenizer' uses the tokenizer's own chat "
+        "template (transformers -hf checkpoints)")
 
     @model_validator(mode="after")
     def _check_combination(self) -> Hyperparameters:
-        problems: list[str] = []
-        if self.min_dynamic_patch > self.max_dynamic_patch:
-            problems.append("min_dynamic_patch must not exceed max_dynamic_patch")
-        if self.max_steps == 0 or self.max_steps < -1:
-            problems.append("max_steps must be positive, or -1 to train by epochs")
-        if self.gpus and self.gpus != self.nproc_per_node:
-            problems.append("with GPUs, nproc_per_node must equal gpus (one process per GPU)")
-        if self.global_batch_size is not None and self.global_batch_size % (
-                self.per_device_batch_size * self.nproc_per_node):
-            problems.append("global_batch_size must be a multiple of per_device_batch_size x nproc_per_node")
-        if self.freeze_backbone and self.freeze_mlp and self.freeze_llm:
-            problems.append("everything is frozen: nothing would train")
-        if self.template is not None and self.template not in TEMPLATES:
-            problems.append(f"unknown template {self.template!r}")
+        problems = combination_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValidationError.from_exception_data("Hyperparameters", [
+                InitErrorDetails(type=PydanticCustomError("invalid_combination", msg.replace("{", "(")),
+                                 loc=(field,), input=getattr(self, field)) for field, msg in problems])
         return self
+
+    # ------------------------------------------------------------------------ derived values
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
     @property
     def gradient_accumulation_steps(self) -> int:
         if self.global_batch_size is None:
             return 1
-        return self.global_batch_size // (self.per_device_batch_size * self.nproc_per_node)
+        return max(1, self.global_batch_size // (self.per_device_batch_size * self.world_size))
+
+    @property
+    def effective_global_batch_size(self) -> int:
+        return self.per_device_batch_size * self.world_size * self.gradient_accumulation_steps
+
+    @property
+    def uses_lora(self) -> bool:
+        return bool(self.use_backbone_lora or self.use_llm_lora)
+
+    def derived(self) -> dict[str, Any]:
+        """The numbers the UI and API show next to the settings."""
+        return {"world_size": self.world_size, "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                "effective_global_batch_size": self.effective_global_batch_size,
+                "precision": "bf16" if self.gpus else "fp32",
+                "tokens_per_tile": tokens_per_tile_for(self.force_image_size)}
+
+
+def tokens_per_tile_for(force_image_size: int | None) -> int:
+    size = force_image_size or 448
+    return int((size // PATCH_SIZE) ** 2 * DOWNSAMPLE_RATIO**2)
+
+
+def combination_problems(h: Hyperparameters) -> list[tuple[str, str]]:
+    """Every invalid combination of ``h`` as (field, message); empty when it is consistent."""
+    p: list[tuple[str, str]] = []
+    if h.min_dynamic_patch > h.max_dynamic_patch:
+        p.append(("min_dynamic_patch", "min_dynamic_patch must not exceed max_dynamic_patch"))
+    if h.max_steps == 0 or h.max_steps < -1:
+        p.append(("max_steps", "max_steps must be positive, or -1 to train by epochs"))
+    if h.gpus and h.gpus != h.nproc_per_node:
+        p.append(("nproc_per_node", "with GPUs, nproc_per_node must equal gpus (one process per GPU)"))
+    per_step = h.per_device_batch_size * h.world_size
+    if h.global_batch_size is not None and h.global_batch_size % per_step:
+        p.append(("global_batch_size", f"global_batch_size {h.global_batch_size} must be a multiple of "
+                  f"per_device_batch_size x nproc_per_node x nnodes = {per_step}"))
+    _what_trains(h, p)
+    if h.offload != "none" and h.zero_stage == 0:
+        p.append(("offload", "CPU offload needs DeepSpeed ZeRO (zero_stage 1, 2 or 3)"))
+    if h.offload == "optimizer+parameters" and h.zero_stage != 3:
+        p.append(("offload", "parameter offload needs zero_stage 3"))
+    if h.attn_implementation == "flash_attention_2" and not h.gpus:
+        p.append(("attn_implementation", "flash_attention_2 needs GPUs"))
+    if h.force_image_size is not None and h.force_image_size % (2 * PATCH_SIZE):
+        p.append(("force_image_size", f"force_image_size must be a multiple of {2 * PATCH_SIZE} "
+                  "(14 px patches, pixel shuffle 0.5)"))
+    if h.vision_select_layer == 0:
+        p.append(("vision_select_layer", "vision_select_layer 0 is the patch embedding, not a ViT layer"))
+    tiles = h.max_dynamic_patch + (1 if h.use_thumbnail and h.max_dynamic_patch > 1 else 0)
+    image_tokens = tiles * tokens_per_tile_for(h.force_image_size) + 2
+    if h.dynamic_image_size and image_tokens >= h.max_seq_length:
+        p.append(("max_seq_length", f"one image at max_dynamic_patch {h.max_dynamic_patch} takes {image_tokens} "
+                  f"tokens, not less than max_seq_length {h.max_seq_length}: such samples would all be dropped"))
+    if h.template is not None and h.template not in TEMPLATES and h.template != TOKENIZER_TEMPLATE:
+        p.append(("template", f"unknown template {h.template!r}; known: "
+                  f"{', '.join([*sorted(TEMPLATES), TOKENIZER_TEMPLATE])}"))
+    return p
+
+
+def _what_trains(h: Hyperparameters, p: list[tuple[str, str]]) -> None:
+    if h.unfreeze_vit_layers and not h.freeze_backbone:
+        p.append(("unfreeze_vit_layers", "unfreeze_vit_layers only applies with freeze_backbone"))
+    if h.unfreeze_lm_head and not h.freeze_llm:
+        p.append(("unfreeze_lm_head", "unfreeze_lm_head only applies with freeze_llm"))
+    if h.use_llm_lora and not h.freeze_llm:
+        p.append(("use_llm_lora", "LLM LoRA trains an adapter on a frozen LLM: set freeze_llm"))
+    if h.use_backbone_lora and not h.freeze_backbone:
+        p.append(("use_backbone_lora", "backbone LoRA trains an adapter on a frozen ViT: set freeze_backbone"))
+    if h.merge_lora and not h.uses_lora:
+        p.append(("merge_lora", "merge_lora needs use_llm_lora or use_backbone_lora"))
+    if (h.lora_alpha is not None) and not h.uses_lora:
+        p.append(("lora_alpha", "lora_alpha needs use_llm_lora or use_backbone_lora"))
+    trains_something = (not h.freeze_backbone or h.unfreeze_vit_layers or h.use_backbone_lora or not h.freeze_mlp
+                        or not h.freeze_llm or h.unfreeze_lm_head or h.use_llm_lora)
+    if not trains_something:
+        p.append(("freeze_llm", "everything is frozen and no LoRA is set: nothing would train"))
 
 
 class DatasetEntry(BaseModel):
@@ -101,7 +208,8 @@ class TrainingSpec(BaseModel):
     meta_path: str
     output_dir: str
     hyper: Hyperparameters
-    resume_from_checkpoint: str | None = None
+    resume_from_checkpoint: str | None = Field(
+        None, description="a checkpoint folder, or 'latest' for the newest under output_dir/checkpoints")
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2))

@@ -7,12 +7,18 @@ tokenizer's offsets (see :mod:`backend.core.samples`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 INTERNVL_SYSTEM_MESSAGE = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
     "是一个有用无害的人工智能助手。"
 )
+
+
+#: pseudo template name: render with the tokenizer's own chat template (transformers ``-hf``
+#: checkpoints); the training program builds it with :func:`chat_template_renderer`
+TOKENIZER_TEMPLATE = "tokenizer"
 
 
 class TemplateError(ValueError):
@@ -29,6 +35,8 @@ class Template:
     bos: str | None
     system_message: str = INTERNVL_SYSTEM_MESSAGE
     supports_system: bool = True
+    #: a replacement for :func:`render` (the tokenizer's chat template); None: the fields above
+    renderer: Callable[..., Rendered] | None = field(default=None, compare=False, repr=False)
 
     @property
     def stop_strings(self) -> list[str]:
@@ -93,6 +101,9 @@ def render(conversations: list[dict], template: Template, *, system_message: str
     Each turn is ``role + text + sep``; an optional leading ``system`` turn replaces the
     default system message. Only assistant text plus its separator is trained.
     """
+    if template.renderer is not None:
+        return template.renderer(conversations, system_message=system_message,
+                                 add_generation_prompt=add_generation_prompt)
     turns = list(conversations)
     if turns and turns[0].get("from") == "system":
         if not template.supports_system:
@@ -129,3 +140,80 @@ def render(conversations: list[dict], template: Template, *, system_message: str
     if add_generation_prompt:
         add(template.assistant_role)
     return Rendered("".join(parts), spans)
+
+
+#: ``apply(messages, add_generation_prompt) -> text``: a chat template over
+#: ``[{"role": "system"|"user"|"assistant", "content": str}]`` (for instance a bound
+#: ``tokenizer.apply_chat_template(..., tokenize=False)``)
+ApplyChatTemplate = Callable[[list[dict], bool], str]
+
+_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def chat_template_renderer(apply: ApplyChatTemplate) -> Callable[..., Rendered]:
+    """A :func:`render` replacement driven by a tokenizer's chat template.
+
+    The trained span of each assistant turn is what the template adds between the prompt
+    with the generation prompt and the conversation including that reply, i.e. the reply
+    and whatever closes it (``<|im_end|>\\n`` for Qwen-style templates). A template whose
+    earlier output is not a prefix of its later output cannot be labelled this way and is
+    refused rather than guessed at.
+    """
+
+    def renderer(conversations: list[dict], *, system_message: str | None = None,
+                 add_generation_prompt: bool = False) -> Rendered:
+        turns = list(conversations)
+        if turns and turns[0].get("from") == "system":
+            system_message = turns[0]["value"]
+            turns = turns[1:]
+        msgs: list[dict] = [] if system_message is None else [{"role": "system", "content": system_message}]
+        prefixes: list[tuple[str, str]] = []
+        expected = "human"
+        for i, turn in enumerate(turns):
+            role = turn.get("from")
+            if role != expected:
+                raise TemplateError(f"turn {i}: expected role {expected!r}, got {role!r}")
+            if role == "gpt":
+                before = apply(msgs, True)
+                msgs.append({"role": "assistant", "content": turn["value"]})
+                prefixes.append((before, apply(msgs, False)))
+            else:
+                msgs.append({"role": "user", "content": turn["value"]})
+            expected = "gpt" if role == "human" else "human"
+        text = apply(msgs, add_generation_prompt)
+        spans: list[tuple[int, int]] = []
+        for before, after in prefixes:
+            if not after.startswith(before) or not text.startswith(after):
+                raise TemplateError("the tokenizer's chat template renders earlier turns differently once later "
+                                    "turns are added; its assistant replies cannot be located for the labels")
+            spans.append((len(before), len(after)))
+        return Rendered(text, spans)
+
+    return renderer
+
+
+def chat_template_template(apply: ApplyChatTemplate, stop: str) -> Template:
+    """The ``tokenizer`` pseudo-template: rendering by ``apply``, generation stopping at ``stop``."""
+    return Template(name=TOKENIZER_TEMPLATE, system_template="{system_message}", user_role="", assistant_role="",
+                    sep=stop, bos=None, renderer=chat_template_renderer(apply))
+
+
+def _jinja_str(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def to_jinja(template: Template) -> str:
+    """A Hugging Face chat template (Jinja) that renders exactly like :func:`render`, saved with
+    the final model so ``tokenizer.apply_chat_template`` reproduces the training format."""
+    sys_prefix, sys_suffix = template.system_template.split("{system_message}")
+    sep, user, assistant = (_jinja_str(x) for x in (template.sep, template.user_role, template.assistant_role))
+    return (
+        ("{{ bos_token }}" if template.bos else "")
+        + "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
+        "{% set msgs = messages[1:] %}{% else %}{% set sys = " + _jinja_str(template.system_message)
+        + " %}{% set msgs = messages %}{% endif %}"
+        "{{ " + _jinja_str(sys_prefix) + " + sys + " + _jinja_str(sys_suffix) + " + " + sep + " }}"
+        "{% for m in msgs %}{% if m['role'] == 'user' %}{{ " + user + " + m['content'] + " + sep + " }}"
+        "{% else %}{{ " + assistant + " + m['content'] + " + sep + " }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ " + assistant + " }}{% endif %}"
+    )

@@ -4,34 +4,32 @@ Run by the worker (the exact command is also in the run folder's ``command.txt``
 
     torchrun --nproc_per_node N --master_port P -m worker.training.train --spec RUN/spec.json
 
-It reads only the resolved spec; writes ``metrics.jsonl`` (one JSON object per logging step),
-checkpoints under ``RUN/checkpoints`` and the final Hugging Face model under ``RUN/final``.
-It never touches the database, Celery or the web stack.
+It reads only the resolved spec; it writes ``metrics.jsonl`` (one JSON object per logging
+step), checkpoints under ``RUN/checkpoints``, TensorBoard events under ``RUN/tensorboard``
+when asked, and the final Hugging Face model under ``RUN/final`` (LoRA runs: the adapter
+under ``RUN/final/adapter`` as well). It never touches the database, Celery or the web stack.
+Exit codes: 0 done, 2 the spec does not fit the model or data, 143 stopped on SIGTERM after
+saving a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoTokenizer,
-    InternVLForConditionalGeneration,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-from backend.core.spec import TrainingSpec
-from backend.core.templates import get_template
+from backend.core.spec import Hyperparameters, TrainingSpec, tokens_per_tile_for
+from backend.core.template_match import template_problems
+from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
+from worker.training import lora, modeling
+from worker.training.callbacks import BatchStats, MetricsCallback, StopCallback
 from worker.training.data import Collator, SupervisedDataset
+from worker.training.sampler import SeededSampler
 
 STOP_REQUESTED = False
 
@@ -48,9 +46,14 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
+def fail(problems: list[str]) -> None:
+    log("cannot train:\n" + "\n".join(f"  - {p}" for p in problems))
+    raise SystemExit(2)
+
+
 # ----------------------------------------------------------------------------------------- setup
-def deepspeed_config(spec: TrainingSpec, bf16: bool) -> dict:
-    h = spec.hyper
+def deepspeed_config(h: Hyperparameters, bf16: bool) -> dict:
+    """The recipe's zero_stage{1,2,3}_config.json, with the Trainer filling the "auto"s."""
     zero: dict = {"stage": h.zero_stage, "overlap_comm": True, "contiguous_gradients": True}
     if h.zero_stage in (1, 2):
         bucket = 1e9 if h.zero_stage == 1 else 1e8
@@ -60,6 +63,10 @@ def deepspeed_config(spec: TrainingSpec, bf16: bool) -> dict:
         zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_prefetch_bucket_size="auto",
                     stage3_param_persistence_threshold="auto", reduce_bucket_size="auto",
                     sub_group_size=1e9, stage3_max_live_parameters=1e9, stage3_max_reuse_distance=1e9)
+    if h.offload != "none":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if h.offload == "optimizer+parameters":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
@@ -75,15 +82,51 @@ def deepspeed_config(spec: TrainingSpec, bf16: bool) -> dict:
     }
 
 
+def conversation_template(name: str, tokenizer):
+    if name == TOKENIZER_TEMPLATE:
+        def apply(messages, add_generation_prompt):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return chat_template_template(apply, stop=tokenizer.eos_token)
+    return get_template(name)
+
+
+def check_template(spec: TrainingSpec, tokenizer) -> None:
+    """Refuse a template that does not fit the model before anything trains."""
+    import json
+
+    config = json.loads((Path(spec.model_path) / "config.json").read_text())
+    vocab = tokenizer.get_vocab()
+    problems = template_problems(spec.template, config, vocab.get, getattr(tokenizer, "chat_template", None))
+    if problems:
+        fail(problems)
+
+
+def core_model(model):
+    """InternVLModel inside whatever wraps it (DeepSpeed engine or DDP, then peft)."""
+    m = getattr(model, "module", model)
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    return m.model
+
+
 class InternVLTrainer(Trainer):
     """Merges image features into the text embeddings with ``image_flags`` (the reference's
     approach), so a dummy tile keeps the vision tower in every rank's graph."""
+
+    def __init__(self, *args, sampler: SeededSampler, stats: BatchStats, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampler = sampler
+        self.stats = stats
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         flags = inputs.pop("image_flags")
         pixel_values = inputs.pop("pixel_values")
         input_ids = inputs["input_ids"]
-        core = model.module.model if hasattr(model, "module") else model.model
+        self.stats.add(input_ids, inputs["attention_mask"], flags)
+        core = core_model(model)
         embeds = core.get_input_embeddings()(input_ids)
         feats = core.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
         real = feats[flags == 1].reshape(-1, feats.shape[-1]).to(embeds.dtype)
@@ -91,51 +134,11 @@ class InternVLTrainer(Trainer):
         if int(mask.sum()) != real.shape[0]:
             raise ValueError(f"{int(mask.sum())} image tokens but {real.shape[0]} image features")
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), real)
-        # Zero-weighted dummy features keep the vision parameters in the graph.
+        # Zero-weighted dummy features keep the vision parameters in the graph on a text-only rank.
         embeds = embeds + 0.0 * feats[flags == 0].sum().to(embeds.dtype)
         outputs = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=inputs["labels"],
                         num_items_in_batch=num_items_in_batch)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-
-class StreamCallback(TrainerCallback):
-    """Writes one JSON line per logging step to metrics.jsonl and a readable log line."""
-
-    def __init__(self, metrics_path: Path, tokens_per_sample: float) -> None:
-        self.path = metrics_path
-        self.t0 = time.monotonic()
-        self.last_t = self.t0
-        self.last_step = 0
-        self.tokens_per_sample = tokens_per_sample
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        now = time.monotonic()
-        dt = max(now - self.last_t, 1e-9)
-        steps = max(state.global_step - self.last_step, 1)
-        samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        sps = samples_per_step * steps / dt
-        eta = (state.max_steps - state.global_step) * dt / steps
-        row = {
-            "step": state.global_step, "total_steps": state.max_steps, "loss": logs.get("loss"),
-            "grad_norm": logs.get("grad_norm"), "learning_rate": logs.get("learning_rate"),
-            "epoch": logs.get("epoch"), "samples_per_second": sps,
-            "tokens_per_second": sps * self.tokens_per_sample, "eta_seconds": eta, "time": time.time(),
-        }
-        if torch.cuda.is_available():
-            row["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"step {state.global_step}/{state.max_steps} | loss {logs.get('loss'):.4f} | "
-              f"lr {logs.get('learning_rate', 0):.3e} | grad_norm {logs.get('grad_norm') or 0:.3f} | "
-              f"{dt / steps:.2f} s/it | ETA {eta:.0f}s", flush=True)
-        self.last_t, self.last_step = now, state.global_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if STOP_REQUESTED:
-            control.should_save = True
-            control.should_training_stop = True
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -145,72 +148,129 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
+    # -- the spec and the machine
     spec = TrainingSpec.read(args.spec)
     h = spec.hyper
     out = Path(spec.output_dir)
     use_gpu = h.gpus > 0 and torch.cuda.is_available()
     if h.gpus > 0 and not use_gpu:
-        raise SystemExit("the job asks for GPUs but CUDA is not available on this node")
+        fail(["the job asks for GPUs but CUDA is not available on this node"])
     bf16 = use_gpu and torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_gpu else torch.device("cpu")
 
+    # -- tokenizer, template, data
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
-    template = get_template(spec.template)
+    check_template(spec, tokenizer)
+    template = conversation_template(spec.template, tokenizer)
+    image_size = h.force_image_size or 448
+    tokens_per_tile = tokens_per_tile_for(h.force_image_size)
     dataset = SupervisedDataset(
         Path(spec.meta_path), tokenizer, template, max_seq_length=h.max_seq_length,
         max_dynamic_patch=h.max_dynamic_patch, min_dynamic_patch=h.min_dynamic_patch,
-        use_thumbnail=h.use_thumbnail, dynamic_image_size=h.dynamic_image_size, seed=h.seed)
+        use_thumbnail=h.use_thumbnail, dynamic_image_size=h.dynamic_image_size, image_size=image_size,
+        tokens_per_tile=tokens_per_tile, seed=h.seed)
     for name, n in dataset.lengths.items():
         log(f"dataset {name}: {n} samples")
-    log(f"tiling: max_dynamic_patch={h.max_dynamic_patch} min_dynamic_patch={h.min_dynamic_patch} "
-        f"use_thumbnail={h.use_thumbnail}; 256 image tokens per tile; template {template.name}")
+    log(f"tiling: {image_size} px tiles, {tokens_per_tile} image tokens per tile, dynamic={h.dynamic_image_size} "
+        f"min_dynamic_patch={h.min_dynamic_patch} max_dynamic_patch={h.max_dynamic_patch} "
+        f"use_thumbnail={h.use_thumbnail}; template {template.name}")
+    dropped = dict(dataset.dropped)
+    log(f"samples: {len(dataset)} kept, {sum(dropped.values())} dropped "
+        f"({', '.join(f'{k} {v}' for k, v in dropped.items())})")
+    for example in dataset.drop_examples:
+        log(f"  dropped: {example}")
+    if len(dataset) == 0:
+        fail(["no trainable sample left (see the dropped counts above)"])
 
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    model = InternVLForConditionalGeneration.from_pretrained(spec.model_path, dtype=dtype)
-    if h.freeze_backbone:
-        model.model.vision_tower.requires_grad_(False)
-    if h.freeze_mlp:
-        model.model.multi_modal_projector.requires_grad_(False)
-    if h.freeze_llm:
-        model.model.language_model.requires_grad_(False)
-        model.lm_head.requires_grad_(False)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    log(f"parameters: {trainable:,} trainable of {total:,}")
+    # -- model: load, freeze, LoRA
+    model = modeling.load_model(spec.model_path, h, dtype, use_gpu)
+    modeling.apply_freezing(model, h)
+    if h.uses_lora:
+        model = lora.add_lora(model, h)
+    if h.grad_checkpoint:
+        model.config.use_cache = False
+    trainable, total = modeling.trainable_report(model)
+    log(f"parameters: {sum(trainable.values()):,} trainable of {sum(total.values()):,}; by module: "
+        + ", ".join(f"{k} {trainable.get(k, 0):,}/{v:,}" for k, v in total.items()))
 
+    # -- trainer
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
+    ga = h.gradient_accumulation_steps
     targs = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=h.per_device_batch_size,
-        gradient_accumulation_steps=h.gradient_accumulation_steps,
-        learning_rate=h.learning_rate, weight_decay=h.weight_decay, warmup_steps=h.warmup_ratio,
-        lr_scheduler_type=h.lr_scheduler_type, num_train_epochs=h.num_train_epochs, max_steps=h.max_steps,
-        logging_steps=h.logging_steps, save_strategy="steps" if h.save_steps else "no",
-        save_steps=h.save_steps or 500, save_total_limit=h.save_total_limit, seed=h.seed, data_seed=h.seed,
-        bf16=bf16, use_cpu=not use_gpu, deepspeed=deepspeed_config(spec, bf16) if h.zero_stage else None,
-        gradient_checkpointing=h.grad_checkpoint, remove_unused_columns=False, report_to=[],
-        disable_tqdm=True, dataloader_num_workers=0, save_only_model=False, ddp_backend=None if use_gpu else "gloo",
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=h.per_device_batch_size,
+        gradient_accumulation_steps=ga, learning_rate=h.learning_rate, weight_decay=h.weight_decay,
+        warmup_steps=h.warmup_ratio, lr_scheduler_type=h.lr_scheduler_type, num_train_epochs=h.num_train_epochs,
+        max_steps=h.max_steps, max_grad_norm=h.max_grad_norm, logging_steps=h.logging_steps,
+        save_strategy="steps" if h.save_steps else "no", save_steps=h.save_steps or 500,
+        save_total_limit=h.save_total_limit, seed=h.seed, data_seed=h.seed, bf16=bf16, use_cpu=not use_gpu,
+        deepspeed=deepspeed_config(h, bf16) if h.zero_stage else None, gradient_checkpointing=h.grad_checkpoint,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, remove_unused_columns=False,
+        report_to=["tensorboard"] if h.report_to == "tensorboard" else [],
+        disable_tqdm=True, dataloader_num_workers=h.dataloader_num_workers, save_only_model=False,
+        ddp_backend=None if use_gpu else "gloo",
     )
-    tokens_per_sample = sum(dataset.token_length(i) for i in range(min(len(dataset), 64))) / max(
-        1, min(len(dataset), 64))
+    world = targs.world_size
+    sampler = SeededSampler(dataset.modality_lengths, seed=h.seed,
+                            megabatch_size=h.per_device_batch_size * world * ga if h.group_by_length else 0)
+    stats = BatchStats()
+    stop = StopCallback(lambda: STOP_REQUESTED, device)
     trainer = InternVLTrainer(
-        model=model, args=targs, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
-        callbacks=[StreamCallback(out / "metrics.jsonl", tokens_per_sample)])
-    log(f"training: {len(dataset)} samples, world size {targs.world_size}, "
-        f"global batch {h.per_device_batch_size * targs.world_size * h.gradient_accumulation_steps}")
-    trainer.train(resume_from_checkpoint=spec.resume_from_checkpoint)
+        model=model, args=targs, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id, image_size),
+        sampler=sampler, stats=stats, callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped), stop])
+    log(f"training: {len(dataset)} samples, world size {world}, per device {h.per_device_batch_size}, "
+        f"accumulation {ga}, global batch {h.per_device_batch_size * world * ga}, "
+        f"{'bf16' if bf16 else 'fp32'}, ZeRO-{h.zero_stage}, attention {modeling.attention_kernel(h, use_gpu)}")
+    resume = spec.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
 
-    if STOP_REQUESTED:
+    if stop.stopped:
         log("stopped on request; checkpoint saved")
         return 143
+
+    # -- save: a Hugging Face folder that from_pretrained + generate use directly
     final = out / "final"
-    trainer.save_model(str(final))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(final)
-        model.generation_config.save_pretrained(final)
-        log(f"saved final model to {final}")
+    save_final(trainer, spec, tokenizer, template, final)
     return 0
 
 
+def save_final(trainer: Trainer, spec: TrainingSpec, tokenizer, template, final: Path) -> None:
+    h = spec.hyper
+    model = trainer.model
+    base = model.get_base_model() if h.uses_lora else model
+    base.config.template = spec.template
+    if tokenizer.chat_template is None and spec.template != TOKENIZER_TEMPLATE:
+        tokenizer.chat_template = to_jinja(template)
+    sep_id = tokenizer.get_vocab().get(template.sep.strip())
+    if sep_id is not None:
+        base.generation_config.eos_token_id = sep_id
+    target = final / "adapter" if h.uses_lora else final
+    trainer.save_model(str(target))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return
+    tokenizer.save_pretrained(target)
+    if h.uses_lora:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # the merge runs on rank 0 alone, unpartitioned
+
+        def prepare(path: str):
+            m = modeling.load_model(path, h, torch.float32, use_gpu=False)
+            m.config.template = spec.template
+            m.generation_config.eos_token_id = base.generation_config.eos_token_id
+            return m
+
+        if h.merge_lora:
+            lora.merge_adapter(spec.model_path, target, final, prepare)
+            tokenizer.save_pretrained(final)
+            log(f"saved the adapter to {target} and the merged model to {final}")
+            return
+        log(f"saved the adapter to {target} (load it on the base model with peft, or set merge_lora)")
+        return
+    base.generation_config.save_pretrained(final)
+    log(f"saved final model to {final}")
+
+
 if __name__ == "__main__":
-    code = main()
-    # Under torchrun a clean exit lets the agent collect every rank.
-    sys.exit(code if not math.isnan(code) else 1)
+    sys.exit(main())

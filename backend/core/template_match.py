@@ -1,0 +1,93 @@
+"""Does a conversation template fit a model? Checked before training starts.
+
+The reference trains a model whose ``conv_style`` does not match its tokenizer on labels
+that are all masked: zero loss, a "successful" run, and a model that learnt nothing. Here a
+mismatch is an error, found from three independent signals:
+
+1. the model's config: its ``template`` field (original InternVL configs and the folders
+   vlstudio writes), else its language-model family;
+2. the vocabulary: every special marker of the template (``<|im_start|>``, ``<|end|>``...)
+   must be one token, or the model sees a format it was never trained on;
+3. the tokenizer's own chat template, when it has one, must use the same markers.
+
+Pure Python: the tokenizer is passed as two small callables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from backend.core.templates import TEMPLATES, TOKENIZER_TEMPLATE, Template
+
+#: language-model family (architecture or model_type) -> the templates it was trained with
+FAMILY_TEMPLATES: dict[str, set[str]] = {
+    "internlm2": {"internlm2-chat"},
+    "phi3": {"phi3-chat"},
+    "qwen2": {"Hermes-2", "internvl2_5"},
+    # InternLM2 LLMs converted to the Llama layout (transformers' InternVL -hf conversion)
+    "llama": {"Hermes-2", "internvl2_5", "internlm2-chat"},
+}
+_MARKER = re.compile(r"<\|[^|<>]+\|>|<s>")
+
+
+def _family(config: dict) -> str | None:
+    llm = config.get("llm_config") or config.get("text_config") or {}
+    names = [str(a).lower() for a in (llm.get("architectures") or [])] + [str(llm.get("model_type", "")).lower()]
+    for family in FAMILY_TEMPLATES:
+        if any(n.startswith(family) for n in names):
+            return family
+    return None
+
+
+def default_template(config: dict, has_chat_template: bool) -> str | None:
+    """The template a model trains with when the user names none."""
+    name = config.get("template")
+    if isinstance(name, str) and name:
+        return name
+    if config.get("model_type") == "internvl" and has_chat_template:
+        return TOKENIZER_TEMPLATE
+    family = _family(config)
+    if family in ("internlm2", "phi3"):
+        return next(iter(FAMILY_TEMPLATES[family]))
+    return "internvl2_5" if family else None
+
+
+def markers(template: Template) -> list[str]:
+    """The special tokens a template writes (BOS first, when it has one)."""
+    text = "".join([template.bos or "", template.system_template, template.user_role, template.assistant_role,
+                    template.sep])
+    return list(dict.fromkeys(_MARKER.findall(text)))
+
+
+def template_problems(name: str, config: dict, token_id: Callable[[str], int | None],
+                      chat_template: str | None) -> list[str]:
+    """Every reason why template ``name`` does not fit the model; empty when it fits.
+
+    ``token_id(tok)`` is the id of a single vocabulary token, None when it is not one;
+    ``chat_template`` is the tokenizer's Jinja chat template, if it has one.
+    """
+    if name == TOKENIZER_TEMPLATE:
+        return [] if chat_template else ["template 'tokenizer' needs a tokenizer with a chat template; "
+                                         "this model's tokenizer has none"]
+    if name not in TEMPLATES:
+        return [f"unknown template {name!r}; known: {', '.join([*sorted(TEMPLATES), TOKENIZER_TEMPLATE])}"]
+    template = TEMPLATES[name]
+    problems: list[str] = []
+    declared = config.get("template")
+    family = _family(config)
+    if isinstance(declared, str) and declared and declared != name:
+        problems.append(f"template {name!r} does not match the model: its config.json declares {declared!r}")
+    elif not declared and family and name not in FAMILY_TEMPLATES[family]:
+        problems.append(f"template {name!r} does not match the model's {family} language model "
+                        f"(it uses {', '.join(sorted(FAMILY_TEMPLATES[family]))})")
+    missing = [m for m in markers(template) if token_id(m) is None]
+    if missing:
+        problems.append(f"template {name!r} writes {', '.join(missing)}, which the model's tokenizer does not "
+                        "have as a token: the model would train on a format it does not know")
+    if chat_template:
+        absent = [m for m in markers(template) if m != template.bos and m not in chat_template]
+        if absent:
+            problems.append(f"template {name!r} uses {', '.join(absent)}, which the tokenizer's own chat "
+                            "template never writes")
+    return problems

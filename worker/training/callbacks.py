@@ -1,0 +1,111 @@
+"""What the training program reports while it runs, and the cooperative stop.
+
+Batch statistics are counted on every rank by the trainer (``BatchStats``) and summed over
+ranks at each logging step, so tokens/s, tiles per batch and the padding ratio describe the
+whole job, not rank 0's share of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+STATS = ("tokens", "padded_tokens", "tiles", "samples", "micro_batches", "text_only_batches")
+
+
+class BatchStats:
+    """Per-rank running sums since the last logging step."""
+
+    def __init__(self) -> None:
+        self.values = [0.0] * len(STATS)
+
+    def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_flags: torch.Tensor) -> None:
+        real_tiles = int(image_flags.sum())
+        for i, v in enumerate((int(attention_mask.sum()), input_ids.numel(), real_tiles, input_ids.shape[0], 1,
+                               int(real_tiles == 0))):
+            self.values[i] += v
+
+    def collect(self, device: torch.device) -> dict[str, float]:
+        """Sum over ranks (a collective: every rank calls it at the same step), then reset."""
+        t = torch.tensor(self.values, dtype=torch.float64, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(t)
+        self.values = [0.0] * len(STATS)
+        return dict(zip(STATS, t.tolist(), strict=True))
+
+
+def stop_everywhere(local_stop: bool, device: torch.device) -> bool:
+    """True on every rank when any rank was asked to stop, so all ranks save the same step
+    (a rank that saved alone would wait forever in the checkpoint's collectives)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return local_stop
+    t = torch.tensor([1.0 if local_stop else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class MetricsCallback(TrainerCallback):
+    """One JSON line per logging step in metrics.jsonl, and a readable ``step N/M | loss`` line."""
+
+    def __init__(self, path: Path, stats: BatchStats, device: torch.device, dropped: dict[str, int]) -> None:
+        self.path = path
+        self.stats = stats
+        self.device = device
+        self.dropped = dropped
+        self.last_t = time.monotonic()
+        self.last_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_t, self.last_step = time.monotonic(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        s = self.stats.collect(self.device)
+        if not state.is_world_process_zero:
+            return
+        now = time.monotonic()
+        dt = max(now - self.last_t, 1e-9)
+        steps = max(state.global_step - self.last_step, 1)
+        eta = (state.max_steps - state.global_step) * dt / steps
+        micro = max(s["micro_batches"], 1)
+        row = {
+            "step": state.global_step, "total_steps": state.max_steps, "loss": logs.get("loss"),
+            "grad_norm": logs.get("grad_norm"), "learning_rate": logs.get("learning_rate"),
+            "epoch": logs.get("epoch"), "samples_per_second": s["samples"] / dt, "tokens_per_second": s["tokens"] / dt,
+            "eta_seconds": eta, "tiles_per_batch": s["tiles"] / micro,
+            "padding_ratio": 1 - s["tokens"] / max(s["padded_tokens"], 1),
+            "text_only_batches": int(s["text_only_batches"]), "dropped_samples": sum(self.dropped.values()),
+            "dropped": self.dropped, "time": time.time(),
+        }
+        if torch.cuda.is_available():
+            row["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        mem = f" | mem {row['gpu_memory_gib']:.1f} GiB" if "gpu_memory_gib" in row else ""
+        print(f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
+              f"lr {logs.get('learning_rate') or 0:.3e} | grad_norm {logs.get('grad_norm') or 0:.3f} | "
+              f"{dt / steps:.2f} s/it | {row['tokens_per_second']:.0f} tok/s | "
+              f"tiles/batch {row['tiles_per_batch']:.1f} | pad {row['padding_ratio']:.0%}{mem} | ETA {eta:.0f}s",
+              flush=True)
+        self.last_t, self.last_step = now, state.global_step
+
+
+class StopCallback(TrainerCallback):
+    """Cooperative cancel: on SIGTERM, finish the step, save a checkpoint, stop."""
+
+    def __init__(self, requested, device: torch.device) -> None:
+        self.requested = requested  # () -> bool
+        self.device = device
+        self.stopped = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if stop_everywhere(self.requested(), self.device):
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
