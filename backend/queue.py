@@ -3,6 +3,8 @@ and the worker (which registers them). The backend never imports the training pr
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import Celery
 
 from backend.settings import Settings, get_settings
@@ -20,8 +22,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # The jobs table is the source of truth; no result backend.
         "task_ignore_result": True,
         # Ack on receipt: a multi-day run must never be redelivered after Redis' visibility
-        # timeout. A lost worker is found by its heartbeat instead, and claim_job's
-        # conditional update refuses a second start in any case.
+        # timeout. The message is only a wake-up (the jobs table is the queue, see
+        # backend.services.scheduling); a lost worker is found by its heartbeat, and the
+        # claim's conditional update refuses a second start in any case.
         "task_acks_late": False,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
@@ -36,3 +39,15 @@ def make_celery(settings: Settings | None = None) -> Celery:
         }
     app.conf.update(conf)
     return app
+
+
+@lru_cache
+def _cached_celery(broker: str) -> Celery:
+    return make_celery()
+
+
+def wake_workers(job_id: int) -> str | None:
+    """Tell the workers a job is waiting. Fails fast when the broker is down: the job is
+    already in the jobs table, which the workers also poll."""
+    app = _cached_celery(get_settings().celery_broker_url)
+    return app.send_task(TRAIN_TASK, args=[job_id], retry=False).id

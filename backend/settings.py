@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_SECRET = "vlstudio-embedded-default-secret"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VLSTUDIO_", env_file=None, extra="ignore")
@@ -47,6 +49,23 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 2**30
     log_batch_lines: int = 200
     stream_poll_seconds: float = 0.25
+    # Job service (docs/jobs.md): users, scheduling, recovery.
+    secret_key: str = Field(DEFAULT_SECRET, description="HMAC key of API tokens; must be set outside embedded mode")
+    auth_enabled: bool | None = Field(None, description="require login; default: on unless embedded mode")
+    first_admin_username: str = "admin"
+    first_admin_password: str | None = Field(None, description="creates the first admin at first start")
+    token_ttl_hours: float = 24 * 7
+    max_request_bytes: int = Field(1 << 20, description="largest JSON request body")
+    node_name: str | None = Field(None, description="this worker's node; default: the host name")
+    gpus_per_node: int | None = Field(None, ge=0, description="GPUs the worker may lease; default: nvidia-smi")
+    gpu_memory_gib: float | None = Field(None, description="per-GPU memory when gpus_per_node is set by hand")
+    cpu_job_slots: int = Field(1, ge=1, description="CPU-only jobs a worker runs at once")
+    heartbeat_seconds: float = 5.0
+    heartbeat_timeout_seconds: float = Field(60.0, description="a job silent this long is failed (lost worker)")
+    cancel_grace_seconds: float = Field(60.0, description="SIGTERM to SIGKILL on cancel")
+    gpu_sample_seconds: float = 10.0
+    mlflow_tracking_uri: str | None = None
+    wandb_project: str | None = None
 
     @property
     def data_path(self) -> Path:
@@ -55,6 +74,20 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_path / 'vlstudio.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        """The all-in-one mode: SQLite and the filesystem broker, one machine."""
+        return not self.database_url and not self.broker_url
+
+    @property
+    def auth_required(self) -> bool:
+        return self.embedded is False if self.auth_enabled is None else self.auth_enabled
+
+    def check_secret(self) -> None:
+        """Fail fast: outside the embedded mode, tokens signed with a public default are forgeable."""
+        if not self.embedded and self.secret_key == DEFAULT_SECRET:
+            raise RuntimeError("VLSTUDIO_SECRET_KEY must be set to a private value outside the embedded mode")
 
     @property
     def embedded_broker(self) -> bool:

@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("VLSTUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VLSTUDIO_TEST_REDIS", "redis://127.0.0.1:6379")
+ADMIN = ("admin", "admin-password-for-tests")
+# The production mode refuses the default secret and needs a first admin; studios started
+# below and in-process APIs inherit these.
+os.environ.setdefault("VLSTUDIO_SECRET_KEY", "test-secret-" + uuid.uuid4().hex)
+os.environ.setdefault("VLSTUDIO_FIRST_ADMIN_USERNAME", ADMIN[0])
+os.environ.setdefault("VLSTUDIO_FIRST_ADMIN_PASSWORD", ADMIN[1])
+
+
+def login(base_url: str, username: str = ADMIN[0], password: str = ADMIN[1]) -> dict[str, str]:
+    """Authorization headers for a user of a running API."""
+    r = httpx.post(base_url.rstrip("/") + "/api/auth/login", json={"username": username, "password": password},
+                   timeout=30)
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def free_port() -> int:
@@ -59,10 +73,12 @@ class Studio:
     data_dir: Path
     env: dict[str, str]
     procs: list[subprocess.Popen]
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api", timeout=60)
+        """A client logged in as the first admin."""
+        return httpx.Client(base_url=self.url + "/api", timeout=60, headers=self.headers)
 
     def wait_job(self, job_id: int, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
@@ -97,15 +113,13 @@ def start_studio(tmp_path: Path, database_url: str | None = None, broker_url: st
     procs = [subprocess.Popen(api_cmd, env=env, cwd=REPO, stdout=open(data / "api.log", "ab"),
                               stderr=subprocess.STDOUT)]
     for i in range(workers):
-        procs.append(subprocess.Popen([*cli, "worker", "--hostname", f"w{i}-{port}@%h"], env=env, cwd=REPO,
-                                      stdout=open(data / "worker.log", "ab"), stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(start_worker(env, data, f"w{i}-{port}"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                return Studio(url, data, env, procs)
+                return Studio(url, data, env, procs, login(url))
         except httpx.HTTPError:
             pass
         if procs[0].poll() is not None:
@@ -113,6 +127,13 @@ def start_studio(tmp_path: Path, database_url: str | None = None, broker_url: st
         time.sleep(0.5)
     stop_studio(Studio(url, data, env, procs))
     raise RuntimeError("the API did not start:\n" + (data / "api.log").read_text()[-3000:])
+
+
+def start_worker(env: dict[str, str], data: Path, name: str) -> subprocess.Popen:
+    """A Celery worker process (its own session, so a test can kill -9 it alone)."""
+    return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--hostname", f"{name}@%h"], env=env,
+                            cwd=REPO, stdout=open(data / "worker.log", "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def stop_studio(studio: Studio) -> None:

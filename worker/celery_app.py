@@ -1,8 +1,29 @@
-"""The Celery worker application: ``celery -A worker.celery_app worker -Q gpu``."""
+"""The Celery worker application: ``celery -A worker.celery_app worker -Q gpu``.
+
+The worker's scheduler starts with the worker (not with the first message), so jobs queued
+while the broker was down or before the worker started are found in the jobs table."""
 
 from __future__ import annotations
+
+from celery.signals import worker_ready, worker_shutting_down
 
 from backend.queue import make_celery
 
 app = make_celery()
-app.conf.imports = ("worker.tasks",)
+app.conf.imports = ("worker.tasks", "worker.eval_tasks")
+
+
+@worker_ready.connect
+def _start_scheduler(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    from worker.scheduler import get_scheduler
+
+    get_scheduler(getattr(sender, "hostname", None) or "worker")
+
+
+@worker_shutting_down.connect
+def _drain(**_: object) -> None:
+    from worker.scheduler import current
+
+    sched = current()
+    if sched is not None:
+        sched.shutdown()

@@ -1,37 +1,37 @@
-"""Run one training job: claim it, write its run folder, launch torchrun, stream its output
-into the database, and record how it ended."""
+"""Run one training job: write its run folder, launch torchrun on the job's leased GPUs,
+stream its output into the database, and record how it ended."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
+import threading
 import traceback
 from pathlib import Path
 from typing import Protocol
 
 from backend.core.spec import Hyperparameters, TrainingSpec
-from backend.db.models import Job, JobLog, JobMetric, JobStatus
+from backend.db.models import Job, JobLog, JobStatus
 from backend.db.session import session_scope
+from backend.queue import wake_workers
 from backend.services import jobs as jobs_svc
 from backend.services.datasets import get_dataset
 from backend.services.models import get_model
+from backend.services.scheduling import free_port as _free_port
 from backend.settings import get_settings
 
 S = JobStatus
-CANCEL_GRACE_SECONDS = 60.0
 TAIL_LINES = 20
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_port(set())
 
 
 def build_command(spec_path: Path, nproc: int, port: int) -> list[str]:
@@ -40,8 +40,20 @@ def build_command(spec_path: Path, nproc: int, port: int) -> list[str]:
             "-m", "worker.training.train", "--spec", str(spec_path)]
 
 
-def prepare_run(job: Job, run_dir: Path) -> tuple[Path, list[str]]:
-    """Write everything needed to rerun the job by hand into ``run_dir``."""
+def _write_deepspeed_config(spec: TrainingSpec, run_dir: Path) -> None:
+    # The trainer builds the same dict at start; a copy in the run folder makes a rerun by hand
+    # (or with another launcher) reproducible.
+    if not spec.hyper.zero_stage:
+        return
+    from worker.training.train import deepspeed_config
+
+    cfg = deepspeed_config(spec.hyper, spec.hyper.gpus > 0)
+    (run_dir / "ds_config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def prepare_run(job: Job, run_dir: Path, port: int | None = None) -> tuple[Path, list[str]]:
+    """Write everything needed to rerun the job by hand into ``run_dir``: spec.json,
+    meta.json, ds_config.json and command.txt."""
     settings = get_settings()
     with session_scope() as s:
         ds = get_dataset(s, job.dataset_id)
@@ -58,10 +70,12 @@ def prepare_run(job: Job, run_dir: Path) -> tuple[Path, list[str]]:
                                             "repeat_time": 1, "length": ds_len}}
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     spec = TrainingSpec(job_id=job.id, model_path=str(model_path), template=hyper.template or model_template,
-                        meta_path=str(run_dir / "meta.json"), output_dir=str(run_dir), hyper=hyper)
+                        meta_path=str(run_dir / "meta.json"), output_dir=str(run_dir), hyper=hyper,
+                        resume_from_checkpoint=job.resume_from_checkpoint)
     spec_path = run_dir / "spec.json"
     spec.write(spec_path)
-    cmd = build_command(spec_path, hyper.nproc_per_node, free_port())
+    _write_deepspeed_config(spec, run_dir)
+    cmd = build_command(spec_path, hyper.nproc_per_node, port or free_port())
     (run_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
     return spec_path, cmd
 
@@ -79,6 +93,13 @@ class Executor(Protocol):
     def kill(self) -> None: ...
 
 
+def _die_with_parent() -> None:
+    # If the worker is killed (even with -9) torchrun gets SIGTERM, forwards it to the trainers,
+    # and they checkpoint and exit instead of training on unsupervised. The signal is tied to
+    # the thread that forked, which supervises the job until it ends.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class LocalExecutor:
     """torchrun as a child in its own process session, so the whole group can be signalled."""
 
@@ -88,7 +109,8 @@ class LocalExecutor:
     def start(self, cmd: list[str], run_dir: Path, log_path: Path, env: dict[str, str]) -> None:
         with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env=env, cwd=run_dir)
+                                         start_new_session=True, env=env, cwd=run_dir,
+                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
     def poll(self) -> int | None:
         assert self.proc is not None
@@ -146,23 +168,38 @@ class MetricsTail:
         return [json.loads(x) for x in data[:end].splitlines() if x.strip()]
 
 
+class RunControl:
+    """What the worker tells a running job from outside: stop because the worker is going away."""
+
+    def __init__(self, gpu_ids: list[int] | None = None) -> None:
+        self.gpu_ids = gpu_ids or []
+        self.drain_reason: str | None = None
+        self.done = threading.Event()
+
+
 def run_training_job(job_id: int, worker_name: str) -> str:
-    settings = get_settings()
+    """Claim one queued job by id and run it (the scheduler's path is :func:`run_claimed`)."""
     with session_scope() as s:
         if not jobs_svc.claim_job(s, job_id, worker_name):
             return "not claimed (already taken, finished or cancelled)"
+    return run_claimed(job_id, worker_name, None, RunControl())
+
+
+def run_claimed(job_id: int, worker_name: str, port: int | None, control: RunControl) -> str:
+    settings = get_settings()
+    run_dir = settings.data_path / "runs" / str(job_id)
+    with session_scope() as s:
         job = jobs_svc.get_job(s, job_id)
-        run_dir = settings.data_path / "runs" / str(job_id)
         job.run_dir = str(run_dir)
     try:
-        spec_path, cmd = prepare_run(job, run_dir)
-    except Exception as e:
+        spec_path, cmd = prepare_run(job, run_dir, port)
+    except Exception as e:  # noqa: BLE001 - recorded on the job, with the traceback in its log
         with session_scope() as s:
             jobs_svc.append_logs(s, job_id, jobs_svc.next_seq(s, JobLog, job_id), traceback.format_exc().splitlines(),
                                  stream="system")
             jobs_svc.transition(s, job_id, S.failed, failure_reason=f"could not prepare the run: {e}")
         return "failed in preparation"
-    return supervise(job_id, run_dir, cmd)
+    return supervise(job_id, run_dir, cmd, control=control)
 
 
 def make_executor() -> Executor:
@@ -174,57 +211,31 @@ def make_executor() -> Executor:
     return LocalExecutor()
 
 
-def supervise(job_id: int, run_dir: Path, cmd: list[str], executor: Executor | None = None) -> str:
+def job_env(gpu_ids: list[int]) -> dict[str, str]:
+    # An empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU job.
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
+
+
+def supervise(job_id: int, run_dir: Path, cmd: list[str], executor: Executor | None = None,
+              control: RunControl | None = None) -> str:
     """Start ``cmd`` and stream its log and metrics into the database until it ends."""
-    settings = get_settings()
+    from worker.supervision import Supervision
+
+    control = control or RunControl()
     executor = executor or make_executor()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = run_dir / "training_log.txt"
-    executor.start(cmd, run_dir, log_path, env)
-    logs = LogTail(log_path)
-    metrics = MetricsTail(run_dir / "metrics.jsonl")
+    executor.start(cmd, run_dir, log_path, job_env(control.gpu_ids))
     with session_scope() as s:
-        log_seq = jobs_svc.next_seq(s, JobLog, job_id)
-        metric_seq = jobs_svc.next_seq(s, JobMetric, job_id)
-        jobs_svc.append_logs(s, job_id, log_seq, [f"$ {shlex.join(cmd)}"], stream="system")
-        log_seq += 1
-        jobs_svc.transition(s, job_id, S.running)
-    tail: list[str] = []
-    stop_sent_at: float | None = None
-    killed = False
-    while True:
-        rc = executor.poll()
-        lines = logs.read(final=rc is not None)
-        rows = metrics.read()
-        with session_scope() as s:
-            if lines:
-                log_seq = jobs_svc.append_logs(s, job_id, log_seq, lines)
-                tail = (tail + lines)[-TAIL_LINES:]
-            if rows:
-                metric_seq = jobs_svc.append_metrics(s, job_id, metric_seq, rows)
-                last = rows[-1]
-                jobs_svc.heartbeat(s, job_id, step=int(last.get("step", 0)), total_steps=last.get("total_steps"))
-            else:
-                jobs_svc.heartbeat(s, job_id)
-            status = jobs_svc.get_job(s, job_id).status
-        if rc is not None:
-            break
-        if status == S.stopping and stop_sent_at is None:
-            executor.terminate()
-            stop_sent_at = time.monotonic()
-        elif stop_sent_at is not None and not killed and time.monotonic() - stop_sent_at > CANCEL_GRACE_SECONDS:
-            executor.kill()
-            killed = True
-        time.sleep(settings.stream_poll_seconds)
-    with session_scope() as s:
-        status = jobs_svc.get_job(s, job_id).status
-        if status == S.stopping:
-            jobs_svc.transition(s, job_id, S.cancelled, exit_code=rc,
-                                failure_reason="cancelled by the user" + (" (killed after grace period)" if killed else ""))
-            return "cancelled"
-        if rc == 0 and (run_dir / "final" / "config.json").exists():
-            jobs_svc.transition(s, job_id, S.succeeded, exit_code=0)
-            return "succeeded"
-        reason = f"trainer exited with code {rc}" if rc else "trainer exited without writing the final model"
-        jobs_svc.transition(s, job_id, S.failed, exit_code=rc, failure_reason=reason + "\n" + "\n".join(tail))
-        return "failed"
+        jobs_svc.record_progress(s, job_id, command=shlex.join(cmd))
+        jobs_svc.append_logs(s, job_id, jobs_svc.next_seq(s, JobLog, job_id), [f"$ {shlex.join(cmd)}"],
+                             stream="system")
+        if jobs_svc.get_job(s, job_id).status == S.starting:  # if stopping, the loop sends SIGTERM at once
+            jobs_svc.transition(s, job_id, S.running)
+    sup = Supervision(job_id, run_dir, executor, control, LogTail(log_path), MetricsTail(run_dir / "metrics.jsonl"))
+    try:
+        rc = sup.follow()
+        return sup.finish(rc, wake_workers)
+    finally:
+        control.done.set()
+

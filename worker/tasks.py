@@ -1,4 +1,5 @@
-"""Celery tasks. They are thin: the work is in :mod:`worker.launcher`."""
+"""Celery tasks. They are thin: a message only wakes this worker's scheduler
+(:mod:`worker.scheduler`), which takes jobs from the jobs table."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import logging
 
 from backend.queue import TRAIN_TASK
 from worker.celery_app import app
-from worker.launcher import run_training_job
+from worker.scheduler import get_scheduler
 
 log = logging.getLogger(__name__)
 
 
 @app.task(name=TRAIN_TASK, bind=True)
 def train(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
-    outcome = run_training_job(job_id, worker_name=self.request.hostname or "worker")
-    log.info("job %s: %s", job_id, outcome)
-    return outcome
+    get_scheduler(self.request.hostname or "worker").wake()
+    log.info("job %s queued: scheduler woken", job_id)
+    return "woken"

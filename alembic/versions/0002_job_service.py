@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("node", sa.String(length=200), nullable=False),
         sa.Column("gpus", sa.Integer(), nullable=False),
+        sa.Column("gpu_memory_mib", sa.Integer(), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),

@@ -3,18 +3,33 @@ mounted at / by :mod:`backend.cli`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from backend.api.routes import datasets, health, jobs, models, presets
+from backend.api.routes import (
+    auth,
+    datasets,
+    evaluations,
+    health,
+    jobs,
+    metrics,
+    models,
+    playground,
+    presets,
+    users,
+)
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import session_scope
+from backend.queue import wake_workers
 from backend.services.errors import Conflict, DomainError, InvalidInput, NotFound
+from backend.services.jobs import recover_lost_jobs
 from backend.services.models import ensure_builtin_models
+from backend.services.users import Forbidden, Unauthorized, ensure_first_admin
 from backend.settings import get_settings
 
 log = logging.getLogger("vlstudio.api")
@@ -22,30 +37,71 @@ log = logging.getLogger("vlstudio.api")
 
 def startup() -> None:
     settings = get_settings()
+    settings.check_secret()
     settings.ensure_dirs()
     upgrade_to_head()
     with session_scope() as s:
         ensure_builtin_models(s, settings)
+        ensure_first_admin(s, settings)
+
+
+async def sweep_lost_jobs() -> None:
+    """Jobs whose worker died are found even when no worker is left to notice."""
+    settings = get_settings()
+    while True:
+        await asyncio.sleep(settings.heartbeat_seconds)
+        try:
+            await asyncio.to_thread(_sweep_once, settings.heartbeat_timeout_seconds)
+        except Exception:  # a database outage must not end the sweeper
+            log.exception("recovery sweep failed")
+
+
+def _sweep_once(timeout_s: float) -> None:
+    with session_scope() as s:
+        lost = recover_lost_jobs(s, timeout_s, wake_workers)
+    if lost:
+        log.warning("jobs whose worker went silent were failed: %s", lost)
 
 
 def create_app(run_startup: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        sweeper = None
         if run_startup:
             startup()
+            sweeper = asyncio.create_task(sweep_lost_jobs())
         yield
+        if sweeper is not None:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
 
     app = FastAPI(title="vlstudio", version="0.1.0", lifespan=lifespan,
                   description="Fine-tuning studio for InternVL vision-language models")
-    for r in (health.router, datasets.router, models.router, jobs.router, presets.router):
+    for r in (health.router, datasets.router, models.router, jobs.router, presets.router, auth.router, users.router):
         app.include_router(r, prefix="/api")
+    for r in (evaluations.router, playground.router):  # issue 8: evaluation and playground
+        app.include_router(r, prefix="/api")
+    app.include_router(metrics.router)
 
-    status_of = {NotFound: 404, InvalidInput: 422, Conflict: 409}
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
+        # Uploads are multipart and limited while streaming; every other body is small JSON.
+        size = int(request.headers.get("content-length") or 0)
+        multipart = request.headers.get("content-type", "").startswith("multipart/")
+        limit = get_settings().max_upload_bytes if multipart else get_settings().max_request_bytes
+        if size > limit:
+            return JSONResponse({"detail": f"request body of {size} bytes exceeds the limit of {limit}",
+                                 "errors": []}, status_code=413)
+        return await call_next(request)
+
+    status_of = {NotFound: 404, InvalidInput: 422, Conflict: 409, Unauthorized: 401, Forbidden: 403}
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         code = next((c for t, c in status_of.items() if isinstance(exc, t)), 400)
-        return JSONResponse({"detail": exc.message, "errors": exc.details}, status_code=code)
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse({"detail": exc.message, "errors": exc.details}, status_code=code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_error(_: Request, exc: RequestValidationError) -> JSONResponse:

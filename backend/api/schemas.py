@@ -19,6 +19,7 @@ class DatasetOut(ORM):
     num_images: int
     created_at: datetime
     report: dict[str, Any] = Field(default_factory=dict)
+    num_val_samples: int = 0  # the held-out validation split (issue 8)
 
 
 class ModelOut(ORM):
@@ -37,6 +38,9 @@ class JobCreate(BaseModel):
     model_id: int
     preset: str = "demo"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset")
+    priority: int = Field(0, description="higher runs first (-100..100); equal priorities run in submission order")
+    requeue_on_failure: bool = Field(False, description="if its worker dies, requeue it to resume from the last "
+                                     "checkpoint")
 
 
 class JobOut(ORM):
@@ -56,6 +60,18 @@ class JobOut(ORM):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    owner_id: int | None = None
+    gpus: int = 0
+    priority: int = 0
+    requeue_on_failure: bool = False
+    resume_from_checkpoint: str | None = None
+    parent_job_id: int | None = None
+    node: str | None = None
+    gpu_ids: str | None = None
+    rendezvous_port: int | None = None
+    memory_estimate: dict[str, Any] | None = None
+    command: str | None = Field(None, description="the exact launch command (set when the job starts)")
+    last_checkpoint: str | None = None
 
 
 class LogLineOut(ORM):

@@ -146,6 +146,7 @@ class WorkerNode(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     node: Mapped[str] = mapped_column(String(200))
     gpus: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_memory_mib: Mapped[int | None] = mapped_column(Integer, default=None)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from backend.core.archive import ArchiveError, extract_zip
 from backend.core.validation import validate_annotation
-from backend.db.models import Dataset
+from backend.db.models import Dataset, User
 from backend.services.errors import InvalidInput, NotFound
+from backend.services.users import visible_to
 from backend.settings import Settings
 
 
@@ -26,7 +27,8 @@ def _find_annotation(root: Path) -> Path:
     return found[0]
 
 
-def register_dataset(session: Session, settings: Settings, upload: Path, name: str) -> Dataset:
+def register_dataset(session: Session, settings: Settings, upload: Path, name: str,
+                     owner_id: int | None = None) -> Dataset:
     """Unpack ``upload`` (a zip) into the data folder, validate it, and record it.
 
     On any error the unpacked files are removed and nothing is written to the database.
@@ -43,7 +45,7 @@ def register_dataset(session: Session, settings: Settings, upload: Path, name: s
         if not report.ok:
             errors = [i for i in report.to_dict()["issues"] if i["severity"] == "error"]
             raise InvalidInput(f"{len(errors)} error(s) in {annotation.name}", errors[:100])
-        ds = Dataset(name=name, root="", annotation="", num_samples=report.samples, num_images=report.images,
+        ds = Dataset(name=name, owner_id=owner_id, root="", annotation="", num_samples=report.samples, num_images=report.images,
                      report=report.to_dict())
         session.add(ds)
         session.flush()
@@ -65,12 +67,16 @@ def register_dataset(session: Session, settings: Settings, upload: Path, name: s
         raise
 
 
-def get_dataset(session: Session, dataset_id: int) -> Dataset:
+def get_dataset(session: Session, dataset_id: int, user: User | None = None) -> Dataset:
+    """``user``: only if visible to them (404 otherwise, so ids of others' data do not leak)."""
     ds = session.get(Dataset, dataset_id)
-    if ds is None:
+    if ds is None or not visible_to(user, ds.owner_id):
         raise NotFound(f"dataset {dataset_id} not found")
     return ds
 
 
-def list_datasets(session: Session) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).order_by(Dataset.id.desc())))
+def list_datasets(session: Session, user: User | None = None) -> list[Dataset]:
+    q = select(Dataset).order_by(Dataset.id.desc())
+    if user is not None and not user.is_admin:
+        q = q.where((Dataset.owner_id == user.id) | Dataset.owner_id.is_(None))
+    return list(session.scalars(q))

@@ -1,10 +1,14 @@
-"""Jobs: create, claim, move through legal states, store log lines and metrics."""
+"""Jobs: submit (validated, resolved, estimated), move through legal states, cancel, resume,
+retry, recover lost ones, and store their log lines and metrics."""
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,11 +16,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend.core import presets
-from backend.db.models import Job, JobLog, JobMetric, JobStatus
+from backend.core.spec import Hyperparameters
+from backend.db.models import Job, JobLog, JobMetric, JobStatus, User
+from backend.services import memory, scheduling
 from backend.services.datasets import get_dataset
 from backend.services.errors import Conflict, InvalidInput, NotFound
 from backend.services.models import get_model
+from backend.services.users import visible_to
 
+log = logging.getLogger(__name__)
 S = JobStatus
 LEGAL: dict[JobStatus, set[JobStatus]] = {
     S.queued: {S.starting, S.cancelled, S.failed},
@@ -27,6 +35,8 @@ LEGAL: dict[JobStatus, set[JobStatus]] = {
     S.failed: set(),
     S.cancelled: set(),
 }
+Send = Callable[[int], str | None]
+PRIORITY_RANGE = (-100, 100)
 
 
 def now() -> datetime:
@@ -37,50 +47,91 @@ def validation_problems(e: ValidationError) -> list[dict[str, Any]]:
     return [{"field": ".".join(str(x) for x in err["loc"]) or "spec", "message": err["msg"]} for err in e.errors()]
 
 
-def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str, overrides: dict[str, Any],
-               send: Callable[[int], str]) -> Job:
-    """Validate the request (every problem at once), record a queued job, then queue it."""
+def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int, preset: str,
+             overrides: dict[str, Any], priority: int) -> tuple[Hyperparameters, list[dict[str, Any]], Any]:
     problems: list[dict[str, Any]] = []
-    hyper = None
+    hyper = model = None
     try:
         hyper = presets.resolve(preset, overrides)
     except KeyError as e:
         problems.append({"field": "preset", "message": str(e.args[0])})
     except ValidationError as e:
         problems += validation_problems(e)
-    for field, getter, key in (("dataset_id", get_dataset, dataset_id), ("model_id", get_model, model_id)):
-        try:
-            getter(session, key)
-        except NotFound as e:
-            problems.append({"field": field, "message": e.message})
+    try:
+        get_dataset(session, dataset_id, user)
+    except NotFound as e:
+        problems.append({"field": "dataset_id", "message": e.message})
+    try:
+        model = get_model(session, model_id, user)
+    except NotFound as e:
+        problems.append({"field": "model_id", "message": e.message})
+    if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        problems.append({"field": "priority", "message": f"must be within {PRIORITY_RANGE}"})
+    return hyper, problems, model  # type: ignore[return-value]
+
+
+def _placement_problems(session: Session, hyper: Hyperparameters, estimate: dict | None) -> list[dict[str, Any]]:
+    most, mem_mib = scheduling.cluster_capacity(session)
+    if most is not None and hyper.gpus > most:
+        where = f"the largest node has {most} GPU(s)" if most else "no worker node has a GPU"
+        return [{"field": "gpus", "message": f"the job asks for {hyper.gpus} GPU(s) but {where}"}]
+    if estimate and mem_mib and hyper.gpus and estimate["per_device_gib"] * 1024 > mem_mib:
+        return [{"field": "memory", "estimate": estimate, "suggestions": memory.suggestions(hyper),
+                 "message": f"estimated {estimate['per_device_gib']} GiB per GPU does not fit the "
+                            f"{mem_mib / 1024:.0f} GiB of the nodes' GPUs"}]
+    return []
+
+
+def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str, overrides: dict[str, Any],
+               send: Send, owner: User | None = None, priority: int = 0, requeue_on_failure: bool = False) -> Job:
+    """Validate the request (every problem at once), record a queued job, then wake a worker."""
+    hyper, problems, model = _resolve(session, owner, dataset_id, model_id, preset, overrides, priority)
+    estimate = None
+    if hyper is not None and model is not None:
+        arch = memory.arch_for(model.name, model.info or {})
+        estimate = memory.estimate(arch, hyper) if arch is not None and hyper.gpus else None
+        problems += _placement_problems(session, hyper, estimate)
     if problems or hyper is None:
         raise InvalidInput("invalid job", problems)
     job = Job(dataset_id=dataset_id, model_id=model_id, preset=preset, hyper=hyper.model_dump(mode="json"),
-              status=S.queued)
+              status=S.queued, owner_id=owner.id if owner else None, gpus=hyper.gpus, priority=priority,
+              requeue_on_failure=requeue_on_failure, memory_estimate=estimate)
     session.add(job)
     session.commit()
-    try:
-        job.celery_task_id = send(job.id)
-    except Exception as e:  # the broker is down: the job must not stay queued forever
-        transition(session, job.id, S.failed, failure_reason=f"could not queue the job: {e}")
-        raise
-    session.commit()
+    _wake(session, job, send)
     return job
 
 
-def get_job(session: Session, job_id: int) -> Job:
+def _wake(session: Session, job: Job, send: Send) -> None:
+    try:
+        job.celery_task_id = send(job.id)
+        session.commit()
+    except Exception as e:  # noqa: BLE001
+        # The jobs table is the queue; workers also poll it, so a broker outage only delays the start.
+        session.rollback()
+        log.warning("job %s queued, but the broker could not be reached to wake a worker: %s", job.id, e)
+
+
+def get_job(session: Session, job_id: int, user: User | None = None) -> Job:
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not visible_to(user, job.owner_id):
         raise NotFound(f"job {job_id} not found")
     return job
 
 
-def list_jobs(session: Session, limit: int = 200) -> list[Job]:
-    return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+def list_jobs(session: Session, user: User | None = None, status: JobStatus | None = None,
+              limit: int = 200) -> list[Job]:
+    q = select(Job).order_by(Job.id.desc()).limit(limit)
+    if user is not None and not user.is_admin:
+        q = q.where(Job.owner_id == user.id)
+    if status is not None:
+        q = q.where(Job.status == status)
+    return list(session.scalars(q))
 
 
 def transition(session: Session, job_id: int, new: JobStatus, **fields: Any) -> bool:
-    """Move a job to ``new`` if that is legal from its current state (compare-and-set)."""
+    """Move a job to ``new`` if that is legal from its current state (compare-and-set).
+    Finishing releases its GPU leases in the same transaction."""
     job = get_job(session, job_id)
     session.refresh(job)
     current = job.status
@@ -90,13 +141,15 @@ def transition(session: Session, job_id: int, new: JobStatus, **fields: Any) -> 
     if new.finished:
         values.setdefault("finished_at", now())
     res = session.execute(update(Job).where(Job.id == job_id, Job.status == current).values(**values))
+    if res.rowcount == 1 and new.finished:
+        scheduling.release_leases(session, job_id)
     session.commit()
     session.refresh(job)
     return res.rowcount == 1
 
 
 def claim_job(session: Session, job_id: int, worker: str) -> bool:
-    """Atomically take a queued job. False if another worker (or a redelivered message)
+    """Atomically take one queued job. False if another worker (or a redelivered message)
     already took it, or if it was cancelled meanwhile."""
     res = session.execute(
         update(Job).where(Job.id == job_id, Job.status == S.queued)
@@ -105,21 +158,93 @@ def claim_job(session: Session, job_id: int, worker: str) -> bool:
     return res.rowcount == 1
 
 
-def request_cancel(session: Session, job_id: int) -> Job:
-    job = get_job(session, job_id)
+def request_cancel(session: Session, job_id: int, user: User | None = None) -> Job:
+    job = get_job(session, job_id, user)
     if job.status == S.queued:
         transition(session, job_id, S.cancelled, failure_reason="cancelled before it started")
     elif job.status in (S.starting, S.running):
-        transition(session, job_id, S.stopping)
+        transition(session, job_id, S.stopping, failure_reason="cancel requested")
     elif job.status != S.stopping:
         raise Conflict(f"job {job_id} is {job.status.value}; nothing to cancel")
     session.refresh(job)
     return job
 
 
-def heartbeat(session: Session, job_id: int, **fields: Any) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now(), **fields))
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(run_dir: str | None) -> Path | None:
+    """The newest complete Trainer checkpoint (it has trainer_state.json) under RUN/checkpoints."""
+    if not run_dir or not (root := Path(run_dir) / "checkpoints").is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name))
+             and (p / "trainer_state.json").exists()]
+    return max(found)[1] if found else None
+
+
+def _follow_up(session: Session, parent: Job, resume_from: Path | None, send: Send) -> Job:
+    job = Job(dataset_id=parent.dataset_id, model_id=parent.model_id, preset=parent.preset, hyper=parent.hyper,
+              status=S.queued, owner_id=parent.owner_id, gpus=parent.gpus, priority=parent.priority,
+              requeue_on_failure=parent.requeue_on_failure, memory_estimate=parent.memory_estimate,
+              parent_job_id=parent.id, resume_from_checkpoint=str(resume_from) if resume_from else None)
+    session.add(job)
     session.commit()
+    _wake(session, job, send)
+    return job
+
+
+def resume_job(session: Session, job_id: int, send: Send, user: User | None = None) -> Job:
+    """A new job that continues a cancelled or failed one from its last checkpoint."""
+    parent = get_job(session, job_id, user)
+    if parent.status not in (S.cancelled, S.failed):
+        raise Conflict(f"job {job_id} is {parent.status.value}; only cancelled or failed jobs can be resumed")
+    ckpt = latest_checkpoint(parent.run_dir)
+    if ckpt is None:
+        raise Conflict(f"job {job_id} left no checkpoint to resume from; retry it from scratch instead")
+    return _follow_up(session, parent, ckpt, send)
+
+
+def requeue(session: Session, job: Job, send: Send) -> Job:
+    """After a failure its owner asked to survive: a new job resuming from the last checkpoint."""
+    child = _follow_up(session, job, latest_checkpoint(job.run_dir), send)
+    append_logs(session, job.id, next_seq(session, JobLog, job.id),
+                [f"requeued as job {child.id} (resuming from {child.resume_from_checkpoint or 'scratch'})"],
+                stream="system")
+    return child
+
+
+def record_progress(session: Session, job_id: int, **fields: Any) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(**fields))
+    session.commit()
+
+
+def retry_job(session: Session, job_id: int, send: Send, user: User | None = None) -> Job:
+    """A new job with the same resolved spec, from scratch."""
+    parent = get_job(session, job_id, user)
+    if not parent.status.finished:
+        raise Conflict(f"job {job_id} is {parent.status.value}; wait for it to finish or cancel it")
+    return _follow_up(session, parent, None, send)
+
+
+def recover_lost_jobs(session: Session, timeout_s: float, send: Send) -> list[int]:
+    """Fail jobs whose worker stopped sending heartbeats (killed, node rebooted) and requeue
+    those whose owner asked for it, to resume from their last checkpoint."""
+    recovered = []
+    for job in scheduling.stale_jobs(session, timeout_s):
+        was = job.status
+        reason = (f"worker {job.worker} stopped sending heartbeats (last at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} "
+                  "UTC): it was killed or its node went down")
+        target = S.cancelled if was == S.stopping else S.failed
+        try:
+            if not transition(session, job.id, target, failure_reason=reason):
+                continue  # another sweeper got there first
+        except Conflict:
+            continue
+        append_logs(session, job.id, next_seq(session, JobLog, job.id), [reason], stream="system")
+        recovered.append(job.id)
+        if target == S.failed and job.requeue_on_failure:
+            requeue(session, job, send)
+    return recovered
 
 
 def next_seq(session: Session, model: type[JobLog] | type[JobMetric], job_id: int) -> int:
@@ -148,6 +273,11 @@ def append_metrics(session: Session, job_id: int, first_seq: int, rows: Sequence
 def logs_after(session: Session, job_id: int, after: int = 0, limit: int = 1000) -> list[JobLog]:
     return list(session.scalars(select(JobLog).where(JobLog.job_id == job_id, JobLog.seq > after)
                                 .order_by(JobLog.seq).limit(limit)))
+
+
+def last_lines(session: Session, job_id: int, n: int = 20) -> list[str]:
+    rows = session.scalars(select(JobLog.line).where(JobLog.job_id == job_id).order_by(JobLog.seq.desc()).limit(n))
+    return list(reversed(list(rows)))
 
 
 def metrics_after(session: Session, job_id: int, after: int = 0, limit: int = 10000) -> list[JobMetric]:

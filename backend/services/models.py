@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Model
+from backend.db.models import Model, User
 from backend.services.errors import NotFound
+from backend.services.users import visible_to
 from backend.settings import Settings
 
 DEMO_MODEL_NAME = "internvl-tiny-demo"
@@ -24,12 +25,16 @@ def ensure_builtin_models(session: Session, settings: Settings) -> None:
         session.commit()
 
 
-def list_models(session: Session) -> list[Model]:
-    return list(session.scalars(select(Model).order_by(Model.id)))
+def list_models(session: Session, user: User | None = None) -> list[Model]:
+    """Built-in models (no owner) are shared; others are their owner's (admins see all)."""
+    q = select(Model).order_by(Model.id)
+    if user is not None and not user.is_admin:
+        q = q.where((Model.owner_id == user.id) | Model.owner_id.is_(None))
+    return list(session.scalars(q))
 
 
-def get_model(session: Session, model_id: int) -> Model:
+def get_model(session: Session, model_id: int, user: User | None = None) -> Model:
     m = session.get(Model, model_id)
-    if m is None:
+    if m is None or not visible_to(user, m.owner_id):
         raise NotFound(f"model {model_id} not found")
     return m

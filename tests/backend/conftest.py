@@ -29,6 +29,10 @@ def api(request, tmp_path, monkeypatch) -> Iterator[TestClient]:
     from backend.api.app import create_app
 
     with TestClient(create_app()) as client:
+        from tests.conftest import ADMIN
+
+        r = client.post("/api/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
+        client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
         yield client
     from backend.db.session import get_engine
 

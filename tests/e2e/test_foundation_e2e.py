@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slow
 STEPS = 6
 
 
-def collect_sse(url: str, events: list, stop: threading.Event) -> None:
+def collect_sse(url: str, events: list, stop: threading.Event, headers: dict | None = None) -> None:
     """Read the SSE stream, recording (receipt time, event, data)."""
-    with httpx.stream("GET", url, timeout=httpx.Timeout(600, connect=10)) as r:
+    with httpx.stream("GET", url, timeout=httpx.Timeout(600, connect=10), headers=headers) as r:
         kind = None
         for line in r.iter_lines():
             if stop.is_set():
@@ -58,7 +58,7 @@ def run_user_path(studio, tmp_path: Path) -> None:
 
     events: list = []
     stop = threading.Event()
-    t = threading.Thread(target=collect_sse, args=(f"{studio.url}/api/jobs/{job['id']}/events", events, stop),
+    t = threading.Thread(target=collect_sse, args=(f"{studio.url}/api/jobs/{job['id']}/events", events, stop, studio.headers),
                          daemon=True)
     t.start()
     final = studio.wait_job(job["id"])

@@ -3,58 +3,117 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from backend.api.auth import CurrentUser
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.schemas import JobCreate, JobOut, LogLineOut, MetricOut
+from backend.core import presets
+from backend.db.models import JobStatus
 from backend.db.session import get_sessionmaker
-from backend.queue import TRAIN_TASK, make_celery
+from backend.queue import wake_workers
 from backend.services import jobs as svc
+from backend.services import memory
+from backend.services.errors import InvalidInput, NotFound
+from backend.services.models import get_model
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
+class JobDetail(JobOut):
+    last_lines: list[str] = []
+    run_files: list[str] = []
+
+
 @router.post("", response_model=JobOut, status_code=201,
-             responses={422: {"description": "invalid spec; `errors` lists every problem"}})
-def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep):  # noqa: ANN201
-    celery = make_celery(settings)
-
-    def send(job_id: int) -> str:
-        return celery.send_task(TRAIN_TASK, args=[job_id]).id
-
+             responses={422: {"description": "invalid spec, too many GPUs, or cannot fit; `errors` lists every "
+                                              "problem"}})
+def create_job(body: JobCreate, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     return svc.create_job(session, dataset_id=body.dataset_id, model_id=body.model_id, preset=body.preset,
-                          overrides=body.hyperparameters, send=send)
+                          overrides=body.hyperparameters, send=wake_workers, owner=user, priority=body.priority,
+                          requeue_on_failure=body.requeue_on_failure)
+
+
+@router.post("/estimate")
+def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    """GPU memory per device for this spec (formula in docs/jobs.md), without submitting it."""
+    model = get_model(session, body.model_id, user)
+    try:
+        hyper = presets.resolve(body.preset, body.hyperparameters)
+    except (KeyError, ValueError) as e:
+        raise InvalidInput(f"invalid spec: {e}") from None
+    arch = memory.arch_for(model.name, model.info or {})
+    if arch is None:
+        return {"estimate": None, "reason": f"sizes of model {model.name!r} unknown (set info.arch)"}
+    return {"estimate": memory.estimate(arch, hyper), "suggestions": memory.suggestions(hyper)}
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(session: SessionDep) -> list:
-    return svc.list_jobs(session)
+def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None = None, limit: int = 200) -> list:
+    return svc.list_jobs(session, user, status, min(max(limit, 1), 1000))
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: int, session: SessionDep):  # noqa: ANN201
-    return svc.get_job(session, job_id)
+def _run_files(run_dir: str | None) -> list[str]:
+    if not run_dir or not Path(run_dir).is_dir():
+        return []
+    root = Path(run_dir)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:2000]
+
+
+@router.get("/{job_id}", response_model=JobDetail)
+def get_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobDetail:
+    """The job, its last log lines (why it failed), and the files of its run folder."""
+    job = svc.get_job(session, job_id, user)
+    return JobDetail.model_validate(job).model_copy(
+        update={"last_lines": svc.last_lines(session, job_id), "run_files": _run_files(job.run_dir)})
+
+
+@router.get("/{job_id}/files/{path:path}")
+def download_file(job_id: int, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+    """A file of the run folder (spec.json, command.txt, checkpoints, the final model...)."""
+    job = svc.get_job(session, job_id, user)
+    if not job.run_dir:
+        raise NotFound(f"job {job_id} has no run folder yet")
+    root = Path(job.run_dir).resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise NotFound(f"{path}: no such file in the run folder of job {job_id}")
+    return FileResponse(target, filename=target.name)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, session: SessionDep):  # noqa: ANN201
+def cancel_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     """Cooperative cancel: the trainer gets SIGTERM, saves a checkpoint and exits."""
-    return svc.request_cancel(session, job_id)
+    return svc.request_cancel(session, job_id, user)
+
+
+@router.post("/{job_id}/resume", response_model=JobOut, status_code=201)
+def resume_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+    """A new job continuing a cancelled or failed one from its last checkpoint."""
+    return svc.resume_job(session, job_id, wake_workers, user)
+
+
+@router.post("/{job_id}/retry", response_model=JobOut, status_code=201)
+def retry_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+    """A new job with the same spec, from scratch."""
+    return svc.retry_job(session, job_id, wake_workers, user)
 
 
 @router.get("/{job_id}/logs", response_model=list[LogLineOut])
-def get_logs(job_id: int, session: SessionDep, after: int = 0, limit: int = 1000) -> list:
+def get_logs(job_id: int, session: SessionDep, user: CurrentUser, after: int = 0, limit: int = 1000) -> list:
     """Log lines with ``seq`` greater than ``after`` (a cursor), oldest first."""
-    svc.get_job(session, job_id)
+    svc.get_job(session, job_id, user)
     return svc.logs_after(session, job_id, after, min(limit, 10000))
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricOut])
-def get_metrics(job_id: int, session: SessionDep, after: int = 0) -> list:
-    svc.get_job(session, job_id)
+def get_metrics(job_id: int, session: SessionDep, user: CurrentUser, after: int = 0) -> list:
+    svc.get_job(session, job_id, user)
     return svc.metrics_after(session, job_id, after)
 
 
@@ -78,13 +137,14 @@ def _poll(job_id: int, log_after: int, metric_after: int) -> tuple[dict, list, l
 
 
 @router.get("/{job_id}/events")
-async def job_events(job_id: int, request: Request, session: SessionDep, settings: SettingsDep,
+async def job_events(job_id: int, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser,
                      last_event_id: str | None = Header(None), cursor: str | None = None) -> StreamingResponse:
     """Server-sent events: ``log``, ``metric`` and ``status`` as they happen, then ``end``.
 
     Every event id is the cursor ``LOGSEQ:METRICSEQ``; reconnect with ``Last-Event-ID`` (or
-    ``?cursor=``) to resume without gaps."""
-    svc.get_job(session, job_id)
+    ``?cursor=``) to resume without gaps. Browsers' EventSource may pass ``?access_token=``."""
+    svc.get_job(session, job_id, user)
+    session.close()  # do not hold a pooled connection for the life of the stream
     log_after, metric_after = _parse_cursor(last_event_id or cursor)
     poll = settings.stream_poll_seconds
 

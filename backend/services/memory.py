@@ -1,0 +1,116 @@
+"""An estimate of GPU memory per device for a training job, shown at submission and used to
+refuse jobs that cannot fit. The formula is written out in docs/jobs.md; it has not yet been
+checked against measured peaks on a real GPU (none was at hand when it was written).
+
+All sizes in bytes unless the name says GiB. bf16 weights (2 bytes), AdamW with fp32 master
+weights and two fp32 moments (12 bytes per trainable parameter), DeepSpeed ZeRO sharding over
+the job's data-parallel GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GIB = 2**30
+ACT_BYTES_PER_TOKEN_HIDDEN = 34  # Korthikanti et al. 2022, bf16, flash attention (no s^2 term)
+OVERHEAD_BYTES = int(1.5 * GIB)  # CUDA context, NCCL buffers, allocator slack
+FRAGMENTATION = 1.10
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Parameter counts and shapes of one InternVL checkpoint."""
+
+    vit_params: float
+    vit_hidden: int
+    vit_layers: int
+    mlp_params: float
+    llm_params: float
+    llm_hidden: int
+    llm_layers: int
+    vocab: int
+
+
+ARCHS: dict[str, Arch] = {
+    # InternViT-300M-448px + InternLM2-Chat-1.8B
+    "2b": Arch(304e6, 1024, 24, 12.6e6, 1.89e9, 2048, 24, 92553),
+    # InternViT-300M-448px + Phi-3-mini-128k (3.8B)
+    "4b": Arch(304e6, 1024, 24, 22.0e6, 3.82e9, 3072, 32, 32064),
+}
+VIT_TOKENS_PER_TILE = 1025  # 32x32 patches + CLS at 448px
+LLM_TOKENS_PER_TILE = 256
+TEXT_TOKENS = 512  # a typical question + answer; the sequence is capped at max_seq_length
+
+
+def arch_for(model_name: str, info: dict[str, Any]) -> Arch | None:
+    """The architecture of a registered model: ``info["arch"]`` if set, else guessed from the name."""
+    if isinstance(info.get("arch"), dict):
+        return Arch(**info["arch"])
+    key = str(info.get("size", "")).lower() or next((k for k in ARCHS if f"-{k}" in model_name.lower()), "")
+    return ARCHS.get(key)
+
+
+def _lora_params(params: float, hidden: int, rank: int) -> float:
+    # A rank-r adapter on a d x d linear adds r(d + d) parameters: a 2r/d fraction of it.
+    return params * 2 * rank / hidden
+
+
+def estimate(arch: Arch, h: Any) -> dict[str, Any]:
+    """Per-device bytes for hyperparameters ``h`` (a ``Hyperparameters``). Returns the parts and
+    the total in GiB, so the UI can show where the memory goes."""
+    n = max(1, int(getattr(h, "gpus", 0)) * int(getattr(h, "nnodes", 1)))
+    zero = int(getattr(h, "zero_stage", 0))
+    frozen_vit = bool(getattr(h, "freeze_backbone", False))
+    frozen_llm = bool(getattr(h, "freeze_llm", False))
+    vit_lora, llm_lora = int(getattr(h, "use_backbone_lora", 0)), int(getattr(h, "use_llm_lora", 0))
+    total = arch.vit_params + arch.mlp_params + arch.llm_params
+    trainable = (0 if frozen_vit else arch.vit_params) + (0 if getattr(h, "freeze_mlp", False) else arch.mlp_params)
+    trainable += 0 if frozen_llm else arch.llm_params
+    if vit_lora:
+        trainable += _lora_params(arch.vit_params, arch.vit_hidden, vit_lora)
+    if llm_lora:
+        trainable += _lora_params(arch.llm_params, arch.llm_hidden, llm_lora)
+    weights = total * 2 / (n if zero == 3 else 1)
+    grads = trainable * 2 / (n if zero >= 2 else 1)
+    optimizer = trainable * 12 / (n if zero >= 1 else 1)
+
+    tiles = int(getattr(h, "max_dynamic_patch", 6)) + (1 if getattr(h, "use_thumbnail", True) else 0)
+    seq = min(int(getattr(h, "max_seq_length", 4096)), TEXT_TOKENS + LLM_TOKENS_PER_TILE * tiles)
+    vit_seq = VIT_TOKENS_PER_TILE * tiles
+    batch = int(getattr(h, "per_device_batch_size", 1))
+    ckpt = bool(getattr(h, "grad_checkpoint", False))
+
+    def acts(tokens: int, hidden: int, layers: int, trains: bool) -> float:
+        if not trains:  # no backward through it: one layer's activations at a time
+            return ACT_BYTES_PER_TOKEN_HIDDEN * tokens * hidden
+        if ckpt:  # layer inputs kept, one layer recomputed at a time
+            return 2 * tokens * hidden * layers + ACT_BYTES_PER_TOKEN_HIDDEN * tokens * hidden
+        return ACT_BYTES_PER_TOKEN_HIDDEN * tokens * hidden * layers
+
+    # Gradients flow through the LLM whenever anything before or in it trains.
+    activations = batch * (acts(vit_seq, arch.vit_hidden, arch.vit_layers, not frozen_vit or bool(vit_lora))
+                           + acts(seq, arch.llm_hidden, arch.llm_layers, True))
+    logits = batch * seq * arch.vocab * (2 + 4)  # bf16 logits and their fp32 copy for the loss
+    parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
+             "logits": logits, "overhead": OVERHEAD_BYTES}
+    total_bytes = sum(parts.values()) * FRAGMENTATION
+    return {"per_device_gib": round(total_bytes / GIB, 1), "devices": n,
+            "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()},
+            "assumptions": {"sequence_tokens": seq, "tiles": tiles, "trainable_params": int(trainable),
+                            "total_params": int(total), "zero_stage": zero, "grad_checkpoint": ckpt}}
+
+
+def suggestions(h: Any) -> list[str]:
+    out = []
+    if not getattr(h, "use_llm_lora", 0):
+        out.append("train a LoRA adapter instead of the full LLM (use_llm_lora: 16, freeze_llm: true)")
+    if int(getattr(h, "zero_stage", 0)) < 3:
+        out.append("shard weights, gradients and optimizer state with ZeRO-3 (zero_stage: 3)")
+    if int(getattr(h, "per_device_batch_size", 1)) > 1:
+        out.append("lower per_device_batch_size and raise global_batch_size (gradient accumulation)")
+    if not getattr(h, "grad_checkpoint", False):
+        out.append("turn on grad_checkpoint")
+    if int(getattr(h, "max_dynamic_patch", 1)) > 6:
+        out.append("fewer tiles per image (max_dynamic_patch: 6)")
+    return out

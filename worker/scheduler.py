@@ -1,0 +1,135 @@
+"""The worker's scheduler: one per worker process. It registers the node and its GPUs, claims
+queued jobs from the database while it has room (GPU leases, CPU slots), runs each in a
+thread, heartbeats for itself and its jobs, and sweeps for jobs whose worker died.
+
+Broker messages only wake it; it also polls, so no message needs to survive a broker restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from backend.db.session import session_scope
+from backend.queue import wake_workers
+from backend.services import jobs as jobs_svc
+from backend.services import scheduling
+from backend.settings import Settings, get_settings
+from worker import gpus
+from worker.launcher import RunControl, run_claimed
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 1.0
+
+
+class Scheduler:
+    def __init__(self, worker_name: str, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.name = worker_name
+        self.node = self.settings.node_name or socket.gethostname()
+        self.gpu_total, self.gpu_memory_mib = gpus.detect(self.settings)
+        self.runs: dict[int, tuple[threading.Thread, RunControl, int]] = {}  # job id -> (thread, control, gpus)
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with session_scope() as s:
+            scheduling.register_worker(s, self.name, self.node, self.gpu_total, self.gpu_memory_mib)
+        log.info("scheduler %s on node %s: %d GPU(s), %d CPU slot(s)", self.name, self.node, self.gpu_total,
+                 self.settings.cpu_job_slots)
+        self.thread = threading.Thread(target=self._loop, name="vlstudio-scheduler", daemon=True)
+        self.thread.start()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    def _reap(self) -> None:
+        with self.lock:
+            for job_id in [j for j, (t, _, _) in self.runs.items() if not t.is_alive()]:
+                del self.runs[job_id]
+
+    def _claim_all(self) -> None:
+        while not self.stopping.is_set():
+            cpu_running = sum(1 for _, _, g in self.runs.values() if g == 0)
+            with session_scope() as s:
+                claim = scheduling.claim_next(s, self.name, self.node, self.gpu_total, cpu_running,
+                                              self.settings.cpu_job_slots)
+            if claim is None:
+                return
+            control = RunControl(claim.gpu_ids)
+            t = threading.Thread(target=self._run, args=(claim, control), name=f"job-{claim.job_id}", daemon=True)
+            with self.lock:
+                self.runs[claim.job_id] = (t, control, len(claim.gpu_ids))
+            t.start()
+
+    def _run(self, claim: scheduling.Claim, control: RunControl) -> None:
+        try:
+            outcome = run_claimed(claim.job_id, self.name, claim.port, control)
+            log.info("job %s: %s", claim.job_id, outcome)
+        except Exception:  # the job's heartbeat stops with this thread; recovery reports it
+            log.exception("job %s: supervisor crashed", claim.job_id)
+        finally:
+            self.wake()  # leases were released: maybe another job fits now
+
+    def _tick(self, last_beat: float) -> float:
+        if time.monotonic() - last_beat < self.settings.heartbeat_seconds:
+            return last_beat
+        with session_scope() as s:
+            scheduling.heartbeat(s, self.name, list(self.runs))
+            lost = jobs_svc.recover_lost_jobs(s, self.settings.heartbeat_timeout_seconds, wake_workers)
+        if lost:
+            log.warning("recovered jobs whose worker went silent: %s", lost)
+        return time.monotonic()
+
+    def _loop(self) -> None:
+        last_beat = 0.0
+        while not self.stopping.is_set():
+            try:
+                self._reap()
+                last_beat = self._tick(last_beat)
+                self._claim_all()
+            except Exception:  # a database outage must not end the scheduler; it retries
+                log.exception("scheduler tick failed; retrying")
+            self.wakeup.wait(min(POLL_SECONDS, self.settings.heartbeat_seconds))
+            self.wakeup.clear()
+
+    def shutdown(self, reason: str | None = None) -> None:
+        """Stop claiming; ask running jobs to checkpoint and stop, and wait for them (up to the
+        cancel grace period plus a margin)."""
+        self.stopping.set()
+        self.wake()
+        reason = reason or f"worker {self.name} shut down"
+        with self.lock:
+            runs = list(self.runs.values())
+        for _, control, _ in runs:
+            control.drain_reason = reason
+        deadline = time.monotonic() + self.settings.cancel_grace_seconds + 30
+        for t, _, _ in runs:
+            t.join(max(0.0, deadline - time.monotonic()))
+        try:
+            with session_scope() as s:
+                scheduling.unregister_worker(s, self.name)
+        except Exception:
+            log.exception("could not unregister worker %s", self.name)
+
+
+_scheduler: Scheduler | None = None
+_lock = threading.Lock()
+
+
+def get_scheduler(worker_name: str) -> Scheduler:
+    """The process' scheduler, started on first use."""
+    global _scheduler
+    with _lock:
+        if _scheduler is None:
+            _scheduler = Scheduler(worker_name)
+            _scheduler.start()
+        return _scheduler
+
+
+def current() -> Scheduler | None:
+    return _scheduler
