@@ -143,14 +143,39 @@ def _read_lines(path: Path, wanted: set[int], max_line_bytes: int) -> dict[int, 
     return out
 
 
+def _take(parts: list[array], dtype: type) -> np.ndarray:
+    """Concatenate the chunks' arrays, releasing them as we go (the peak stays near 1x)."""
+    out = np.concatenate([np.frombuffer(a, dtype=dtype) for a in parts]) if parts else np.zeros(0, dtype)
+    parts.clear()
+    return out
+
+
 def _duplicates(hashes: list[array], lines: list[array]) -> tuple[np.ndarray, np.ndarray]:
-    """(line, first line with the same hash) of every repeated hash, in line order."""
-    h = np.concatenate([np.frombuffer(a, dtype=np.uint64) for a in hashes]) if hashes else np.zeros(0, np.uint64)
-    ln = np.concatenate([np.frombuffer(a, dtype=np.uint32) for a in lines]) if lines else np.zeros(0, np.uint32)
+    """(line, first line with the same hash) of every repeated hash, in line order.
+
+    Memory: one sorted copy of the hashes (8 bytes a line) on top of the stored ones; the
+    lines that share a hash are then found block by block.
+    """
+    h = _take(hashes, np.uint64)
+    ln = _take(lines, np.uint32)
+    empty = np.zeros(0, np.uint32)
     if len(h) < 2:
-        return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
-    order = np.argsort(h, kind="stable")  # stable: within a group, lines stay ascending
-    hs, ls = h[order], ln[order]
+        return empty, empty
+    s = np.sort(h)
+    same = s[1:] == s[:-1]
+    if not same.any():
+        return empty, empty
+    repeated = np.unique(s[1:][same])
+    del s, same
+    picked = []
+    for a in range(0, len(h), 1 << 16):
+        block = h[a:a + (1 << 16)]
+        at = np.minimum(np.searchsorted(repeated, block), len(repeated) - 1)
+        picked.append(np.flatnonzero(repeated[at] == block) + a)
+    pos = np.concatenate(picked)
+    hh, ll = h[pos], ln[pos]  # lines ascending
+    order = np.argsort(hh, kind="stable")  # stable: within a group, lines stay ascending
+    hs, ls = hh[order], ll[order]
     new_group = np.concatenate(([True], hs[1:] != hs[:-1]))
     first = ls[np.flatnonzero(new_group)][np.cumsum(new_group) - 1]
     dup = ~new_group
