@@ -174,6 +174,8 @@ def _what_trains(h: Hyperparameters, p: list[tuple[str, str]]) -> None:
         p.append(("use_llm_lora", "LLM LoRA trains an adapter on a frozen LLM: set freeze_llm"))
     if h.use_backbone_lora and not h.freeze_backbone:
         p.append(("use_backbone_lora", "backbone LoRA trains an adapter on a frozen ViT: set freeze_backbone"))
+    if h.use_backbone_lora and h.unfreeze_vit_layers:
+        p.append(("unfreeze_vit_layers", "unfreeze_vit_layers and use_backbone_lora both change the ViT: pick one"))
     if h.merge_lora and not h.uses_lora:
         p.append(("merge_lora", "merge_lora needs use_llm_lora or use_backbone_lora"))
     if (h.lora_alpha is not None) and not h.uses_lora:
