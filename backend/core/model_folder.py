@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -115,16 +116,28 @@ class FastTokenizer:
     worker processes receive it once.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, cache_size: int = 256) -> None:
         self.backend = tokenizer
         self._ids: dict[str, int | None] = {}
+        # Every sample starts with the same BOS + system message + user role: remembering the
+        # last texts saves one of the two tokenizer calls of a typical sample. lru_cache is
+        # thread-safe; its results are tuples, so callers cannot alter a cached entry.
+        self._cache_size = cache_size
+        self._encode = lru_cache(maxsize=cache_size)(self._encode_uncached)
+
+    def _encode_uncached(self, text: str, add_special_tokens: bool) -> tuple[tuple, tuple]:
+        enc = self.backend.encode(text, add_special_tokens=add_special_tokens)
+        return tuple(enc.ids), tuple(enc.offsets)
 
     def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False,
                  **_: Any) -> dict:
-        enc = self.backend.encode(text, add_special_tokens=add_special_tokens)
-        out = {"input_ids": enc.ids}
+        if len(text) <= 4096:
+            ids, offsets = self._encode(text, add_special_tokens)
+        else:
+            ids, offsets = self._encode_uncached(text, add_special_tokens)
+        out: dict[str, tuple] = {"input_ids": ids}
         if return_offsets_mapping:
-            out["offset_mapping"] = enc.offsets
+            out["offset_mapping"] = offsets
         return out
 
     def convert_tokens_to_ids(self, token: str) -> int | None:
@@ -136,10 +149,10 @@ class FastTokenizer:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __getstate__(self) -> dict:
-        return {"backend": self.backend}
+        return {"backend": self.backend, "cache_size": self._cache_size}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["backend"])
+        self.__init__(state["backend"], state.get("cache_size", 256))
 
 
 def load_tokenizer(model_dir: Path) -> Any:

