@@ -83,6 +83,9 @@ class Dataset(Base):
     num_images: Mapped[int] = mapped_column(Integer, default=0)
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Held-out validation split (migration 0003): eval loss in training, evaluation jobs.
+    val_annotation: Mapped[str | None] = mapped_column(Text, default=None)
+    num_val_samples: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Model(Base):
@@ -187,3 +190,64 @@ class JobMetric(Base):
     loss: Mapped[float | None] = mapped_column(Float, default=None)
     values: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """An evaluation job: one or more models generating on one dataset split (issue 8)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=20), default=JobStatus.queued, index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    split: Mapped[str] = mapped_column(String(20), default="validation")
+    #: resolved model references: [{label, model_id, job_id, checkpoint}]
+    models: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    metrics: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: per model: {label, n, metrics: {name: value}}
+    summary: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    run_dir: Mapped[str | None] = mapped_column(Text, default=None)
+    celery_task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int | None] = mapped_column(Integer, default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EvaluationLog(Base):
+    __tablename__ = "evaluation_logs"
+    __table_args__ = (Index("ix_evaluation_logs_eval_seq", "evaluation_id", "seq", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    stream: Mapped[str] = mapped_column(String(10), default="stdout")
+    line: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvaluationSample(Base):
+    """One model's output on one sample, with its per-metric scores."""
+
+    __tablename__ = "evaluation_samples"
+    __table_args__ = (Index("ix_evaluation_samples_key", "evaluation_id", "model_index", "sample_index",
+                            unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
+    model_index: Mapped[int] = mapped_column(Integer)
+    sample_index: Mapped[int] = mapped_column(Integer)
+    sample_id: Mapped[str] = mapped_column(String(200))
+    question: Mapped[str] = mapped_column(Text)
+    answers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    prediction: Mapped[str] = mapped_column(Text)
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)

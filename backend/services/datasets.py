@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.core.archive import ArchiveError, extract_zip
+from backend.core.splits import VAL_NAME, SplitError, write_fraction_split
 from backend.core.validation import validate_annotation
 from backend.db.models import Dataset, User
 from backend.services.errors import InvalidInput, NotFound
@@ -28,7 +29,8 @@ def _find_annotation(root: Path) -> Path:
 
 
 def register_dataset(session: Session, settings: Settings, upload: Path, name: str,
-                     owner_id: int | None = None) -> Dataset:
+                     owner_id: int | None = None, val_fraction: float = 0.0,
+                     val_upload: Path | None = None) -> Dataset:
     """Unpack ``upload`` (a zip) into the data folder, validate it, and record it.
 
     On any error the unpacked files are removed and nothing is written to the database.
@@ -47,6 +49,7 @@ def register_dataset(session: Session, settings: Settings, upload: Path, name: s
             raise InvalidInput(f"{len(errors)} error(s) in {annotation.name}", errors[:100])
         ds = Dataset(name=name, owner_id=owner_id, root="", annotation="", num_samples=report.samples, num_images=report.images,
                      report=report.to_dict())
+        val = _hold_out(annotation, val_fraction, val_upload)  # issue 8: validation split
         session.add(ds)
         session.flush()
         target = settings.data_path / "datasets" / str(ds.id)
@@ -57,6 +60,10 @@ def register_dataset(session: Session, settings: Settings, upload: Path, name: s
         ann_final = final / annotation.relative_to(staging)
         ds.root = str(ann_final.parent)
         ds.annotation = str(ann_final)
+        if val is not None:
+            ds.annotation = str(final / val[0].relative_to(staging))
+            ds.val_annotation = str(final / val[1].relative_to(staging))
+            ds.num_samples, ds.num_val_samples = val[2], val[3]
         session.commit()
         return ds
     except BaseException:
@@ -65,6 +72,31 @@ def register_dataset(session: Session, settings: Settings, upload: Path, name: s
         if final is not None:
             shutil.rmtree(final, ignore_errors=True)
         raise
+
+
+def _hold_out(annotation: Path, fraction: float, val_upload: Path | None) -> tuple[Path, Path, int, int] | None:
+    """Issue 8: a held-out validation split, by ``fraction`` of the annotation (seeded) or
+    from a second JSONL whose image paths are relative to the same root. ``None``: no split."""
+    if fraction and val_upload is not None:
+        raise InvalidInput("give either a validation fraction or a validation JSONL, not both")
+    if val_upload is not None:
+        val_path = annotation.parent / VAL_NAME
+        shutil.copyfile(val_upload, val_path)
+        report = validate_annotation(val_path, annotation.parent)
+        if not report.ok:
+            errors = [i for i in report.to_dict()["issues"] if i["severity"] == "error"]
+            raise InvalidInput(f"{len(errors)} error(s) in the validation JSONL", errors[:100])
+        if report.samples == 0:
+            raise InvalidInput("the validation JSONL holds no samples")
+        with open(annotation, encoding="utf-8-sig") as f:
+            n_train = sum(1 for line in f if line.strip())
+        return annotation, val_path, n_train, report.samples
+    if not fraction:
+        return None
+    try:
+        return write_fraction_split(annotation, fraction)
+    except SplitError as e:
+        raise InvalidInput(str(e)) from None
 
 
 def get_dataset(session: Session, dataset_id: int, user: User | None = None) -> Dataset:
