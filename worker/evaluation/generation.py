@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from backend.core.samples import SampleError, tokenize_sample
-from backend.core.templates import Template, get_template
+from backend.core.templates import TOKENIZER_TEMPLATE, Template, chat_template_template, get_template
 from backend.core.tiling import IMAGE_SIZE, max_patches_per_image
 from worker.training.data import tile_image, to_tensor
 
@@ -37,8 +37,18 @@ class Prompt:
     pixel_values: torch.Tensor  # [tiles, 3, 448, 448]
 
 
+def model_template(name: str, tokenizer) -> Template:
+    """The template by name; ``tokenizer`` renders with the tokenizer's own chat template,
+    exactly as the trainer does."""
+    if name == TOKENIZER_TEMPLATE:
+        def apply(messages, add_generation_prompt):  # noqa: ANN001, ANN202
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return chat_template_template(apply, stop=tokenizer.eos_token)
+    return get_template(name)
+
+
 def build_prompt(conversations: list[dict], images: Sequence[Image.Image], template: Template, tokenizer,
-                 tiling: Tiling, tokens_per_tile: int = 256) -> Prompt:
+                 tiling: Tiling, tokens_per_tile: int = 256, image_size: int = IMAGE_SIZE) -> Prompt:
     """Token ids and tiles for a conversation ending with a user turn (``from: human``)."""
     if not conversations or conversations[-1].get("from") != "human":
         raise SampleError("the conversation must end with a user turn to generate a reply")
@@ -47,7 +57,7 @@ def build_prompt(conversations: list[dict], images: Sequence[Image.Image], templ
     counts: list[int] = []
     for img in images:
         t = tile_image(img.convert("RGB"), max_num=per_image, min_num=tiling.min_dynamic_patch,
-                       use_thumbnail=tiling.use_thumbnail, dynamic=tiling.dynamic)
+                       use_thumbnail=tiling.use_thumbnail, dynamic=tiling.dynamic, size=image_size)
         tiles += t
         counts.append(len(t))
     record: dict = {"conversations": [*conversations, {"from": "gpt", "value": ""}]}
@@ -56,8 +66,8 @@ def build_prompt(conversations: list[dict], images: Sequence[Image.Image], templ
     sample = tokenize_sample(record, template, tokenizer, counts, tokens_per_tile, with_offsets=True)
     reply_start = sample.trained_spans[-1][0]
     cut = next(i for i, (a, _) in enumerate(sample.offsets) if a >= reply_start and sample.labels[i] != -100)
-    pixel_values = (torch.stack([to_tensor(t) for t in tiles]) if tiles
-                    else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE))
+    pixel_values = (torch.stack([to_tensor(t, image_size) for t in tiles]) if tiles
+                    else torch.zeros(0, 3, image_size, image_size))
     return Prompt(sample.input_ids[:cut], pixel_values)
 
 
@@ -98,7 +108,11 @@ class Generator:
         self.model = InternVLForConditionalGeneration.from_pretrained(self.path, dtype=dtype).to(self.device)
         self.model.eval()
         cfg = self.model.config
-        self.template = get_template(template or getattr(cfg, "template", None) or "internlm2-chat")
+        self.template = model_template(template or getattr(cfg, "template", None) or "internlm2-chat",
+                                       self.tokenizer)
+        size = cfg.vision_config.image_size
+        self.image_size = int(size[0] if isinstance(size, list | tuple) else size)
+        self.tokens_per_tile = int(cfg.image_seq_length)
         self.tiling = tiling or Tiling(max_dynamic_patch=getattr(cfg, "max_dynamic_patch", 6),
                                        use_thumbnail=getattr(cfg, "use_thumbnail", True))
         self.stop_ids = stop_token_ids(self.template, self.tokenizer)
@@ -108,7 +122,8 @@ class Generator:
         self.lock = threading.Lock()
 
     def prompt(self, conversations: list[dict], images: Sequence[Image.Image]) -> Prompt:
-        return build_prompt(conversations, images, self.template, self.tokenizer, self.tiling)
+        return build_prompt(conversations, images, self.template, self.tokenizer, self.tiling,
+                            self.tokens_per_tile, self.image_size)
 
     def _kwargs(self, max_new_tokens: int, temperature: float) -> dict:
         kw: dict = {"max_new_tokens": max_new_tokens, "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
