@@ -3,12 +3,15 @@ and the worker (which registers them). The backend never imports the training pr
 
 from __future__ import annotations
 
+import logging
+import threading
 from functools import lru_cache
 
 from celery import Celery
 
 from backend.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
 TRAIN_TASK = "vlstudio.train"
 GPU_QUEUE = "gpu"
 
@@ -46,8 +49,39 @@ def _cached_celery(broker: str) -> Celery:
     return make_celery()
 
 
-def wake_workers(job_id: int) -> str | None:
-    """Tell the workers a job is waiting. Fails fast when the broker is down: the job is
-    already in the jobs table, which the workers also poll."""
-    app = _cached_celery(get_settings().celery_broker_url)
-    return app.send_task(TRAIN_TASK, args=[job_id], retry=False).id
+class _Waker:
+    """Sends wake-ups from a background thread, coalescing bursts: a worker that wakes claims
+    every job that fits, and workers also poll the jobs table, so one message per burst is
+    enough, and a slow or dead broker never delays an API response."""
+
+    def __init__(self) -> None:
+        self.pending = threading.Event()
+        self.job_id = 0
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def wake(self, job_id: int) -> None:
+        with self.lock:
+            self.job_id = job_id
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="vlstudio-waker", daemon=True)
+                self.thread.start()
+        self.pending.set()
+
+    def _loop(self) -> None:
+        while True:
+            self.pending.wait()
+            self.pending.clear()
+            try:
+                _cached_celery(get_settings().celery_broker_url).send_task(TRAIN_TASK, args=[self.job_id],
+                                                                           retry=False)
+            except Exception as e:  # noqa: BLE001 - the job waits in the table; workers poll it
+                log.warning("could not reach the broker to wake a worker (job %s stays queued): %s", self.job_id, e)
+
+
+_waker = _Waker()
+
+
+def wake_workers(job_id: int) -> None:
+    """Tell the workers a job is waiting (asynchronously; see ``_Waker``)."""
+    _waker.wake(job_id)

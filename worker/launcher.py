@@ -211,9 +211,14 @@ def make_executor() -> Executor:
     return LocalExecutor()
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def job_env(gpu_ids: list[int]) -> dict[str, str]:
-    # An empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU job.
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+    # An empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU job. PYTHONPATH: the trainer
+    # runs the same code as this worker, whatever an installed copy of the package says.
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path,
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
 
 

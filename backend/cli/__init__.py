@@ -64,9 +64,19 @@ def _build_app(with_ui: bool):  # noqa: ANN202
 
 
 @app.command()
-def worker(concurrency: int = typer.Option(None, help="jobs at once; default VLSTUDIO_WORKER_CONCURRENCY"),
-           hostname: str = typer.Option(None)) -> None:
-    """Run a Celery worker that takes training jobs from the gpu queue."""
+def worker(concurrency: int = typer.Option(None, help="Celery threads for wake-up messages"),
+           hostname: str = typer.Option(None),
+           gpus: int = typer.Option(None, help="GPUs this worker may lease; default VLSTUDIO_GPUS_PER_NODE or "
+                                               "nvidia-smi"),
+           node: str = typer.Option(None, help="node name for GPU leases; default the host name"),
+           cpu_slots: int = typer.Option(None, help="CPU-only jobs at once; default VLSTUDIO_CPU_JOB_SLOTS")) -> None:
+    """Run a worker: it takes queued jobs (priority, then submission order) while it has free
+    GPUs (one CUDA_VISIBLE_DEVICES set per job) or CPU slots; see docs/jobs.md."""
+    for key, val in (("VLSTUDIO_GPUS_PER_NODE", gpus), ("VLSTUDIO_NODE_NAME", node),
+                     ("VLSTUDIO_CPU_JOB_SLOTS", cpu_slots)):
+        if val is not None:
+            os.environ[key] = str(val)
+    get_settings.cache_clear()
     get_settings().ensure_dirs()
     os.execv(sys.executable, worker_command(concurrency, hostname))
 
