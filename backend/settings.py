@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     slurm_requeue: bool = Field(False, description="let Slurm requeue after node failure; resumes from the "
                                                    "last checkpoint")
     slurm_signal_seconds: int = Field(
-        120, ge=0, description="SIGTERM this long before the time limit, so the trainer checkpoints")
+        120, ge=0, description="stop the trainer (it saves a checkpoint) this long before the time limit")
     slurm_poll_seconds: float = Field(5.0, gt=0, description="how often the worker asks squeue")
     max_upload_bytes: int = 20 * 2**30
     log_batch_lines: int = 200

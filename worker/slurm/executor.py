@@ -10,6 +10,7 @@ The Slurm job id is also kept in ``RUN/slurm_job_id`` so that a job can be follo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from worker.slurm.state import JobState, Run
 SCRIPT_NAME = "job.sbatch"
 JOB_ID_FILE = "slurm_job_id"
 # Variables of the worker's own node that must not leak into the allocation: Slurm sets its own.
+# "module.ClassError: message", the last line of a Python traceback; torchrun's own are not the cause.
+ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::|$)")
+LAUNCHER_ERRORS = ("torch.distributed.elastic.", "ChildFailedError", "SignalException")
 NODE_LOCAL_ENV = ("CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -34,6 +38,19 @@ def parse_command(cmd: list[str]) -> tuple[str, Path, int]:
     except (ValueError, IndexError) as e:
         raise SlurmConfigError(f"not a torchrun command with --spec and --nproc_per_node: {cmd}") from e
     return cmd[0], spec_path, nproc
+
+
+def first_error(log_path: Path | None) -> str | None:
+    """The first exception a training process raised: the root cause, which torchrun's and srun's
+    summaries (the last lines of the log) bury under their own."""
+    if log_path is None or not log_path.exists():
+        return None
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            m = ERROR_LINE.match(line.strip())
+            if m and not m.group(1).startswith(LAUNCHER_ERRORS):
+                return line.strip()[:500]
+    return None
 
 
 class SlurmExecutor:
@@ -86,20 +103,24 @@ class SlurmExecutor:
         self.last = st
         if st.finished:
             code = st.outcome_code()
+            cause = first_error(self.log_path) if code else None
             self._finish(code, f"slurm: job {self.job_id} ended {st.describe()}, exit code {code}: "
-                               f"{slurm_state.TERMINAL[st.state]}")
+                               f"{st.meaning()}" + (f"; first error in the log: {cause}" if cause else ""))
         return self.result
 
     def terminate(self) -> None:
-        """Cooperative stop: SIGTERM to every step and the batch shell; the trainer checkpoints and exits.
-        A job still waiting in the queue has nothing to save and is simply cancelled."""
+        """Cooperative stop: SIGTERM to the training step (torchrun and its ranks on every node); the
+        trainer saves a checkpoint and exits. Not ``--full``: that signals the batch step too, and
+        srun answers SIGTERM by SIGKILLing its step ("forcing job termination"), so nothing is
+        saved. A job still waiting in the queue has nothing to save and is simply cancelled."""
         if self.job_id is None or self.result is not None:
             return
         if self.last is not None and self.last.state == "PENDING":
             self._scancel()
+            self._say(f"slurm: cancelled job {self.job_id} before it started (scancel)")
         else:
-            self._scancel("--signal=TERM", "--full")
-        self._say(f"slurm: asked job {self.job_id} to stop (scancel --signal=TERM --full)")
+            self._scancel("--signal=TERM")
+            self._say(f"slurm: asked job {self.job_id} to stop (scancel --signal=TERM)")
 
     def kill(self) -> None:
         if self.job_id is None or self.result is not None:

@@ -16,6 +16,8 @@ TRAIN_MODULE = "worker.training.train"
 # The folder holding the worker's own ``worker`` and ``backend`` packages: the nodes import the very
 # code the worker runs (on the shared filesystem), whatever else their Python has installed.
 CODE_ROOT = Path(__file__).resolve().parents[2]
+# The script's exit code when it stopped the trainer ahead of the time limit (as timeout(1) does).
+NEAR_LIMIT_EXIT = 124
 
 
 class SlurmConfigError(ValueError):
@@ -77,8 +79,8 @@ def _directives(req: SlurmJobRequest) -> list[str]:
     if req.gpus_per_node:
         opts.append(f"--gpus-per-node={req.gpus_per_node}")
     if req.signal_seconds:
-        # All job steps get SIGTERM this long before the time limit: the trainer saves a checkpoint.
-        opts.append(f"--signal=TERM@{req.signal_seconds}")
+        # The batch shell gets USR1 this long before the time limit and stops the trainer (see below).
+        opts.append(f"--signal=B:USR1@{req.signal_seconds}")
     opts.append("--requeue" if req.requeue else "--no-requeue")
     opts += [q(o) for o in req.extra_options]
     return [f"#SBATCH {o}" for o in opts]
@@ -92,7 +94,7 @@ def render_sbatch(req: SlurmJobRequest) -> str:
                 f'-m {TRAIN_MODULE} --spec "$SPEC"')
     lines = [
         "#!/bin/bash",
-        f"# vlstudio {req.job_name}: written by the worker. Rerun by hand with: sbatch {q(str(req.run_dir))}/job.sbatch",
+        f"# {req.job_name}: written by vlstudio's worker. Rerun by hand: sbatch {q(str(req.run_dir))}/job.sbatch",
         *_directives(req),
         "set -uo pipefail",
         "export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false",
@@ -108,13 +110,16 @@ def render_sbatch(req: SlurmJobRequest) -> str:
         # The batch script runs on the first node, so a port free here is free for the rendezvous.
         f"PORT=$({py} -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])')",
         'echo "slurm: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, rendezvous $HEAD_NODE:$PORT"',
-        "# scancel --signal=TERM --full reaches this shell too: keep waiting for the trainer's checkpoint.",
-        "trap 'echo \"slurm: SIGTERM received; the trainer saves a checkpoint\"' TERM",
+        # At the time limit Slurm kills everything; shortly before, stop the trainer with a checkpoint.
+        # SIGTERM goes to the training step only: srun itself answers SIGTERM by killing its step.
+        "trap 'NEAR_LIMIT=1; echo \"slurm: the time limit is near: the trainer saves a checkpoint; resume "
+        "the job to continue\"; scancel --signal=TERM \"$SLURM_JOB_ID\"' USR1",
         f"srun --kill-on-bad-exit=1 --nodes={req.nnodes} --ntasks-per-node=1 {launcher} &",
         "SRUN=$!",
         # A trapped signal interrupts `wait` while srun still runs: wait again.
         "wait $SRUN; RC=$?",
         "while kill -0 $SRUN 2>/dev/null; do wait $SRUN; RC=$?; done",
+        f'[ -n "${{NEAR_LIMIT:-}}" ] && [ "$RC" != 0 ] && exit {NEAR_LIMIT_EXIT}',
         "exit $RC",
     ]
     return "\n".join(line for line in lines if line) + "\n"

@@ -7,6 +7,8 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker.slurm.script import NEAR_LIMIT_EXIT
+
 Run = Callable[[list[str]], subprocess.CompletedProcess]
 
 # Slurm's job states that end a job, with what they mean to a user.
@@ -45,6 +47,11 @@ class JobState:
         if self.reason and self.reason not in ("None", "(null)"):
             text += f" (reason: {self.reason})"
         return text
+
+    def meaning(self) -> str:
+        if self.state == "FAILED" and self.exit_code == NEAR_LIMIT_EXIT:
+            return "stopped with a checkpoint before the time limit; resume the job to continue"
+        return TERMINAL[self.state]
 
     def outcome_code(self) -> int:
         """The exit code the worker records: the script's own, else one that says how it ended."""

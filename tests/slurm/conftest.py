@@ -1,0 +1,52 @@
+"""A real Slurm cluster on this machine (``.ci/slurm-setup.sh``) and studios whose worker submits
+to it. The tests fail, never skip, when Slurm cannot be started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # plain `pytest` (not `python -m pytest`) leaves the repository off the path
+    sys.path.insert(0, str(REPO))
+
+from tests.conftest import Studio, start_studio, stop_studio  # noqa: E402
+
+SETUP = REPO / ".ci" / "slurm-setup.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Starts (or checks) munged, slurmctld and the slurmd of partitions debug and twonode."""
+    out = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        pytest.fail(f"could not start Slurm with {SETUP} (exit {out.returncode}):\n"
+                    f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def slurm_env(partition: str) -> dict[str, str]:
+    return {"VLSTUDIO_BACKEND": "slurm", "VLSTUDIO_SLURM_PARTITION": partition,
+            "VLSTUDIO_SLURM_POLL_SECONDS": "1", "VLSTUDIO_SLURM_TIME_LIMIT": "30:00"}
+
+
+def studio_on(tmp_path: Path, partition: str) -> Iterator[Studio]:
+    studio = start_studio(tmp_path, extra_env=slurm_env(partition))
+    yield studio
+    stop_studio(studio)
+
+
+@pytest.fixture(scope="module")
+def slurm_studio(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+    """One studio (embedded mode) with the Slurm backend on the one-node partition."""
+    yield from studio_on(tmp_path_factory.mktemp("slurm-studio"), "debug")
+
+
+@pytest.fixture
+def twonode_studio(slurm_cluster: str, tmp_path: Path) -> Iterator[Studio]:
+    """A studio whose jobs go to the partition of two slurmd "hosts" in network namespaces."""
+    yield from studio_on(tmp_path, "twonode")

@@ -1,0 +1,159 @@
+"""Studio jobs with the Slurm backend against a real Slurm (``.ci/slurm-setup.sh``): the tiny model
+with 2 processes through sbatch + srun, cancel with a checkpoint, resume, a failure inside the
+trainer, and two nodes in network namespaces."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.core.demo_data import write_zip
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+
+
+def upload_demo(studio, tmp_path: Path) -> tuple[int, int]:
+    api = studio.api
+    demo = next(m for m in api.get("/models").json() if m["builtin"])
+    zpath = write_zip(tmp_path / "shapes.zip", n=16)
+    with open(zpath, "rb") as f:
+        r = api.post("/datasets", files={"file": ("shapes.zip", f, "application/zip")})
+    assert r.status_code == 201, r.text
+    return r.json()["id"], demo["id"]
+
+
+def submit(studio, dataset_id: int, model_id: int, **hyper) -> int:
+    body = {"dataset_id": dataset_id, "model_id": model_id, "preset": "demo",
+            "hyperparameters": {"max_steps": STEPS, "nproc_per_node": 2, "zero_stage": 2,
+                                "per_device_batch_size": 2, "learning_rate": 1e-3, **hyper}}
+    r = studio.api.post("/jobs", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def log_lines(studio, job_id: int) -> list[str]:
+    rows = studio.api.get(f"/jobs/{job_id}/logs", params={"after": 0, "limit": 10000}).json()
+    return [row["line"] for row in rows]
+
+
+def slurm_job_id(lines: list[str]) -> str:
+    ids = [line.split()[-1] for line in lines if line.startswith("slurm: submitted batch job ")]
+    assert len(ids) == 1, lines[:40]
+    return ids[0]
+
+
+def watch(studio, job_id: int, until, timeout: float = 600) -> dict:
+    """Poll the job until ``until(job, metrics)`` holds; fail with the worker's log otherwise."""
+    deadline = time.monotonic() + timeout
+    with studio.api as api:
+        while time.monotonic() < deadline:
+            job = api.get(f"/jobs/{job_id}").json()
+            metrics = api.get(f"/jobs/{job_id}/metrics").json()
+            if until(job, metrics):
+                return {"job": job, "metrics": metrics}
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached the expected state: {job}\n{studio.worker_log()}")
+
+
+def scontrol_state(slurm_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", slurm_id], capture_output=True, text=True, check=True)
+    return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+
+
+def test_job_runs_through_sbatch_and_srun(slurm_studio, tmp_path):
+    ds, model = upload_demo(slurm_studio, tmp_path)
+    job_id = submit(slurm_studio, ds, model)
+
+    # Metrics stream into the studio while Slurm still runs the job.
+    live = watch(slurm_studio, job_id, lambda job, m: job["status"] == "running" and len(m) >= 1)
+    assert live["metrics"][0]["step"] == 1
+    final = slurm_studio.wait_job(job_id)
+    assert final["status"] == "succeeded", (final, slurm_studio.worker_log())
+
+    lines = log_lines(slurm_studio, job_id)
+    sid = slurm_job_id(lines)
+    run_dir = Path(final["run_dir"])
+    assert (run_dir / "slurm_job_id").read_text().strip() == sid
+    script = (run_dir / "job.sbatch").read_text()
+    # The studio shows the script it submitted, line by line, as it is in the run folder.
+    assert [x[len("slurm| "):] for x in lines if x.startswith("slurm| ")] == script.splitlines()
+    assert "srun " in script and "--rdzv_backend c10d" in script and "--partition=debug" in script
+    assert any(x.startswith(f"slurm: job {sid} ended COMPLETED") for x in lines), lines[-10:]
+    assert any("world size 2" in x for x in lines), "the trainer did not run 2 processes"
+    for step in range(1, STEPS + 1):
+        assert any(x.startswith(f"step {step}/{STEPS} | loss ") for x in lines), f"no log line for step {step}"
+    assert [m["step"] for m in slurm_studio.api.get(f"/jobs/{job_id}/metrics").json()] == list(range(1, STEPS + 1))
+    assert (run_dir / "final" / "config.json").exists()
+
+    # Slurm itself agrees: the batch job completed with exit code 0 and wrote the studio's log.
+    st = scontrol_state(sid)
+    assert st["JobState"] == "COMPLETED" and st["ExitCode"] == "0:0" and st["Partition"] == "debug"
+    assert Path(st["StdOut"]) == run_dir / "training_log.txt"
+
+
+def test_cancel_saves_checkpoint_then_resume_finishes(slurm_studio, tmp_path):
+    ds, model = upload_demo(slurm_studio, tmp_path)
+    job_id = submit(slurm_studio, ds, model, max_steps=12)
+    watch(slurm_studio, job_id, lambda job, m: len(m) >= 2)
+    assert slurm_studio.api.post(f"/jobs/{job_id}/cancel").status_code == 200
+    final = slurm_studio.wait_job(job_id)
+    assert final["status"] == "cancelled", (final, slurm_studio.worker_log())
+
+    lines = log_lines(slurm_studio, job_id)
+    sid = slurm_job_id(lines)
+    assert any(x.startswith(f"slurm: asked job {sid} to stop (scancel --signal=TERM)") for x in lines)
+    assert any("stopped on request; checkpoint saved" in x for x in lines), lines[-30:]
+    assert not any("killed after the grace period" in x for x in lines)
+    checkpoints = sorted((Path(final["run_dir"]) / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and (checkpoints[-1] / "trainer_state.json").exists()
+    stopped_at = int(checkpoints[-1].name.split("-")[-1])
+    assert 2 <= stopped_at < 12
+
+    r = slurm_studio.api.post(f"/jobs/{job_id}/resume")
+    assert r.status_code in (200, 201), r.text
+    child = slurm_studio.wait_job(r.json()["id"])
+    assert child["status"] == "succeeded", (child, slurm_studio.worker_log())
+    steps = [m["step"] for m in slurm_studio.api.get(f"/jobs/{child['id']}/metrics").json()]
+    assert steps == list(range(stopped_at + 1, 13)), steps
+    assert slurm_job_id(log_lines(slurm_studio, child["id"])) != sid
+
+
+def test_failure_inside_trainer_fails_the_job_with_the_reason(slurm_studio, tmp_path):
+    ds, model = upload_demo(slurm_studio, tmp_path)
+    # The dataset changes on the shared filesystem after registration: the trainer cannot parse it.
+    annotation = next((slurm_studio.data_dir / "datasets" / str(ds)).rglob("*.jsonl"))
+    annotation.write_text("this is not JSON\n")
+    job_id = submit(slurm_studio, ds, model)
+    final = slurm_studio.wait_job(job_id)
+    assert final["status"] == "failed", final
+    assert final["exit_code"] not in (0, None)
+    sid = slurm_job_id(log_lines(slurm_studio, job_id))
+    reason = final["failure_reason"]
+    # The reason names the trainer's own error, not only torchrun's and srun's summaries.
+    assert f"slurm: job {sid} ended FAILED" in reason, reason
+    cause = reason.split("first error in the log: ", 1)[-1]
+    assert cause != reason and "json" in cause.lower(), reason
+    assert scontrol_state(sid)["JobState"] == "FAILED"
+
+
+def test_two_nodes_train_across_network_namespaces(twonode_studio, tmp_path):
+    ds, model = upload_demo(twonode_studio, tmp_path)
+    job_id = submit(twonode_studio, ds, model, nnodes=2, nproc_per_node=1)
+    final = twonode_studio.wait_job(job_id)
+    assert final["status"] == "succeeded", (final, twonode_studio.worker_log())
+    lines = log_lines(twonode_studio, job_id)
+    sid = slurm_job_id(lines)
+    # Two slurmd "hosts", each with its own address; the rendezvous is on the first one.
+    assert any(x.startswith(f"slurm: job {sid} on vn[1-2], rendezvous vn1:") for x in lines), lines[:60]
+    assert any("world size 2" in x for x in lines)
+    st = scontrol_state(sid)
+    assert st["NodeList"] == "vn[1-2]" and st["NumNodes"] == "2" and st["JobState"] == "COMPLETED"
+    script = (Path(final["run_dir"]) / "job.sbatch").read_text()
+    assert "--nodes=2" in script and "--nnodes 2 --nproc_per_node 1" in script
