@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import threading
 from array import array
 from collections import Counter, deque
@@ -228,7 +229,9 @@ class Validator:
             if size < PARALLEL_MIN_BYTES or multiprocessing.current_process().daemon:
                 return None
             n = os.cpu_count() or 1
-        if n <= 1:
+        # spawn re-runs the parent's main script in each worker: impossible for `python -`.
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if n <= 1 or (main_file is not None and not os.path.exists(main_file)):
             return None
         # spawn, not fork: the API server has threads, and forking a threaded process can deadlock.
         self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),

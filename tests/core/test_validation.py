@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import image_bytes, sample, write_jsonl
 
+from backend.core.model_folder import FastTokenizer
 from backend.core.validation import (
     ValidationCancelled,
     ValidationSettings,
@@ -197,20 +198,24 @@ def test_progress_and_cancel(tmp_path):
         validate_annotation(ann, tmp_path, workers=1, progress=stop, cancel=cancel)
 
 
-def test_parallel_equals_serial(tmp_path):
+def test_parallel_equals_serial(tmp_path, tokenizer):
     (tmp_path / "images").mkdir()
     for k in range(20):
         (tmp_path / "images" / f"{k}.png").write_bytes(image_bytes(40 + 37 * k, 60 + 11 * k))
     records = [sample(i, image=f"images/{i % 25}.png", question=f"q{i % 900}") for i in range(2500)]
     records[7] = "garbage"
     ann = write_jsonl(tmp_path / "t.jsonl", records)
-    serial = validate_annotation(ann, tmp_path, workers=1, per_sample_out=tmp_path / "s.jsonl")
-    with Validator(workers=2) as v:
+    fast = FastTokenizer(tokenizer.backend_tokenizer)  # picklable without importing transformers
+    settings = ValidationSettings(template="Hermes-2", max_seq_length=1500)
+    serial = validate_annotation(ann, tmp_path, workers=1, per_sample_out=tmp_path / "s.jsonl", settings=settings,
+                                 tokenizer=fast)
+    with Validator(settings, tokenizer=fast, workers=2) as v:
         parallel = v.validate(ann, tmp_path, per_sample_out=tmp_path / "p.jsonl")
     assert serial.to_dict() == parallel.to_dict()
     assert (tmp_path / "s.jsonl").read_bytes() == (tmp_path / "p.jsonl").read_bytes()
     assert serial.counts[("error", "image_missing")] == 500 and serial.counts[("error", "json")] == 1
     assert serial.counts[("warning", "duplicate_sample")] > 0
+    assert serial.counts[("error", "too_long")] > 0 and serial.stats.token_samples > 0
 
 
 def test_drop_bad_lines_writes_a_new_clean_file(tmp_path):
