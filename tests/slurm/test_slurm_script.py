@@ -1,0 +1,173 @@
+"""The sbatch script, Slurm's states and the executor's verdicts, without a cluster: Slurm's
+commands are replaced by recorded answers (the real cluster is in test_slurm_jobs.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backend.core.spec import Hyperparameters, TrainingSpec
+from backend.settings import Settings
+from worker.launcher import build_command
+from worker.slurm import SlurmExecutor
+from worker.slurm import state as slurm_state
+from worker.slurm.requeue import latest_checkpoint, requeue_spec
+from worker.slurm.script import SlurmConfigError, SlurmJobRequest, render_sbatch
+
+
+def write_spec(run: Path, **hyper) -> Path:
+    run.mkdir(parents=True, exist_ok=True)
+    spec = TrainingSpec(job_id=7, model_path="/m", template="internlm2-chat", meta_path=str(run / "meta.json"),
+                        output_dir=str(run), hyper=Hyperparameters(**hyper))
+    spec.write(run / "spec.json")
+    return run / "spec.json"
+
+
+def request(tmp_path: Path, settings: Settings, **job) -> SlurmJobRequest:
+    job = {"job_name": "vlstudio-job-7", "run_dir": tmp_path, "log_path": tmp_path / "log.txt",
+           "spec_path": tmp_path / "spec.json", "python": "/venv/bin/python", **job}
+    return SlurmJobRequest.from_settings(settings, **job)
+
+
+def test_script_carries_the_deployment_and_the_job(tmp_path):
+    settings = Settings(slurm_partition="gpu", slurm_account="proj", slurm_qos="high", slurm_time_limit="1-00:00:00",
+                        slurm_extra_options="--exclusive --constraint='a100&ib'", slurm_setup="module load cuda",
+                        slurm_requeue=True, slurm_cpus_per_task=32)
+    script = render_sbatch(request(tmp_path, settings, nnodes=4, nproc_per_node=8, gpus_per_node=8))
+    for directive in ("--partition=gpu", "--account=proj", "--qos=high", "--time=1-00:00:00", "--nodes=4",
+                      "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=32", "--requeue",
+                      "--exclusive", "'--constraint=a100&ib'", "--signal=B:USR1@120",
+                      f"--output={tmp_path / 'log.txt'}", "--open-mode=append"):
+        assert f"#SBATCH {directive}\n" in script, directive
+    assert "module load cuda\n" in script
+    assert ("srun --kill-on-bad-exit=1 --nodes=4 --ntasks-per-node=1 /venv/bin/python -m torch.distributed.run "
+            "--nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint \"$HEAD_NODE:$PORT\"") in script
+    # bash accepts it
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+
+
+def test_cpu_job_asks_no_gpus_and_defaults_stay_with_the_cluster(tmp_path):
+    script = render_sbatch(request(tmp_path, Settings()))
+    assert "--gpus-per-node" not in script and "--partition" not in script and "--account" not in script
+    assert "#SBATCH --no-requeue\n" in script
+
+
+def test_job_asking_more_gpus_than_a_node_has_is_refused(tmp_path):
+    with pytest.raises(SlurmConfigError, match="asks for 16 GPUs per node but the partition's nodes have 8"):
+        request(tmp_path, Settings(slurm_gpus_per_node=8), gpus_per_node=16, nproc_per_node=16)
+
+
+def test_run_folder_outside_the_shared_folder_is_refused(tmp_path):
+    with pytest.raises(SlurmConfigError, match="not inside the shared folder"):
+        request(tmp_path, Settings(slurm_shared_dir=Path("/nonexistent/shared")))
+    request(tmp_path, Settings(slurm_shared_dir=tmp_path.parent))  # inside: accepted
+
+
+class FakeSlurm:
+    """Answers sbatch/squeue/sacct/scontrol/scancel like a cluster would, and records the calls."""
+
+    def __init__(self, squeue: list[str], sacct: str = "", scontrol: str = "", sbatch_rc: int = 0) -> None:
+        self.squeue, self.sacct, self.scontrol, self.sbatch_rc = squeue, sacct, scontrol, sbatch_rc
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args: list[str], *_: object) -> subprocess.CompletedProcess:
+        self.calls.append(args)
+        out, rc, err = "", 0, ""
+        if args[0] == "sbatch":
+            out, rc, err = "4242;cluster\n", self.sbatch_rc, "sbatch: error: Invalid account or account/partition"
+        elif args[0] == "squeue":
+            out = self.squeue.pop(0) if self.squeue else ""
+            rc = 0 if out else 1
+        elif args[0] == "sacct":
+            out, rc = self.sacct, 0 if self.sacct else 1
+        elif args[0] == "scontrol":
+            out, rc = self.scontrol, 0 if self.scontrol else 1
+        return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def started(tmp_path: Path, fake: FakeSlurm, **settings) -> SlurmExecutor:
+    spec = write_spec(tmp_path / "run", nproc_per_node=2)
+    ex = SlurmExecutor(Settings(slurm_poll_seconds=0.001, **settings), run=fake)
+    ex.run_env = lambda args, env, cwd: fake(args)  # type: ignore[method-assign]
+    ex.start(build_command(spec, 2, 1234), tmp_path / "run", tmp_path / "run" / "log.txt",
+             {"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": "1"})
+    return ex
+
+
+def finish(ex: SlurmExecutor) -> int:
+    for _ in range(20):
+        rc = ex.poll()
+        if rc is not None:
+            return rc
+        ex.checked_at = 0.0
+    raise AssertionError("never finished")
+
+
+def test_timeout_ends_with_its_reason_and_a_nonzero_code(tmp_path):
+    fake = FakeSlurm(["PENDING|Priority|", "RUNNING|None|node07", "TIMEOUT|TimeLimit|node07"],
+                     sacct="TIMEOUT|0:15|TimeLimit|node07\n")
+    ex = started(tmp_path, fake)
+    assert (tmp_path / "run" / "slurm_job_id").read_text() == "4242\n"
+    assert finish(ex) == 143
+    log = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    assert "slurm: submitted batch job 4242" in log
+    assert "slurm: job 4242 PENDING (reason: Priority)" in log and "slurm: job 4242 RUNNING on node07" in log
+    assert log[-1] == ("slurm: job 4242 ended TIMEOUT on node07 (reason: TimeLimit), exit code 143: the time "
+                       "limit was reached; resume from the last checkpoint")
+
+
+def test_without_accounting_the_end_comes_from_scontrol(tmp_path):
+    fake = FakeSlurm(["RUNNING|None|vm", ""], scontrol="JobId=4242 JobState=FAILED Reason=NonZeroExitCode "
+                                                      "ExitCode=124:0 NodeList=vm\n")
+    ex = started(tmp_path, fake)
+    assert finish(ex) == 124
+    assert "before the time limit; resume the job to continue" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_sbatch_refusal_fails_the_job_with_slurms_message(tmp_path):
+    ex = started(tmp_path, FakeSlurm([], sbatch_rc=1))
+    assert ex.poll() == 1
+    assert "slurm: sbatch refused the job: sbatch: error: Invalid account" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_cancel_signals_the_training_step_and_kill_escalates(tmp_path):
+    fake = FakeSlurm(["RUNNING|None|vm"])
+    ex = started(tmp_path, fake)
+    assert ex.poll() is None
+    ex.terminate()
+    ex.kill()
+    scancels = [c for c in fake.calls if c[0] == "scancel"]
+    assert scancels == [["scancel", "--signal=TERM", "4242"], ["scancel", "--signal=KILL", "--full", "4242"],
+                        ["scancel", "4242"]]
+
+
+def test_pending_job_is_cancelled_outright(tmp_path):
+    fake = FakeSlurm(["PENDING|Resources|"])
+    ex = started(tmp_path, fake)
+    ex.poll()
+    ex.terminate()
+    assert [c for c in fake.calls if c[0] == "scancel"] == [["scancel", "4242"]]
+
+
+def test_exit_codes_follow_the_shell_convention():
+    assert slurm_state.JobState("COMPLETED", exit_code=0).outcome_code() == 0
+    assert slurm_state.JobState("FAILED", exit_code=1).outcome_code() == 1
+    assert slurm_state.JobState("CANCELLED", exit_code=0).outcome_code() == 143
+    assert slurm_state.JobState("NODE_FAIL").outcome_code() == 137
+    assert slurm_state._exit_code("0:9") == 137 and slurm_state._exit_code("2:0") == 2
+
+
+def test_requeued_run_resumes_from_the_newest_complete_checkpoint(tmp_path):
+    spec_path = write_spec(tmp_path)
+    for step, complete in ((5, True), (10, True), (15, False)):
+        ckpt = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        if complete:
+            (ckpt / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "checkpoint-10"
+    resumed = TrainingSpec.read(requeue_spec(spec_path))
+    assert resumed.resume_from_checkpoint == str(tmp_path / "checkpoints" / "checkpoint-10")
