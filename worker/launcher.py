@@ -60,6 +60,7 @@ def prepare_run(job: Job, run_dir: Path, port: int | None = None) -> tuple[Path,
         model = get_model(s, job.model_id)
         model_path, model_template, builtin = Path(model.path), model.template, model.builtin
         ds_name, ds_root, ds_ann, ds_len = ds.name, ds.root, ds.annotation, ds.num_samples
+        val_ann, val_len = ds.val_annotation, ds.num_val_samples
     if builtin and not (model_path / "config.json").exists():
         from worker.demo_model import ensure_demo_model
 
@@ -69,8 +70,14 @@ def prepare_run(job: Job, run_dir: Path, port: int | None = None) -> tuple[Path,
     meta = {f"{ds_name}-{job.dataset_id}": {"root": ds_root, "annotation": ds_ann, "data_augment": False,
                                             "repeat_time": 1, "length": ds_len}}
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    eval_meta = None
+    if hyper.eval_steps and val_ann:  # issue 8: eval loss on the held-out validation split
+        eval_meta = run_dir / "eval_meta.json"
+        eval_meta.write_text(json.dumps({f"{ds_name}-{job.dataset_id}-val": {
+            "root": ds_root, "annotation": val_ann, "data_augment": False, "repeat_time": 1, "length": val_len}}))
     spec = TrainingSpec(job_id=job.id, model_path=str(model_path), template=hyper.template or model_template,
                         meta_path=str(run_dir / "meta.json"), output_dir=str(run_dir), hyper=hyper,
+                        eval_meta_path=str(eval_meta) if eval_meta else None,
                         resume_from_checkpoint=job.resume_from_checkpoint)
     spec_path = run_dir / "spec.json"
     spec.write(spec_path)

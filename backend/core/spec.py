@@ -79,6 +79,7 @@ class Hyperparameters(BaseModel):
     grad_checkpoint: bool = Field(False, description="recompute activations in the backward pass (less memory)")
     # --- bookkeeping
     logging_steps: int = Field(1, ge=1, description="write a metrics row every N optimizer steps")
+    eval_steps: int = Field(0, ge=0, description="loss on the dataset's validation split every N steps (0: never)")
     save_steps: int = Field(0, ge=0, description="save a checkpoint every N steps (0: only the final model)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
     seed: int = Field(42, description="seed of the data order, initialisation of new weights and dropout")
@@ -210,6 +211,7 @@ class TrainingSpec(BaseModel):
     meta_path: str
     output_dir: str
     hyper: Hyperparameters
+    eval_meta_path: str | None = Field(None, description="meta file of the validation split (eval loss)")
     resume_from_checkpoint: str | None = Field(
         None, description="a checkpoint folder, or 'latest' for the newest under output_dir/checkpoints")
 

@@ -64,6 +64,13 @@ class MetricsCallback(TrainerCallback):
         self.last_t, self.last_step = time.monotonic(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:  # issue 8: eval loss on the validation split, its own row
+            if state.is_world_process_zero:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({"step": state.global_step, "total_steps": state.max_steps,
+                                        "eval_loss": logs["eval_loss"], "time": time.time()}) + "\n")
+                print(f"eval step {state.global_step}/{state.max_steps} | eval_loss {logs['eval_loss']:.4f}", flush=True)
+            return
         if not logs or "loss" not in logs:
             return
         s = self.stats.collect(self.device)

@@ -182,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  dropped: {example}")
     if len(dataset) == 0:
         fail(["no trainable sample left (see the dropped counts above)"])
+    eval_dataset = None
+    if h.eval_steps and spec.eval_meta_path:  # issue 8: eval loss on the held-out validation split
+        eval_dataset = SupervisedDataset(
+            Path(spec.eval_meta_path), tokenizer, template, max_seq_length=h.max_seq_length,
+            max_dynamic_patch=h.max_dynamic_patch, min_dynamic_patch=h.min_dynamic_patch,
+            use_thumbnail=h.use_thumbnail, dynamic_image_size=h.dynamic_image_size, image_size=image_size,
+            tokens_per_tile=tokens_per_tile, seed=h.seed)
+        log(f"validation: {len(eval_dataset)} samples, eval loss every {h.eval_steps} steps")
 
     # -- model: load, freeze, LoRA
     model = modeling.load_model(spec.model_path, h, dtype, use_gpu)
@@ -209,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         report_to=["tensorboard"] if h.report_to == "tensorboard" else [],
         disable_tqdm=True, dataloader_num_workers=h.dataloader_num_workers, save_only_model=False,
         ddp_backend=None if use_gpu else "gloo",
+        eval_strategy="steps" if eval_dataset is not None else "no", eval_steps=h.eval_steps or None,
+        per_device_eval_batch_size=h.per_device_batch_size, prediction_loss_only=True,
     )
     world = targs.world_size
     sampler = SeededSampler(dataset.modality_lengths, seed=h.seed,
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = BatchStats()
     stop = StopCallback(lambda: STOP_REQUESTED, device)
     trainer = InternVLTrainer(
-        model=model, args=targs, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id, image_size),
+        model=model, args=targs, train_dataset=dataset, eval_dataset=eval_dataset, data_collator=Collator(tokenizer.pad_token_id, image_size),
         sampler=sampler, stats=stats, callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped), stop])
     log(f"training: {len(dataset)} samples, world size {world}, per device {h.per_device_batch_size}, "
         f"accumulation {ga}, global batch {h.per_device_batch_size * world * ga}, "
