@@ -1,9 +1,10 @@
 """Reading checkpoint folders and writing sharded safetensors, one tensor at a time.
 
-The reader opens one source shard at a time (``safe_open`` memory-maps it; closing the handle
-releases the pages), and the writer knows every output tensor's name, shape and dtype before it
-starts, so it writes each safetensors header first and then streams the tensors into place. Peak
-memory is therefore a few tensors, never a shard and never the model.
+The reader goes through the source shards in order and reads one tensor at a time with
+``safe_open`` (closing the handle after each tensor releases the memory-mapped pages), and the
+writer knows every output tensor's name, shape and dtype before it starts, so it writes each
+safetensors header first and then streams the tensors into place. Peak memory is therefore a few
+tensors, never a shard and never the model.
 """
 
 from __future__ import annotations
@@ -137,13 +138,23 @@ class CheckpointReader:
 
     @contextmanager
     def open_file(self, path: Path) -> Iterator[Callable[[str], torch.Tensor]]:
-        """A getter for the tensors of one weight file; the file is released on exit."""
+        """A getter for the tensors of one weight file.
+
+        For safetensors the file is opened for each tensor: ``safe_open`` memory-maps the whole file
+        and every page read stays resident (and counts in the process's memory) until the handle is
+        closed, so one handle per file would hold a whole shard in memory by its end. Re-opening costs
+        a header parse per tensor and keeps the peak at the tensors in flight.
+        """
         if path.suffix == ".bin":
             with self._open_bin(path) as state:
                 yield lambda name: state[name]
             return
-        with safe_open(str(path), framework="pt") as f:
-            yield f.get_tensor
+
+        def get(name: str) -> torch.Tensor:
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_tensor(name)
+
+        yield get
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
