@@ -1,0 +1,40 @@
+"""The Evaluate and Playground pages: model choices map to API references, results render
+side by side with the user's text escaped."""
+
+from __future__ import annotations
+
+from ui.app import build_ui
+from ui.pages.evaluate import model_choices, samples_table, summary_table, to_ref
+
+
+class FakeApi:
+    def models(self):
+        return [{"id": 1, "name": "internvl-tiny-demo"}]
+
+    def jobs(self):
+        return [{"id": 7, "model_id": 1, "status": "succeeded"}, {"id": 8, "model_id": 1, "status": "failed"}]
+
+
+def test_choices_cover_base_models_and_succeeded_jobs():
+    choices = model_choices(FakeApi())
+    assert choices == [("internvl-tiny-demo (base)", "model:1"), ("job 7 fine-tune", "job:7:1")]
+    assert [to_ref(v) for _, v in choices] == [{"model_id": 1}, {"job_id": 7}]
+
+
+def test_results_render_side_by_side_and_escaped():
+    ev = {"id": 3, "status": "succeeded", "done": 4, "total": 4, "summary": [
+        {"label": "base", "n": 2, "metrics": {"exact_match": 0.0}},
+        {"label": "job 7", "n": 2, "metrics": {"exact_match": 1.0}}]}
+    html = summary_table(ev)
+    assert "0.000" in html and "1.000" in html and "job 7" in html
+    res = {"models": ["base", "job 7"], "samples": 2, "differing": 1, "items": [
+        {"id": "0", "question": "<b>colour?</b>", "answers": ["red"], "predictions": ["<script>", "red"]}]}
+    html = samples_table(res)
+    assert "1 of 2 samples differ" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;colour?" in html
+
+
+def test_studio_has_evaluate_and_playground_tabs():
+    demo = build_ui("http://127.0.0.1:9")
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"vl-tab-evaluate", "vl-tab-playground", "vl-eval-run", "vl-chat"} <= ids
