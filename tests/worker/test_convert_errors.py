@@ -150,3 +150,14 @@ def test_export_errors(original, tmp_path):
     with pytest.raises(ConversionError):
         export_model(tmp_path / "native", tmp_path / "x", "original")
     assert not (tmp_path / "x").exists()
+
+
+def test_native_model_with_no_original_layout_is_refused(original, tmp_path):
+    """E.g. a vision tower with a final LayerNorm (use_mean_pooling false), which InternViT lacks."""
+    import_checkpoint(original, tmp_path / "native")
+    cfg = json.loads((tmp_path / "native" / "config.json").read_text())
+    cfg["vision_config"]["use_mean_pooling"] = False
+    (tmp_path / "native" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match="use_mean_pooling.*'hf' format"):
+        export_model(tmp_path / "native", tmp_path / "x", "original")
+    assert not (tmp_path / "x").exists()

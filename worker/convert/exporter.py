@@ -6,13 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.convert.configs import (
-    SOURCE_KEY,
-    export_family,
-    parse_original,
-    synthesize_original,
-    update_original,
-)
+from worker.convert.configs import SOURCE_KEY, parse_original
 from worker.convert.errors import ConversionError
 from worker.convert.importer import (
     DEFAULT_MAX_SHARD_BYTES,
@@ -25,6 +19,12 @@ from worker.convert.importer import (
 )
 from worker.convert.layout import all_links, disk_name, lm_head_names
 from worker.convert.native import _link_or_copy
+from worker.convert.original_config import (
+    check_exportable,
+    export_family,
+    synthesize_original,
+    update_original,
+)
 from worker.convert.streaming import Progress, export_job, order_jobs, run_jobs
 from worker.convert.tensor_io import CheckpointReader, _read_json
 
@@ -62,6 +62,7 @@ def _native_names(reader: CheckpointReader, expected: set[str], tied_head: str |
 def _export_original(src: Path, out: Path, original_source: Path | None, progress: Progress | None,
                      max_shard_bytes: int) -> list[str]:
     native = _read_json(src / "config.json")
+    check_exportable(native)
     base = _original_base(native, original_source)
     family = export_family(native, base)
     reader = CheckpointReader(src)
