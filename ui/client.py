@@ -1,4 +1,5 @@
-"""The UI's one typed client of the REST API. Anything the UI does goes through here."""
+"""The UI's one typed client of the REST API. Anything the UI does goes through here, so
+anything the UI does a script can do with ``curl``."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import httpx
 
 
 class ApiError(Exception):
-    """An API call failed; ``str()`` is a message fit for the user."""
+    """An API call failed; ``str()`` is a message fit for the user, ``errors`` the details
+    (``{file, line, message}`` for dataset problems, ``{field, message}`` for a spec)."""
 
-    def __init__(self, message: str, errors: list | None = None) -> None:
+    def __init__(self, message: str, errors: list | None = None, status: int = 0) -> None:
         super().__init__(message)
         self.errors = errors or []
+        self.status = status
 
     def pretty(self) -> str:
         lines = [str(self)]
@@ -30,28 +33,48 @@ class ApiError(Exception):
 
 
 class StudioClient:
-    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 120.0, token: str | None = None) -> None:
         self.base = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base + "/api", timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.base + "/api", timeout=timeout, headers=headers)
+
+    def with_token(self, token: str | None) -> StudioClient:
+        """A client acting as the user ``token`` belongs to (one per browser session)."""
+        return StudioClient(self.base, self.http.timeout.read or 120.0, token) if token else self
 
     def _call(self, method: str, url: str, **kw: Any) -> Any:
         try:
             r = self.http.request(method, url, **kw)
         except httpx.HTTPError as e:
-            raise ApiError(f"cannot reach the vlstudio API at {self.base}: {e}") from None
+            raise ApiError(f"cannot reach the vlstudio API at {self.base} ({e.__class__.__name__})") from None
         if r.status_code >= 400:
             try:
                 body = r.json()
-                raise ApiError(str(body.get("detail", r.text)), body.get("errors"))
             except ValueError:
-                raise ApiError(f"HTTP {r.status_code}: {r.text[:300]}") from None
-        return r.json()
+                raise ApiError(f"HTTP {r.status_code}: {r.text[:300]}", status=r.status_code) from None
+            detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
+            errors = body.get("errors") if isinstance(body, dict) else None
+            if isinstance(detail, list):  # FastAPI's own 422 shape
+                detail, errors = "invalid request", detail
+            raise ApiError(str(detail), errors, status=r.status_code)
+        return r.json() if r.content else None
 
+    # -- service -------------------------------------------------------------------------
     def health(self) -> dict:
         return self._call("GET", "/health")
 
+    def login(self, username: str, password: str) -> dict:
+        return self._call("POST", "/auth/login", json={"username": username, "password": password})
+
+    def me(self) -> dict:
+        return self._call("GET", "/auth/me")
+
+    # -- datasets ------------------------------------------------------------------------
     def datasets(self) -> list[dict]:
         return self._call("GET", "/datasets")
+
+    def dataset(self, dataset_id: int) -> dict:
+        return self._call("GET", f"/datasets/{dataset_id}")
 
     def upload_dataset(self, path: Path, name: str | None = None) -> dict:
         with open(path, "rb") as f:
@@ -61,12 +84,19 @@ class StudioClient:
     def register_demo_dataset(self) -> dict:
         return self._call("POST", "/datasets/demo")
 
+    def sample(self, dataset_id: int, n: int, **params: Any) -> dict:
+        """The preview of sample ``n`` (1-based line of the annotation)."""
+        return self._call("GET", f"/datasets/{dataset_id}/samples/{n}",
+                          params={k: v for k, v in params.items() if v is not None})
+
+    # -- models and presets -----------------------------------------------------------------
     def models(self) -> list[dict]:
         return self._call("GET", "/models")
 
     def presets(self) -> dict:
         return self._call("GET", "/presets")
 
+    # -- jobs ----------------------------------------------------------------------------
     def create_job(self, dataset_id: int, model_id: int, preset: str, hyperparameters: dict) -> dict:
         return self._call("POST", "/jobs", json={"dataset_id": dataset_id, "model_id": model_id, "preset": preset,
                                                  "hyperparameters": hyperparameters})
@@ -80,8 +110,72 @@ class StudioClient:
     def logs(self, job_id: int, after: int = 0, limit: int = 5000) -> list[dict]:
         return self._call("GET", f"/jobs/{job_id}/logs", params={"after": after, "limit": limit})
 
+    def full_log(self, job_id: int) -> str:
+        """Every log line of a job, paged through the cursor (for the download button)."""
+        out: list[str] = []
+        after = 0
+        while page := self.logs(job_id, after=after, limit=10000):
+            out += [r["line"] for r in page]
+            after = page[-1]["seq"]
+        return "\n".join(out) + ("\n" if out else "")
+
     def metrics(self, job_id: int, after: int = 0) -> list[dict]:
         return self._call("GET", f"/jobs/{job_id}/metrics", params={"after": after})
 
     def cancel(self, job_id: int) -> dict:
         return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    def resume(self, job_id: int) -> dict:
+        return self._call("POST", f"/jobs/{job_id}/resume")
+
+    def retry(self, job_id: int) -> dict:
+        return self._call("POST", f"/jobs/{job_id}/retry")
+
+    # -- evaluations and playground (issue 8) -----------------------------------------------
+    def create_evaluation(self, dataset_id: int, models: list[dict], split: str = "validation",
+                          metrics: list[str] | None = None, params: dict | None = None) -> dict:
+        return self._call("POST", "/evaluations", json={"dataset_id": dataset_id, "split": split, "models": models,
+                                                        "metrics": metrics or [], "params": params or {}})
+
+    def evaluations(self) -> list[dict]:
+        return self._call("GET", "/evaluations")
+
+    def evaluation(self, evaluation_id: int) -> dict:
+        return self._call("GET", f"/evaluations/{evaluation_id}")
+
+    def evaluation_results(self, evaluation_id: int, only_differences: bool = False) -> dict:
+        return self._call("GET", f"/evaluations/{evaluation_id}/results",
+                          params={"only_differences": only_differences})
+
+    def evaluation_download(self, evaluation_id: int) -> str:
+        r = self.http.get(f"/evaluations/{evaluation_id}/download")
+        if r.status_code >= 400:
+            raise ApiError(f"HTTP {r.status_code}: {r.text[:300]}", status=r.status_code)
+        return r.text
+
+    def chat_stream(self, model_id: int, messages: list[dict], image_b64: str | None = None,
+                    job_id: int | None = None, max_new_tokens: int = 256):  # noqa: ANN201
+        """Yield reply pieces as the server streams them (SSE ``token`` events)."""
+        import json as _json
+
+        body = {"messages": messages, "image": image_b64, "job_id": job_id, "max_new_tokens": max_new_tokens}
+        try:
+            with self.http.stream("POST", f"/models/{model_id}/chat", json=body,
+                                  timeout=httpx.Timeout(600, connect=10)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith(
+                        "application/json") else r.text
+                    raise ApiError(str(detail), status=r.status_code)
+                kind = None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: "):
+                        data = _json.loads(line[6:])
+                        if kind == "token":
+                            yield data["text"]
+                        elif kind == "error":
+                            raise ApiError(data.get("detail", "generation failed"))
+        except httpx.HTTPError as e:
+            raise ApiError(f"cannot reach the vlstudio API at {self.base} ({e.__class__.__name__})") from None

@@ -54,12 +54,9 @@ def _build_app(with_ui: bool):  # noqa: ANN202
 
     app_ = create_app()
     if with_ui:
-        import gradio as gr
+        from ui.app import mount
 
-        from ui.app import CSS, build_ui
-
-        app_ = gr.mount_gradio_app(app_, build_ui(get_settings().api_base_url), path="/", css=CSS,
-                                   footer_links=["api"])
+        app_ = mount(app_, get_settings().api_base_url)
     return app_
 
 
@@ -84,9 +81,9 @@ def worker(concurrency: int = typer.Option(None, help="Celery threads for wake-u
 @app.command()
 def ui(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(7861)) -> None:
     """Run the Gradio UI alone, talking to the API at VLSTUDIO_API_URL."""
-    from ui.app import CSS, build_ui
+    from ui.app import launch
 
-    build_ui(get_settings().api_base_url).launch(server_name=host, server_port=port, css=CSS)
+    launch(get_settings().api_base_url, host, port)
 
 
 @app.command()

@@ -1,0 +1,147 @@
+"""The studio in a real browser (Debian's Chromium, headless), against a real API, Celery
+worker and torchrun training of the tiny demo model: a new user's first fine-tune, and a bad
+dataset. Screenshots of every page land in ``test-artifacts/screenshots/``."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from backend.core.demo_data import write_zip
+
+pytestmark = pytest.mark.slow
+
+STEPS = 14
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def upload(page, path: Path) -> None:
+    page.locator("#vl-upload input[type=file]").set_input_files(str(path))
+    page.locator("#vl-upload-btn").click()
+
+
+def test_first_fine_tune(studio, page, screenshot, tmp_path: Path):
+    page.goto(studio.url)
+    page.locator("#vl-health", has_text="API connected").wait_for()
+
+    # Datasets: upload the demo zip, read the validation report, preview a sample.
+    upload(page, write_zip(tmp_path / "shapes.zip", n=24))
+    page.locator("#vl-ds-result", has_text="registered").wait_for(timeout=120_000)
+    summary = page.locator("#vl-ds-summary")
+    assert re.search(r"samples\s*24", summary.inner_text(), re.I), summary.inner_text()
+    assert "No problems found" in page.locator("#vl-ds-issues").inner_text()
+    page.locator("#vl-ds-list tr[data-ds]").first.wait_for()
+    screenshot(page, "01-datasets")
+
+    open_tab(page, "Models")
+    page.locator("#vl-models-list", has_text="internvl-tiny-demo").wait_for()
+    screenshot(page, "02-models")
+
+    # Train: defaults come from the server's presets; shorten the run and start it.
+    open_tab(page, "Train")
+    page.locator("#vl-preset-dd input").wait_for()
+    lr = page.locator("#vl-hp-learning_rate input")
+    lr.wait_for()
+    assert float(lr.input_value()) > 0, "the learning rate was not filled from the preset"
+    steps = page.locator("#vl-hp-max_steps input")
+    steps.fill(str(STEPS))
+    steps.press("Tab")
+    screenshot(page, "03-train")
+    page.locator("#vl-start").click()
+
+    # Jobs: the job opens, its log and loss plot update while it runs, then it succeeds.
+    page.locator("#vl-job-header", has_text="Job #1").wait_for(timeout=60_000)
+    log = page.locator("#vl-log .vl-log-body")
+    page.wait_for_function("document.querySelectorAll('#vl-log .vl-line').length > 3", timeout=240_000)
+    page.locator("#vl-job-cards .vl-card-value").first.wait_for()
+    page.wait_for_function(
+        "!document.querySelector('#vl-job-cards').innerText.includes('no step logged')", timeout=300_000)
+    first_step = _step_shown(page)
+    assert page.locator("#vl-job-header .vl-badge").inner_text().strip() in ("Running", "Starting"), \
+        "the job finished before the page showed it running"
+    # Scrolling up pauses auto-scroll; new lines then wait behind the Follow button.
+    log.evaluate("e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
+    page.wait_for_function(f"(() => {{ const c = document.querySelector('#vl-job-cards').innerText;"
+                           f" const m = c.match(/step (\\d+)/); return m && +m[1] > {first_step}; }})()",
+                           timeout=300_000)
+    assert log.evaluate("e => e.scrollTop") == 0, "the log jumped to the end while the user read above"
+    page.locator("#vl-log .vl-log-follow").wait_for()
+    loss_points = _points(page, "vl-plot-loss")
+    screenshot(page, "04-job-running")
+    page.locator("#vl-job-header .vl-badge", has_text="Succeeded").wait_for(timeout=600_000)
+    assert _points(page, "vl-plot-loss") > loss_points, "the loss plot did not grow while the job ran"
+    assert f"step {STEPS:,} / {STEPS:,}" in page.locator("#vl-job-progress").inner_text()
+
+    # Search, then download the whole log.
+    page.locator("#vl-log .vl-log-follow").click()
+    page.locator("#vl-log .vl-log-search").fill("| loss")
+    count = page.locator("#vl-log .vl-log-count").inner_text()
+    assert re.match(rf"{STEPS} of \d+ lines match", count), count
+    assert page.locator("#vl-log mark").count() >= STEPS
+    with page.expect_download() as dl:
+        page.locator("#vl-log .vl-log-download").click()
+    text = Path(dl.value.path()).read_text()
+    assert f"step {STEPS}/{STEPS} | loss" in text
+    page.locator("#vl-log .vl-log-search").fill("")
+    assert page.locator("#vl-jobs-list", has_text="Succeeded").count() == 1
+    screenshot(page, "05-job-succeeded")
+
+    # Back on the dataset: the preview of one sample, as the model sees it.
+    open_tab(page, "Datasets")
+    page.locator("#vl-ds-list tr[data-ds]").first.click()
+    page.locator("#vl-sample-line input").fill("3")
+    page.locator("#vl-sample-btn").click()
+    sample = page.locator("#vl-sample")
+    sample.locator(".vl-render, .vl-notice").first.wait_for()
+    assert "Sample on line 3" in sample.inner_text(), sample.inner_text()
+    assert sample.locator(".vl-trained").count() > 0, "the trained answer is not highlighted"
+    sample.scroll_into_view_if_needed()
+    screenshot(page, "07-sample-preview")
+
+
+def _step_shown(page) -> int:
+    m = re.search(r"step (\d+)", page.locator("#vl-job-cards").inner_text())
+    assert m, page.locator("#vl-job-cards").inner_text()
+    return int(m.group(1))
+
+
+def _points(page, elem_id: str) -> int:
+    """Points drawn by a Vega line plot (its SVG path has one command per point)."""
+    d = page.evaluate(f"""(() => {{ const p = document.querySelector('#{elem_id} .mark-line path');
+                          return p ? p.getAttribute('d') : ''; }})()""")
+    return len(re.findall(r"[ML]", d or ""))
+
+
+def bad_zip(path: Path) -> Path:
+    good = {"id": 1, "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                          {"from": "gpt", "value": "A square."}]}
+    lines = [json.dumps(good), "{not json", json.dumps({**good, "id": 3, "image": "missing.png"})]
+    from PIL import Image
+
+    img = path.parent / "a.png"
+    Image.new("RGB", (64, 64), "red").save(img)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data.jsonl", "\n".join(lines) + "\n")
+        z.write(img, "a.png")
+    return path
+
+
+def test_bad_dataset_shows_errors_with_line_numbers(studio, page, screenshot, tmp_path: Path):
+    page.goto(studio.url)
+    page.locator("#vl-health", has_text="API connected").wait_for()
+    upload(page, bad_zip(tmp_path / "broken.zip"))
+    result = page.locator("#vl-ds-result")
+    result.locator(".vl-notice-error").wait_for(timeout=120_000)
+    text = result.inner_text()
+    assert "rejected" in text
+    assert "line 2" in text and "line 3" in text, text
+    assert "missing.png" in text
+    assert page.locator("#vl-ds-list", has_text="No datasets yet").count() == 1
+    screenshot(page, "06-bad-dataset")

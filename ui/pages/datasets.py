@@ -1,0 +1,120 @@
+"""Datasets page: upload (drag and drop a zip, or images + one JSONL), the validation report
+(problems with line numbers, statistics, histograms), the registered datasets, and the sample
+preview."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ui.bundle import BundleError, bundle
+from ui.client import ApiError, StudioClient
+from ui.pages import preview_view
+from ui.pages import report_view as rv
+from ui.session import Sessions
+from ui.widgets import notice, section
+
+
+@dataclass
+class DatasetsPage:
+    list_html: gr.HTML
+    selected: gr.State
+    refresh: object  # (selected, request) -> list HTML
+
+
+def build(sessions: Sessions) -> DatasetsPage:
+    gr.HTML(section("Datasets", "Images with one JSONL annotation in the InternVL format. Every upload is "
+                                "validated line by line before it is registered."))
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            files = gr.File(label="Drop a .zip, or images together with one .jsonl", file_count="multiple",
+                            file_types=[".zip", ".jsonl", "image"], elem_id="vl-upload", height=150)
+        with gr.Column(scale=2, min_width=260):
+            name = gr.Textbox(label="Name", placeholder="defaults to the file name", elem_id="vl-ds-name")
+            upload = gr.Button("Upload and validate", variant="primary", elem_id="vl-upload-btn")
+            demo = gr.Button("Use the demo dataset (coloured shapes)", elem_id="vl-demo-btn")
+    result = gr.HTML(elem_id="vl-ds-result")
+    gr.HTML("<div class='vl-h3'>Registered datasets</div>")
+    list_html = gr.HTML(elem_id="vl-ds-list", js_on_load=(
+        "element.addEventListener('click', (e) => { const r = e.target.closest('[data-ds]');"
+        " if (r) trigger('select', {index: parseInt(r.dataset.ds), value: r.dataset.ds}); });"))
+    selected = gr.State(None)
+    with gr.Column(visible=False, elem_id="vl-ds-detail") as detail:
+        title = gr.HTML(elem_id="vl-ds-title")
+        summary = gr.HTML(elem_id="vl-ds-summary")
+        with gr.Row():
+            tok_hist = gr.BarPlot(x="tokens", y="samples", title="Tokens per sample", height=220, sort="x",
+                                  elem_id="vl-ds-tokhist", x_title="tokens", y_title="samples")
+            tile_hist = gr.BarPlot(x="tiles", y="images", title="Tiles per image", height=220,
+                                   elem_id="vl-ds-tilehist", x_title="tiles", y_title="images")
+        issues = gr.HTML(elem_id="vl-ds-issues")
+        stats = gr.HTML(elem_id="vl-ds-stats")
+        preview_view.build_controls(sessions, selected)
+
+    detail_outputs = [selected, detail, title, summary, tok_hist, tile_hist, issues, stats]
+
+    def show(api: StudioClient, ds_id: int) -> list:
+        ds = api.dataset(ds_id)
+        report = ds.get("report") or {}
+        issues_list = report.get("issues") or []
+        title_html = (f"<div class='vl-jobhead'><h2>#{ds['id']} {rv.esc(ds['name'])}</h2></div>"
+                      f"<div class='vl-jobmeta vl-mono'>{rv.esc(report.get('annotation', ''))}</div>")
+        return [ds_id, gr.Column(visible=True), title_html, rv.summary_html(ds),
+                _frame(rv.token_histogram(report)), _frame(rv.tiles_histogram(report)),
+                "<div class='vl-h3'>Problems found</div>" + rv.issues_table(issues_list),
+                rv.stats_html(report)]
+
+    def refresh(sel: int | None, request: gr.Request) -> str:
+        try:
+            return rv.datasets_table(sessions.api(request).datasets(), sel)
+        except ApiError as e:
+            return notice("error", "Cannot load the datasets", str(e))
+
+    def on_upload(paths: list[str] | None, ds_name: str, request: gr.Request,
+                  progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
+        if not paths:
+            return [notice("info", "Choose files first", "<div>Drop a zip, or images with one .jsonl file.</div>"),
+                    *[gr.skip()] * len(detail_outputs)]
+        api = sessions.api(request)
+        progress(0.1, desc="Packing the upload")
+        with tempfile.TemporaryDirectory(prefix="vlstudio-upload-") as tmp:
+            try:
+                zpath = bundle([Path(p) for p in paths], Path(tmp))
+                progress(0.3, desc="Uploading and validating every line")
+                ds = api.upload_dataset(zpath, ds_name or None)
+            except BundleError as e:
+                return [notice("error", "Cannot upload these files", f"<div>{rv.esc(e)}</div>"),
+                        *[gr.skip()] * len(detail_outputs)]
+            except ApiError as e:
+                return [rv.rejected_html(str(e), e.errors), None, gr.Column(visible=False),
+                        *[gr.skip()] * (len(detail_outputs) - 2)]
+        progress(1.0, desc="Done")
+        return [rv.registered_html(ds), *show(api, ds["id"])]
+
+    def on_demo(request: gr.Request, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
+        api = sessions.api(request)
+        progress(0.2, desc="Generating and validating the demo dataset")
+        try:
+            ds = api.register_demo_dataset()
+        except ApiError as e:
+            return [rv.rejected_html(str(e), e.errors), *[gr.skip()] * len(detail_outputs)]
+        return [rv.registered_html(ds), *show(api, ds["id"])]
+
+    def on_select(evt: gr.SelectData, request: gr.Request) -> list:
+        try:
+            return ["", *show(sessions.api(request), int(evt.index))]
+        except ApiError as e:
+            return [notice("error", "Cannot open the dataset", str(e)), *[gr.skip()] * len(detail_outputs)]
+
+    upload.click(on_upload, [files, name], [result, *detail_outputs]).then(refresh, selected, list_html)
+    demo.click(on_demo, None, [result, *detail_outputs]).then(refresh, selected, list_html)
+    list_html.select(on_select, None, [result, *detail_outputs]).then(refresh, selected, list_html)
+    return DatasetsPage(list_html, selected, refresh)
+
+
+def _frame(df: pd.DataFrame) -> pd.DataFrame | None:
+    return df if not df.empty else None

@@ -1,0 +1,152 @@
+"""Pure rendering of a job for the Jobs page: header, progress with ETA, metric cards, plot
+frames and the jobs table. Inputs are the API's JSON; outputs are HTML strings or DataFrames."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from ui.widgets import ACTIVE, ago, badge, cards, duration, esc, number, parse_time, progress_bar, table
+
+#: weight of the exponential moving average drawn over the raw loss (TensorBoard's default look)
+SMOOTHING = 0.6
+#: plots draw at most this many points (evenly thinned); the cards always show the last values
+MAX_POINTS = 1500
+
+
+def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Debiased exponential moving average, as TensorBoard draws it."""
+    out, avg = [], 0.0
+    for k, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** k))
+    return out
+
+
+def _thin(rows: list[dict]) -> list[dict]:
+    if len(rows) <= MAX_POINTS:
+        return rows
+    stride = len(rows) / MAX_POINTS
+    return [rows[int(k * stride)] for k in range(MAX_POINTS)] + [rows[-1]]
+
+
+def _value(m: dict, key: str) -> float | None:
+    v = m.get("loss") if key == "loss" else (m.get("values") or {}).get(key)
+    return float(v) if isinstance(v, int | float) else None
+
+
+def series_frame(metrics: list[dict], key: str, label: str) -> pd.DataFrame:
+    rows = [{"step": m["step"], key: v, "series": label} for m in _thin(metrics)
+            if (v := _value(m, key)) is not None]
+    return pd.DataFrame(rows, columns=["step", key, "series"])
+
+
+def loss_frame(metrics: list[dict]) -> pd.DataFrame:
+    raw = series_frame(metrics, "loss", "loss")
+    if raw.empty:
+        return raw
+    smoothed = raw.assign(loss=smooth(raw["loss"].tolist()), series="smoothed")
+    return pd.concat([raw, smoothed], ignore_index=True)
+
+
+def eta_seconds(job: dict, last_metric: dict | None) -> float | None:
+    if job["status"] not in ACTIVE:
+        return None
+    if last_metric and isinstance((last_metric.get("values") or {}).get("eta_seconds"), int | float):
+        return last_metric["values"]["eta_seconds"]
+    started, total, step = parse_time(job.get("started_at")), job.get("total_steps"), job.get("step") or 0
+    if not (started and total and step):
+        return None
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    return elapsed / step * (total - step)
+
+
+def fraction(job: dict) -> float | None:
+    if job["status"] == "succeeded":
+        return 1.0
+    total = job.get("total_steps")
+    return (job.get("step") or 0) / total if total else None
+
+
+def progress_html(job: dict, last_metric: dict | None) -> str:
+    total, step, status = job.get("total_steps"), job.get("step") or 0, job["status"]
+    frac = fraction(job)
+    parts = [f"step {step:,} / {total:,}" if total else f"step {step:,}"]
+    if frac is not None:
+        parts.append(f"{frac:.0%}")
+    if status in ACTIVE:
+        eta = eta_seconds(job, last_metric)
+        parts.append(f"ETA {duration(eta)}" if eta is not None else "ETA –")
+    elif job.get("started_at") and job.get("finished_at"):
+        took = (parse_time(job["finished_at"]) - parse_time(job["started_at"])).total_seconds()
+        parts.append(f"took {duration(took)}")
+    if status == "queued":
+        parts = ["waiting for a worker"]
+    return progress_bar(frac, " · ".join(parts), status)
+
+
+def owner_of(job: dict) -> str | None:
+    owner = job.get("owner")
+    return owner.get("username") if isinstance(owner, dict) else owner
+
+
+def header_html(job: dict, model: str, dataset: str) -> str:
+    owner = owner_of(job)
+    meta = [f"model <b>{esc(model)}</b>", f"dataset <b>{esc(dataset)}</b>", f"preset <b>{esc(job['preset'])}</b>",
+            f"created {esc(ago(job.get('created_at')))}"]
+    if owner:
+        meta.append(f"owner <b>{esc(owner)}</b>")
+    if job.get("worker"):
+        meta.append(f"worker <span class='vl-mono'>{esc(job['worker'])}</span>")
+    failure = ""
+    if job.get("failure_reason") and job["status"] in ("failed", "cancelled"):
+        first = job["failure_reason"].strip().splitlines()[0] if job["failure_reason"].strip() else ""
+        failure = f"<div class='vl-notice vl-notice-error' style='margin-top:8px'><div>{esc(first)}</div></div>"
+    return (f"<div class='vl-jobhead'><h2>Job #{job['id']}</h2>{badge(job['status'])}</div>"
+            f"<div class='vl-jobmeta'>{' · '.join(meta)}</div>{failure}")
+
+
+def metric_cards(metrics: list[dict]) -> str:
+    if not metrics:
+        return cards([("Loss", "–", "no step logged yet"), ("Learning rate", "–", ""), ("Grad norm", "–", ""),
+                      ("Tokens / s", "–", "")])
+    last = metrics[-1]
+    losses = [v for m in metrics if (v := _value(m, "loss")) is not None]
+    sm = smooth(losses)[-1] if losses else None
+    gpu = _value(last, "gpu_memory_gib")
+    items = [("Loss", number(_value(last, "loss")), f"smoothed {number(sm)}" if sm is not None else ""),
+             ("Learning rate", number(_value(last, "learning_rate"), 3), f"step {last['step']:,}"),
+             ("Grad norm", number(_value(last, "grad_norm"), 3), ""),
+             ("Tokens / s", number(round(_value(last, "tokens_per_second") or 0)), "")]
+    if gpu is not None:
+        items.append(("GPU memory", f"{gpu:.1f} GiB", "peak allocated"))
+    return cards(items)
+
+
+def spec_html(job: dict) -> str:
+    hyper = job.get("hyper") or {}
+    rows = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in sorted(hyper.items()))
+    extra = ""
+    if job.get("command"):
+        extra += f"<div class='vl-h3'>Equivalent command line</div><div class='vl-cmd'>{esc(job['command'])}</div>"
+    if job.get("run_dir"):
+        extra += f"<div class='vl-h3'>Run folder</div><div class='vl-mono'>{esc(job['run_dir'])}</div>"
+    return f"<dl class='vl-kv'>{rows}</dl>{extra}"
+
+
+def jobs_table(jobs: list[dict], model_names: dict[int, str], dataset_names: dict[int, str],
+               selected: int | None) -> str:
+    rows, attrs = [], []
+    for j in jobs:
+        frac = fraction(j)
+        eta = eta_seconds(j, None)
+        rows.append([f"<b>#{j['id']}</b>", badge(j["status"]), esc(model_names.get(j["model_id"], j["model_id"])),
+                     esc(dataset_names.get(j["dataset_id"], j["dataset_id"])), esc(j["preset"]),
+                     progress_bar(frac, f"{j.get('step') or 0:,} / {j.get('total_steps') or '?'}", j["status"]),
+                     esc(duration(eta)) if eta is not None else "<span class='vl-muted'>–</span>",
+                     esc(owner_of(j) or "–"), esc(ago(j.get("created_at")))])
+        sel = " class='vl-selected'" if j["id"] == selected else ""
+        attrs.append(f"data-job='{j['id']}'{sel}")
+    return table(["Job", "Status", "Model", "Dataset", "Preset", "Progress", "ETA", "Owner", "Created"], rows,
+                 "No jobs yet. Start one on the Train page.", attrs, cls="vl-clickable")

@@ -1,0 +1,45 @@
+"""Models page: the registered base checkpoints with family, size, template and parameter
+count (from the API's ``info``; unknown values show as a dash, never a guess)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.client import ApiError
+from ui.session import Sessions
+from ui.widgets import badge, esc, notice, number, section, table
+
+
+def _params(info: dict) -> str:
+    for key in ("num_parameters", "parameters", "param_count"):
+        if isinstance(info.get(key), int | float):
+            n = float(info[key])
+            return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else number(int(n))
+    return "–"
+
+
+def models_table(models: list[dict]) -> str:
+    rows = []
+    for m in models:
+        info = m.get("info") or {}
+        kind = badge("info", "built-in") if m.get("builtin") else badge("valid", "imported")
+        rows.append([f"<b>{esc(m['name'])}</b><div class='vl-muted' style='font-size:12px'>"
+                     f"{esc(info.get('description', ''))}</div>", kind, esc(m.get("family")),
+                     esc(info.get("size") or "–"), f"<span class='vl-mono'>{esc(m.get('template'))}</span>",
+                     _params(info), esc(info.get("max_dynamic_patch", "–"))])
+    return table(["Model", "Source", "LLM family", "Size", "Template", "Parameters", "Max tiles"], rows,
+                 "No models registered.")
+
+
+def build(sessions: Sessions):  # noqa: ANN201
+    gr.HTML(section("Models", "Base checkpoints you can fine-tune. Import a Mini-InternVL-Chat folder with "
+                              "`vlstudio models import PATH`."))
+    listing = gr.HTML(elem_id="vl-models-list")
+
+    def refresh(request: gr.Request) -> str:
+        try:
+            return models_table(sessions.api(request).models())
+        except ApiError as e:
+            return notice("error", "Cannot load the models", esc(e))
+
+    return listing, refresh

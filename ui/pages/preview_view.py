@@ -1,0 +1,112 @@
+"""The sample preview on the Datasets page: what the model sees of one annotation line —
+its images and tiles, the conversation rendered with the template with the trained spans
+highlighted, and the token counts (``GET /api/datasets/{id}/samples/{n}``)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.client import ApiError
+from ui.session import Sessions
+from ui.widgets import badge, cards, esc, notice, number, table
+
+
+def _image_src(im: dict) -> str | None:
+    for key in ("data_url", "url", "thumbnail"):
+        if isinstance(im.get(key), str):
+            return im[key]
+    return None
+
+
+def images_html(images: list[dict]) -> str:
+    rows = []
+    for k, im in enumerate(images, 1):
+        src = _image_src(im)
+        thumb = f"<img src='{esc(src)}' alt='image {k}' style='height:64px;border-radius:6px'/>" if src else ""
+        if "error" in im:
+            rows.append([thumb or str(k), f"<span class='vl-mono'>{esc(im['path'])}</span>", badge("error"),
+                         esc(im["error"]), "", ""])
+            continue
+        grid = im.get("grid") or ["?", "?"]
+        tiles = f"{grid[0]}×{grid[1]}" + (" + thumbnail" if im.get("thumbnail") else "")
+        rows.append([thumb or str(k), f"<span class='vl-mono'>{esc(im['path'])}</span>",
+                     esc(f"{im.get('width')}×{im.get('height')} {im.get('format') or ''}"),
+                     esc(tiles), number(im.get("tiles")), number(im.get("max_tiles"))])
+    return table(["", "Image", "Size", "Tiles grid", "Tiles", "Budget"], rows, "This sample has no image.")
+
+
+def tiles_html(images: list[dict]) -> str:
+    out = []
+    for im in images:
+        urls = im.get("tile_urls") or im.get("tiles_data_urls") or []
+        if urls:
+            out.append("<div class='vl-tiles'>" + "".join(f"<img src='{esc(u)}' alt='tile'/>" for u in urls)
+                       + "</div>")
+    return "".join(out)
+
+
+def conversation_html(pv: dict) -> str:
+    segments = pv.get("segments")
+    if not segments:
+        turns = pv.get("conversations") or []
+        return "".join(f"<div class='vl-turn'><div class='vl-turn-role'>{esc(t.get('from'))}</div>"
+                       f"<div>{esc(t.get('value'))}</div></div>" for t in turns if isinstance(t, dict))
+    parts = []
+    for seg in segments:
+        if "image" in seg and seg.get("image") is not None:
+            parts.append(f"<span class='vl-imgtok'>&lt;image {seg['image'] + 1}&gt;</span>")
+        elif seg.get("trained"):
+            parts.append(f"<span class='vl-trained'>{esc(seg['text'])}</span>")
+        else:
+            parts.append(esc(seg["text"]))
+    legend = ("<div class='vl-legend'><span class='vl-trained'>highlighted</span> text is trained on (the loss "
+              "covers it); the rest is context. Template <b>" + esc(pv.get("template")) + "</b>.</div>")
+    return legend + f"<div class='vl-render' id='vl-sample-text'>{''.join(parts)}</div>"
+
+
+def tokens_html(pv: dict) -> str:
+    counts = (pv.get("tokens") or {}).get("counts")
+    if not counts:
+        return ""
+    limit = counts.get("max_seq_length")
+    return cards([("Tokens", number(counts.get("total")), f"of max {number(limit)}" if limit else ""),
+                  ("Text tokens", number(counts.get("text")), ""), ("Image tokens", number(counts.get("image")), ""),
+                  ("Trained tokens", number(counts.get("trained")), "in the loss")])
+
+
+def preview_html(pv: dict, line: int) -> str:
+    issues = pv.get("issues") or []
+    head = (f"<div class='vl-h3'>Sample on line {line}" + (f" · id <span class='vl-mono'>{esc(pv['id'])}</span>"
+            if pv.get("id") is not None else "") + "</div>")
+    warn = ""
+    if issues:
+        warn = notice("warn" if all(i.get("severity") != "error" for i in issues) else "error",
+                      f"{len(issues)} problem(s) in this sample",
+                      "<ul>" + "".join(f"<li>{esc(i.get('message'))}</li>" for i in issues) + "</ul>")
+    return (head + warn + tokens_html(pv) + images_html(pv.get("images") or []) + tiles_html(pv.get("images") or [])
+            + "<div class='vl-h3'>Conversation as the model sees it</div>" + conversation_html(pv))
+
+
+def build_controls(sessions: Sessions, selected: gr.State) -> None:
+    gr.HTML("<div class='vl-h3'>Sample preview</div>")
+    with gr.Row(equal_height=True):
+        line = gr.Number(label="Sample (line of the annotation)", value=1, precision=0, minimum=1,
+                         elem_id="vl-sample-line", scale=2)
+        go = gr.Button("Preview sample", elem_id="vl-sample-btn", scale=1)
+    out = gr.HTML(elem_id="vl-sample")
+
+    def on_preview(ds_id: int | None, n: float | None, request: gr.Request) -> str:
+        if ds_id is None:
+            return notice("info", "Open a dataset first")
+        n = int(n or 1)
+        try:
+            pv = sessions.api(request).sample(int(ds_id), n)
+        except ApiError as e:
+            if e.status == 404 and str(e) == "Not Found":
+                return notice("warn", "This server cannot preview samples",
+                              "<div>The API has no <code>/datasets/{id}/samples/{n}</code> endpoint.</div>")
+            return notice("error", f"Cannot preview line {n}", f"<div>{esc(e)}</div>")
+        return preview_html(pv, n)
+
+    go.click(on_preview, [selected, line], out)
+    line.submit(on_preview, [selected, line], out)

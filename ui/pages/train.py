@@ -1,0 +1,146 @@
+"""Train page: model, dataset and preset, then the switches. Every value shown comes from
+``GET /api/presets`` (the defaults of ``Hyperparameters`` and the preset's values); this file
+only decides the layout. The job is sent as preset + the switches the user changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ui.client import ApiError
+from ui.pages.jobs import JobsPage
+from ui.session import Sessions
+from ui.widgets import esc, notice, section
+
+#: layout only: (group, [(field, widget)]). Fields the API's schema lacks are hidden.
+GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("What to train", [("freeze_backbone", "check"), ("freeze_mlp", "check"), ("freeze_llm", "check"),
+                       ("use_lora", "check"), ("lora_rank", "int"), ("grad_checkpoint", "check")]),
+    ("Optimisation", [("learning_rate", "float"), ("num_train_epochs", "float"), ("max_steps", "int"),
+                      ("warmup_ratio", "float"), ("weight_decay", "float"), ("lr_scheduler_type", "choice")]),
+    ("Batch and length", [("per_device_batch_size", "int"), ("global_batch_size", "int"),
+                          ("max_seq_length", "int"), ("max_dynamic_patch", "int")]),
+    ("Hardware", [("gpus", "int"), ("nproc_per_node", "int"), ("zero_stage", "choice")]),
+]
+FIELDS = [f for _, group in GROUPS for f in group]
+
+
+@dataclass
+class TrainPage:
+    refresh: object  # (request) -> updates of the model / dataset / preset pickers
+    pickers: list
+
+
+def _label(field: str) -> str:
+    return field.replace("_", " ").capitalize()
+
+
+def _widget(field: str, kind: str) -> gr.components.Component:
+    eid = f"vl-hp-{field}"
+    if kind == "check":
+        return gr.Checkbox(label=_label(field), elem_id=eid, visible=False)
+    if kind == "choice":
+        return gr.Dropdown(label=_label(field), elem_id=eid, visible=False, choices=[])
+    return gr.Number(label=_label(field), elem_id=eid, visible=False, precision=0 if kind == "int" else None)
+
+
+def _choices_of(schema: dict, field: str) -> list:
+    prop = (schema.get("properties") or {}).get(field) or {}
+    for option in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])]:
+        if "enum" in option:
+            return option["enum"]
+        if "$ref" in option:
+            ref = option["$ref"].rsplit("/", 1)[-1]
+            return (schema.get("$defs") or {}).get(ref, {}).get("enum", [])
+    return []
+
+
+def resolved(presets: dict, preset: str) -> dict:
+    return {**presets["defaults"], **presets["presets"].get(preset, {})}
+
+
+def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
+    gr.HTML(section("New fine-tune", "Pick a model, a dataset and a preset (the seed's recipes); change any "
+                                     "switch. Defaults come from the server."))
+    with gr.Row():
+        model = gr.Dropdown(label="Model", elem_id="vl-model-dd")
+        dataset = gr.Dropdown(label="Dataset", elem_id="vl-ds-dd")
+        preset = gr.Dropdown(label="Preset", elem_id="vl-preset-dd")
+    widgets: dict[str, gr.components.Component] = {}
+    with gr.Row(equal_height=False):
+        for title, group in GROUPS:
+            with gr.Column(min_width=220, variant="panel"):
+                gr.HTML(f"<div class='vl-h3'>{esc(title)}</div>")
+                for field, kind in group:
+                    widgets[field] = _widget(field, kind)
+    start = gr.Button("Start training", variant="primary", size="lg", elem_id="vl-start")
+    msg = gr.HTML(elem_id="vl-start-msg")
+    presets_state = gr.State({})
+
+    def fill(p: dict, name: str) -> list:
+        vals = resolved(p, name)
+        return [gr.update(value=vals.get(f), visible=f in vals, info=_info(p, f),
+                          **({"choices": _choices_of(p["schema"], f)} if k == "choice" else {}))
+                for f, k in FIELDS]
+
+    def refresh(request: gr.Request) -> list:
+        api = sessions.api(request)
+        try:
+            p, models, datasets = api.presets(), api.models(), api.datasets()
+        except ApiError as e:
+            return [{}, gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * len(FIELDS),
+                    notice("error", "Cannot reach the API", esc(e))]
+        ms = [(f"{m['name']} · {m.get('template', '')}", m["id"]) for m in models]
+        ds = [(f"#{d['id']} {d['name']} ({d['num_samples']} samples)", d["id"]) for d in datasets]
+        names = list(p["presets"])
+        first = names[0] if names else None
+        return [p, gr.update(choices=ms, value=ms[0][1] if ms else None),
+                gr.update(choices=ds, value=ds[0][1] if ds else None),
+                gr.update(choices=names, value=first), *fill(p, first), ""]
+
+    def on_preset(p: dict, name: str) -> list:
+        return fill(p, name) if p and name else [gr.skip()] * len(FIELDS)
+
+    def on_start(data: dict, request: gr.Request) -> dict:
+        p, model_id, ds_id, name = data[presets_state], data[model], data[dataset], data[preset]
+        values = [data[widgets[f]] for f, _ in FIELDS]
+        if model_id is None or ds_id is None:
+            return {msg: notice("info", "Pick a model and a dataset first",
+                                "<div>No dataset yet? Use the demo dataset on the Datasets page.</div>")}
+        base = resolved(p, name)
+        overrides = {f: _typed(v, k) for (f, k), v in zip(FIELDS, values, strict=True)
+                     if f in base and _typed(v, k) != base.get(f)}
+        api = sessions.api(request)
+        try:
+            job = api.create_job(int(ds_id), int(model_id), name, overrides)
+        except ApiError as e:
+            return {msg: notice("error", "The job was not created", _problems(e))}
+        return {msg: notice("ok", f"Job #{job['id']} queued", "<div>Opening it on the Jobs page.</div>"),
+                tabs: gr.Tabs(selected="jobs"), **jobs.open_job(request, job["id"])}
+
+    pickers = [presets_state, model, dataset, preset, *widgets.values(), msg]
+    preset.input(on_preset, [presets_state, preset], list(widgets.values()))
+    start.click(on_start, {presets_state, model, dataset, preset, *widgets.values()}, [msg, tabs, *jobs.outputs])
+    return TrainPage(refresh, pickers)
+
+
+def _info(p: dict, field: str) -> str | None:
+    return ((p.get("schema") or {}).get("properties") or {}).get(field, {}).get("description")
+
+
+def _typed(value, kind: str):  # noqa: ANN001, ANN202
+    if value is None or value == "":
+        return None
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+def _problems(e: ApiError) -> str:
+    items = "".join(f"<li><b>{esc(x.get('field', ''))}</b> {esc(x.get('message', ''))}</li>" if isinstance(x, dict)
+                    else f"<li>{esc(x)}</li>" for x in e.errors[:20])
+    return f"<div>{esc(e)}</div>" + (f"<ul>{items}</ul>" if items else "")
+
