@@ -15,6 +15,9 @@ class EvalModel(BaseModel):
     label: str
     path: str
     template: str
+    #: the tiling it was trained with (max_dynamic_patch, min_dynamic_patch, use_thumbnail,
+    #: dynamic_image_size); None: the model's config
+    tiling: dict | None = None
 
 
 class EvaluationSpec(BaseModel):

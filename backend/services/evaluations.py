@@ -85,6 +85,17 @@ def model_location(session: Session, ref: dict[str, Any]) -> tuple[Path, str, bo
     return folder, template, False
 
 
+def training_tiling(session: Session, ref: dict[str, Any]) -> dict[str, Any] | None:
+    """The tiling a job trained with, so its model is evaluated as it was trained (None for a
+    registered model: its own config decides)."""
+    if ref.get("job_id") is None:
+        return None
+    job = session.get(Job, ref["job_id"])
+    h = (job.hyper if job else None) or {}
+    keys = ("max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size")
+    return {k: h[k] for k in keys if k in h} or None
+
+
 # ----------------------------------------------------------------------------- create/read
 def split_annotation(ds: Dataset, split: str) -> str:
     if split == "train":

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import User
 from backend.services.errors import InvalidInput
-from backend.services.evaluations import model_location, resolve_model_ref
+from backend.services.evaluations import model_location, resolve_model_ref, training_tiling
 from backend.settings import Settings
 
 MAX_LOADED = 2
@@ -73,9 +73,11 @@ def to_conversation(messages: list[dict[str, str]], has_image: bool) -> list[dic
     return convs
 
 
-def get_generator(path: Path, template: str) -> Any:
-    """The loaded model for ``path`` (loaded on first use; the least recently used is dropped)."""
+def get_generator(path: Path, template: str, tiling: dict[str, Any] | None = None) -> Any:
+    """The loaded model for ``path`` (loaded on first use; the least recently used is dropped),
+    tiling as it was trained when ``tiling`` (a job's hyperparameters) is given."""
     from worker.evaluation.generation import Generator
+    from worker.evaluation.run import trained_tiling
 
     key = (str(path), template)
     with _cache_lock:
@@ -83,6 +85,7 @@ def get_generator(path: Path, template: str) -> Any:
             _cache.move_to_end(key)
             return _cache[key]
         gen = Generator(path, template=template)
+        gen.tiling = trained_tiling(gen.tiling, tiling, None)
         _cache[key] = gen
         while len(_cache) > MAX_LOADED:
             _cache.popitem(last=False)
@@ -106,7 +109,7 @@ def prepare_chat(session: Session, settings: Settings, user: User | None, model_
         path = ensure_demo_model(settings.data_path / "models")
     if not (path / "config.json").exists():
         raise InvalidInput(f"{ref['label']}: no model files at {path}")
-    gen = get_generator(path, template)
+    gen = get_generator(path, template, training_tiling(session, ref))
     try:
         prompt = gen.prompt(convs, images)
     except ValueError as e:

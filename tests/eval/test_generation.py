@@ -110,3 +110,13 @@ def test_chat_api_streams_what_transformers_generates(api, demo_model):
         {"role": "user", "content": question}, {"role": "assistant", "content": want},
         {"role": "user", "content": "And the shape?"}]})
     assert r.status_code == 200 and isinstance(r.json()["reply"], str)
+
+
+def test_a_job_is_evaluated_with_the_tiling_it_trained_with():
+    from worker.evaluation.generation import Tiling
+    from worker.evaluation.run import trained_tiling
+
+    config = Tiling(max_dynamic_patch=6, use_thumbnail=True)
+    assert trained_tiling(config, None, None) == config
+    assert trained_tiling(config, {"max_dynamic_patch": 2, "use_thumbnail": False}, None) == Tiling(2, 1, False, True)
+    assert trained_tiling(config, {"max_dynamic_patch": 2}, 12).max_dynamic_patch == 12  # the evaluation's override

@@ -43,17 +43,17 @@ def prepare_run(evaluation_id: int, run_dir: Path) -> list[str]:
         models = []
         for ref in ev.models:
             path, template, builtin = svc.model_location(s, ref)
-            models.append((ref["label"], path, template, builtin))
+            models.append((ref["label"], path, template, builtin, svc.training_tiling(s, ref)))
         metrics, params = list(ev.metrics), dict(ev.params)
     resolved = []
-    for label, path, template, builtin in models:
+    for label, path, template, builtin, tiling in models:
         if builtin and not (path / "config.json").exists():
             from worker.demo_model import ensure_demo_model
 
             path = ensure_demo_model(settings.data_path / "models")
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{label}: no model at {path}")
-        resolved.append(EvalModel(label=label, path=str(path), template=template))
+        resolved.append(EvalModel(label=label, path=str(path), template=template, tiling=tiling))
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = EvaluationSpec(evaluation_id=evaluation_id, annotation=annotation, root=root, output_dir=str(run_dir),
                           models=resolved, metrics=metrics, **{k: v for k, v in params.items() if v is not None})

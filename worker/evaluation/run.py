@@ -70,6 +70,17 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
     return rows
 
 
+def trained_tiling(default, trained: dict | None, max_dynamic_patch: int | None):  # noqa: ANN001, ANN201
+    """The model config's tiling, then the one it was trained with, then the evaluation's override."""
+    from worker.evaluation.generation import Tiling
+
+    t = trained or {}
+    return Tiling(max_dynamic_patch=max_dynamic_patch or t.get("max_dynamic_patch", default.max_dynamic_patch),
+                  min_dynamic_patch=t.get("min_dynamic_patch", default.min_dynamic_patch),
+                  use_thumbnail=t.get("use_thumbnail", default.use_thumbnail),
+                  dynamic=t.get("dynamic_image_size", default.dynamic))
+
+
 def gen_label(spec: EvaluationSpec, i: int) -> str:
     return spec.models[i].label
 
@@ -86,14 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluation {spec.evaluation_id}: {len(records)} samples from {spec.annotation}; "
           f"metrics {', '.join(metrics)}; {len(spec.models)} model(s)", flush=True)
 
-    from worker.evaluation.generation import Generator, Tiling
+    from worker.evaluation.generation import Generator
 
     summary = []
     with open(out_dir / "outputs.jsonl", "w", encoding="utf-8") as out:
         for i, m in enumerate(spec.models):
             gen = Generator(Path(m.path), template=m.template)
-            if spec.max_dynamic_patch:
-                gen.tiling = Tiling(max_dynamic_patch=spec.max_dynamic_patch, use_thumbnail=gen.tiling.use_thumbnail)
+            gen.tiling = trained_tiling(gen.tiling, m.tiling, spec.max_dynamic_patch)
             print(f"model {i + 1}/{len(spec.models)}: {m.label} ({m.path}), template {gen.template.name}, "
                   f"tiling max {gen.tiling.max_dynamic_patch} tiles, greedy, max {spec.max_new_tokens} new tokens",
                   flush=True)
