@@ -63,6 +63,9 @@ def test_create_list_cancel_evaluation(api):
     assert res["models"] == [model["name"]] and res["items"] == []
     assert api.post(f"/api/evaluations/{ev['id']}/cancel").json()["status"] == "cancelled"
     assert api.post(f"/api/evaluations/{ev['id']}/cancel").status_code == 409
+    events = api.get(f"/api/evaluations/{ev['id']}/events").text
+    assert "event: status" in events and events.rstrip().splitlines()[-2] == "event: end"
+    assert '"status": "cancelled"' in events.rstrip().splitlines()[-1]
     assert api.get("/api/evaluations/999").status_code == 404
 
 
