@@ -122,6 +122,8 @@ def test_image_token_and_eos_are_set(converted):
         eos = json.loads((root / "native" / "generation_config.json").read_text())["eos_token_id"]
         assert tok.convert_tokens_to_ids(sep) in eos
         assert tok.context_image_token == "<IMG_CONTEXT>" and tok.start_image_token == "<img>"
+        saved = json.loads((root / "native" / "tokenizer_config.json").read_text())
+        assert saved["tokenizer_class"] == "PreTrainedTokenizerFast"  # a name transformers 4 knows too
 
 
 CONVERSATION = [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A cat."},

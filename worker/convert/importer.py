@@ -30,7 +30,7 @@ from worker.convert.layout import Link, all_links, disk_name, lm_head_names
 from worker.convert.model_info import ModelInfo
 from worker.convert.streaming import Progress, import_job, order_jobs, plan_entries, run_jobs
 from worker.convert.tensor_io import CheckpointReader, TensorMeta, _read_json
-from worker.convert.tokenizer import build_tokenizer
+from worker.convert.tokenizer import build_tokenizer, save_tokenizer
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -156,7 +156,7 @@ def _import_original(src: Path, out: Path, progress: Progress | None, max_shard_
     _check_native_plan(config, plan_entries(reader, jobs))
     config.save_pretrained(out)
     _generation_config(m, sep_id).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     entries = run_jobs(reader, jobs, out, max_shard_bytes, progress)
     return ModelInfo(
         family=m.text.family, text_model_type=NATIVE_TEXT_TYPE[m.text.family], template=m.template,

@@ -215,3 +215,13 @@ def build_tokenizer(src: Path, family: str, template: Template) -> Any:
         if fast.convert_tokens_to_ids(t.content) != t.id:
             raise ConversionError(f"tokenizer: {t.content!r} maps to {fast.convert_tokens_to_ids(t.content)}, not {t.id}")
     return fast
+
+
+def save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """Save, naming the class ``PreTrainedTokenizerFast``: transformers 5 reads it as its tokenizers
+    backend, and transformers 4 (InternVL's scripts, lmdeploy, VLMEvalKit) knows that name too."""
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    config = _json(path)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
