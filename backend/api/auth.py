@@ -24,10 +24,15 @@ def bearer_token(request: Request) -> str | None:
 def current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
     token = bearer_token(request)
     if not settings.auth_required and not token:
-        return users_svc.local_owner(session)
-    if not token:
+        user = users_svc.local_owner(session)
+    elif not token:
         raise Unauthorized("log in first: send 'Authorization: Bearer <token>' (POST /api/auth/login)")
-    return users_svc.authenticate(session, settings, token)
+    else:
+        user = users_svc.authenticate(session, settings, token)
+    # End the read transaction so the connection goes back to the pool while the request
+    # waits for a thread to run its endpoint; under a burst, held connections starve the pool.
+    session.commit()
+    return user
 
 
 def admin_user(user: Annotated[User, Depends(current_user)]) -> User:

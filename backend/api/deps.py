@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends
@@ -12,7 +12,10 @@ from backend.db.session import get_sessionmaker
 from backend.settings import Settings, get_settings
 
 
-def _session() -> Iterator[Session]:
+async def _session() -> AsyncIterator[Session]:
+    # An async dependency: its teardown (returning the connection to the pool) runs on the
+    # event loop. A sync one needs a free worker thread for that, and under a burst every
+    # thread can be waiting for a connection that only such a teardown would free.
     session = get_sessionmaker()()
     try:
         yield session
