@@ -161,3 +161,24 @@ def test_native_model_with_no_original_layout_is_refused(original, tmp_path):
     with pytest.raises(ConversionError, match="use_mean_pooling.*'hf' format"):
         export_model(tmp_path / "native", tmp_path / "x", "original")
     assert not (tmp_path / "x").exists()
+
+
+def test_failure_while_writing_weights_leaves_nothing(original, tmp_path, monkeypatch):
+    import worker.convert.streaming as streaming
+    from worker.convert.layout import split
+
+    written = []
+
+    def failing_split(link, tensor):
+        if tensor.device.type != "meta":  # planning runs on meta tensors first; fail mid-write
+            written.append(link.original)
+            if len(written) == 40:
+                raise OSError("disk full")
+        return split(link, tensor)
+
+    monkeypatch.setattr(streaming, "split", failing_split)
+    with pytest.raises(OSError, match="disk full"):
+        import_checkpoint(original, tmp_path / "out")
+    assert len(written) == 40
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]

@@ -166,3 +166,19 @@ def test_a_native_model_never_imported_exports_as_llama_and_reimports(tmp_path):
     ids = torch.tensor([[1, 5, 6, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(a(input_ids=ids).logits, b(input_ids=ids).logits, atol=0, rtol=0)
+
+
+def test_native_pickle_weights_become_safetensors(tmp_path):
+    write_original(tmp_path / "orig", "qwen2")
+    import_checkpoint(tmp_path / "orig", tmp_path / "native")
+    weights = read_weights(tmp_path / "native")
+    for path in (tmp_path / "native").glob("*.safetensors"):
+        path.unlink()
+    for path in (tmp_path / "native").glob("*.index.json"):
+        path.unlink()
+    torch.save(weights, tmp_path / "native" / "pytorch_model.bin")
+    info = import_checkpoint(tmp_path / "native", tmp_path / "again")
+    assert info.source_format == "hf"
+    again = read_weights(tmp_path / "again")
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
+    assert not list((tmp_path / "again").glob("*.bin"))

@@ -8,17 +8,9 @@ from pathlib import Path
 
 from worker.convert.configs import SOURCE_KEY, parse_original
 from worker.convert.errors import ConversionError
-from worker.convert.importer import (
-    DEFAULT_MAX_SHARD_BYTES,
-    atomic_folder,
-    copy_side_files,
-    detect_format,
-    dominant_dtype,
-    dtype_name,
-    write_json,
-)
+from worker.convert.files import atomic_folder, copy_side_files, link_or_copy, read_json, write_json
+from worker.convert.importer import DEFAULT_MAX_SHARD_BYTES, detect_format, dominant_dtype, dtype_name
 from worker.convert.layout import all_links, disk_name, lm_head_names
-from worker.convert.native import _link_or_copy
 from worker.convert.original_config import (
     check_exportable,
     export_family,
@@ -26,7 +18,7 @@ from worker.convert.original_config import (
     update_original,
 )
 from worker.convert.streaming import Progress, export_job, order_jobs, run_jobs
-from worker.convert.tensor_io import CheckpointReader, _read_json
+from worker.convert.tensor_io import CheckpointReader
 
 FORMATS = ("original", "hf")
 
@@ -43,7 +35,7 @@ def _original_base(native: dict, original_source: Path | None) -> dict | None:
     if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
         return stored["config"]
     if original_source is not None and detect_format(original_source) == "original":
-        return _read_json(original_source / "config.json")
+        return read_json(original_source / "config.json")
     return None
 
 
@@ -61,7 +53,7 @@ def _native_names(reader: CheckpointReader, expected: set[str], tied_head: str |
 
 def _export_original(src: Path, out: Path, original_source: Path | None, progress: Progress | None,
                      max_shard_bytes: int) -> list[str]:
-    native = _read_json(src / "config.json")
+    native = read_json(src / "config.json")
     check_exportable(native)
     base = _original_base(native, original_source)
     family = export_family(native, base)
@@ -94,7 +86,7 @@ def _export_hf(src: Path, out: Path, progress: Progress | None) -> None:
     total = sum(p.stat().st_size for p in files)
     done = 0
     for path in files:
-        _link_or_copy(path, out / path.name)
+        link_or_copy(path, out / path.name)
         done += path.stat().st_size
         if progress is not None:
             progress(done, total, path.name)

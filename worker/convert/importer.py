@@ -8,11 +8,6 @@ Nothing from the folder is ever executed: configs are read as JSON, weights thro
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,15 +21,14 @@ from worker.convert.configs import (
     parse_original,
 )
 from worker.convert.errors import ConversionError
+from worker.convert.files import atomic_folder, read_json
 from worker.convert.layout import Link, all_links, disk_name, lm_head_names
 from worker.convert.model_info import ModelInfo
 from worker.convert.streaming import Progress, import_job, order_jobs, plan_entries, run_jobs
-from worker.convert.tensor_io import CheckpointReader, TensorMeta, _read_json
+from worker.convert.tensor_io import CheckpointReader, TensorMeta
 from worker.convert.tokenizer import build_tokenizer, save_tokenizer
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def detect_format(path: Path) -> str:
@@ -45,7 +39,7 @@ def detect_format(path: Path) -> str:
         raise ConversionError(f"{path}: not a folder")
     if not (path / "config.json").is_file():
         raise ConversionError(f"{path}: no config.json, so this is not a model checkpoint folder")
-    model_type = _read_json(path / "config.json").get("model_type")
+    model_type = read_json(path / "config.json").get("model_type")
     if model_type == "internvl_chat":
         return "original"
     if model_type == "internvl":
@@ -53,22 +47,6 @@ def detect_format(path: Path) -> str:
     raise ConversionError(f"config.json: model_type is {model_type!r}; expected 'internvl_chat' (an original "
                           "InternVL checkpoint) or 'internvl' (a transformers-native -hf one)")
 
-
-@contextmanager
-def atomic_folder(dst: Path) -> Iterator[Path]:
-    """A temporary sibling of ``dst`` that becomes ``dst`` only if the block succeeds."""
-    dst = Path(dst)
-    if dst.exists():
-        raise ConversionError(f"{dst}: already exists; choose a new destination")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def dominant_dtype(metas: list[TensorMeta]) -> torch.dtype:
@@ -138,7 +116,7 @@ def _generation_config(m: OriginalModel, sep_id: int):
 
 
 def _import_original(src: Path, out: Path, progress: Progress | None, max_shard_bytes: int) -> ModelInfo:
-    m = parse_original(_read_json(src / "config.json"))
+    m = parse_original(read_json(src / "config.json"))
     reader = CheckpointReader(src)
     links = all_links(m.vision, m.scale, m.text)
     check_source(reader, links, m.text.family, m.text.tied)
@@ -186,19 +164,3 @@ def import_checkpoint(src: Path, dst: Path, progress: Progress | None = None, *,
     return dataclasses.replace(info, native_path=str(dst.resolve()))
 
 
-def copy_side_files(src: Path, out: Path, *, skip: set[str], include_code: bool) -> list[str]:
-    """Copy the non-weight files of a folder (tokenizer, generation config, ... and, when asked,
-    remote-code ``.py`` files, which are copied as data and never run)."""
-    copied = []
-    for path in sorted(src.iterdir()):
-        if not path.is_file() or path.name in skip or path.name in INDEX_FILES:
-            continue
-        if path.suffix in WEIGHT_SUFFIXES or (path.suffix == ".py" and not include_code):
-            continue
-        shutil.copy2(path, out / path.name)
-        copied.append(path.name)
-    return copied
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -4,7 +4,6 @@ checkpoints): check it against the model class, fix the tied-embeddings trap, an
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,19 +13,19 @@ import torch
 from backend.core.samples import IMG_CONTEXT
 from worker.convert.configs import SOURCE_KEY, check_template
 from worker.convert.errors import ConversionError
-from worker.convert.importer import (
+from worker.convert.files import (
     INDEX_FILES,
     copy_side_files,
-    dominant_dtype,
-    dtype_name,
-    expected_native_shapes,
+    link_or_copy,
+    read_json,
+    read_optional_json,
     write_json,
 )
+from worker.convert.importer import dominant_dtype, dtype_name, expected_native_shapes
 from worker.convert.layout import disk_name
 from worker.convert.model_info import ModelInfo
 from worker.convert.streaming import Progress, copy_job, order_jobs, run_jobs
-from worker.convert.tensor_io import CheckpointReader, _read_json
-from worker.convert.tokenizer import _json
+from worker.convert.tensor_io import CheckpointReader
 
 EMBED, HEAD = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
 
@@ -45,7 +44,7 @@ def _chat_template_text(src: Path) -> str:
     if (src / "chat_template.jinja").exists():
         parts.append((src / "chat_template.jinja").read_text(encoding="utf-8"))
     for name in ("tokenizer_config.json", "chat_template.json", "processor_config.json"):
-        value = _json(src / name).get("chat_template")
+        value = read_optional_json(src / name).get("chat_template")
         if isinstance(value, str):
             parts.append(value)
     return "\n".join(parts)
@@ -66,7 +65,7 @@ def guess_template(src: Path, raw: dict) -> str:
 
 
 def _tiling(src: Path, raw: dict) -> dict[str, Any]:
-    pre = _json(src / "preprocessor_config.json")
+    pre = read_optional_json(src / "preprocessor_config.json")
     return {"max_dynamic_patch": int(raw.get("max_dynamic_patch", pre.get("max_patches", 12))),
             "min_dynamic_patch": int(raw.get("min_dynamic_patch", pre.get("min_patches", 1))),
             "use_thumbnail": bool(raw.get("use_thumbnail", True)),
@@ -122,12 +121,6 @@ def _check_tokenizer(src: Path, config: Any) -> None:
                               f"{IMG_CONTEXT} the id {idx}")
 
 
-def _link_or_copy(path: Path, target: Path) -> None:
-    try:
-        os.link(path, target)
-    except OSError:
-        shutil.copy2(path, target)
-
 
 def _place_weights(reader: CheckpointReader, names: dict[str, str], out: Path, progress: Progress | None) -> None:
     if reader.is_pickle:
@@ -137,7 +130,7 @@ def _place_weights(reader: CheckpointReader, names: dict[str, str], out: Path, p
     total = sum(p.stat().st_size for p in reader.files)
     done = 0
     for path in reader.files:
-        _link_or_copy(path, out / path.name)
+        link_or_copy(path, out / path.name)
         done += path.stat().st_size
         if progress is not None:
             progress(done, total, path.name)
@@ -147,7 +140,7 @@ def _place_weights(reader: CheckpointReader, names: dict[str, str], out: Path, p
 
 
 def import_native(src: Path, out: Path, progress: Progress | None) -> ModelInfo:
-    raw = _read_json(src / "config.json")
+    raw = read_json(src / "config.json")
     config = load_native_config(raw)
     reader = CheckpointReader(src)
     names = {disk_name(n): n for n in reader.meta}

@@ -62,8 +62,17 @@ def run_jobs(reader: CheckpointReader, jobs: list[Job], out_dir: Path, max_shard
     """Write the outputs of ``jobs`` (already ordered) as safetensors shards in ``out_dir``."""
     entries = plan_entries(reader, jobs)
     writer = ShardedWriter(out_dir, entries, max_shard_bytes)
-    total, done = writer.total_bytes, 0
-    pos = 0
+    try:
+        _write_all(reader, jobs, writer, progress)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return entries
+
+
+def _write_all(reader: CheckpointReader, jobs: list[Job], writer: ShardedWriter, progress: Progress | None) -> None:
+    total, done, pos = writer.total_bytes, 0, 0
     for path in reader.files:
         with reader.open_file(path) as get:
             while pos < len(jobs) and reader.file_of[jobs[pos].inputs[0]] == path:
@@ -78,5 +87,3 @@ def run_jobs(reader: CheckpointReader, jobs: list[Job], out_dir: Path, max_shard
                 pos += 1
     if pos != len(jobs):
         raise ConversionError("internal: the conversion jobs were not ordered by weight file")
-    writer.close()
-    return entries

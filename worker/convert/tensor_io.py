@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from worker.convert.errors import ConversionError
+from worker.convert.files import read_json
 
 ST_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -42,12 +43,6 @@ class TensorMeta:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path.name}: cannot read JSON ({e})") from None
 
 
 class CheckpointReader:
@@ -77,7 +72,7 @@ class CheckpointReader:
         for index_name in (ST_INDEX, BIN_INDEX):
             index_path = self.folder / index_name
             if index_path.exists():
-                weight_map = _read_json(index_path).get("weight_map")
+                weight_map = read_json(index_path).get("weight_map")
                 if not isinstance(weight_map, dict) or not weight_map:
                     raise ConversionError(f"{index_name}: no 'weight_map'")
                 names = sorted(set(weight_map.values()))
@@ -219,6 +214,12 @@ class ShardedWriter:
         self._fh.write(_tensor_bytes(tensor))
         self._left_in_shard -= 1
         self._pos += 1
+
+    def abort(self) -> None:
+        """Close the open shard after a failure (the caller removes the folder)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def close(self) -> None:
         if self._fh is not None:

@@ -23,6 +23,7 @@ from typing import Any
 from backend.core.samples import IMG_CONTEXT, IMG_END, IMG_START
 from backend.core.templates import Template
 from worker.convert.errors import ConversionError
+from worker.convert.files import read_optional_json, write_json
 
 ROLE_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 TOKENIZER_SOURCE_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -39,17 +40,6 @@ class AddedTok:
     single_word: bool = False
 
 
-def _json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path.name}: cannot read JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path.name}: expected a JSON object")
-    return data
-
 
 def _content(value: Any) -> str | None:
     if isinstance(value, dict):
@@ -60,7 +50,7 @@ def _content(value: Any) -> str | None:
 def read_added_tokens(src: Path) -> list[AddedTok]:
     """The added tokens of a checkpoint, from ``tokenizer_config.json`` (``added_tokens_decoder``)
     or, for older folders, ``added_tokens.json``."""
-    decoder = _json(src / "tokenizer_config.json").get("added_tokens_decoder")
+    decoder = read_optional_json(src / "tokenizer_config.json").get("added_tokens_decoder")
     out: dict[int, AddedTok] = {}
     if isinstance(decoder, dict):
         for key, tok in decoder.items():
@@ -70,7 +60,7 @@ def read_added_tokens(src: Path) -> list[AddedTok]:
                                          bool(tok.get("single_word", False)))
             except (KeyError, TypeError, ValueError):
                 raise ConversionError(f"tokenizer_config.json: added_tokens_decoder entry {key} is malformed") from None
-    for content, idx in _json(src / "added_tokens.json").items():
+    for content, idx in read_optional_json(src / "added_tokens.json").items():
         if isinstance(idx, int) and idx not in out:
             out[idx] = AddedTok(idx, content)
     return [out[i] for i in sorted(out)]
@@ -79,7 +69,8 @@ def read_added_tokens(src: Path) -> list[AddedTok]:
 def special_roles(src: Path) -> dict[str, str]:
     """``bos_token``/``eos_token``/``unk_token``/``pad_token`` -> their text."""
     roles: dict[str, str] = {}
-    for source in (_json(src / "special_tokens_map.json"), _json(src / "tokenizer_config.json")):
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        source = read_optional_json(src / name)
         for key in ROLE_KEYS:
             content = _content(source.get(key))
             if content and key not in roles:
@@ -118,7 +109,7 @@ def _from_sentencepiece(path: Path, added: list[AddedTok], legacy: bool) -> Any:
 def _from_bpe_files(src: Path) -> Any:
     from transformers.convert_slow_tokenizer import Qwen2Converter
 
-    vocab = _json(src / "vocab.json")
+    vocab = read_optional_json(src / "vocab.json")
     lines = (src / "merges.txt").read_text(encoding="utf-8").splitlines()
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     if any(len(m) != 2 for m in merges):
@@ -193,7 +184,7 @@ def build_tokenizer(src: Path, family: str, template: Template) -> Any:
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    config = _json(src / "tokenizer_config.json")
+    config = read_optional_json(src / "tokenizer_config.json")
     added = read_added_tokens(src)
     tok = _backend(src, family, added, config)
     _add_tokens(tok, added)
@@ -222,6 +213,6 @@ def save_tokenizer(tokenizer: Any, out: Path) -> None:
     backend, and transformers 4 (InternVL's scripts, lmdeploy, VLMEvalKit) knows that name too."""
     tokenizer.save_pretrained(out)
     path = out / "tokenizer_config.json"
-    config = _json(path)
+    config = read_optional_json(path)
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, config)
