@@ -21,7 +21,7 @@ from backend.db.session import session_scope
 from backend.services import evaluations as svc
 from backend.services.datasets import get_dataset
 from backend.settings import get_settings
-from worker.launcher import LogTail, MetricsTail, make_executor
+from worker.launcher import REPO_ROOT, LogTail, MetricsTail, make_executor
 
 S = JobStatus
 CANCEL_GRACE_SECONDS = 30.0
@@ -86,7 +86,10 @@ def supervise(evaluation_id: int, run_dir: Path, cmd: list[str]) -> str:
     """Start ``cmd``; stream its log and outputs into the database until it ends."""
     settings = get_settings()
     executor = make_executor()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # PYTHONPATH: the program runs the same code as this worker, whatever an installed copy
+    # of the package says (as for training, see worker.launcher.job_env).
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
     executor.start(cmd, run_dir, run_dir / "evaluation_log.txt", env)
     logs = LogTail(run_dir / "evaluation_log.txt")
     outputs = MetricsTail(run_dir / "outputs.jsonl")
