@@ -179,7 +179,7 @@ class RunControl:
     """What the worker tells a running job from outside: stop because the worker is going away."""
 
     def __init__(self, gpu_ids: list[int] | None = None) -> None:
-        self.gpu_ids = gpu_ids or []
+        self.gpu_ids = gpu_ids  # None: not leased here (cluster backend), leave the devices alone
         self.drain_reason: str | None = None
         self.done = threading.Event()
 
@@ -189,7 +189,7 @@ def run_training_job(job_id: int, worker_name: str) -> str:
     with session_scope() as s:
         if not jobs_svc.claim_job(s, job_id, worker_name):
             return "not claimed (already taken, finished or cancelled)"
-    return run_claimed(job_id, worker_name, None, RunControl())
+    return run_claimed(job_id, worker_name, None, RunControl(None if get_settings().backend != "local" else []))
 
 
 def run_claimed(job_id: int, worker_name: str, port: int | None, control: RunControl) -> str:
@@ -221,12 +221,15 @@ def make_executor() -> Executor:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def job_env(gpu_ids: list[int]) -> dict[str, str]:
-    # An empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU job. PYTHONPATH: the trainer
+def job_env(gpu_ids: list[int] | None) -> dict[str, str]:
+    # The leased GPUs; an empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU job. None: a
+    # cluster scheduler places the job and sets the devices itself. PYTHONPATH: the trainer
     # runs the same code as this worker, whatever an installed copy of the package says.
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path,
-            "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
+    if gpu_ids is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+    return env
 
 
 def supervise(job_id: int, run_dir: Path, cmd: list[str], executor: Executor | None = None,

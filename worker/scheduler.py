@@ -30,6 +30,14 @@ class Scheduler:
         self.name = worker_name
         self.node = self.settings.node_name or socket.gethostname()
         self.gpu_total, self.gpu_memory_mib = gpus.detect(self.settings)
+        # With Slurm, the cluster places jobs on its GPUs: nothing is leased here, every job
+        # takes one of the worker's slots, and the registered capacity is a Slurm node's.
+        self.cluster = self.settings.backend != "local"
+        if self.cluster:
+            self.gpu_total = getattr(self.settings, "slurm_gpus_per_node", None) or self.settings.gpus_per_node or 0
+            self.slots = max(self.settings.cpu_job_slots, self.settings.worker_concurrency)
+        else:
+            self.slots = self.settings.cpu_job_slots
         self.runs: dict[int, tuple[threading.Thread, RunControl, int]] = {}  # job id -> (thread, control, gpus)
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
@@ -39,8 +47,8 @@ class Scheduler:
     def start(self) -> None:
         with session_scope() as s:
             scheduling.register_worker(s, self.name, self.node, self.gpu_total, self.gpu_memory_mib)
-        log.info("scheduler %s on node %s: %d GPU(s), %d CPU slot(s)", self.name, self.node, self.gpu_total,
-                 self.settings.cpu_job_slots)
+        log.info("scheduler %s on node %s: %d GPU(s), %d slot(s)%s", self.name, self.node, self.gpu_total,
+                 self.slots, " (cluster backend: no local leases)" if self.cluster else "")
         self.thread = threading.Thread(target=self._loop, name="vlstudio-scheduler", daemon=True)
         self.thread.start()
 
@@ -54,13 +62,14 @@ class Scheduler:
 
     def _claim_all(self) -> None:
         while not self.stopping.is_set():
-            cpu_running = sum(1 for _, _, g in self.runs.values() if g == 0)
+            with self.lock:
+                running = len(self.runs) if self.cluster else sum(1 for _, _, g in self.runs.values() if g == 0)
             with session_scope() as s:
-                claim = scheduling.claim_next(s, self.name, self.node, self.gpu_total, cpu_running,
-                                              self.settings.cpu_job_slots)
+                claim = scheduling.claim_next(s, self.name, self.node, None if self.cluster else self.gpu_total,
+                                              running, self.slots)
             if claim is None:
                 return
-            control = RunControl(claim.gpu_ids)
+            control = RunControl(None if self.cluster else claim.gpu_ids)
             t = threading.Thread(target=self._run, args=(claim, control), name=f"job-{claim.job_id}", daemon=True)
             with self.lock:
                 self.runs[claim.job_id] = (t, control, len(claim.gpu_ids))

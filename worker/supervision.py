@@ -44,7 +44,7 @@ class Supervision:
         if not self.control.gpu_ids or time.monotonic() < self.next_gpu_sample:
             return []
         self.next_gpu_sample = time.monotonic() + self.settings.gpu_sample_seconds
-        sample = gpus.sample(self.control.gpu_ids)
+        sample = gpus.sample(self.control.gpu_ids or [])
         return [{"kind": "gpu", "step": self.step, **sample}] if sample else []
 
     def _store(self, lines: list[str], rows: list[dict]) -> JobStatus:

@@ -82,18 +82,23 @@ def free_port(used: set[int]) -> int:
     raise RuntimeError("no free rendezvous port")
 
 
-def claim_next(session: Session, worker: str, node: str, gpu_total: int, cpu_running: int,
+def claim_next(session: Session, worker: str, node: str, gpu_total: int | None, cpu_running: int,
                cpu_slots: int) -> Claim | None:
     """Take the first queued job (highest priority, then oldest) that fits this node now.
 
     A job that needs more GPUs than are free waits; a smaller one behind it may start on
-    the free GPUs meanwhile (backfill)."""
+    the free GPUs meanwhile (backfill). ``gpu_total=None``: GPUs are not this node's to
+    lease (a cluster scheduler such as Slurm places the job); every job takes a slot."""
     leased = set(session.scalars(select(GpuLease.gpu_index).where(GpuLease.node == node)))
-    free = [i for i in range(gpu_total) if i not in leased]
+    free = [i for i in range(gpu_total or 0) if i not in leased]
     q = (select(Job.id, Job.gpus).where(Job.status == S.queued)
          .order_by(Job.priority.desc(), Job.id).limit(CANDIDATES))
     for job_id, gpus in session.execute(q).all():
-        if gpus > len(free) or (gpus == 0 and cpu_running >= cpu_slots):
+        if gpu_total is None:
+            if cpu_running >= cpu_slots:
+                break
+            gpus = 0
+        elif gpus > len(free) or (gpus == 0 and cpu_running >= cpu_slots):
             continue
         ids = free[:gpus]
         port = free_port(_used_ports(session, node))
