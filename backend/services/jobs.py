@@ -67,6 +67,8 @@ def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int
         problems.append({"field": "model_id", "message": e.message})
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         problems.append({"field": "priority", "message": f"must be within {PRIORITY_RANGE}"})
+    elif priority > 0 and user is not None and not user.is_admin:
+        problems.append({"field": "priority", "message": "only admins can raise a job's priority above 0"})
     return hyper, problems, model  # type: ignore[return-value]
 
 

@@ -75,8 +75,9 @@ def test_authorization_matrix(auth_on, api, tmp_path):
     for url in writes:
         assert api.post(url, headers=b).status_code == 404, url
     assert api.get("/api/datasets", headers=b).json() == [] and api.get("/api/jobs", headers=b).json() == []
-    r = api.post("/api/jobs", json={"dataset_id": ds, "model_id": 1}, headers=b)
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset_id"
+    r = api.post("/api/jobs", json={"dataset_id": ds, "model_id": 1, "priority": 5}, headers=b)
+    assert r.status_code == 422
+    assert [e["field"] for e in r.json()["errors"]] == ["dataset_id", "priority"]  # not theirs; not an admin
     # the owner and the admin see it all; the built-in model is shared
     for who in (a, {}):
         assert api.get(f"/api/jobs/{jid}/files/spec.json", headers=who).json() == {"secret": "of user a"}
