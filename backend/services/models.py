@@ -38,3 +38,17 @@ def get_model(session: Session, model_id: int, user: User | None = None) -> Mode
     if m is None or not visible_to(user, m.owner_id):
         raise NotFound(f"model {model_id} not found")
     return m
+
+
+def register_model(session: Session, *, name: str, path: str, family: str, template: str, info: dict,
+                   owner_id: int | None = None) -> Model:
+    """Record a converted or native model folder. Names are unique."""
+    from backend.services.errors import Conflict
+
+    if session.scalar(select(Model).where(Model.name == name)) is not None:
+        raise Conflict(f"a model named {name!r} is already registered")
+    m = Model(name=name, path=path, family=family, template=template, builtin=False, info=info,
+              owner_id=owner_id)
+    session.add(m)
+    session.commit()
+    return m
