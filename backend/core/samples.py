@@ -85,17 +85,25 @@ class TokenizedSample:
 
 
 def _encode_chunk(tokenizer: Tokenizer, text: str, start: int, span_starts: list[int],
-                  span_ends: list[int], offsets: list[tuple[int, int]] | None) -> tuple[list[int], list[int]]:
+                  span_ends: list[int], offsets: list[tuple[int, int]] | None,
+                  after_image: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of ``text`` and their labels: a token is trained when its characters lie
     entirely inside one trained span (spans are sorted and disjoint, so the only candidate is
     the last span starting at or before the token)."""
     if not text:
         return [], []
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
+    # Text after an image follows ``</img>`` in the model's input. Sentencepiece tokenizers
+    # in non-legacy mode (Phi-3) add no word-start marker after a special token, but would
+    # add one to the chunk tokenized alone: encode it behind ``</img>`` and drop that token.
+    prefix = IMG_END if after_image else ""
+    enc = tokenizer(prefix + text, add_special_tokens=False, return_offsets_mapping=True)
+    pairs = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+    if prefix:
+        pairs = [(t, (a, b)) for t, (a, b) in pairs if b > len(prefix)]
+    ids = [t for t, _ in pairs]
     labels: list[int] = []
-    for tok, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
-        a, b = a + start, b + start
+    for tok, (a, b) in pairs:
+        a, b = max(a - len(prefix), 0) + start, b - len(prefix) + start
         k = bisect_right(span_starts, a) - 1
         trained = b > a and k >= 0 and b <= span_ends[k]
         labels.append(tok if trained else IGNORE_INDEX)
@@ -127,7 +135,7 @@ def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tile
     pos = 0
     for tiles in tiles_per_image:
         at = text.index(IMAGE_PLACEHOLDER, pos)
-        chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:at], pos, starts, ends, offsets)
+        chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:at], pos, starts, ends, offsets, pos > 0)
         ids += chunk_ids
         labels += chunk_labels
         n = tokens_per_tile * tiles
@@ -138,7 +146,7 @@ def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tile
             offsets += [(at, at + len(IMAGE_PLACEHOLDER))] * (n + 2)
         image_tokens += n + 2
         pos = at + len(IMAGE_PLACEHOLDER)
-    chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:], pos, starts, ends, offsets)
+    chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:], pos, starts, ends, offsets, pos > 0)
     ids += chunk_ids
     labels += chunk_labels
     return TokenizedSample(
