@@ -143,6 +143,7 @@ def test_training_log_states_the_setup(overfit):
     assert "dataset tiny: 4 samples" in log
     assert "448 px tiles, 256 image tokens per tile" in log and "max_dynamic_patch=2" in log
     assert "samples: 4 kept, 0 dropped" in log
+    assert "image tokens: 1,544 in 4 images (6 tiles)" in log
     assert "trainable" in log and "vision 0/" in log  # frozen backbone: nothing of it trains
     assert any(line.startswith("step 30/30 | loss ") for line in log.splitlines())
     assert "{'loss'" in log
@@ -236,7 +237,7 @@ def lora_run(demo_model, tmp_path_factory):
     (root / "data" / "ann.jsonl").write_text("\n".join(lines[:2] + lines[4:]) + "\n")
     spec = write_spec(root / "run", demo_model, recs_meta, zero_stage=3, max_steps=4, group_by_length=True,
                       freeze_backbone=True, freeze_llm=True, use_llm_lora=8, use_backbone_lora=4, merge_lora=True,
-                      learning_rate=5e-3)
+                      learning_rate=5e-3, report_to="tensorboard")
     rc, log = run(spec)
     assert rc == 0, log[-4000:]
     return root, log
@@ -248,6 +249,7 @@ def test_run_with_a_text_only_rank_completes(lora_run):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["text_only_batches"] == 1 for r in rows), rows  # one of the two ranks, every step
     assert all(r["loss"] == r["loss"] for r in rows)
+    assert list((lora_run[0] / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow

@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"tiling: {image_size} px tiles, {tokens_per_tile} image tokens per tile, dynamic={h.dynamic_image_size} "
         f"min_dynamic_patch={h.min_dynamic_patch} max_dynamic_patch={h.max_dynamic_patch} "
         f"use_thumbnail={h.use_thumbnail}; template {template.name}")
+    tiles = sum(sum(x.tiles) for x in dataset.index)
+    images = sum(len(x.tiles) for x in dataset.index)
+    log(f"image tokens: {tiles * tokens_per_tile + 2 * images:,} in {images:,} images ({tiles:,} tiles) of "
+        f"{sum(x.length for x in dataset.index):,} tokens in all")
     dropped = dict(dataset.dropped)
     log(f"samples: {len(dataset)} kept, {sum(dropped.values())} dropped "
         f"({', '.join(f'{k} {v}' for k, v in dropped.items())})")
