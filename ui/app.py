@@ -9,7 +9,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from ui.client import ApiError
-from ui.pages import datasets, evaluate, jobs, models, train
+from ui.pages import datasets, evaluate, jobs, login, models, train
 from ui.session import Sessions
 from ui.theme import CSS, theme
 from ui.widgets import esc
@@ -17,48 +17,78 @@ from ui.widgets import esc
 TITLE = "vlstudio"
 
 
-def appbar(health: dict | None, error: str = "") -> str:
+def appbar(health: dict | None, error: str = "", user: dict | None = None) -> str:
     if health:
         state = (f"<span class='vl-dot ok'></span>API connected · {esc(health.get('database'))} · "
                  f"{esc(health.get('broker'))} broker")
     else:
         state = f"<span class='vl-dot down'></span>API unreachable {esc(error)}"
+    if user:
+        state += f" · signed in as <b id='vl-user'>{esc(user.get('username'))}</b>"
     return ("<div class='vl-appbar'><div class='vl-logo'>V</div><div><div class='vl-brand'>vlstudio</div>"
             "<div class='vl-tagline'>Fine-tune InternVL vision-language models</div></div>"
             f"<div class='vl-appbar-right' id='vl-health'>{state}</div></div>")
 
 
-def build_ui(api_url: str) -> gr.Blocks:
-    sessions = Sessions(api_url)
+def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
+    """``browser_api_url``: where browsers reach the API for download links ("" = same origin)."""
+    sessions = Sessions(api_url, browser_api_url)
     with gr.Blocks(title=TITLE) as demo:
-        bar = gr.HTML(appbar(None, "(connecting…)"), elem_id="vl-appbar")
-        with gr.Tabs(selected="datasets", elem_id="vl-tabs") as tabs:
-            with gr.Tab("Datasets", id="datasets", elem_id="vl-tab-datasets") as ds_tab:
-                ds_page = datasets.build(sessions)
-            with gr.Tab("Models", id="models", elem_id="vl-tab-models") as models_tab:
-                models_html, models_refresh = models.build(sessions)
-            with gr.Tab("Jobs", id="jobs", elem_id="vl-tab-jobs") as jobs_tab:
-                jobs_page = jobs.build(sessions)
-            with gr.Tab("Train", id="train", elem_id="vl-tab-train") as train_tab:
-                train_page = train.build(sessions, jobs_page, tabs)
-            with gr.Tab("Evaluate", id="evaluate", elem_id="vl-tab-evaluate") as eval_tab:  # issue 8
-                _, eval_load, eval_outputs = evaluate.build_evaluate(sessions)
-            with gr.Tab("Playground", id="playground", elem_id="vl-tab-playground") as chat_tab:  # issue 8
-                chat_load, chat_model = evaluate.build_playground(sessions)
+        token = gr.BrowserState(None, storage_key="vlstudio-token")
+        with gr.Row(elem_classes="vl-top"):
+            bar = gr.HTML(appbar(None, "(connecting…)"), elem_id="vl-appbar", scale=8)
+            sign_out = gr.Button("Sign out", size="sm", visible=False, scale=0, min_width=90, elem_id="vl-signout")
+        panel, user, password, go, login_msg = login.build_panel()
+        with gr.Column(visible=False, elem_id="vl-main") as main:
+            with gr.Tabs(selected="datasets", elem_id="vl-tabs") as tabs:
+                with gr.Tab("Datasets", id="datasets", elem_id="vl-tab-datasets") as ds_tab:
+                    ds_page = datasets.build(sessions)
+                with gr.Tab("Models", id="models", elem_id="vl-tab-models") as models_tab:
+                    models_html, models_refresh = models.build(sessions)
+                with gr.Tab("Jobs", id="jobs", elem_id="vl-tab-jobs") as jobs_tab:
+                    jobs_page = jobs.build(sessions)
+                with gr.Tab("Train", id="train", elem_id="vl-tab-train") as train_tab:
+                    train_page = train.build(sessions, jobs_page, tabs)
+                with gr.Tab("Evaluate", id="evaluate", elem_id="vl-tab-evaluate") as eval_tab:  # issue 8
+                    _, eval_load, eval_outputs = evaluate.build_evaluate(sessions)
+                with gr.Tab("Playground", id="playground", elem_id="vl-tab-playground") as chat_tab:  # issue 8
+                    chat_load, chat_model = evaluate.build_playground(sessions)
 
-        def health(request: gr.Request) -> str:
+        def gate(request: gr.Request) -> list:
+            g = login.check(sessions, request)
             try:
-                return appbar(sessions.api(request).health())
+                health = sessions.anonymous.health()
+                bar_html = appbar(health, user=g.user)
             except ApiError as e:
-                return appbar(None, str(e))
+                bar_html = appbar(None, str(e))
+            return [bar_html, gr.Column(visible=g.needs_login), gr.Column(visible=not g.needs_login),
+                    gr.Button(visible=g.user is not None)]
 
-        demo.load(health, None, bar)
-        demo.load(ds_page.refresh, ds_page.selected, ds_page.list_html)
+        def restore(saved: str | None, request: gr.Request) -> list:
+            sessions.sign_in(request, saved)
+            return gate(request)
+
+        def on_sign_in(name: str, pw: str, request: gr.Request) -> list:
+            tok, msg = login.sign_in(sessions, request, name, pw)
+            return [tok, msg, ""]
+
+        def on_sign_out(request: gr.Request) -> list:
+            sessions.sign_in(request, None)
+            return [None, *gate(request)]
+
+        gated = [bar, panel, main, sign_out]
+
+        def load_pages(event) -> None:  # noqa: ANN001
+            (event.then(ds_page.refresh, ds_page.selected, ds_page.list_html)
+             .then(models_refresh, None, models_html).then(train_page.refresh, None, train_page.pickers))
+
+        load_pages(demo.load(restore, token, gated))
+        load_pages(gr.on([go.click, password.submit], on_sign_in, [user, password], [token, login_msg, password])
+                   .then(gate, None, gated))
+        sign_out.click(on_sign_out, None, [token, *gated])
         ds_tab.select(ds_page.refresh, ds_page.selected, ds_page.list_html)
         models_tab.select(models_refresh, None, models_html)
-        demo.load(models_refresh, None, models_html)
         train_tab.select(train_page.refresh, None, train_page.pickers)
-        demo.load(train_page.refresh, None, train_page.pickers)
         jobs_tab.select(jobs_page.refresh, jobs_page.state, jobs_page.list_html)
         eval_tab.select(eval_load, None, eval_outputs)
         chat_tab.select(chat_load, None, chat_model)
@@ -67,7 +97,8 @@ def build_ui(api_url: str) -> gr.Blocks:
 
 def mount(app: FastAPI, api_url: str) -> FastAPI:
     """Serve the studio at ``/`` of the API app (the embedded mode)."""
-    return gr.mount_gradio_app(app, build_ui(api_url), path="/", css=CSS, theme=theme(), footer_links=["api"])
+    return gr.mount_gradio_app(app, build_ui(api_url, browser_api_url=""), path="/", css=CSS, theme=theme(),
+                               footer_links=["api"])
 
 
 def launch(api_url: str, host: str, port: int) -> None:

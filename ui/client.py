@@ -69,6 +69,10 @@ class StudioClient:
     def me(self) -> dict:
         return self._call("GET", "/auth/me")
 
+    def users(self) -> list[dict]:
+        """Admins only."""
+        return self._call("GET", "/users")
+
     # -- datasets ------------------------------------------------------------------------
     def datasets(self) -> list[dict]:
         return self._call("GET", "/datasets")
@@ -100,6 +104,11 @@ class StudioClient:
     def create_job(self, dataset_id: int, model_id: int, preset: str, hyperparameters: dict) -> dict:
         return self._call("POST", "/jobs", json={"dataset_id": dataset_id, "model_id": model_id, "preset": preset,
                                                  "hyperparameters": hyperparameters})
+
+    def estimate(self, dataset_id: int, model_id: int, preset: str, hyperparameters: dict) -> dict:
+        """GPU memory per device for a spec, without submitting it."""
+        return self._call("POST", "/jobs/estimate", json={"dataset_id": dataset_id, "model_id": model_id,
+                                                          "preset": preset, "hyperparameters": hyperparameters})
 
     def jobs(self) -> list[dict]:
         return self._call("GET", "/jobs")

@@ -132,8 +132,10 @@ receive(props.value);
 def log_viewer(sessions: Sessions, elem_id: str = "vl-log") -> gr.HTML:
     """The component. Send it ``batch(job_id, lines, reset)`` values from a Python handler."""
 
-    def full_log_text(job_id: int, session: str | None = None) -> str:
-        # Server functions get no Gradio session; the page passes the key its batches carry.
+    def full_log_text(args: list) -> str:
+        # Gradio hands a server function the JS arguments as one list. Server functions get no
+        # Gradio session, so the page passes the key its batches carry.
+        job_id, session = (list(args) + [None, None])[:2]
         return sessions.api_for(session).full_log(int(job_id))
 
     return gr.HTML(None, html_template=TEMPLATE, css_template=CSS, js_on_load=JS, elem_id=elem_id,

@@ -28,6 +28,10 @@ footer {opacity: .6}
 .vl-appbar-right {margin-left:auto; display:flex; gap:10px; align-items:center; font-size:12px; color:#6b7280}
 .vl-dot {width:8px; height:8px; border-radius:50%; display:inline-block; margin-right:6px; background:#9ca3af}
 .vl-dot.ok {background:#10b981} .vl-dot.down {background:#ef4444}
+.vl-top {align-items:center !important; width:100% !important}
+.gradio-container > main, .gradio-container .contain {width:100%}
+.vl-login {max-width:420px; margin:40px auto !important; background:#fff; border:1px solid #e5e7eb;
+  border-radius:14px; padding:18px 22px !important; box-shadow:0 10px 30px rgba(16,24,40,.06)}
 /* sections */
 .vl-section h2 {margin:6px 0 2px; font-size:18px; font-weight:650; color:#111827}
 .vl-section-sub {margin:0 0 6px; color:#6b7280; font-size:13px}
@@ -64,6 +68,8 @@ footer {opacity: .6}
 .vl-table-wrap table, .vl-table-wrap thead, .vl-table-wrap tbody, .vl-table-wrap tr, .vl-table-wrap th,
 .vl-table-wrap td {border-left:0 !important; border-right:0 !important; border-top:0 !important}
 .vl-table-wrap table {border:0 !important; margin:0 !important; outline:none !important}
+.vl-table-wrap table, .vl-table-wrap tbody, .vl-table-wrap thead, .vl-table-wrap tr {border-bottom:0 !important}
+.vl-table-wrap tbody tr:last-child td {border-bottom:0 !important}
 .vl-table.vl-clickable tbody tr {cursor:pointer} .vl-table.vl-clickable tbody tr:hover {background:#f5f7ff}
 .vl-table tr.vl-selected {background:#eef2ff}
 .vl-mono {font-family:ui-monospace,Menlo,monospace; font-size:12px}
@@ -88,6 +94,15 @@ footer {opacity: .6}
 .vl-kv dt {color:#6b7280} .vl-kv dd {margin:0; font-family:ui-monospace,Menlo,monospace; font-size:12px}
 .vl-cmd {background:#0f172a; color:#e2e8f0; border-radius:8px; padding:10px 12px; font-size:12px;
   font-family:ui-monospace,Menlo,monospace; white-space:pre-wrap; word-break:break-all}
+a.vl-file {display:inline-block; margin:2px 6px 2px 0; padding:1px 8px; border-radius:6px; background:#eef2ff;
+  color:#4338ca !important; font-size:12px; text-decoration:none; font-family:ui-monospace,Menlo,monospace}
+a.vl-file:hover {background:#e0e7ff}
+/* memory estimate */
+.vl-estimate {background:#fff; border:1px solid #e5e7eb; border-radius:10px; padding:4px 14px 10px}
+.vl-stack {display:flex; height:12px; border-radius:6px; overflow:hidden; background:#e5e7eb; margin:6px 0}
+.vl-stack-legend {display:flex; flex-wrap:wrap; gap:12px; font-size:12px; color:#4b5563; margin-bottom:4px}
+.vl-stack-legend i {display:inline-block; width:10px; height:10px; border-radius:3px; margin-right:5px}
+.vl-estimate details {font-size:12px; color:#4b5563; margin-top:4px}
 /* conversation preview */
 .vl-turn {border:1px solid #e5e7eb; border-radius:10px; padding:8px 12px; margin:6px 0; background:#fff}
 .vl-turn-role {font-size:11px; text-transform:uppercase; font-weight:700; color:#6b7280; letter-spacing:.05em}

@@ -74,5 +74,14 @@ def studio(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
+def studio_with_users(tmp_path: Path) -> Iterator:
+    """The same with sign-in required (the first admin comes from tests/conftest.py)."""
+    root = _root_conftest()
+    s = root.start_studio(tmp_path, with_ui=True, extra_env={"VLSTUDIO_AUTH_ENABLED": "true"})
+    yield s
+    root.stop_studio(s)
+
+
+@pytest.fixture
 def screenshot():  # noqa: ANN201
     return shot

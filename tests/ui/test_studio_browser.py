@@ -5,6 +5,7 @@ dataset. Screenshots of every page land in ``test-artifacts/screenshots/``."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from backend.core.demo_data import write_zip
 
 pytestmark = pytest.mark.slow
+ADMIN_PASSWORD = os.environ["VLSTUDIO_FIRST_ADMIN_PASSWORD"]  # set by tests/conftest.py
 
 STEPS = 14
 
@@ -93,9 +95,16 @@ def test_first_fine_tune(studio, page, screenshot, tmp_path: Path):
     assert page.locator("#vl-jobs-list", has_text="Succeeded").count() == 1
     screenshot(page, "05-job-succeeded")
 
-    # Back on the dataset: the preview of one sample, as the model sees it.
-    open_tab(page, "Datasets")
+
+
+def test_sample_preview(studio, page, screenshot, tmp_path: Path):
+    """The preview of one sample, as the model sees it (``GET /api/datasets/{id}/samples/{n}``)."""
+    with open(write_zip(tmp_path / "shapes.zip", n=8), "rb") as f:
+        r = studio.api.post("/datasets", files={"file": ("shapes.zip", f, "application/zip")})
+    assert r.status_code == 201, r.text
+    page.goto(studio.url)
     page.locator("#vl-ds-list tr[data-ds]").first.click()
+    page.locator("#vl-ds-summary").wait_for()
     page.locator("#vl-sample-line input").fill("3")
     page.locator("#vl-sample-btn").click()
     sample = page.locator("#vl-sample")
@@ -145,3 +154,22 @@ def test_bad_dataset_shows_errors_with_line_numbers(studio, page, screenshot, tm
     assert "missing.png" in text
     assert page.locator("#vl-ds-list", has_text="No datasets yet").count() == 1
     screenshot(page, "06-bad-dataset")
+
+
+def test_sign_in_when_users_are_enabled(studio_with_users, page, screenshot):
+    page.goto(studio_with_users.url)
+    page.locator("#vl-login").wait_for()
+    assert not page.locator("#vl-main").is_visible(), "the studio showed before sign-in"
+    page.locator("#vl-login-user textarea, #vl-login-user input").fill("admin")
+    page.locator("#vl-login-password input, #vl-login-password textarea").fill("wrong")
+    page.locator("#vl-login-btn").click()
+    page.locator("#vl-login-msg .vl-notice-error").wait_for()
+    screenshot(page, "00-sign-in")
+    page.locator("#vl-login-password input, #vl-login-password textarea").fill(ADMIN_PASSWORD)
+    page.locator("#vl-login-btn").click()
+    page.locator("#vl-user", has_text="admin").wait_for()
+    page.locator("#vl-ds-list", has_text="No datasets yet").wait_for()
+    page.reload()  # the browser keeps the session's token
+    page.locator("#vl-user", has_text="admin").wait_for()
+    page.locator("#vl-signout").click()
+    page.locator("#vl-login").wait_for()

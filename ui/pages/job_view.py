@@ -39,15 +39,20 @@ def _value(m: dict, key: str) -> float | None:
 def series_frame(metrics: list[dict], key: str, label: str) -> pd.DataFrame:
     rows = [{"step": m["step"], key: v, "series": label} for m in _thin(metrics)
             if (v := _value(m, key)) is not None]
-    return pd.DataFrame(rows, columns=["step", key, "series"])
+    # Explicit dtypes: an object column (an empty frame, a concat with one) makes Vega draw the
+    # values as categories.
+    return pd.DataFrame(rows, columns=["step", key, "series"]).astype({"step": int, key: float})
 
 
 def loss_frame(metrics: list[dict]) -> pd.DataFrame:
+    """Training loss raw and smoothed, plus the validation loss where the run computed it."""
     raw = series_frame(metrics, "loss", "loss")
     if raw.empty:
         return raw
     smoothed = raw.assign(loss=smooth(raw["loss"].tolist()), series="smoothed")
-    return pd.concat([raw, smoothed], ignore_index=True)
+    evals = series_frame(metrics, "eval_loss", "validation").rename(columns={"eval_loss": "loss"})
+    frames = [f for f in (raw, smoothed, evals) if not f.empty]
+    return pd.concat(frames, ignore_index=True).astype({"step": int, "loss": float})
 
 
 def eta_seconds(job: dict, last_metric: dict | None) -> float | None:
@@ -86,13 +91,15 @@ def progress_html(job: dict, last_metric: dict | None) -> str:
     return progress_bar(frac, " · ".join(parts), status)
 
 
-def owner_of(job: dict) -> str | None:
-    owner = job.get("owner")
-    return owner.get("username") if isinstance(owner, dict) else owner
+def owner_of(job: dict, users: dict[int, str] | None = None) -> str | None:
+    """The owner's name when the caller may list users (admins), else ``user #id``."""
+    if job.get("owner_id") is None:
+        return None
+    return (users or {}).get(job["owner_id"]) or f"user #{job['owner_id']}"
 
 
-def header_html(job: dict, model: str, dataset: str) -> str:
-    owner = owner_of(job)
+def header_html(job: dict, model: str, dataset: str, users: dict[int, str] | None = None) -> str:
+    owner = owner_of(job, users)
     meta = [f"model <b>{esc(model)}</b>", f"dataset <b>{esc(dataset)}</b>", f"preset <b>{esc(job['preset'])}</b>",
             f"created {esc(ago(job.get('created_at')))}"]
     if owner:
@@ -136,7 +143,7 @@ def spec_html(job: dict) -> str:
 
 
 def jobs_table(jobs: list[dict], model_names: dict[int, str], dataset_names: dict[int, str],
-               selected: int | None) -> str:
+               selected: int | None, users: dict[int, str] | None = None) -> str:
     rows, attrs = [], []
     for j in jobs:
         frac = fraction(j)
@@ -145,8 +152,40 @@ def jobs_table(jobs: list[dict], model_names: dict[int, str], dataset_names: dic
                      esc(dataset_names.get(j["dataset_id"], j["dataset_id"])), esc(j["preset"]),
                      progress_bar(frac, f"{j.get('step') or 0:,} / {j.get('total_steps') or '?'}", j["status"]),
                      esc(duration(eta)) if eta is not None else "<span class='vl-muted'>–</span>",
-                     esc(owner_of(j) or "–"), esc(ago(j.get("created_at")))])
+                     esc(owner_of(j, users) or "–"), esc(ago(j.get("created_at")))])
         sel = " class='vl-selected'" if j["id"] == selected else ""
         attrs.append(f"data-job='{j['id']}'{sel}")
     return table(["Job", "Status", "Model", "Dataset", "Preset", "Progress", "ETA", "Owner", "Created"], rows,
                  "No jobs yet. Start one on the Train page.", attrs, cls="vl-clickable")
+
+
+def artifacts_html(job: dict, link) -> str:  # noqa: ANN001
+    """The run folder's files grouped as the user thinks of them: the final model, each
+    checkpoint, and the run's own files (spec, command, log, metrics), each downloadable."""
+    files = job.get("run_files") or []
+    if not files:
+        return "<div class='vl-empty'>No files yet: the run folder is written when the job starts.</div>"
+    groups: dict[str, list[str]] = {}
+    for f in files:
+        parts = f.split("/")
+        head = next((p for p in parts[:-1] if p.startswith("checkpoint-")), parts[0] if len(parts) > 1 else "")
+        groups.setdefault(head, []).append(f)
+
+    def links(paths: list[str], limit: int = 12) -> str:
+        base = f"/jobs/{job['id']}/files/"
+        out = " ".join(f"<a class='vl-file' href='{esc(link(base + p))}' download>"
+                       f"{esc(p.rsplit('/', 1)[-1])}</a>" for p in paths[:limit])
+        return out + (f" <span class='vl-muted'>+{len(paths) - limit} more</span>" if len(paths) > limit else "")
+
+    order = sorted(groups, key=lambda g: (g != "final", not g.startswith("checkpoint-"), g))
+    rows = []
+    for g in order:
+        if g == "final":
+            what = "<b>Final model</b> <span class='vl-muted'>(Hugging Face format)</span>"
+        elif g.startswith("checkpoint-"):
+            what = f"Checkpoint at step <b>{esc(g.split('-', 1)[1])}</b>" + (
+                " " + badge("valid", "latest") if (job.get("last_checkpoint") or "").endswith(g) else "")
+        else:
+            what = "Run files" if g == "" else esc(g)
+        rows.append([what, number(len(groups[g])), links(groups[g])])
+    return table(["Artifact", "Files", "Download"], rows)

@@ -17,7 +17,7 @@ from ui.pages import job_view as view
 from ui.session import Sessions
 from ui.widgets import ACTIVE, notice, section
 
-PLOTS = [("loss", "Training loss (raw and smoothed)"), ("learning_rate", "Learning rate"),
+PLOTS = [("loss", "Loss (raw, smoothed, validation)"), ("learning_rate", "Learning rate"),
          ("grad_norm", "Gradient norm"), ("tokens_per_second", "Throughput (tokens/s)"),
          ("gpu_memory_gib", "GPU memory (GiB)")]
 Y_TITLES = {"loss": "loss", "learning_rate": "lr", "grad_norm": "norm", "tokens_per_second": "tokens/s",
@@ -38,6 +38,16 @@ def new_state(job_id: int | None = None) -> dict:
     return {"job": job_id, "log": 0, "metric": 0, "metrics": [], "status": None}
 
 
+def _users(api: StudioClient) -> dict[int, str]:
+    """User names for the owner column; only admins may list users, others see ``user #id``."""
+    try:
+        return {u["id"]: u["username"] for u in api.users()}
+    except ApiError as e:
+        if e.status in (401, 403, 404):
+            return {}
+        raise
+
+
 def _names(api: StudioClient) -> tuple[dict[int, str], dict[int, str]]:
     return ({m["id"]: m["name"] for m in api.models()}, {d["id"]: d["name"] for d in api.datasets()})
 
@@ -55,7 +65,7 @@ def build(sessions: Sessions) -> JobsPage:
             resume = gr.Button("Resume", size="sm", elem_id="vl-job-resume", scale=0, min_width=90)
             retry = gr.Button("Retry", size="sm", elem_id="vl-job-retry", scale=0, min_width=90)
         progress = gr.HTML(elem_id="vl-job-progress")
-        action_msg = gr.HTML(elem_id="vl-job-action")
+        action_msg = gr.HTML(elem_id="vl-job-action", visible=False)  # shown with a message only
         cards = gr.HTML(elem_id="vl-job-cards")
         plots = {}
         with gr.Row():
@@ -65,17 +75,21 @@ def build(sessions: Sessions) -> JobsPage:
             for key, title in PLOTS[2:]:
                 plots[key] = _plot(key, title)
         logv = log_viewer(sessions, elem_id="vl-log")
+        gr.HTML("<div class='vl-h3'>Artifacts</div>")
+        artifacts = gr.HTML(elem_id="vl-job-artifacts")
         with gr.Accordion("Spec, command line and run folder", open=False):
             spec = gr.HTML(elem_id="vl-job-spec")
     buttons = [cancel, resume, retry]
-    outputs = [state, detail, header, progress, cards, logv, spec, *plots.values(), *buttons]
+    outputs = [state, detail, header, progress, cards, logv, spec, artifacts, *plots.values(), *buttons]
 
-    def render(api: StudioClient, st: dict, reset: bool, session: str | None) -> dict:
-        return _render(api, st, reset, session, detail, header, progress, cards, logv, spec, plots, buttons)
+    def render(request: gr.Request, st: dict, reset: bool) -> dict:
+        views = dict(detail=detail, header=header, progress=progress, cards=cards, logv=logv, spec=spec,
+                     artifacts=artifacts, plots=plots, buttons=buttons)
+        return _render(sessions, request, st, reset, views)
 
     def open_job(request: gr.Request, job_id: int) -> dict:
         st = new_state(int(job_id))
-        return {state: st, **render(sessions.api(request), st, True, request.session_hash)}
+        return {state: st, **render(request, st, True)}
 
     def on_select(st: dict, evt: gr.SelectData, request: gr.Request) -> dict:
         return open_job(request, int(evt.index))
@@ -83,23 +97,28 @@ def build(sessions: Sessions) -> JobsPage:
     def on_tick(st: dict, request: gr.Request) -> dict:
         if st.get("job") is None:
             return [gr.skip()] * len(outputs)
-        return {state: st, **render(sessions.api(request), st, False, request.session_hash)}
+        return {state: st, **render(request, st, False)}
 
     def refresh_list(st: dict, request: gr.Request) -> str:
         api = sessions.api(request)
         try:
             models, datasets = _names(api)
-            return view.jobs_table(api.jobs(), models, datasets, st.get("job"))
+            return view.jobs_table(api.jobs(), models, datasets, st.get("job"), _users(api))
         except ApiError as e:
             return notice("error", "Cannot load the jobs", str(e))
 
     def action(verb: str):  # noqa: ANN202
-        def run(st: dict, request: gr.Request) -> str:
+        def run(st: dict, request: gr.Request) -> dict:
             try:
                 job = getattr(sessions.api(request), verb)(st["job"])
             except ApiError as e:
-                return notice("error", f"Could not {verb} job #{st['job']}", _errors(e))
-            return notice("ok", f"{verb.capitalize()} requested for job #{job['id']}.")
+                return {action_msg: gr.HTML(notice("error", f"Could not {verb} job #{st['job']}", _errors(e)),
+                                            visible=True)}
+            if verb == "cancel":
+                return {action_msg: gr.HTML(notice("ok", f"Cancel requested: job #{job['id']} saves a "
+                                                         "checkpoint and stops."), visible=True)}
+            return {action_msg: gr.HTML(notice("ok", f"Job #{job['id']} queued ({verb} of job #{st['job']})."),
+                                        visible=True), **open_job(request, job["id"])}
         return run
 
     list_html.select(on_select, state, outputs)
@@ -107,7 +126,7 @@ def build(sessions: Sessions) -> JobsPage:
     timer.tick(on_tick, state, outputs, show_progress="hidden")
     gr.Timer(2.5).tick(refresh_list, state, list_html, show_progress="hidden")
     for verb, btn in zip(("cancel", "resume", "retry"), buttons, strict=True):
-        btn.click(action(verb), state, action_msg).then(refresh_list, state, list_html)
+        btn.click(action(verb), state, [action_msg, *outputs]).then(refresh_list, state, list_html)
     return JobsPage(state, list_html, outputs, open_job, refresh_list)
 
 
@@ -121,18 +140,19 @@ def _plot(key: str, title: str) -> gr.LinePlot:
     return gr.LinePlot(x="step", y=key, color="series" if key == "loss" else None, title=title,
                        x_title="step", y_title=Y_TITLES.get(key, key), height=220, elem_id=f"vl-plot-{key}",
                        label=title, show_label=False,
-                       color_map={"loss": "#c7d2fe", "smoothed": "#4f46e5"} if key == "loss" else None)
+                       color_map={"loss": "#c7d2fe", "smoothed": "#4f46e5", "validation": "#f59e0b"}
+                       if key == "loss" else None)
 
 
-def _render(api, st, reset, session, detail, header, progress, cards, logv, spec, plots, buttons) -> dict:  # noqa: ANN001
+def _render(sessions: Sessions, request: gr.Request, st: dict, reset: bool, v: dict) -> dict:
     """Read what is new for the open job and build the component updates."""
-    job_id = st["job"]
+    api, job_id = sessions.api(request), st["job"]
     try:
         job = api.job(job_id)
         logs = api.logs(job_id, after=st["log"], limit=LOG_BATCH)
         new_metrics = api.metrics(job_id, after=st["metric"])
     except ApiError as e:
-        return {header: notice("error", f"Cannot load job #{job_id}", str(e)), detail: gr.Column(visible=True)}
+        return {v["header"]: notice("error", f"Cannot load job #{job_id}", str(e)), v["detail"]: gr.Column(visible=True)}
     if logs:
         st["log"] = logs[-1]["seq"]
     if new_metrics:
@@ -140,27 +160,31 @@ def _render(api, st, reset, session, detail, header, progress, cards, logv, spec
         st["metrics"] = st["metrics"] + new_metrics
     if reset:
         models, datasets = _names(api)
-        st["names"] = {"model": models.get(job["model_id"]), "dataset": datasets.get(job["dataset_id"])}
-    metrics = st["metrics"]
-    last = metrics[-1] if metrics else None
-    out: dict = {progress: view.progress_html(job, last), cards: view.metric_cards(metrics)}
+        st["names"] = {"model": models.get(job["model_id"]), "dataset": datasets.get(job["dataset_id"]),
+                       "users": _users(api)}
+    metrics, plots = st["metrics"], v["plots"]
+    out: dict = {v["progress"]: view.progress_html(job, metrics[-1] if metrics else None),
+                 v["cards"]: view.metric_cards(metrics)}
     if reset or logs:
-        out[logv] = batch(job_id, [r["line"] for r in logs], reset, session)
+        out[v["logv"]] = batch(job_id, [r["line"] for r in logs], reset, request.session_hash)
     if reset or new_metrics:
         out.update({plots[k]: (view.loss_frame(metrics) if k == "loss" else view.series_frame(metrics, k, k))
                     for k in plots})
         gpu = out[plots["gpu_memory_gib"]]  # CPU runs record no GPU memory: no empty chart
         out[plots["gpu_memory_gib"]] = gr.LinePlot(value=gpu, visible=not gpu.empty)
-    if reset or job["status"] != st.get("status") or job["status"] in ACTIVE:
+    changed = (job["status"], job.get("last_checkpoint"), len(job.get("run_files") or [])) != st.get("seen")
+    if reset or changed or job["status"] in ACTIVE:
         names = st.get("names") or {}
-        out[header] = view.header_html(job, names.get("model", f"#{job['model_id']}"),
-                                       names.get("dataset", f"#{job['dataset_id']}"))
-        out[spec] = view.spec_html(job)
-        cancel, resume, retry = buttons
+        out[v["header"]] = view.header_html(job, names.get("model") or f"#{job['model_id']}",
+                                            names.get("dataset") or f"#{job['dataset_id']}", names.get("users"))
+        cancel, resume, retry = v["buttons"]
         out[cancel] = gr.Button(interactive=job["status"] in ACTIVE)
         out[resume] = gr.Button(interactive=job["status"] in ("failed", "cancelled"))
         out[retry] = gr.Button(interactive=job["status"] in ("failed", "cancelled", "succeeded"))
-    st["status"] = job["status"]
+    if reset or changed:
+        out[v["spec"]] = view.spec_html(job)
+        out[v["artifacts"]] = view.artifacts_html(job, lambda path: sessions.link(request, path))
+    st["seen"] = (job["status"], job.get("last_checkpoint"), len(job.get("run_files") or []))
     if reset:
-        out[detail] = gr.Column(visible=True)
+        out[v["detail"]] = gr.Column(visible=True)
     return out

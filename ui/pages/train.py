@@ -11,12 +11,13 @@ import gradio as gr
 from ui.client import ApiError
 from ui.pages.jobs import JobsPage
 from ui.session import Sessions
-from ui.widgets import esc, notice, section
+from ui.widgets import esc, notice, number, section
 
 #: layout only: (group, [(field, widget)]). Fields the API's schema lacks are hidden.
 GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
     ("What to train", [("freeze_backbone", "check"), ("freeze_mlp", "check"), ("freeze_llm", "check"),
-                       ("use_lora", "check"), ("lora_rank", "int"), ("grad_checkpoint", "check")]),
+                       ("use_llm_lora", "int"), ("use_backbone_lora", "int"), ("lora_alpha", "int"),
+                       ("merge_lora", "check"), ("grad_checkpoint", "check")]),
     ("Optimisation", [("learning_rate", "float"), ("num_train_epochs", "float"), ("max_steps", "int"),
                       ("warmup_ratio", "float"), ("weight_decay", "float"), ("lr_scheduler_type", "choice")]),
     ("Batch and length", [("per_device_batch_size", "int"), ("global_batch_size", "int"),
@@ -24,6 +25,14 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Hardware", [("gpus", "int"), ("nproc_per_node", "int"), ("zero_stage", "choice")]),
 ]
 FIELDS = [f for _, group in GROUPS for f in group]
+#: friendlier names than the field names (help text comes from the schema's descriptions)
+LABELS = {"freeze_backbone": "Freeze vision tower", "freeze_mlp": "Freeze MLP projector", "freeze_llm": "Freeze LLM",
+          "use_llm_lora": "LLM LoRA rank", "use_backbone_lora": "Vision LoRA rank", "lora_alpha": "LoRA alpha",
+          "merge_lora": "Merge LoRA into the model", "grad_checkpoint": "Gradient checkpointing",
+          "num_train_epochs": "Epochs", "lr_scheduler_type": "LR schedule",
+          "per_device_batch_size": "Batch size per device", "max_seq_length": "Max sequence length",
+          "max_dynamic_patch": "Max tiles per image", "gpus": "GPUs", "nproc_per_node": "Processes per node",
+          "zero_stage": "ZeRO stage"}
 
 
 @dataclass
@@ -33,7 +42,7 @@ class TrainPage:
 
 
 def _label(field: str) -> str:
-    return field.replace("_", " ").capitalize()
+    return LABELS.get(field) or field.replace("_", " ").capitalize()
 
 
 def _widget(field: str, kind: str) -> gr.components.Component:
@@ -74,6 +83,7 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
                 gr.HTML(f"<div class='vl-h3'>{esc(title)}</div>")
                 for field, kind in group:
                     widgets[field] = _widget(field, kind)
+    estimate = gr.HTML(elem_id="vl-estimate")
     start = gr.Button("Start training", variant="primary", size="lg", elem_id="vl-start")
     msg = gr.HTML(elem_id="vl-start-msg")
     presets_state = gr.State({})
@@ -108,9 +118,7 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
         if model_id is None or ds_id is None:
             return {msg: notice("info", "Pick a model and a dataset first",
                                 "<div>No dataset yet? Use the demo dataset on the Datasets page.</div>")}
-        base = resolved(p, name)
-        overrides = {f: _typed(v, k) for (f, k), v in zip(FIELDS, values, strict=True)
-                     if f in base and _typed(v, k) != base.get(f)}
+        overrides = _overrides(p, name, values)
         api = sessions.api(request)
         try:
             job = api.create_job(int(ds_id), int(model_id), name, overrides)
@@ -119,10 +127,53 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
         return {msg: notice("ok", f"Job #{job['id']} queued", "<div>Opening it on the Jobs page.</div>"),
                 tabs: gr.Tabs(selected="jobs"), **jobs.open_job(request, job["id"])}
 
+    def on_estimate(data: dict, request: gr.Request) -> str:
+        p, name = data[presets_state], data[preset]
+        if not p or name is None or data[model] is None:
+            return ""
+        overrides = _overrides(p, name, [data[widgets[f]] for f, _ in FIELDS])
+        try:
+            est = sessions.api(request).estimate(int(data[dataset] or 0), int(data[model]), name, overrides)
+        except ApiError as e:
+            return notice("warn", "These settings are not valid yet", _problems(e))
+        return estimate_html(est)
+
+    inputs = {presets_state, model, dataset, preset, *widgets.values()}
+    gr.on([model.change, preset.change, *[w.change for w in widgets.values()]], on_estimate, inputs, estimate,
+          trigger_mode="always_last", show_progress="hidden")
     pickers = [presets_state, model, dataset, preset, *widgets.values(), msg]
     preset.input(on_preset, [presets_state, preset], list(widgets.values()))
     start.click(on_start, {presets_state, model, dataset, preset, *widgets.values()}, [msg, tabs, *jobs.outputs])
     return TrainPage(refresh, pickers)
+
+
+def _overrides(p: dict, name: str, values: list) -> dict:
+    """The switches whose value differs from the preset's (what the job is sent as)."""
+    base = resolved(p, name)
+    return {f: _typed(v, k) for (f, k), v in zip(FIELDS, values, strict=True)
+            if f in base and _typed(v, k) != base.get(f)}
+
+
+def estimate_html(est: dict) -> str:
+    """``POST /api/jobs/estimate``: memory per device, where it goes, and what would lower it."""
+    e = est.get("estimate")
+    if not e:
+        return notice("info", "No memory estimate for this model", f"<div>{esc(est.get('reason', ''))}</div>")
+    parts = e.get("parts_gib") or {}
+    total = sum(parts.values()) or 1
+    colours = ["#6366f1", "#0ea5e9", "#10b981", "#f59e0b", "#ef4444", "#9ca3af"]
+    bar = "".join(f"<div title='{esc(k)} {v:.2f} GiB' style='width:{100 * v / total:.1f}%;background:{c}'></div>"
+                  for (k, v), c in zip(parts.items(), colours, strict=False))
+    legend = " ".join(f"<span><i style='background:{c}'></i>{esc(k)} {v:.2f} GiB</span>"
+                      for (k, v), c in zip(parts.items(), colours, strict=False))
+    a = e.get("assumptions") or {}
+    tips = "".join(f"<li>{esc(t)}</li>" for t in (est.get("suggestions") or [])[:4])
+    return (f"<div class='vl-estimate'><div class='vl-h3'>Memory estimate: <b>{e['per_device_gib']} GiB</b> per GPU "
+            f"on {e.get('devices', 1)} device(s)</div><div class='vl-stack'>{bar}</div>"
+            f"<div class='vl-stack-legend'>{legend}</div><div class='vl-muted' style='font-size:12px'>"
+            f"{number(a.get('trainable_params'))} of {number(a.get('total_params'))} parameters train · "
+            f"{number(a.get('sequence_tokens'))} tokens per sample · ZeRO-{esc(a.get('zero_stage'))}</div>"
+            + (f"<details><summary>How to lower it</summary><ul>{tips}</ul></details>" if tips else "") + "</div>")
 
 
 def _info(p: dict, field: str) -> str | None:

@@ -1,0 +1,86 @@
+"""Fast checks of the UI's own logic (no browser, no server): what gets uploaded, what a job
+is sent as, and what the user reads in a report, a job and its artifacts."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ui.bundle import BundleError, bundle
+from ui.pages import job_view, report_view, train
+
+
+def test_loose_images_land_where_the_annotation_points(tmp_path: Path):
+    ann = tmp_path / "data.jsonl"
+    ann.write_text(json.dumps({"id": 1, "image": "images/cat.png", "conversations": []}) + "\n"
+                   + json.dumps({"id": 2, "image": ["sub/a.jpg", "sub/b.jpg"], "conversations": []}) + "\n")
+    files = [ann]
+    for name in ("cat.png", "a.jpg", "b.jpg", "extra.png"):
+        (tmp_path / name).write_bytes(b"x")
+        files.append(tmp_path / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    with zipfile.ZipFile(bundle(files, out)) as z:
+        assert sorted(z.namelist()) == ["data.jsonl", "extra.png", "images/cat.png", "sub/a.jpg", "sub/b.jpg"]
+
+
+def test_a_zip_passes_through_and_mixtures_are_refused(tmp_path: Path):
+    z = tmp_path / "d.zip"
+    z.write_bytes(b"PK")
+    assert bundle([z], tmp_path) == z
+    with pytest.raises(BundleError, match="not both"):
+        bundle([z, tmp_path / "a.jsonl"], tmp_path)
+    with pytest.raises(BundleError, match="exactly one .jsonl"):
+        bundle([tmp_path / "a.png"], tmp_path)
+
+
+def test_the_job_is_sent_as_preset_plus_changed_switches():
+    presets = {"defaults": {"learning_rate": 2e-4, "max_steps": -1, "zero_stage": 1, "global_batch_size": None},
+               "presets": {"demo": {"max_steps": 20, "zero_stage": 2}}}
+    values = {f: None for f, _ in train.FIELDS}
+    values.update(learning_rate=2e-4, max_steps=7.0, zero_stage=2, global_batch_size=None)
+    overrides = train._overrides(presets, "demo", [values[f] for f, _ in train.FIELDS])
+    assert overrides == {"max_steps": 7}
+
+
+def test_rejected_upload_lists_problems_with_line_numbers():
+    html = report_view.rejected_html("2 error(s) in data.jsonl", [
+        {"severity": "error", "code": "json", "file": "data.jsonl", "line": 2, "sample_id": None,
+         "message": "invalid JSON"},
+        {"severity": "error", "code": "image_missing", "file": "data.jsonl", "line": 9, "sample_id": "9",
+         "message": "image 'x.png' not found"}])
+    assert "line 2" in html and "line 9" in html and "x.png" in html and "Nothing was registered" in html
+
+
+def test_smoothed_loss_follows_the_trend_without_start_bias():
+    assert job_view.smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    s = job_view.smooth([4.0, 3.0, 2.0, 1.0])
+    assert s[0] == pytest.approx(4.0) and s[-1] > 1.0 and all(a > b for a, b in zip(s, s[1:], strict=False))
+
+
+def test_progress_shows_steps_percent_and_eta():
+    job = {"status": "running", "step": 5, "total_steps": 20, "started_at": None}
+    html = job_view.progress_html(job, {"values": {"eta_seconds": 75}})
+    assert "step 5 / 20" in html and "25%" in html and "ETA 1m 15s" in html
+
+
+def test_artifacts_group_final_model_and_checkpoints():
+    job = {"id": 3, "last_checkpoint": "/runs/3/checkpoints/checkpoint-14",
+           "run_files": ["spec.json", "final/config.json", "final/model.safetensors",
+                         "checkpoints/checkpoint-14/model.safetensors"]}
+    html = job_view.artifacts_html(job, lambda p: "/api" + p)
+    assert html.index("Final model") < html.index("Checkpoint at step") < html.index("Run files")
+    assert "href='/api/jobs/3/files/final/model.safetensors'" in html
+    assert "latest" in html
+
+
+def test_plot_frames_are_numeric_so_the_charts_draw_lines():
+    metrics = [{"step": 1, "loss": 2.0, "values": {"grad_norm": 3.0}}, {"step": 2, "loss": 1.5, "values": {}},
+               {"step": 2, "loss": None, "values": {"eval_loss": 1.7}}]
+    loss = job_view.loss_frame(metrics)
+    assert loss["loss"].dtype == float and set(loss["series"]) == {"loss", "smoothed", "validation"}
+    assert job_view.series_frame(metrics, "grad_norm", "g")["grad_norm"].dtype == float
+    assert job_view.series_frame([], "grad_norm", "g")["grad_norm"].dtype == float
