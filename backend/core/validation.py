@@ -3,7 +3,7 @@
 The annotation file is streamed in chunks of lines; each chunk is checked by
 :func:`backend.core.checks.check_chunk` in a pool of worker processes (or in-process for
 small files), results are merged in file order, so memory stays bounded whatever the line
-count (plus 24 bytes a line for the duplicate-id and duplicate-sample hashes). Every
+count (the duplicate-id and duplicate-sample hashes go to a temporary file). Every
 problem is reported with its file, line number, sample id and a one-line reason.
 
 Typical use::
@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import sys
 import threading
-from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +38,7 @@ from backend.core.checks import (
     init_worker,
     pool_check_chunk,
 )
+from backend.core.dedup import DuplicateFinder
 from backend.core.images import DEFAULT_MAX_PIXELS, ImageProblem, resolve_image
 from backend.core.report import BundleReport, Issue, Report, Severity, Stats
 from backend.core.samples import SampleError
@@ -142,46 +142,6 @@ def _read_lines(path: Path, wanted: set[int], max_line_bytes: int) -> dict[int, 
             if len(out) == len(wanted):
                 break
     return out
-
-
-def _take(parts: list[array], dtype: type) -> np.ndarray:
-    """Concatenate the chunks' arrays, releasing them as we go (the peak stays near 1x)."""
-    out = np.concatenate([np.frombuffer(a, dtype=dtype) for a in parts]) if parts else np.zeros(0, dtype)
-    parts.clear()
-    return out
-
-
-def _duplicates(hashes: list[array], lines: list[array]) -> tuple[np.ndarray, np.ndarray]:
-    """(line, first line with the same hash) of every repeated hash, in line order.
-
-    Memory: one sorted copy of the hashes (8 bytes a line) on top of the stored ones; the
-    lines that share a hash are then found block by block.
-    """
-    h = _take(hashes, np.uint64)
-    ln = _take(lines, np.uint32)
-    empty = np.zeros(0, np.uint32)
-    if len(h) < 2:
-        return empty, empty
-    s = np.sort(h)
-    same = s[1:] == s[:-1]
-    if not same.any():
-        return empty, empty
-    repeated = np.unique(s[1:][same])
-    del s, same
-    picked = []
-    for a in range(0, len(h), 1 << 16):
-        block = h[a:a + (1 << 16)]
-        at = np.minimum(np.searchsorted(repeated, block), len(repeated) - 1)
-        picked.append(np.flatnonzero(repeated[at] == block) + a)
-    pos = np.concatenate(picked)
-    hh, ll = h[pos], ln[pos]  # lines ascending
-    order = np.argsort(hh, kind="stable")  # stable: within a group, lines stay ascending
-    hs, ls = hh[order], ll[order]
-    new_group = np.concatenate(([True], hs[1:] != hs[:-1]))
-    first = ls[np.flatnonzero(new_group)][np.cumsum(new_group) - 1]
-    dup = ~new_group
-    by_line = np.argsort(ls[dup], kind="stable")
-    return ls[dup][by_line], first[dup][by_line]
 
 
 class Validator:
@@ -309,7 +269,7 @@ class Validator:
 
     def _run(self, annotation: Path, cfg: CheckConfig, report: Report, size: int, rows_out: Path | None) -> None:
         kept: Counter = Counter()
-        hashes: dict[str, list[array]] = {"id_hash": [], "id_line": [], "dup_hash": [], "dup_line": []}
+        ids, same = DuplicateFinder(), DuplicateFinder()
         crlf = 0
         start = self.done_bytes
         out = open(rows_out, "wb") if rows_out is not None else None  # noqa: SIM115 (closed below)
@@ -326,25 +286,29 @@ class Validator:
                                          f"bytes, over the {self.settings.max_line_bytes:,}-byte limit"))
                         report.error_lines.append(line)
                         report.lines += 1
-                    self._merge(report, res, kept, hashes)
+                    self._merge(report, res, kept)
+                    ids.add(res.id_hash, res.id_line)
+                    same.add(res.dup_hash, res.dup_line)
                     crlf += res.crlf
                     if out is not None:
                         out.write(res.rows)
                     self.done_bytes = start + pos
                     if self.progress is not None:
                         self.progress(self.done_bytes, self.total_bytes)
+            self._dedup(annotation, cfg, report, ids, same)
         finally:
+            ids.close()
+            same.close()
             if out is not None:
                 out.close()
         self.done_bytes = start + size
-        self._dedup(annotation, cfg, report, hashes)
         if crlf:
             report.add(Issue("info", "crlf", cfg.file, 0, None, f"{crlf:,} line(s) end with CRLF; accepted"))
         if report.samples == 0 and report.ok:
             report.add(Issue("error", "empty", cfg.file, 0, None,
                              "empty file" if size == 0 else "no samples in the annotation file"))
 
-    def _merge(self, report: Report, res: ChunkResult, kept: Counter, hashes: dict[str, list[array]]) -> None:
+    def _merge(self, report: Report, res: ChunkResult, kept: Counter) -> None:
         report.lines += res.lines
         report.counts.update(res.counts)
         for sev, code, line, sid, msg in res.examples:
@@ -352,15 +316,14 @@ class Validator:
                 kept[(sev, code)] += 1
                 report.issues.append(Issue(sev, code, report.annotation, line, sid, msg))
         report.error_lines.extend(res.error_lines)
-        for key, parts in hashes.items():
-            parts.append(getattr(res, key))
         report.stats.merge(res.stats)
         report.samples = report.stats.samples
         report.images = report.stats.images
 
-    def _dedup(self, annotation: Path, cfg: CheckConfig, report: Report, hashes: dict[str, list[array]]) -> None:
-        ids, id_first = _duplicates(hashes["id_hash"], hashes["id_line"])
-        same, same_first = _duplicates(hashes["dup_hash"], hashes["dup_line"])
+    def _dedup(self, annotation: Path, cfg: CheckConfig, report: Report, id_finder: DuplicateFinder,
+               same_finder: DuplicateFinder) -> None:
+        ids, id_first = id_finder.duplicates()
+        same, same_first = same_finder.duplicates()
         if not len(ids) and not len(same):
             return
         n = report.max_examples

@@ -252,19 +252,23 @@ def test_unknown_settings_are_refused():
         ValidationSettings(truncation="cut")  # type: ignore[arg-type]
 
 
-def test_duplicate_finder_equals_the_naive_rule():
+@pytest.mark.parametrize("budget", [1 << 17, 1000])  # one round; many rounds
+def test_duplicate_finder_equals_the_naive_rule(budget):
     import random
     from array import array
 
-    from backend.core.validation import _duplicates
+    from backend.core.dedup import DuplicateFinder
 
     rng = random.Random(1)
     for n in (0, 1, 2, 50, 20_000):
         values = [rng.randrange(max(1, n // 3)) * 0x9E3779B97F4A7C15 % 2**64 for _ in range(n)]
         lines = sorted(rng.sample(range(1, 3 * n + 2), n))
-        half = n // 2  # two chunks, as the engine stores them
-        dups, firsts = _duplicates([array("Q", values[:half]), array("Q", values[half:])],
-                                   [array("I", lines[:half]), array("I", lines[half:])])
+        finder = DuplicateFinder(budget=budget)
+        half = n // 2  # two chunks, as the engine adds them
+        finder.add(array("Q", values[:half]), array("I", lines[:half]))
+        finder.add(array("Q", values[half:]), array("I", lines[half:]))
+        dups, firsts = finder.duplicates()
+        finder.close()
         first_seen: dict[int, int] = {}
         expected = []
         for v, ln in zip(values, lines, strict=True):
