@@ -51,6 +51,19 @@ def _write_deepspeed_config(spec: TrainingSpec, run_dir: Path) -> None:
     (run_dir / "ds_config.json").write_text(json.dumps(cfg, indent=2))
 
 
+def _build_demo_model_once(models_dir: Path) -> Path:
+    # Several workers on one node may start their first demo job at the same moment; they
+    # would build into the same temporary folder.
+    import fcntl
+
+    from worker.demo_model import ensure_demo_model
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / ".demo-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_demo_model(models_dir)
+
+
 def prepare_run(job: Job, run_dir: Path, port: int | None = None) -> tuple[Path, list[str]]:
     """Write everything needed to rerun the job by hand into ``run_dir``: spec.json,
     meta.json, ds_config.json and command.txt."""
@@ -62,9 +75,7 @@ def prepare_run(job: Job, run_dir: Path, port: int | None = None) -> tuple[Path,
         ds_name, ds_root, ds_ann, ds_len = ds.name, ds.root, ds.annotation, ds.num_samples
         val_ann, val_len = ds.val_annotation, ds.num_val_samples
     if builtin and not (model_path / "config.json").exists():
-        from worker.demo_model import ensure_demo_model
-
-        model_path = ensure_demo_model(settings.data_path / "models")
+        model_path = _build_demo_model_once(settings.data_path / "models")
     hyper = Hyperparameters.model_validate(job.hyper)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {f"{ds_name}-{job.dataset_id}": {"root": ds_root, "annotation": ds_ann, "data_augment": False,
