@@ -92,6 +92,9 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
         jobs_tab.select(jobs_page.refresh, jobs_page.state, jobs_page.list_html)
         eval_tab.select(eval_load, None, eval_outputs)
         chat_tab.select(chat_load, None, chat_model)
+    # Handlers wait on the API (I/O), not the CPU: let sessions' timers and uploads run side by
+    # side instead of Gradio's default of one at a time per event.
+    demo.queue(default_concurrency_limit=16)
     return demo
 
 

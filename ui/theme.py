@@ -32,6 +32,7 @@ footer {opacity: .6}
 .gradio-container > main, .gradio-container .contain {width:100%}
 .vl-login {max-width:420px; margin:40px auto !important; background:#fff; border:1px solid #e5e7eb;
   border-radius:14px; padding:18px 22px !important; box-shadow:0 10px 30px rgba(16,24,40,.06)}
+.vl-align-end {align-items:flex-end !important}
 /* sections */
 .vl-section h2 {margin:6px 0 2px; font-size:18px; font-weight:650; color:#111827}
 .vl-section-sub {margin:0 0 6px; color:#6b7280; font-size:13px}
@@ -97,6 +98,17 @@ footer {opacity: .6}
 a.vl-file {display:inline-block; margin:2px 6px 2px 0; padding:1px 8px; border-radius:6px; background:#eef2ff;
   color:#4338ca !important; font-size:12px; text-decoration:none; font-family:ui-monospace,Menlo,monospace}
 a.vl-file:hover {background:#e0e7ff}
+/* histograms */
+.vl-hist-row {display:grid; grid-template-columns:2fr 1fr; gap:10px}
+.vl-hist {background:#fff; border:1px solid #e5e7eb; border-radius:10px; padding:10px 14px; height:100%}
+.vl-hist-title {font-size:13px; font-weight:650; color:#374151; margin-bottom:6px}
+.vl-hist-cols {display:flex; align-items:flex-end; gap:4px; height:150px; padding-top:16px}
+.vl-hist-col {flex:1; display:flex; flex-direction:column; justify-content:flex-end; align-items:center;
+  height:100%; min-width:0}
+.vl-hist-bar {width:100%; max-width:56px; background:linear-gradient(180deg,#818cf8,#6366f1); border-radius:4px 4px 0 0}
+.vl-hist-n {font-size:10px; color:#6b7280; margin-bottom:2px}
+.vl-hist-label {font-size:10px; color:#6b7280; margin-top:4px; white-space:nowrap; overflow:hidden;
+  text-overflow:ellipsis; max-width:100%}
 /* memory estimate */
 .vl-estimate {background:#fff; border:1px solid #e5e7eb; border-radius:10px; padding:4px 14px 10px}
 .vl-stack {display:flex; height:12px; border-radius:6px; overflow:hidden; background:#e5e7eb; margin:6px 0}

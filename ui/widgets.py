@@ -108,3 +108,15 @@ def number(value: float | int | None, digits: int = 4) -> str:
     if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1:
         return f"{int(value):,}"
     return f"{value:.{digits}g}"
+
+
+def histogram(title: str, bins: Sequence[tuple[str, int]], unit: str, empty: str) -> str:
+    """Vertical bars in plain HTML (crisp, no chart library), each bar labelled with its count."""
+    if not bins:
+        return f"<div class='vl-hist'><div class='vl-hist-title'>{esc(title)}</div><div class='vl-muted' " \
+               f"style='font-size:12px;padding:18px 0'>{esc(empty)}</div></div>"
+    top = max(c for _, c in bins) or 1
+    cols = "".join(f"<div class='vl-hist-col' title='{esc(label)}: {c:,} {esc(unit)}'>"
+                   f"<div class='vl-hist-n'>{c:,}</div><div class='vl-hist-bar' style='height:{max(2, 100 * c / top):.0f}%'>"
+                   f"</div><div class='vl-hist-label'>{esc(label)}</div></div>" for label, c in bins)
+    return f"<div class='vl-hist'><div class='vl-hist-title'>{esc(title)}</div><div class='vl-hist-cols'>{cols}</div></div>"

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from ui.bundle import BundleError, bundle
 from ui.client import ApiError, StudioClient
@@ -46,16 +45,12 @@ def build(sessions: Sessions) -> DatasetsPage:
     with gr.Column(visible=False, elem_id="vl-ds-detail") as detail:
         title = gr.HTML(elem_id="vl-ds-title")
         summary = gr.HTML(elem_id="vl-ds-summary")
-        with gr.Row():
-            tok_hist = gr.BarPlot(x="tokens", y="samples", title="Tokens per sample", height=220, sort="x",
-                                  elem_id="vl-ds-tokhist", x_title="tokens", y_title="samples")
-            tile_hist = gr.BarPlot(x="tiles", y="images", title="Tiles per image", height=220,
-                                   elem_id="vl-ds-tilehist", x_title="tiles", y_title="images")
+        hists = gr.HTML(elem_id="vl-ds-hists")
         issues = gr.HTML(elem_id="vl-ds-issues")
         stats = gr.HTML(elem_id="vl-ds-stats")
         preview_view.build_controls(sessions, selected)
 
-    detail_outputs = [selected, detail, title, summary, tok_hist, tile_hist, issues, stats]
+    detail_outputs = [selected, detail, title, summary, hists, issues, stats]
 
     def show(api: StudioClient, ds_id: int) -> list:
         ds = api.dataset(ds_id)
@@ -63,8 +58,7 @@ def build(sessions: Sessions) -> DatasetsPage:
         issues_list = report.get("issues") or []
         title_html = (f"<div class='vl-jobhead'><h2>#{ds['id']} {rv.esc(ds['name'])}</h2></div>"
                       f"<div class='vl-jobmeta vl-mono'>{rv.esc(report.get('annotation', ''))}</div>")
-        return [ds_id, gr.Column(visible=True), title_html, rv.summary_html(ds),
-                _frame(rv.token_histogram(report)), _frame(rv.tiles_histogram(report)),
+        return [ds_id, gr.Column(visible=True), title_html, rv.summary_html(ds), rv.histograms_html(report),
                 "<div class='vl-h3'>Problems found</div>" + rv.issues_table(issues_list),
                 rv.stats_html(report)]
 
@@ -115,6 +109,3 @@ def build(sessions: Sessions) -> DatasetsPage:
     list_html.select(on_select, None, [result, *detail_outputs]).then(refresh, selected, list_html)
     return DatasetsPage(list_html, selected, refresh)
 
-
-def _frame(df: pd.DataFrame) -> pd.DataFrame | None:
-    return df if not df.empty else None

@@ -18,6 +18,15 @@ def _params(info: dict) -> str:
     return "–"
 
 
+def _size(info: dict) -> str:
+    if info.get("size"):
+        return str(info["size"])
+    if info.get("text_layers") and info.get("vision_layers"):
+        return (f"ViT {info['vision_layers']}×{info.get('vision_hidden_size', '?')} · "
+                f"LLM {info['text_layers']}×{info.get('text_hidden_size', '?')}")
+    return "–"
+
+
 def models_table(models: list[dict]) -> str:
     rows = []
     for m in models:
@@ -25,16 +34,19 @@ def models_table(models: list[dict]) -> str:
         kind = badge("info", "built-in") if m.get("builtin") else badge("valid", "imported")
         rows.append([f"<b>{esc(m['name'])}</b><div class='vl-muted' style='font-size:12px'>"
                      f"{esc(info.get('description', ''))}</div>", kind, esc(m.get("family")),
-                     esc(info.get("size") or "–"), f"<span class='vl-mono'>{esc(m.get('template'))}</span>",
+                     esc(_size(info)), f"<span class='vl-mono'>{esc(m.get('template'))}</span>",
                      _params(info), esc(info.get("max_dynamic_patch", "–"))])
     return table(["Model", "Source", "LLM family", "Size", "Template", "Parameters", "Max tiles"], rows,
                  "No models registered.")
 
 
 def build(sessions: Sessions):  # noqa: ANN201
-    gr.HTML(section("Models", "Base checkpoints you can fine-tune. Import a Mini-InternVL-Chat folder with "
-                              "`vlstudio models import PATH`."))
+    gr.HTML(section("Models", "Base checkpoints you can fine-tune."))
     listing = gr.HTML(elem_id="vl-models-list")
+    gr.HTML("<div class='vl-h3'>Import a checkpoint</div><div class='vl-muted' style='font-size:13px'>On the "
+            "server, run <code>vlstudio models import /path/to/Mini-InternVL-Chat-2B-V1-5</code>: it converts an "
+            "original InternVL folder (or checks a transformers-native one) and registers it here. Code shipped "
+            "in the folder is never executed.</div>")
 
     def refresh(request: gr.Request) -> str:
         try:

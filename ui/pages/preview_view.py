@@ -89,10 +89,10 @@ def preview_html(pv: dict, line: int) -> str:
 
 def build_controls(sessions: Sessions, selected: gr.State) -> None:
     gr.HTML("<div class='vl-h3'>Sample preview</div>")
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=False, elem_classes="vl-align-end"):
         line = gr.Number(label="Sample (line of the annotation)", value=1, precision=0, minimum=1,
-                         elem_id="vl-sample-line", scale=2)
-        go = gr.Button("Preview sample", elem_id="vl-sample-btn", scale=1)
+                         elem_id="vl-sample-line", scale=3)
+        go = gr.Button("Preview sample", elem_id="vl-sample-btn", scale=1, variant="secondary")
     out = gr.HTML(elem_id="vl-sample")
 
     def on_preview(ds_id: int | None, n: float | None, request: gr.Request) -> str:

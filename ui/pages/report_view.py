@@ -3,9 +3,7 @@ summary cards, the problems with file and line, statistics, and histogram frames
 
 from __future__ import annotations
 
-import pandas as pd
-
-from ui.widgets import badge, cards, esc, notice, number, table
+from ui.widgets import badge, cards, esc, histogram, notice, number, table
 
 
 def _totals(report: dict) -> dict:
@@ -68,16 +66,16 @@ def stats_html(report: dict) -> str:
     return "<div class='vl-h3'>Statistics</div>" + "".join(parts)
 
 
-def token_histogram(report: dict) -> pd.DataFrame:
-    hist = ((report.get("stats") or {}).get("tokens") or {}).get("histogram") or []
-    return pd.DataFrame([{"tokens": f"{h['start']}–{h['end'] - 1}", "samples": h["count"], "start": h["start"]}
-                         for h in hist], columns=["tokens", "samples", "start"])
-
-
-def tiles_histogram(report: dict) -> pd.DataFrame:
-    tiles = (report.get("stats") or {}).get("tiles_per_image") or {}
-    return pd.DataFrame([{"tiles": str(k), "images": v} for k, v in sorted(tiles.items(), key=lambda kv: int(kv[0]))],
-                        columns=["tiles", "images"])
+def histograms_html(report: dict) -> str:
+    """Tokens per sample and tiles per image, side by side."""
+    stats = report.get("stats") or {}
+    hist = (stats.get("tokens") or {}).get("histogram") or []
+    tokens = [(f"{h['start']:,}", h["count"]) for h in hist]
+    tiles = [(str(k), v) for k, v in sorted((stats.get("tiles_per_image") or {}).items(), key=lambda kv: int(kv[0]))]
+    return ("<div class='vl-hist-row'>"
+            + histogram("Tokens per sample", tokens, "samples",
+                        "Token lengths are counted when the dataset is validated against a model's tokenizer.")
+            + histogram("Tiles per image", tiles, "images", "No images.") + "</div>")
 
 
 def registered_html(ds: dict) -> str:
