@@ -122,9 +122,11 @@ def write_report(bundle: BundleReport, dest: Path, rows_dir: Path | None) -> Non
 def run_validate(path: Path, root: Path | None = None, model: Path | None = None, template: str | None = None,
                  max_dynamic_patch: int | None = None, max_seq_length: int | None = None, truncation: str = "error",
                  report: Path | None = None, write_clean: Path | None = None, workers: int | None = None,
-                 full_decode: bool = False, examples: int = 3, out: TextIO = sys.stdout,
-                 err: TextIO = sys.stderr) -> int:
+                 full_decode: bool = False, examples: int = 3, out: TextIO | None = None,
+                 err: TextIO | None = None) -> int:
     """The command's logic, callable from tests; returns the exit status."""
+    out = out or sys.stdout  # looked up at call time: test runners swap the streams
+    err = err or sys.stderr
     try:
         settings, tokenizer = _settings(model, template, max_dynamic_patch, max_seq_length, truncation, full_decode)
     except (ModelFolderError, TemplateError, ValueError) as e:

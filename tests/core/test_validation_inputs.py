@@ -177,3 +177,23 @@ def test_cli_write_clean(tmp_path):
     assert run_validate(ann, write_clean=tmp_path / "clean.jsonl", out=out, err=err) == 1
     assert len((tmp_path / "clean.jsonl").read_text().splitlines()) == 1
     assert run_validate(tmp_path / "clean.jsonl", out=out, err=err) == 0
+
+
+def test_typer_command(dataset, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from backend.cli.validate_cmd import validate
+
+    app = typer.Typer()
+    app.command("validate")(validate)
+    app.command("other")(lambda: None)  # a group, as under `vlstudio datasets`
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(dataset), "--max-dynamic-patch", "4", "--workers", "1",
+                             "--report", str(tmp_path / "r.json")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "r.json").read_text())["datasets"]["train.jsonl"]["settings"]["max_dynamic_patch"] == 4
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{"])
+    res = runner.invoke(app, ["validate", str(bad)])
+    assert res.exit_code == 1 and "json" in res.output
+    assert runner.invoke(app, ["validate", str(dataset), "--truncation", "chop"]).exit_code == 2
