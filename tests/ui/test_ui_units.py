@@ -84,3 +84,22 @@ def test_plot_frames_are_numeric_so_the_charts_draw_lines():
     assert loss["loss"].dtype == float and set(loss["series"]) == {"loss", "smoothed", "validation"}
     assert job_view.series_frame(metrics, "grad_norm", "g")["grad_norm"].dtype == float
     assert job_view.series_frame([], "grad_norm", "g")["grad_norm"].dtype == float
+
+
+def test_sample_preview_renders_what_the_core_computes(tmp_path: Path):
+    """The page renders the core's own preview (what ``GET /api/datasets/{id}/samples/{n}``
+    returns): trained spans highlighted, the image with its tile grid."""
+    from backend.core.demo_data import write_zip
+    from backend.core.preview import preview_sample, read_record
+    from backend.core.validation import ValidationSettings
+    from ui.pages import preview_view
+
+    with zipfile.ZipFile(write_zip(tmp_path / "d.zip", n=4)) as z:
+        z.extractall(tmp_path / "d")
+    ann = next((tmp_path / "d").rglob("*.jsonl"))
+    pv = preview_sample(read_record(ann, 3), ann.parent, settings=ValidationSettings(template="internlm2-chat"))
+    html = preview_view.preview_html(pv, 3)
+    answer = pv["conversations"][-1]["value"]
+    assert "Sample on line 3" in html
+    assert f"<span class='vl-trained'>{answer}" in html
+    assert "vl-imgtok" in html and pv["images"][0]["path"] in html
