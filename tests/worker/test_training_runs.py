@@ -178,6 +178,9 @@ def test_frozen_weights_are_bit_identical_and_checkpoints_rotate(overfit, demo_m
     assert not torch.equal(base["lm_head.weight"], trained["lm_head.weight"])
     kept = sorted(p.name for p in (overfit[0] / "run" / "checkpoints").iterdir())
     assert kept == ["checkpoint-20", "checkpoint-30"]
+    ckpt = overfit[0] / "run" / "checkpoints" / "checkpoint-20"  # usable as a model folder on its own
+    assert (ckpt / "tokenizer.json").exists() and (ckpt / "model.safetensors").exists()
+    assert json.loads((ckpt / "config.json").read_text())["template"] == "internlm2-chat"
 
 
 # ------------------------------------------------------------------------ ZeRO-1: cancel and resume

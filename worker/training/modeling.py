@@ -35,7 +35,9 @@ def load_model(path: str, h: Hyperparameters, dtype: torch.dtype, use_gpu: bool)
         resize_tiles(model, h.force_image_size)
     if h.drop_path_rate > 0:
         add_drop_path(model, h.drop_path_rate)
-    model.config.use_cache = False
+    # A KV cache is memory spent for nothing in training; save_final turns it back on so
+    # generate() on the saved model is fast.
+    model.config.text_config.use_cache = False
     return model
 
 

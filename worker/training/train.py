@@ -125,7 +125,8 @@ class InternVLTrainer(Trainer):
         flags = inputs.pop("image_flags")
         pixel_values = inputs.pop("pixel_values")
         input_ids = inputs["input_ids"]
-        self.stats.add(input_ids, inputs["attention_mask"], flags)
+        if model.training:  # evaluation batches are not training throughput
+            self.stats.add(input_ids, inputs["attention_mask"], flags)
         core = core_model(model)
         embeds = core.get_input_embeddings()(input_ids)
         feats = core.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
@@ -200,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     modeling.apply_freezing(model, h)
     if h.uses_lora:
         model = lora.add_lora(model, h)
-    if h.grad_checkpoint:
-        model.config.use_cache = False
     trainable, total = modeling.trainable_report(model)
     log(f"parameters: {sum(trainable.values()):,} trainable of {sum(total.values()):,}; by module: "
         + ", ".join(f"{k} {trainable.get(k, 0):,}/{v:,}" for k, v in total.items()))
+
+    # -- what every saved folder carries: the template and a matching chat template and stop token
+    describe_format(model, spec, tokenizer, template)
 
     # -- trainer
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
@@ -230,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = BatchStats()
     stop = StopCallback(lambda: STOP_REQUESTED, device)
     trainer = InternVLTrainer(
-        model=model, args=targs, train_dataset=dataset, eval_dataset=eval_dataset, data_collator=Collator(tokenizer.pad_token_id, image_size),
+        model=model, args=targs, train_dataset=dataset, eval_dataset=eval_dataset,
+        data_collator=Collator(tokenizer.pad_token_id, image_size), processing_class=tokenizer,
         sampler=sampler, stats=stats, callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped), stop])
     log(f"training: {len(dataset)} samples, world size {world}, per device {h.per_device_batch_size}, "
         f"accumulation {ga}, global batch {h.per_device_batch_size * world * ga}, "
@@ -244,20 +247,27 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- save: a Hugging Face folder that from_pretrained + generate use directly
     final = out / "final"
-    save_final(trainer, spec, tokenizer, template, final)
+    save_final(trainer, spec, tokenizer, template, final, dtype)
     return 0
 
 
-def save_final(trainer: Trainer, spec: TrainingSpec, tokenizer, template, final: Path) -> None:
-    h = spec.hyper
-    model = trainer.model
-    base = model.get_base_model() if h.uses_lora else model
+def describe_format(model, spec: TrainingSpec, tokenizer, template) -> None:
+    """Template name in the config, a chat template on the tokenizer, generation stopping at the
+    template's separator: checkpoints and the final model then chat the way they were trained."""
+    base = model.get_base_model() if spec.hyper.uses_lora else model
     base.config.template = spec.template
     if tokenizer.chat_template is None and spec.template != TOKENIZER_TEMPLATE:
         tokenizer.chat_template = to_jinja(template)
     sep_id = tokenizer.get_vocab().get(template.sep.strip())
     if sep_id is not None:
         base.generation_config.eos_token_id = sep_id
+
+
+def save_final(trainer: Trainer, spec: TrainingSpec, tokenizer, template, final: Path, dtype: torch.dtype) -> None:
+    h = spec.hyper
+    model = trainer.model
+    base = model.get_base_model() if h.uses_lora else model
+    base.config.text_config.use_cache = True
     target = final / "adapter" if h.uses_lora else final
     trainer.save_model(str(target))
     trainer.accelerator.wait_for_everyone()
@@ -270,8 +280,9 @@ def save_final(trainer: Trainer, spec: TrainingSpec, tokenizer, template, final:
         unset_hf_deepspeed_config()  # the merge runs on rank 0 alone, unpartitioned
 
         def prepare(path: str):
-            m = modeling.load_model(path, h, torch.float32, use_gpu=False)
+            m = modeling.load_model(path, h, dtype, use_gpu=False)  # merged in the training precision
             m.config.template = spec.template
+            m.config.text_config.use_cache = True
             m.generation_config.eos_token_id = base.generation_config.eos_token_id
             return m
 
