@@ -86,7 +86,9 @@ def template_problems(name: str, config: dict, token_id: Callable[[str], int | N
         problems.append(f"template {name!r} writes {', '.join(missing)}, which the model's tokenizer does not "
                         "have as a token: the model would train on a format it does not know")
     if chat_template:
-        absent = [m for m in markers(template) if m != template.bos and m not in chat_template]
+        # Only the turn markers: some tokenizers' chat templates (older Phi-3) have no system turn.
+        turn_markers = _MARKER.findall(template.user_role + template.assistant_role + template.sep)
+        absent = [m for m in dict.fromkeys(turn_markers) if m not in chat_template]
         if absent:
             problems.append(f"template {name!r} uses {', '.join(absent)}, which the tokenizer's own chat "
                             "template never writes")
