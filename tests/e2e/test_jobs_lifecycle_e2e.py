@@ -11,7 +11,7 @@ import pytest
 from tests.e2e.jobs_helpers import metric_steps, read_sse, submit, upload_demo, wait_until
 
 pytestmark = pytest.mark.slow
-STEPS = 24
+STEPS = 14
 
 
 def cancel_then_resume(studio, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_kill_9_of_a_worker_fails_and_requeues_its_job(mode, tmp_path, request):
                           extra_env=FAST_RECOVERY)
     try:
         ds = upload_demo(studio, tmp_path)
-        kept = submit(studio, ds, requeue=True, max_steps=20, save_steps=2)
+        kept = submit(studio, ds, requeue=True, max_steps=12, save_steps=2)
         running = wait_until(studio, kept["id"], lambda j: j["step"] >= 3, "step 3")
         os.kill(studio.procs[1].pid, signal.SIGKILL)  # the worker, mid-run, no goodbye
         failed = wait_until(studio, kept["id"], lambda j: j["status"] == "failed", "failure", timeout=60)
