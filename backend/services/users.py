@@ -67,16 +67,26 @@ def create_user(session: Session, username: str, password: str, is_admin: bool =
     return user
 
 
+UNUSABLE = "!"  # the password hash of the embedded mode's local owner: no login until one is set
+
+
 def ensure_first_admin(session: Session, settings: Settings) -> User | None:
     """At first start: the admin from settings. Without auth (embedded mode) a local admin
-    owns everything, so ownership is recorded from day one and survives turning auth on."""
-    if session.scalar(select(func.count()).select_from(User)):
-        return session.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
+    owns everything, so ownership is recorded from day one and survives turning auth on: its
+    password is then taken from VLSTUDIO_FIRST_ADMIN_PASSWORD."""
+    admin = session.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
+    if admin is not None or session.scalar(select(func.count()).select_from(User)):
+        if admin is not None and admin.password_hash == UNUSABLE and settings.first_admin_password:
+            set_password(session, admin, settings.first_admin_password)
+        return admin
     password = settings.first_admin_password
     if password is None:
         if settings.auth_required:
             raise RuntimeError("no users yet: set VLSTUDIO_FIRST_ADMIN_PASSWORD to create the first admin")
-        password = secrets.token_urlsafe(24)  # nobody logs in as the local owner unless auth is enabled
+        user = User(username=settings.first_admin_username, password_hash=UNUSABLE, is_admin=True)
+        session.add(user)
+        session.commit()
+        return user
     return create_user(session, settings.first_admin_username, password, is_admin=True)
 
 

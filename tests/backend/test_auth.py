@@ -121,3 +121,16 @@ def test_oversized_body_metrics_and_no_stack_traces(api):
     assert 'vlstudio_jobs{state="queued"} 0' in text and "vlstudio_queue_length 0" in text
     r = api.get("/api/jobs/not-a-number")
     assert r.status_code == 422 and "Traceback" not in r.text
+
+
+def test_embedded_local_owner_gets_the_first_admin_password_when_login_is_turned_on(api):
+    from backend.services import users
+
+    with session_scope() as s:
+        owner = users.local_owner(s)  # as the embedded mode creates it: no usable password
+        owner.password_hash = users.UNUSABLE
+        s.commit()
+        assert api.post("/api/auth/login", json={"username": owner.username, "password": "!"}).status_code == 401
+        users.ensure_first_admin(s, Settings(first_admin_password="now-a-password"))
+    r = api.post("/api/auth/login", json={"username": owner.username, "password": "now-a-password"})
+    assert r.status_code == 200 and r.json()["user"]["is_admin"], r.text
