@@ -87,7 +87,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 MpiDefault=none
-ReturnToService=2
+# A node set DOWN stays down until resumed (as after a real failure); an unresponsive one returns by itself.
+ReturnToService=1
 # Seconds between the SIGTERM of a time limit or scancel and the SIGKILL: time to checkpoint.
 KillWait=30
 MinJobAge=600

@@ -29,13 +29,13 @@ def slurm_cluster() -> str:
     return out.stdout
 
 
-def slurm_env(partition: str) -> dict[str, str]:
+def slurm_env(partition: str, **more: str) -> dict[str, str]:
     return {"VLSTUDIO_BACKEND": "slurm", "VLSTUDIO_SLURM_PARTITION": partition,
-            "VLSTUDIO_SLURM_POLL_SECONDS": "1", "VLSTUDIO_SLURM_TIME_LIMIT": "30:00"}
+            "VLSTUDIO_SLURM_POLL_SECONDS": "1", "VLSTUDIO_SLURM_TIME_LIMIT": "30:00", **more}
 
 
-def studio_on(tmp_path: Path, partition: str) -> Iterator[Studio]:
-    studio = start_studio(tmp_path, extra_env=slurm_env(partition))
+def studio_on(tmp_path: Path, partition: str, **more: str) -> Iterator[Studio]:
+    studio = start_studio(tmp_path, extra_env=slurm_env(partition, **more))
     yield studio
     stop_studio(studio)
 
@@ -46,7 +46,8 @@ def slurm_studio(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -
     yield from studio_on(tmp_path_factory.mktemp("slurm-studio"), "debug")
 
 
-@pytest.fixture
-def twonode_studio(slurm_cluster: str, tmp_path: Path) -> Iterator[Studio]:
-    """A studio whose jobs go to the partition of two slurmd "hosts" in network namespaces."""
-    yield from studio_on(tmp_path, "twonode")
+@pytest.fixture(scope="module")
+def twonode_studio(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+    """A studio whose jobs go to the partition of two slurmd "hosts" in network namespaces, and
+    which lets Slurm requeue a job after a node failure."""
+    yield from studio_on(tmp_path_factory.mktemp("twonode-studio"), "twonode", VLSTUDIO_SLURM_REQUEUE="true")

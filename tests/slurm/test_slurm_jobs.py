@@ -4,6 +4,7 @@ trainer, and two nodes in network namespaces."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -157,3 +158,44 @@ def test_two_nodes_train_across_network_namespaces(twonode_studio, tmp_path):
     assert st["NodeList"] == "vn[1-2]" and st["NumNodes"] == "2" and st["JobState"] == "COMPLETED"
     script = (Path(final["run_dir"]) / "job.sbatch").read_text()
     assert "--nodes=2" in script and "--nnodes 2 --nproc_per_node 1" in script
+
+
+def squeue_field(slurm_id: str, field: str) -> str:
+    return subprocess.run(["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", field], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(twonode_studio, tmp_path):
+    ds, model = upload_demo(twonode_studio, tmp_path)
+    job_id = submit(twonode_studio, ds, model, max_steps=10, save_steps=2)
+    running = watch(twonode_studio, job_id, lambda job, m: len(m) >= 3)
+    sid = slurm_job_id(log_lines(twonode_studio, job_id))
+    node = squeue_field(sid, "%N")
+    assert node in ("vn1", "vn2")
+    other = "vn2" if node == "vn1" else "vn1"
+    try:
+        # The node "fails" (and stays down): Slurm kills the job there and, as it was submitted with
+        # --requeue, queues it again; it restarts on the other node.
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=vlstudio-test"], check=True)
+        deadline = time.monotonic() + 60
+        while squeue_field(sid, "%T") != "PENDING":
+            assert time.monotonic() < deadline, squeue_field(sid, "%T %r")
+            time.sleep(0.5)
+        # Slurm holds a requeued job for a while (BeginTime); start it now rather than wait in a test.
+        subprocess.run(["scontrol", "update", f"jobid={sid}", "starttime=now"], check=True)
+        final = twonode_studio.wait_job(job_id, timeout=300)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+    assert final["status"] == "succeeded", (final, twonode_studio.worker_log())
+    assert running["job"]["id"] == final["id"]  # the same studio job throughout
+
+    lines = log_lines(twonode_studio, job_id)
+    assert any(x.startswith(f"slurm: job {sid} was requeued by Slurm") for x in lines), lines[-40:]
+    assert any(x.startswith("slurm: requeued (restart 1), training from ") for x in lines)
+    assert any(x.startswith(f"slurm: job {sid} RUNNING on {other}") for x in lines), lines[-40:]
+    # The second run resumed from the newest checkpoint (saved every 2 steps) and finished the job.
+    resumed = json.loads((Path(final["run_dir"]) / "spec.requeue.json").read_text())["resume_from_checkpoint"]
+    k = int(resumed.rsplit("-", 1)[-1])
+    assert k >= 2 and k % 2 == 0
+    steps = [m["step"] for m in twonode_studio.api.get(f"/jobs/{job_id}/metrics").json()]
+    assert steps[-(10 - k):] == list(range(k + 1, 11)) and set(steps) == set(range(1, 11)), steps

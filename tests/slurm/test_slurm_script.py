@@ -108,7 +108,7 @@ def finish(ex: SlurmExecutor) -> int:
 
 
 def test_timeout_ends_with_its_reason_and_a_nonzero_code(tmp_path):
-    fake = FakeSlurm(["PENDING|Priority|", "RUNNING|None|node07", "TIMEOUT|TimeLimit|node07"],
+    fake = FakeSlurm(["PENDING|Priority||0|", "RUNNING|None|node07|0|", "TIMEOUT|TimeLimit|node07|0|"],
                      sacct="TIMEOUT|0:15|TimeLimit|node07\n")
     ex = started(tmp_path, fake)
     assert (tmp_path / "run" / "slurm_job_id").read_text() == "4242\n"
@@ -121,7 +121,7 @@ def test_timeout_ends_with_its_reason_and_a_nonzero_code(tmp_path):
 
 
 def test_without_accounting_the_end_comes_from_scontrol(tmp_path):
-    fake = FakeSlurm(["RUNNING|None|vm", ""], scontrol="JobId=4242 JobState=FAILED Reason=NonZeroExitCode "
+    fake = FakeSlurm(["RUNNING|None|vm|0|", ""], scontrol="JobId=4242 JobState=FAILED Reason=NonZeroExitCode "
                                                       "ExitCode=124:0 NodeList=vm\n")
     ex = started(tmp_path, fake)
     assert finish(ex) == 124
@@ -135,7 +135,7 @@ def test_sbatch_refusal_fails_the_job_with_slurms_message(tmp_path):
 
 
 def test_cancel_signals_the_training_step_and_kill_escalates(tmp_path):
-    fake = FakeSlurm(["RUNNING|None|vm"])
+    fake = FakeSlurm(["RUNNING|None|vm|0|"])
     ex = started(tmp_path, fake)
     assert ex.poll() is None
     ex.terminate()
@@ -146,11 +146,22 @@ def test_cancel_signals_the_training_step_and_kill_escalates(tmp_path):
 
 
 def test_pending_job_is_cancelled_outright(tmp_path):
-    fake = FakeSlurm(["PENDING|Resources|"])
+    fake = FakeSlurm(["PENDING|Resources||0|"])
     ex = started(tmp_path, fake)
     ex.poll()
     ex.terminate()
     assert [c for c in fake.calls if c[0] == "scancel"] == [["scancel", "4242"]]
+
+
+def test_requeue_seen_by_its_restart_count_is_told_in_the_log(tmp_path):
+    # Between two polls the job was requeued and restarted elsewhere: only the count shows it.
+    fake = FakeSlurm(["RUNNING|None|vn1|0|", "RUNNING|None|vn2|1|", "COMPLETED|None|vn2|1|"],
+                     scontrol="JobState=COMPLETED ExitCode=0:0 NodeList=vn2")
+    assert finish(started(tmp_path, fake)) == 0
+    log = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    assert log.index("slurm: job 4242 RUNNING on vn1") < log.index(
+        "slurm: job 4242 was requeued by Slurm (node failure or preemption); it resumes from its last "
+        "checkpoint when it starts again") < log.index("slurm: job 4242 RUNNING on vn2")
 
 
 def test_exit_codes_follow_the_shell_convention():

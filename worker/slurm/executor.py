@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from backend.core.spec import TrainingSpec
@@ -97,10 +98,14 @@ class SlurmExecutor:
         if st is None:
             return self._unknown(now)
         self.unknown_since = None
+        if self.last is not None and st.restarts > self.last.restarts:
+            self._say(f"slurm: job {self.job_id} was requeued by Slurm (node failure or preemption); "
+                      "it resumes from its last checkpoint when it starts again")
         if self.last is None or (st.state, st.nodes) != (self.last.state, self.last.nodes):
             if not st.finished:
                 self._say(f"slurm: job {self.job_id} {st.describe()}")
-        self.last = st
+        # sacct/scontrol do not count restarts: keep squeue's count
+        self.last = st if st.restarts or self.last is None else replace(st, restarts=self.last.restarts)
         if st.finished:
             code = st.outcome_code()
             cause = first_error(self.log_path) if code else None

@@ -37,6 +37,7 @@ class JobState:
     reason: str = ""
     nodes: str = ""
     exit_code: int | None = None  # the batch script's, when Slurm reports it
+    restarts: int = 0  # times Slurm requeued it (squeue only)
 
     @property
     def finished(self) -> bool:
@@ -70,11 +71,11 @@ def _exit_code(text: str) -> int | None:
 
 
 def from_squeue(job_id: str, run: Run = run_command) -> JobState | None:
-    out = run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N"])
+    out = run(["squeue", "-h", "-t", "all", "-j", job_id, "-O", "State:|,Reason:|,NodeList:|,RestartCnt:|"])
     if out.returncode != 0 or not out.stdout.strip():
         return None
-    state, reason, nodes = (out.stdout.strip().splitlines()[0].split("|") + ["", ""])[:3]
-    return JobState(state.split()[0], reason, nodes)
+    state, reason, nodes, restarts = (out.stdout.strip().splitlines()[0].split("|") + ["", "", ""])[:4]
+    return JobState(state.split()[0], reason, nodes, restarts=int(restarts) if restarts.isdigit() else 0)
 
 
 def from_sacct(job_id: str, run: Run = run_command) -> JobState | None:
