@@ -17,3 +17,14 @@ def demo(out: Path = typer.Option(Path("shapes-demo.zip"), help="where to write 
 
     write_zip(out, n=samples)
     typer.echo(f"wrote {out} ({samples} samples)")
+
+
+def _register_validate() -> None:
+    # The command lives in its own module (engine wiring, progress bar); registered here so
+    # `vlstudio datasets validate` sits beside the other dataset commands.
+    from backend.cli.validate_cmd import validate
+
+    datasets_app.command("validate")(validate)
+
+
+_register_validate()
