@@ -51,9 +51,8 @@ def add_lora(model, h: Hyperparameters):
     """The model wrapped with its adapter; only LoRA and ``modules_to_save`` train."""
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, lora_config(h, model))
-    # Trained-alongside modules: peft trains their copies; keep the originals frozen.
-    return peft_model
+    # peft freezes every base weight and trains copies of the modules_to_save.
+    return get_peft_model(model, lora_config(h, model))
 
 
 def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, prepare) -> None:
