@@ -1,11 +1,13 @@
-"""The demo dataset: one large solid coloured shape on a white background, with a question
-about its colour or its shape, in the seed's JSONL format. Deterministic for a seed.
+"""The demo dataset: one large solid coloured shape on a white background with a question
+about it, in the seed's JSONL format. Deterministic for a seed.
 
-The signal is deliberately easy (large, near-centred shapes, four colours, four shapes) so
-that the tiny demo model goes from chance (25%) to near-perfect in a few minutes of CPU
-fine-tuning: the demo exists to show that fine-tuning and evaluation work, end to end.
-Different seeds give different images (position and size jitter), so a split generated
-with another seed is a held-out set the model never saw.
+By default every question asks for the colour (four colours: chance is 25%). The signal is
+deliberately easy so that the tiny demo model goes from chance to near-perfect in a few
+minutes of CPU fine-tuning: the demo shows that fine-tuning and evaluation work end to end.
+Questions about the shape (``kinds=("colour", "shape")``) are available but the tiny model
+learns them far more slowly (about 50% after 400 steps, see docs/evaluation.md).
+Positions and sizes are jittered, so every image differs and a held-out split holds images
+the model never saw.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ QUESTIONS = {
     "colour": "What colour is the shape? Answer with one word.",
     "shape": "What shape is in the picture? Answer with one word.",
 }
-#: probability of the most frequent answer of a question kind, i.e. exact match at chance
-CHANCE = 1 / len(SHAPES)
+#: exact match at chance (four colours, four shapes, uniformly drawn)
+CHANCE = 1 / len(COLOURS)
+DEFAULT_KINDS = ("colour",)
 
 
 def _draw(shape: str, colour: tuple[int, int, int], size: int, rng: random.Random) -> Image.Image:
     img = Image.new("RGB", (size, size), (255, 255, 255))
     d = ImageDraw.Draw(img)
-    r = int(size * rng.uniform(0.30, 0.38))
+    # Sizes keep the areas of the four shapes apart (star < triangle < circle < square).
+    r = int(size * rng.uniform(0.34, 0.38))
     jitter = int(size * 0.08)
     cx = size // 2 + rng.randint(-jitter, jitter)
     cy = size // 2 + rng.randint(-jitter, jitter)
@@ -52,14 +56,19 @@ def _draw(shape: str, colour: tuple[int, int, int], size: int, rng: random.Rando
     return img
 
 
-def generate(n: int = 64, seed: int = 0, size: int = 448) -> list[tuple[str, bytes, dict]]:
-    """``n`` samples as (image name, PNG bytes, annotation record)."""
+def generate(n: int = 64, seed: int = 0, size: int = 448,
+             kinds: tuple[str, ...] = DEFAULT_KINDS) -> list[tuple[str, bytes, dict]]:
+    """``n`` samples as (image name, PNG bytes, annotation record); ``kinds`` are the
+    question kinds to draw from (``colour``, ``shape``)."""
+    unknown = [k for k in kinds if k not in QUESTIONS]
+    if unknown or not kinds:
+        raise ValueError(f"question kinds must be among {list(QUESTIONS)}, got {list(kinds)}")
     rng = random.Random(seed)
     out = []
     for i in range(n):
         shape = rng.choice(SHAPES)
         colour = rng.choice(list(COLOURS))
-        kind = rng.choice(list(QUESTIONS))
+        kind = rng.choice(list(kinds))
         buf = io.BytesIO()
         _draw(shape, COLOURS[colour], size, rng).save(buf, format="PNG")
         name = f"images/{i:05d}.png"

@@ -72,7 +72,7 @@ def test_generator_matches_transformers_generate(gen, demo_model):
 
 
 def test_batched_generation_gives_the_same_answers(gen):
-    samples = demo_samples(6, seed=11)
+    samples = demo_samples(6, seed=11, kinds=("colour", "shape"))
     prompts = [gen.prompt(r["conversations"][:1], [image_of(png)]) for _, png, r in samples]
     assert len({len(p.input_ids) for p in prompts}) > 1, "left padding is not exercised"
     one_by_one = [gen.generate([p], max_new_tokens=8)[0] for p in prompts]
