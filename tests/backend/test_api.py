@@ -135,3 +135,17 @@ def test_claim_is_exclusive(api):
 def test_every_preset_validates(name):
     h = resolve(name)
     assert h.gradient_accumulation_steps >= 1
+
+
+def test_resolve_preset_derives_values_and_lists_problems(api):
+    r = api.post("/api/presets/resolve", json={"preset": "2b-2nd-full", "hyperparameters": {"gpus": 4,
+                                                                                          "nproc_per_node": 4}})
+    assert r.status_code == 200, r.text
+    d = r.json()["derived"]
+    assert d["effective_global_batch_size"] == 128 and d["gradient_accumulation_steps"] == 8
+    r = api.post("/api/presets/resolve", json={"preset": "demo", "hyperparameters": {
+        "min_dynamic_patch": 9, "max_dynamic_patch": 2, "learning_rate": 0}})
+    assert r.status_code == 422
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert {"learning_rate"} <= fields
+    assert api.post("/api/presets/resolve", json={"preset": "nope"}).status_code == 422
