@@ -7,12 +7,13 @@ give the production mode.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SECRET = "vlstudio-embedded-default-secret"
 
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
         120, ge=0, description="stop the trainer (it saves a checkpoint) this long before the time limit")
     slurm_poll_seconds: float = Field(5.0, gt=0, description="how often the worker asks squeue")
     max_upload_bytes: int = 20 * 2**30
+    # Issue 3: server-side datasets (root + annotation on shared storage) only under these.
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="folders server-side dataset paths may be in, ':'- or ','-separated")
     log_batch_lines: int = 200
     stream_poll_seconds: float = 0.25
     # Job service (docs/jobs.md): users, scheduling, recovery.
@@ -66,6 +70,13 @@ class Settings(BaseSettings):
     gpu_sample_seconds: float = 10.0
     mlflow_tracking_uri: str | None = None
     wandb_project: str | None = None
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p for p in re.split(r"[,:]", v) if p.strip()]
+        return v
 
     @property
     def data_path(self) -> Path:

@@ -17,6 +17,7 @@ from backend.api.routes import (
     evaluations,
     health,
     jobs,
+    meta,
     metrics,
     models,
     playground,
@@ -82,6 +83,7 @@ def create_app(run_startup: bool = True) -> FastAPI:
         app.include_router(r, prefix="/api")
     for r in (evaluations.router, playground.router):  # issue 8: evaluation and playground
         app.include_router(r, prefix="/api")
+    app.include_router(meta.router, prefix="/api")  # issue 3: the meta file
     app.include_router(metrics.router)
 
     @app.middleware("http")

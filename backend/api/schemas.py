@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,38 @@ class DatasetOut(ORM):
     created_at: datetime
     report: dict[str, Any] = Field(default_factory=dict)
     num_val_samples: int = 0  # the held-out validation split (issue 8)
+    status: str = "ready"  # issue 3: validating / ready / failed / cancelled
+    progress: float = 1.0
+    bundle: list[int] = Field(default_factory=list)  # ids registered from the same upload (several .jsonl)
+
+
+class DatasetFromPath(BaseModel):
+    """A dataset on shared storage (under ``VLSTUDIO_DATA_ROOTS``), registered where it is."""
+
+    root: str
+    annotation: str = Field(description="absolute, or relative to root")
+    name: str | None = None
+    model_id: int | None = None
+    max_dynamic_patch: int | None = Field(None, ge=1)
+    max_seq_length: int | None = Field(None, ge=1)
+    truncation: Literal["error", "truncate"] = "error"
+    drop_bad_lines: bool = False
+    background: bool | None = None
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+
+
+class MetaDataset(BaseModel):
+    dataset_id: int
+    name: str | None = None
+    repeat_time: float = 1
+    data_augment: bool = False
+    max_dynamic_patch: int | None = Field(None, ge=1)
+
+
+class MetaRequest(BaseModel):
+    datasets: list[MetaDataset] = Field(default_factory=list)
+    mixture: dict[str, Any] | None = Field(None, description="a meta JSON in the seed's format to merge")
+    on_conflict: Literal["error", "rename", "replace"] = "error"
 
 
 class ModelOut(ORM):

@@ -86,6 +86,9 @@ class Dataset(Base):
     # Held-out validation split (migration 0003): eval loss in training, evaluation jobs.
     val_annotation: Mapped[str | None] = mapped_column(Text, default=None)
     num_val_samples: Mapped[int] = mapped_column(Integer, default=0)
+    # Issue 3 (migration 0004): background validation of big inputs.
+    status: Mapped[str] = mapped_column(String(20), default="ready", server_default="ready")
+    progress: Mapped[float] = mapped_column(default=1.0, server_default="1")
 
 
 class Model(Base):

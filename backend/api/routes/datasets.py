@@ -2,66 +2,144 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi.responses import FileResponse
 
 from backend.api.auth import CurrentUser
 from backend.api.deps import SessionDep, SettingsDep
-from backend.api.schemas import DatasetOut
+from backend.api.schemas import DatasetFromPath, DatasetOut
 from backend.core import demo_data
+from backend.services import dataset_views as views
 from backend.services import datasets as svc
+from backend.services.dataset_checks import checks_for
 from backend.services.errors import InvalidInput
+from backend.settings import Settings
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
-@router.post("", response_model=DatasetOut, status_code=201,
-             responses={422: {"description": "the upload is not a valid dataset; `errors` lists every problem"}})
-def upload_dataset(session: SessionDep, settings: SettingsDep, user: CurrentUser, file: UploadFile = File(...),
-                   name: str | None = Form(None), val_fraction: float = Form(0.0),
-                   validation: UploadFile | None = File(None)):  # noqa: ANN201
-    """Upload a zip of images + one ``.jsonl`` annotation in the seed's format.
+def _save(upload: UploadFile, dest: Path, budget: list[int]) -> int:
+    """Stream ``upload`` to ``dest``, counting against ``budget[0]`` bytes left."""
+    size = 0
+    with open(dest, "wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            size += len(chunk)
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise InvalidInput("upload larger than the allowed size (VLSTUDIO_MAX_UPLOAD_BYTES)")
+            out.write(chunk)
+    return size
 
-    Hold out a validation split with ``val_fraction`` (0-1, seeded) or a second ``.jsonl``
-    as ``validation`` (image paths relative to the same root as the annotation)."""
+
+def _safe_name(filename: str | None) -> PurePosixPath:
+    rel = PurePosixPath((filename or "").replace("\\", "/"))
+    if not filename or rel.is_absolute() or ".." in rel.parts or any(p.startswith(".") for p in rel.parts):
+        raise InvalidInput(f"{filename!r}: not a safe file name (relative, no '..', no hidden parts)")
+    return rel
+
+
+def _files_source(settings: Settings, files: list[UploadFile]) -> svc.Source:
+    staging = svc.new_staging(settings)
+    try:
+        budget = [settings.max_upload_bytes]
+        for f in files:
+            rel = _safe_name(f.filename)
+            dest = staging / rel
+            if dest.exists():
+                raise InvalidInput(f"{f.filename}: given twice")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if _save(f, dest, budget) == 0:
+                raise InvalidInput(f"{f.filename}: empty file")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return svc.source_from_folder(staging)
+
+
+def _zip_source(settings: Settings, file: UploadFile) -> svc.Source:
     uploads = settings.data_path / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=uploads, suffix=".zip", delete=False) as tmp:
-        size = 0
-        while chunk := file.file.read(1 << 20):
-            size += len(chunk)
-            if size > settings.max_upload_bytes:
-                tmp.close()
-                Path(tmp.name).unlink(missing_ok=True)
-                raise InvalidInput(f"upload larger than {settings.max_upload_bytes} bytes")
-            tmp.write(chunk)
-    path = Path(tmp.name)
+        path = Path(tmp.name)
     try:
-        if size == 0:
+        if _save(file, path, [settings.max_upload_bytes]) == 0:
             raise InvalidInput(f"{file.filename or 'upload'}: empty file")
-        ds_name = name or Path(file.filename or "dataset").stem
-        val_path = _save_validation(validation, uploads, settings.max_request_bytes * 64) if validation else None
-        try:
-            return svc.register_dataset(session, settings, path, ds_name, owner_id=user.id,
-                                        val_fraction=val_fraction, val_upload=val_path)
-        finally:
-            if val_path is not None:
-                val_path.unlink(missing_ok=True)
+        return svc.source_from_zip(settings, path)
     finally:
         path.unlink(missing_ok=True)
 
 
-def _save_validation(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
-    """Issue 8: the second JSONL (validation split) of an upload, to a temporary file."""
-    data = upload.file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise InvalidInput(f"validation JSONL larger than {max_bytes} bytes")
-    if not data.strip():
-        raise InvalidInput(f"{upload.filename or 'validation'}: empty validation JSONL")
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".jsonl", delete=False) as tmp:
-        tmp.write(data)
-    return Path(tmp.name)
+def _out(rows: list, response: Response) -> dict:
+    if rows[0].status == "validating":
+        response.status_code = 202
+    return {**DatasetOut.model_validate(rows[0]).model_dump(), "bundle": [r.id for r in rows]}
+
+
+@router.post("", response_model=DatasetOut, status_code=201,
+             responses={202: {"description": "accepted: validating in the background (poll `status`/`progress`)"},
+                        403: {"description": "`root`/`annotation` outside VLSTUDIO_DATA_ROOTS"},
+                        422: {"description": "not a valid dataset; `errors` lists every problem"}})
+def upload_dataset(session: SessionDep, settings: SettingsDep, user: CurrentUser, response: Response,  # noqa: PLR0913
+                   file: UploadFile | None = File(None), files: list[UploadFile] | None = File(None),
+                   root: str | None = Form(None), annotation: str | None = Form(None),
+                   name: str | None = Form(None), val_fraction: float = Form(0.0),
+                   validation: UploadFile | None = File(None), model_id: int | None = Form(None),
+                   max_dynamic_patch: int | None = Form(None, ge=1), max_seq_length: int | None = Form(None, ge=1),
+                   truncation: str = Form("error"), drop_bad_lines: bool = Form(False),
+                   background: bool | None = Form(None)) -> dict:
+    """Register a dataset from exactly one of: ``file`` (a zip of images and one or more
+    ``.jsonl``: one dataset per annotation, the others' ids in ``bundle``); ``files`` (images
+    plus one ``.jsonl``, names relative to the annotation's folder, e.g. ``images/a.png``);
+    ``root`` + ``annotation`` (server-side, under VLSTUDIO_DATA_ROOTS).
+
+    ``model_id``/``max_dynamic_patch``/``max_seq_length``: tile and token-length checks with
+    that model's template and tokenizer. ``drop_bad_lines``: register a cleaned copy of the
+    annotation instead of refusing it. Annotations over 2 MiB (or ``background=true``) are
+    validated in the background: 202, then poll ``status``/``progress``. Hold out a
+    validation split with ``val_fraction`` or a second ``.jsonl`` as ``validation``."""
+    given = [x for x in (file, files, root or annotation) if x]
+    if len(given) != 1:
+        raise InvalidInput("give exactly one of: file (a zip), files (images + one .jsonl), root + annotation")
+    checks = checks_for(session, model_id, user, max_dynamic_patch=max_dynamic_patch,
+                        max_seq_length=max_seq_length, truncation=truncation)
+    if file is not None:
+        src, default = _zip_source(settings, file), Path(file.filename or "dataset").stem
+    elif files:
+        src = _files_source(settings, files)
+        default = src.pairs[0][0].stem
+    else:
+        if not (root and annotation):
+            raise InvalidInput("a server-side dataset needs both root and annotation")
+        src, default = svc.source_from_path(settings, root, annotation), Path(annotation).stem
+    val_path = None
+    try:
+        if validation is not None:
+            val_path = src.staging / ".vlstudio-val-upload.jsonl"
+            if _save(validation, val_path, [settings.max_request_bytes * 64]) == 0:
+                raise InvalidInput(f"{validation.filename or 'validation'}: empty validation JSONL")
+        opts = svc.Options(checks, drop_bad_lines=drop_bad_lines, val_fraction=val_fraction, val_upload=val_path,
+                           background=background)
+    except BaseException:
+        shutil.rmtree(src.staging, ignore_errors=True)
+        raise
+    return _out(svc.register(session, settings, src, name or default, opts, owner_id=user.id), response)
+
+
+@router.post("/from-path", response_model=DatasetOut, status_code=201,
+             responses={202: {"description": "validating in the background"},
+                        403: {"description": "outside VLSTUDIO_DATA_ROOTS"}, 422: {"description": "invalid"}})
+def register_from_path(body: DatasetFromPath, session: SessionDep, settings: SettingsDep, user: CurrentUser,
+                       response: Response) -> dict:
+    """The JSON form of a server-side dataset (``root`` + ``annotation`` on shared storage)."""
+    checks = checks_for(session, body.model_id, user, max_dynamic_patch=body.max_dynamic_patch,
+                        max_seq_length=body.max_seq_length, truncation=body.truncation)
+    src = svc.source_from_path(settings, body.root, body.annotation)
+    opts = svc.Options(checks, drop_bad_lines=body.drop_bad_lines, val_fraction=body.val_fraction,
+                       background=body.background)
+    rows = svc.register(session, settings, src, body.name or Path(body.annotation).stem, opts, owner_id=user.id)
+    return _out(rows, response)
 
 
 @router.post("/demo", response_model=DatasetOut, status_code=201)
@@ -86,3 +164,34 @@ def list_datasets(session: SessionDep, user: CurrentUser) -> list:
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     return svc.get_dataset(session, dataset_id, user)
+
+
+@router.post("/{dataset_id}/cancel-validation", response_model=DatasetOut,
+             responses={409: {"description": "not validating"}})
+def cancel_validation(dataset_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+    """Stop a background validation; its staged files are removed, the row stays ``cancelled``."""
+    return svc.cancel_validation(session, dataset_id, user)
+
+
+@router.get("/{dataset_id}/report")
+def get_report(dataset_id: int, session: SessionDep, user: CurrentUser, per_sample_offset: int = 0,
+               per_sample_limit: int = 0) -> dict:
+    """The full validation report (counts by kind, first examples, statistics); with
+    ``per_sample_limit`` also that many per-sample rows (tiles, token counts) from the offset."""
+    return views.report(session, dataset_id, user, per_sample_offset, min(per_sample_limit, 10000))
+
+
+@router.get("/{dataset_id}/samples/{line}")
+def get_sample(dataset_id: int, line: int, session: SessionDep, user: CurrentUser, model_id: int | None = None,
+               max_dynamic_patch: int | None = None, max_seq_length: int | None = None,
+               tiles: bool = False) -> dict:
+    """Preview line ``line`` (1-based) of the dataset's annotation as the model sees it: images
+    (``url``; ``tiles=true`` adds the tiles as base64 JPEGs), tile grid, the prompt rendered by
+    the template with the trained spans, and token counts (``model_id``: default the built-in)."""
+    return views.sample(session, dataset_id, line, user, model_id, max_dynamic_patch, max_seq_length, tiles)
+
+
+@router.get("/{dataset_id}/files/{path:path}", response_class=FileResponse)
+def get_file(dataset_id: int, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+    """An image of the dataset (only inside its root)."""
+    return FileResponse(views.image_file(session, dataset_id, path, user))

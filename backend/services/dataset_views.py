@@ -1,0 +1,124 @@
+"""Read side of a registered dataset: its report, a sample preview, its image files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.core.images import ImageProblem, resolve_image
+from backend.core.preview import PreviewError, preview_sample, read_record, tile_images
+from backend.core.tiling import plan_tiles
+from backend.db.models import Dataset, Model, User
+from backend.services import dataset_checks
+from backend.services.datasets import STATS_DIR, get_dataset
+from backend.services.errors import Conflict, InvalidInput, NotFound
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+TILE_THUMB = 128  # pixels: tiles in a preview are for looking at, not for the model
+
+
+def report(session: Session, dataset_id: int, user: User | None, per_sample_offset: int = 0,
+           per_sample_limit: int = 0) -> dict[str, Any]:
+    """The stored report, with ``per_sample`` rows [offset, offset + limit) when asked."""
+    ds = get_dataset(session, dataset_id, user)
+    out = {"dataset_id": ds.id, "status": ds.status, "progress": ds.progress, **(ds.report or {})}
+    if per_sample_limit > 0:
+        rows: list[dict] = []
+        for f in _stats_files(ds):
+            with open(f, encoding="utf-8") as fh:
+                rows = [json.loads(x) for x in islice(fh, per_sample_offset, per_sample_offset + per_sample_limit)]
+        out["per_sample"] = rows
+    return out
+
+
+def _stats_files(ds: Dataset) -> list[Path]:
+    folder = _own_folder(ds)
+    if folder is None or not (folder / STATS_DIR).is_dir():
+        return []
+    k = _index_in_bundle(ds)
+    f = folder / STATS_DIR / f"per_sample-{k}.jsonl"
+    return [f] if f.is_file() else []
+
+
+def _own_folder(ds: Dataset) -> Path | None:
+    for p in (Path(ds.annotation), *Path(ds.annotation).parents):
+        if p.parent.name == "datasets" and p.name.isdigit():
+            return p
+    return None
+
+
+def _index_in_bundle(ds: Dataset) -> int:
+    # Several annotations of one upload share a folder; their rows are consecutive ids.
+    folder = _own_folder(ds)
+    return ds.id - int(folder.name) if folder is not None else 0
+
+
+def _require_ready(ds: Dataset) -> None:
+    if ds.status != "ready":
+        raise Conflict(f"dataset {ds.id} is {ds.status}")
+
+
+def _default_model(session: Session) -> int | None:
+    return session.scalar(select(Model.id).where(Model.builtin.is_(True)).order_by(Model.id))
+
+
+def sample(session: Session, dataset_id: int, line: int, user: User | None, model_id: int | None = None,
+           max_dynamic_patch: int | None = None, max_seq_length: int | None = None,
+           tiles: bool = False) -> dict[str, Any]:
+    """``preview_sample`` of line ``line`` (1-based) with the model's template and tokenizer;
+    images get a ``url`` (``/api/datasets/{id}/files/...``) and, with ``tiles``, the tiles as
+    small base64 JPEGs."""
+    ds = get_dataset(session, dataset_id, user)
+    _require_ready(ds)
+    model_id = model_id if model_id is not None else _default_model(session)
+    checks = dataset_checks.checks_for(session, model_id, user, max_dynamic_patch=max_dynamic_patch,
+                                       max_seq_length=max_seq_length)
+    if checks.settings.template is None:
+        raise InvalidInput("choose a model (model_id) to preview a sample")
+    try:
+        record = read_record(Path(ds.annotation), line)
+        out = preview_sample(record, Path(ds.root), settings=checks.settings, tokenizer=checks.tokenizer)
+    except PreviewError as e:
+        raise InvalidInput(str(e)) from None
+    out["line"], out["notes"] = line, checks.notes
+    for img in out["images"]:
+        img["url"] = f"/api/datasets/{ds.id}/files/{img['path']}"
+        if tiles and "error" not in img:
+            img["tile_images"] = _tile_thumbs(Path(ds.root), img, checks.settings)
+    return out
+
+
+def _tile_thumbs(root: Path, img: dict, s: Any) -> list[str]:
+    path = resolve_image(os.path.realpath(root), img["path"])
+    plan = plan_tiles(img["width"], img["height"], dynamic=s.dynamic_image_size, min_num=s.min_dynamic_patch,
+                      max_num=img["max_tiles"], use_thumbnail=s.use_thumbnail, image_size=s.image_size)
+    out = []
+    for t in tile_images(Path(path), plan, s.image_size):
+        t.thumbnail((TILE_THUMB, TILE_THUMB))
+        buf = io.BytesIO()
+        t.save(buf, format="JPEG", quality=80)
+        out.append("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+def image_file(session: Session, dataset_id: int, rel: str, user: User | None) -> Path:
+    """A dataset image, only inside the dataset's root (no ``..``, no symlink out)."""
+    ds = get_dataset(session, dataset_id, user)
+    _require_ready(ds)
+    try:
+        real = Path(resolve_image(os.path.realpath(ds.root), rel))
+    except ImageProblem as e:
+        raise NotFound(f"{rel}: {e.message}") from None
+    if real.suffix.lower() not in IMAGE_SUFFIXES:
+        raise NotFound(f"{rel}: not an image file")
+    if not real.is_file():
+        raise NotFound(f"{rel}: no such file in dataset {dataset_id}")
+    return real
