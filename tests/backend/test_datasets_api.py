@@ -335,3 +335,30 @@ def test_meta_file_from_datasets_and_a_mixture(api):
         r = api.post("/api/meta", json=bad)
         assert r.status_code == 422 and fragment in json.dumps(r.json()), (bad, r.text)
     assert api.post("/api/meta", json={"datasets": [{"dataset_id": 999}]}).status_code == 404
+
+
+def test_model_tokenizer_counts_tokens_in_checks_and_preview(api, tmp_path):
+    from backend.db.session import session_scope
+    from backend.services.models import register_model
+    from tests.core.conftest import build_tokenizer
+
+    folder = tmp_path / "tiny-model"
+    folder.mkdir()
+    build_tokenizer().backend_tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "internvl_chat", "template": "internlm2-chat", "max_dynamic_patch": 6,
+        "use_thumbnail": True, "dynamic_image_size": True, "force_image_size": 448, "downsample_ratio": 0.5,
+        "vision_config": {"patch_size": 14, "image_size": 448}, "llm_config": {"architectures": ["InternLM2ForCausalLM"]}}))
+    with session_scope() as s:
+        model_id = register_model(s, name="tok-model", path=str(folder), family="internvl", template="internlm2-chat",
+                                  info={}).id
+    files = demo_files(2)
+    r = post_zip(api, zip_bytes(files), model_id=model_id, max_dynamic_patch=1, max_seq_length=258)
+    assert r.status_code == 422 and {e["code"] for e in r.json()["errors"]} == {"too_long"}
+    ds = post_zip(api, zip_bytes(files), model_id=model_id, max_dynamic_patch=1, max_seq_length=2000).json()
+    report = api.get(f"/api/datasets/{ds['id']}/report?per_sample_limit=2").json()
+    assert report["notes"] == [] and report["stats"]["tokens"]["samples"] == 2
+    assert all(row["text_tokens"] > 0 and row["image_tokens"] == 258 for row in report["per_sample"]), json.dumps(report["per_sample"])
+    prev = api.get(f"/api/datasets/{ds['id']}/samples/1?model_id={model_id}&max_dynamic_patch=1").json()
+    counts = prev["tokens"]["counts"]
+    assert counts["image"] == 258 and counts["total"] == counts["text"] + 258  # 256 + <img> </img> and counts["trained"] > 0
