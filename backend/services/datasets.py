@@ -243,6 +243,8 @@ def register(session: Session, settings: Settings, src: Source, name: str, opts:
             session.commit()
             moved = Source(final, [(_moved(a, src.staging, final), _moved(r, src.staging, final))
                                    for a, r in src.pairs], src.server_side)
+            if opts.val_upload is not None:
+                opts.val_upload = _moved(opts.val_upload, src.staging, final)
             ids = [ds.id for ds in rows]
             dataset_checks.start(ids, lambda cancel: _background(ids, moved, opts, cancel))
             return rows

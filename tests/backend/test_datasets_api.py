@@ -93,6 +93,7 @@ def post_zip(api, data: bytes, **form):
                     data={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in form.items()})
 
 
+_real_png = [d for n, d in demo_files(1).items() if n.endswith(".png")][0]
 BAD = {
     "empty file": (b"", "empty file"),
     "not a zip": (b"this is not a zip", "not a zip"),
@@ -100,8 +101,8 @@ BAD = {
     "absolute path": (zip_with([("/tmp/evil.jsonl", "{}")]), "zip slip"),
     "zip bomb": (zip_with([("ann.jsonl", "{}\n"), ("zeros.bin", b"\0" * (8 << 20))]), "zip bomb"),
     "invalid utf-8": (zip_with([("ann.jsonl", b'{"id": "\xff\xfe", "conversations": []}\n')]), "UTF-8"),
-    "truncated image": (zip_bytes(one_image(png_header(64, 48)[:20])), "x.png"),
-    "not an image": (zip_bytes(one_image(b"GIF89a but not really an image at all")), "x.png"),
+    "truncated image": (zip_bytes(one_image(_real_png[: len(_real_png) // 2])), "image_unreadable"),
+    "not an image": (zip_bytes(one_image(b"GIF89a but not really an image at all")), "image_unreadable"),
     "30000x30000": (zip_bytes(one_image(png_header(30000, 30000))), "pixels"),
 }
 _link = zipfile.ZipInfo("images/link.png")
@@ -362,3 +363,15 @@ def test_model_tokenizer_counts_tokens_in_checks_and_preview(api, tmp_path):
     prev = api.get(f"/api/datasets/{ds['id']}/samples/1?model_id={model_id}&max_dynamic_patch=1").json()
     counts = prev["tokens"]["counts"]
     assert counts["image"] == 258 and counts["total"] == counts["text"] + 258  # 256 + <img> </img> and counts["trained"] > 0
+
+
+def test_background_validation_keeps_the_validation_split(api):
+    files = demo_files(4)
+    lines = files["ann.jsonl"].splitlines(keepends=True)
+    files["ann.jsonl"] = "".join(lines[:3])
+    r = api.post("/api/datasets", files={"file": ("ds.zip", zip_bytes(files), "application/zip"),
+                                         "validation": ("val.jsonl", lines[3].encode(), "text/plain")},
+                 data={"background": "true"})
+    assert r.status_code == 202, r.text
+    ds = wait_status(api, r.json()["id"])
+    assert (ds["status"], ds["num_samples"], ds["num_val_samples"]) == ("ready", 3, 1)
