@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core.archive import ArchiveError, extract_zip, find_annotations
@@ -84,7 +84,7 @@ def source_from_folder(staging: Path) -> Source:
         shutil.rmtree(staging, ignore_errors=True)
         raise InvalidInput(f"upload images with exactly one .jsonl annotation ({len(anns)} given)",
                            [str(a.relative_to(staging)) for a in anns])
-    return Source(staging, [(anns[0], staging)])
+    return Source(staging, [(anns[0], anns[0].parent)])
 
 
 def source_from_path(settings: Settings, root: str, annotation: str) -> Source:
@@ -276,15 +276,21 @@ def _background(ids: list[int], src: Source, opts: Options, cancel: threading.Ev
     except Exception as e:  # noqa: BLE001 - recorded on the rows: a thread has nobody else to tell
         status, report = "failed", {"ok": False, "message": f"validation crashed: {type(e).__name__}: {e}"}
     with make() as s:
-        rows = [s.get(Dataset, i) for i in ids]
-        if any(r is None or r.status == "cancelled" for r in rows):
+        # Claim the rows (progress 1.0 while still validating): a cancel from now on gets 409;
+        # one that landed before left them 'cancelled', which the claim then skips.
+        claimed = s.execute(update(Dataset).where(Dataset.id.in_(ids), Dataset.status == "validating",
+                                                  Dataset.progress < 1.0).values(progress=1.0)).rowcount
+        s.commit()
+        if claimed != len(ids):
             status, report = "cancelled", {"ok": False, "message": "validation cancelled"}
-        live = [r for r in rows if r is not None]
+        live = [r for r in (s.get(Dataset, i) for i in ids) if r is not None]
         if status == "ready":
             try:
                 _fill(live, src, accepted, opts)
             except InvalidInput as e:
                 status, report = "failed", {"ok": False, "message": e.message, "errors": e.details}
+            except Exception as e:  # noqa: BLE001 - as above
+                status, report = "failed", {"ok": False, "message": f"registration crashed: {type(e).__name__}: {e}"}
         if status != "ready":
             for r in live:
                 r.status, r.report, r.num_samples, r.num_images = status, report, 0, 0
@@ -294,10 +300,13 @@ def _background(ids: list[int], src: Source, opts: Options, cancel: threading.Ev
 
 def cancel_validation(session: Session, dataset_id: int, user: User | None) -> Dataset:
     ds = get_dataset(session, dataset_id, user)
-    if ds.status != "validating":
-        raise Conflict(f"dataset {dataset_id} is {ds.status}, not validating")
-    ds.status = "cancelled"
+    done = session.execute(update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "validating",
+                                                 Dataset.progress < 1.0).values(status="cancelled")).rowcount
     session.commit()
+    session.refresh(ds)
+    if not done:
+        state = "finishing its validation" if ds.status == "validating" else ds.status
+        raise Conflict(f"dataset {dataset_id} is {state}, not cancellable")
     dataset_checks.signal_cancel(dataset_id)
     return ds
 
