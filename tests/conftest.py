@@ -129,6 +129,23 @@ def start_studio(tmp_path: Path, database_url: str | None = None, broker_url: st
     raise RuntimeError("the API did not start:\n" + (data / "api.log").read_text()[-3000:])
 
 
+def restart_api(studio: Studio) -> None:
+    """Stop the API process and start a new one on the same port (workers keep running)."""
+    api = studio.procs[0]
+    api.terminate()
+    api.wait(timeout=30)
+    studio.procs[0] = subprocess.Popen([sys.executable, "-m", "backend.cli", "api"], env=studio.env, cwd=REPO,
+                                       stdout=open(studio.data_dir / "api.log", "ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(studio.url + "/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("the API did not come back:\n" + (studio.data_dir / "api.log").read_text()[-3000:])
+
+
 def start_worker(env: dict[str, str], data: Path, name: str) -> subprocess.Popen:
     """A Celery worker process (its own session, so a test can kill -9 it alone)."""
     return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--hostname", f"{name}@%h"], env=env,

@@ -1,6 +1,6 @@
-"""Cancel, checkpoint, resume, and SSE resume after a reconnect, through the REST API with
-real workers running torchrun + DeepSpeed: embedded (SQLite + filesystem broker) and
-production (PostgreSQL + Redis)."""
+"""Cancel, checkpoint, resume, SSE resume after a reconnect, and (production) an API restart
+mid-run, through the REST API with real workers running torchrun + DeepSpeed: embedded
+(SQLite + filesystem broker) and production (PostgreSQL + Redis)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import restart_api
 from tests.e2e.jobs_helpers import metric_steps, read_sse, submit, upload_demo, wait_until
 
 pytestmark = pytest.mark.slow
 STEPS = 14
 
 
-def cancel_then_resume(studio, tmp_path: Path) -> None:
+def cancel_then_resume(studio, tmp_path: Path, restart_api_midway: bool = False) -> None:
     ds = upload_demo(studio, tmp_path)
     job = submit(studio, ds, max_steps=STEPS)
-    wait_until(studio, job["id"], lambda j: j["step"] >= 2, "step 2")
+    running = wait_until(studio, job["id"], lambda j: j["step"] >= 2, "step 2")
+    if restart_api_midway:  # the API holds no job state: the run goes on, the new API sees it
+        restart_api(studio)
+        after = wait_until(studio, job["id"], lambda j: j["step"] > running["step"], "progress after the restart")
+        assert after["status"] == "running" and after["worker"] == running["worker"]
     with studio.api as api:
         assert api.post(f"/jobs/{job['id']}/cancel").json()["status"] in ("stopping", "cancelled")
     done = studio.wait_job(job["id"], timeout=300)
@@ -64,4 +69,4 @@ def test_cancel_saves_a_checkpoint_and_resume_continues_embedded(embedded_studio
 
 @pytest.mark.production
 def test_cancel_saves_a_checkpoint_and_resume_continues_production(production_studio, tmp_path):
-    cancel_then_resume(production_studio, tmp_path)
+    cancel_then_resume(production_studio, tmp_path, restart_api_midway=True)
