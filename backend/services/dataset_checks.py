@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,7 @@ def checks_for(session: Session, model_id: int | None, user: User | None, *, max
                     "min_dynamic_patch": ms.min_dynamic_patch, "use_thumbnail": ms.use_thumbnail,
                     "dynamic_image_size": ms.dynamic_image_size, "image_size": ms.image_size,
                     "tokens_per_tile": ms.tokens_per_tile}
-            tokenizer = load_tokenizer(folder)
-            require_image_tokens(tokenizer)
+            tokenizer = _tokenizer(str(folder), _mtime(folder))
         except (ModelFolderError, OSError) as e:
             base.setdefault("template", m.template)
             tokenizer = None
@@ -72,6 +72,21 @@ def checks_for(session: Session, model_id: int | None, user: User | None, *, max
     except (TemplateError, ValueError) as e:
         raise InvalidInput(str(e)) from None
     return Checks(settings, tokenizer, notes)
+
+
+def _mtime(folder: Path) -> float:
+    files = [folder / "tokenizer.json", folder / "tokenizer_config.json"]
+    return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(folder: str, mtime: float) -> Any:
+    """Loading a real tokenizer takes up to a second; previews ask for it on every click.
+    ``mtime`` in the key: a re-exported folder is loaded again."""
+    del mtime
+    tokenizer = load_tokenizer(Path(folder))
+    require_image_tokens(tokenizer)
+    return tokenizer
 
 
 class Progress:
