@@ -24,30 +24,44 @@ def slurm_cluster() -> str:
     """Starts (or checks) munged, slurmctld and the slurmd of partitions debug and twonode."""
     out = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
-        pytest.fail(f"could not start Slurm with {SETUP} (exit {out.returncode}):\n"
-                    f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        pytest.fail(
+            f"could not start Slurm with {SETUP} (exit {out.returncode}):\n"
+            f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
     return out.stdout
 
 
 def slurm_env(partition: str, **more: str) -> dict[str, str]:
-    return {"VLSTUDIO_BACKEND": "slurm", "VLSTUDIO_SLURM_PARTITION": partition,
-            "VLSTUDIO_SLURM_POLL_SECONDS": "1", "VLSTUDIO_SLURM_TIME_LIMIT": "30:00", **more}
+    return {
+        "VLSTUDIO_BACKEND": "slurm",
+        "VLSTUDIO_SLURM_PARTITION": partition,
+        "VLSTUDIO_SLURM_POLL_SECONDS": "1",
+        "VLSTUDIO_SLURM_TIME_LIMIT": "30:00",
+        **more,
+    }
 
 
-def studio_on(tmp_path: Path, partition: str, **more: str) -> Iterator[Studio]:
-    studio = start_studio(tmp_path, extra_env=slurm_env(partition, **more))
+def studio_on(
+    tmp_path: Path, database_url: str, broker_url: str, partition: str, **more: str
+) -> Iterator[Studio]:
+    studio = start_studio(
+        tmp_path, database_url=database_url, broker_url=broker_url, extra_env=slurm_env(partition, **more)
+    )
     yield studio
     stop_studio(studio)
 
 
-@pytest.fixture(scope="module")
-def slurm_studio(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
-    """One studio (embedded mode) with the Slurm backend on the one-node partition."""
-    yield from studio_on(tmp_path_factory.mktemp("slurm-studio"), "debug")
+# The production mode (PostgreSQL + Redis), as on a login node: see docs/deploy-slurm.md.
+@pytest.fixture
+def slurm_studio(slurm_cluster: str, tmp_path: Path, pg_database: str, redis_broker: str) -> Iterator[Studio]:
+    """A studio with the Slurm backend on the one-node partition."""
+    yield from studio_on(tmp_path, pg_database, redis_broker, "debug")
 
 
-@pytest.fixture(scope="module")
-def twonode_studio(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+@pytest.fixture
+def twonode_studio(
+    slurm_cluster: str, tmp_path: Path, pg_database: str, redis_broker: str
+) -> Iterator[Studio]:
     """A studio whose jobs go to the partition of two slurmd "hosts" in network namespaces, and
     which lets Slurm requeue a job after a node failure."""
-    yield from studio_on(tmp_path_factory.mktemp("twonode-studio"), "twonode", VLSTUDIO_SLURM_REQUEUE="true")
+    yield from studio_on(tmp_path, pg_database, redis_broker, "twonode", VLSTUDIO_SLURM_REQUEUE="true")

@@ -29,9 +29,19 @@ def upload_demo(studio, tmp_path: Path) -> tuple[int, int]:
 
 
 def submit(studio, dataset_id: int, model_id: int, **hyper) -> int:
-    body = {"dataset_id": dataset_id, "model_id": model_id, "preset": "demo",
-            "hyperparameters": {"max_steps": STEPS, "nproc_per_node": 2, "zero_stage": 2,
-                                "per_device_batch_size": 2, "learning_rate": 1e-3, **hyper}}
+    body = {
+        "dataset_id": dataset_id,
+        "model_id": model_id,
+        "preset": "demo",
+        "hyperparameters": {
+            "max_steps": STEPS,
+            "nproc_per_node": 2,
+            "zero_stage": 2,
+            "per_device_batch_size": 2,
+            "learning_rate": 1e-3,
+            **hyper,
+        },
+    }
     r = studio.api.post("/jobs", json=body)
     assert r.status_code == 201, r.text
     return r.json()["id"]
@@ -64,7 +74,9 @@ def watch(studio, job_id: int, until, timeout: float = 600) -> dict:
 
 
 def scontrol_state(slurm_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", slurm_id], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", slurm_id], capture_output=True, text=True, check=True
+    )
     return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
 
 
@@ -84,13 +96,22 @@ def test_job_runs_through_sbatch_and_srun(slurm_studio, tmp_path):
     assert (run_dir / "slurm_job_id").read_text().strip() == sid
     script = (run_dir / "job.sbatch").read_text()
     # The studio shows the script it submitted, line by line, as it is in the run folder.
-    assert [x[len("slurm| "):] for x in lines if x.startswith("slurm| ")] == script.splitlines()
+    assert [x[len("slurm| ") :] for x in lines if x.startswith("slurm| ")] == script.splitlines()
     assert "srun " in script and "--rdzv_backend c10d" in script and "--partition=debug" in script
+    # ... and as files of the run folder, through the API like any other.
+    api = slurm_studio.api
+    assert {"job.sbatch", "slurm_job_id"} <= set(api.get(f"/jobs/{job_id}").json()["run_files"])
+    assert api.get(f"/jobs/{job_id}/files/job.sbatch").text == script
+    assert api.get(f"/jobs/{job_id}/files/slurm_job_id").text.strip() == sid
     assert any(x.startswith(f"slurm: job {sid} ended COMPLETED") for x in lines), lines[-10:]
     assert any("world size 2" in x for x in lines), "the trainer did not run 2 processes"
     for step in range(1, STEPS + 1):
-        assert any(x.startswith(f"step {step}/{STEPS} | loss ") for x in lines), f"no log line for step {step}"
-    assert [m["step"] for m in slurm_studio.api.get(f"/jobs/{job_id}/metrics").json()] == list(range(1, STEPS + 1))
+        assert any(x.startswith(f"step {step}/{STEPS} | loss ") for x in lines), (
+            f"no log line for step {step}"
+        )
+    assert [m["step"] for m in slurm_studio.api.get(f"/jobs/{job_id}/metrics").json()] == list(
+        range(1, STEPS + 1)
+    )
     assert (run_dir / "final" / "config.json").exists()
 
     # Slurm itself agrees: the batch job completed with exit code 0 and wrote the studio's log.
@@ -161,8 +182,9 @@ def test_two_nodes_train_across_network_namespaces(twonode_studio, tmp_path):
 
 
 def squeue_field(slurm_id: str, field: str) -> str:
-    return subprocess.run(["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", field], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", field], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(twonode_studio, tmp_path):
@@ -176,7 +198,9 @@ def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(twonode_stud
     try:
         # The node "fails" (and stays down): Slurm kills the job there and, as it was submitted with
         # --requeue, queues it again; it restarts on the other node.
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=vlstudio-test"], check=True)
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=down", "reason=vlstudio-test"], check=True
+        )
         deadline = time.monotonic() + 60
         while squeue_field(sid, "%T") != "PENDING":
             assert time.monotonic() < deadline, squeue_field(sid, "%T %r")
@@ -198,4 +222,4 @@ def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(twonode_stud
     k = int(resumed.rsplit("-", 1)[-1])
     assert k >= 2 and k % 2 == 0
     steps = [m["step"] for m in twonode_studio.api.get(f"/jobs/{job_id}/metrics").json()]
-    assert steps[-(10 - k):] == list(range(k + 1, 11)) and set(steps) == set(range(1, 11)), steps
+    assert steps[-(10 - k) :] == list(range(k + 1, 11)) and set(steps) == set(range(1, 11)), steps

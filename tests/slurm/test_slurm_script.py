@@ -19,31 +19,64 @@ from worker.slurm.script import SlurmConfigError, SlurmJobRequest, render_sbatch
 
 def write_spec(run: Path, **hyper) -> Path:
     run.mkdir(parents=True, exist_ok=True)
-    spec = TrainingSpec(job_id=7, model_path="/m", template="internlm2-chat", meta_path=str(run / "meta.json"),
-                        output_dir=str(run), hyper=Hyperparameters(**hyper))
+    spec = TrainingSpec(
+        job_id=7,
+        model_path="/m",
+        template="internlm2-chat",
+        meta_path=str(run / "meta.json"),
+        output_dir=str(run),
+        hyper=Hyperparameters(**hyper),
+    )
     spec.write(run / "spec.json")
     return run / "spec.json"
 
 
 def request(tmp_path: Path, settings: Settings, **job) -> SlurmJobRequest:
-    job = {"job_name": "vlstudio-job-7", "run_dir": tmp_path, "log_path": tmp_path / "log.txt",
-           "spec_path": tmp_path / "spec.json", "python": "/venv/bin/python", **job}
+    job = {
+        "job_name": "vlstudio-job-7",
+        "run_dir": tmp_path,
+        "log_path": tmp_path / "log.txt",
+        "spec_path": tmp_path / "spec.json",
+        "python": "/venv/bin/python",
+        **job,
+    }
     return SlurmJobRequest.from_settings(settings, **job)
 
 
 def test_script_carries_the_deployment_and_the_job(tmp_path):
-    settings = Settings(slurm_partition="gpu", slurm_account="proj", slurm_qos="high", slurm_time_limit="1-00:00:00",
-                        slurm_extra_options="--exclusive --constraint='a100&ib'", slurm_setup="module load cuda",
-                        slurm_requeue=True, slurm_cpus_per_task=32)
+    settings = Settings(
+        slurm_partition="gpu",
+        slurm_account="proj",
+        slurm_qos="high",
+        slurm_time_limit="1-00:00:00",
+        slurm_extra_options="--exclusive --constraint='a100&ib'",
+        slurm_setup="module load cuda",
+        slurm_requeue=True,
+        slurm_cpus_per_task=32,
+    )
     script = render_sbatch(request(tmp_path, settings, nnodes=4, nproc_per_node=8, gpus_per_node=8))
-    for directive in ("--partition=gpu", "--account=proj", "--qos=high", "--time=1-00:00:00", "--nodes=4",
-                      "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=32", "--requeue",
-                      "--exclusive", "'--constraint=a100&ib'", "--signal=B:USR1@120",
-                      f"--output={tmp_path / 'log.txt'}", "--open-mode=append"):
+    for directive in (
+        "--partition=gpu",
+        "--account=proj",
+        "--qos=high",
+        "--time=1-00:00:00",
+        "--nodes=4",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=8",
+        "--cpus-per-task=32",
+        "--requeue",
+        "--exclusive",
+        "'--constraint=a100&ib'",
+        "--signal=B:USR1@120",
+        f"--output={tmp_path / 'log.txt'}",
+        "--open-mode=append",
+    ):
         assert f"#SBATCH {directive}\n" in script, directive
     assert "module load cuda\n" in script
-    assert ("srun --kill-on-bad-exit=1 --nodes=4 --ntasks-per-node=1 /venv/bin/python -m torch.distributed.run "
-            "--nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint \"$HEAD_NODE:$PORT\"") in script
+    assert (
+        "srun --kill-on-bad-exit=1 --nodes=4 --ntasks-per-node=1 /venv/bin/python -m torch.distributed.run "
+        '--nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint "$HEAD_NODE:$PORT"'
+    ) in script
     # bash accepts it
     path = tmp_path / "job.sbatch"
     path.write_text(script)
@@ -78,7 +111,11 @@ class FakeSlurm:
         self.calls.append(args)
         out, rc, err = "", 0, ""
         if args[0] == "sbatch":
-            out, rc, err = "4242;cluster\n", self.sbatch_rc, "sbatch: error: Invalid account or account/partition"
+            out, rc, err = (
+                "4242;cluster\n",
+                self.sbatch_rc,
+                "sbatch: error: Invalid account or account/partition",
+            )
         elif args[0] == "squeue":
             out = self.squeue.pop(0) if self.squeue else ""
             rc = 0 if out else 1
@@ -93,8 +130,12 @@ def started(tmp_path: Path, fake: FakeSlurm, **settings) -> SlurmExecutor:
     spec = write_spec(tmp_path / "run", nproc_per_node=2)
     ex = SlurmExecutor(Settings(slurm_poll_seconds=0.001, **settings), run=fake)
     ex.run_env = lambda args, env, cwd: fake(args)  # type: ignore[method-assign]
-    ex.start(build_command(spec, 2, 1234), tmp_path / "run", tmp_path / "run" / "log.txt",
-             {"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": "1"})
+    ex.start(
+        build_command(spec, 2, 1234),
+        tmp_path / "run",
+        tmp_path / "run" / "log.txt",
+        {"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": "1"},
+    )
     return ex
 
 
@@ -108,21 +149,27 @@ def finish(ex: SlurmExecutor) -> int:
 
 
 def test_timeout_ends_with_its_reason_and_a_nonzero_code(tmp_path):
-    fake = FakeSlurm(["PENDING|Priority||0|", "RUNNING|None|node07|0|", "TIMEOUT|TimeLimit|node07|0|"],
-                     sacct="TIMEOUT|0:15|TimeLimit|node07\n")
+    fake = FakeSlurm(
+        ["PENDING|Priority||0|", "RUNNING|None|node07|0|", "TIMEOUT|TimeLimit|node07|0|"],
+        sacct="TIMEOUT|0:15|TimeLimit|node07\n",
+    )
     ex = started(tmp_path, fake)
     assert (tmp_path / "run" / "slurm_job_id").read_text() == "4242\n"
     assert finish(ex) == 143
     log = (tmp_path / "run" / "log.txt").read_text().splitlines()
     assert "slurm: submitted batch job 4242" in log
     assert "slurm: job 4242 PENDING (reason: Priority)" in log and "slurm: job 4242 RUNNING on node07" in log
-    assert log[-1] == ("slurm: job 4242 ended TIMEOUT on node07 (reason: TimeLimit), exit code 143: the time "
-                       "limit was reached; resume from the last checkpoint")
+    assert log[-1] == (
+        "slurm: job 4242 ended TIMEOUT on node07 (reason: TimeLimit), exit code 143: the time "
+        "limit was reached; resume from the last checkpoint"
+    )
 
 
 def test_without_accounting_the_end_comes_from_scontrol(tmp_path):
-    fake = FakeSlurm(["RUNNING|None|vm|0|", ""], scontrol="JobId=4242 JobState=FAILED Reason=NonZeroExitCode "
-                                                      "ExitCode=124:0 NodeList=vm\n")
+    fake = FakeSlurm(
+        ["RUNNING|None|vm|0|", ""],
+        scontrol="JobId=4242 JobState=FAILED Reason=NonZeroExitCode ExitCode=124:0 NodeList=vm\n",
+    )
     ex = started(tmp_path, fake)
     assert finish(ex) == 124
     assert "before the time limit; resume the job to continue" in (tmp_path / "run" / "log.txt").read_text()
@@ -131,7 +178,10 @@ def test_without_accounting_the_end_comes_from_scontrol(tmp_path):
 def test_sbatch_refusal_fails_the_job_with_slurms_message(tmp_path):
     ex = started(tmp_path, FakeSlurm([], sbatch_rc=1))
     assert ex.poll() == 1
-    assert "slurm: sbatch refused the job: sbatch: error: Invalid account" in (tmp_path / "run" / "log.txt").read_text()
+    assert (
+        "slurm: sbatch refused the job: sbatch: error: Invalid account"
+        in (tmp_path / "run" / "log.txt").read_text()
+    )
 
 
 def test_cancel_signals_the_training_step_and_kill_escalates(tmp_path):
@@ -141,8 +191,11 @@ def test_cancel_signals_the_training_step_and_kill_escalates(tmp_path):
     ex.terminate()
     ex.kill()
     scancels = [c for c in fake.calls if c[0] == "scancel"]
-    assert scancels == [["scancel", "--signal=TERM", "4242"], ["scancel", "--signal=KILL", "--full", "4242"],
-                        ["scancel", "4242"]]
+    assert scancels == [
+        ["scancel", "--signal=TERM", "4242"],
+        ["scancel", "--signal=KILL", "--full", "4242"],
+        ["scancel", "4242"],
+    ]
 
 
 def test_pending_job_is_cancelled_outright(tmp_path):
@@ -155,13 +208,20 @@ def test_pending_job_is_cancelled_outright(tmp_path):
 
 def test_requeue_seen_by_its_restart_count_is_told_in_the_log(tmp_path):
     # Between two polls the job was requeued and restarted elsewhere: only the count shows it.
-    fake = FakeSlurm(["RUNNING|None|vn1|0|", "RUNNING|None|vn2|1|", "COMPLETED|None|vn2|1|"],
-                     scontrol="JobState=COMPLETED ExitCode=0:0 NodeList=vn2")
+    fake = FakeSlurm(
+        ["RUNNING|None|vn1|0|", "RUNNING|None|vn2|1|", "COMPLETED|None|vn2|1|"],
+        scontrol="JobState=COMPLETED ExitCode=0:0 NodeList=vn2",
+    )
     assert finish(started(tmp_path, fake)) == 0
     log = (tmp_path / "run" / "log.txt").read_text().splitlines()
-    assert log.index("slurm: job 4242 RUNNING on vn1") < log.index(
-        "slurm: job 4242 was requeued by Slurm (node failure or preemption); it resumes from its last "
-        "checkpoint when it starts again") < log.index("slurm: job 4242 RUNNING on vn2")
+    assert (
+        log.index("slurm: job 4242 RUNNING on vn1")
+        < log.index(
+            "slurm: job 4242 was requeued by Slurm (node failure or preemption); it resumes from its last "
+            "checkpoint when it starts again"
+        )
+        < log.index("slurm: job 4242 RUNNING on vn2")
+    )
 
 
 def test_exit_codes_follow_the_shell_convention():

@@ -99,8 +99,10 @@ class SlurmExecutor:
             return self._unknown(now)
         self.unknown_since = None
         if self.last is not None and st.restarts > self.last.restarts:
-            self._say(f"slurm: job {self.job_id} was requeued by Slurm (node failure or preemption); "
-                      "it resumes from its last checkpoint when it starts again")
+            self._say(
+                f"slurm: job {self.job_id} was requeued by Slurm (node failure or preemption); "
+                "it resumes from its last checkpoint when it starts again"
+            )
         if self.last is None or (st.state, st.nodes) != (self.last.state, self.last.nodes):
             if not st.finished:
                 self._say(f"slurm: job {self.job_id} {st.describe()}")
@@ -109,8 +111,11 @@ class SlurmExecutor:
         if st.finished:
             code = st.outcome_code()
             cause = first_error(self.log_path) if code else None
-            self._finish(code, f"slurm: job {self.job_id} ended {st.describe()}, exit code {code}: "
-                               f"{st.meaning()}" + (f"; first error in the log: {cause}" if cause else ""))
+            self._finish(
+                code,
+                f"slurm: job {self.job_id} ended {st.describe()}, exit code {code}: "
+                f"{st.meaning()}" + (f"; first error in the log: {cause}" if cause else ""),
+            )
         return self.result
 
     def terminate(self) -> None:
@@ -147,16 +152,25 @@ class SlurmExecutor:
         python, spec_path, nproc = parse_command(cmd)
         spec = TrainingSpec.read(spec_path)
         req = SlurmJobRequest.from_settings(
-            self.settings, job_name=f"vlstudio-job-{spec.job_id}", run_dir=run_dir, log_path=log_path,
-            spec_path=spec_path, python=python, nnodes=spec.hyper.nnodes, nproc_per_node=nproc,
-            gpus_per_node=spec.hyper.gpus)
+            self.settings,
+            job_name=f"vlstudio-job-{spec.job_id}",
+            run_dir=run_dir,
+            log_path=log_path,
+            spec_path=spec_path,
+            python=python,
+            nnodes=spec.hyper.nnodes,
+            nproc_per_node=nproc,
+            gpus_per_node=spec.hyper.gpus,
+        )
         path = run_dir / SCRIPT_NAME
         path.write_text(render_sbatch(req))
         path.chmod(0o755)
         return path
 
     def run_env(self, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            args, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        )
 
     def _scancel(self, *opts: str) -> None:
         out = self.run(["scancel", *opts, str(self.job_id)])
@@ -169,8 +183,11 @@ class SlurmExecutor:
             self.unknown_since = now
             self._say(f"slurm: job {self.job_id} not found by squeue/sacct/scontrol; retrying")
         elif now - self.unknown_since > max(120.0, 10 * self.settings.slurm_poll_seconds):
-            self._finish(1, f"slurm: job {self.job_id} is unknown to Slurm (squeue, sacct, scontrol): "
-                            "it was purged or the controller is unreachable")
+            self._finish(
+                1,
+                f"slurm: job {self.job_id} is unknown to Slurm (squeue, sacct, scontrol): "
+                "it was purged or the controller is unreachable",
+            )
         return self.result
 
     def _finish(self, code: int, line: str) -> None:

@@ -16,8 +16,11 @@ from backend.core.spec import TrainingSpec
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     """The highest ``checkpoint-N`` whose trainer state was written (a half-written one has none)."""
-    done = [p for p in checkpoints.glob("checkpoint-*")
-            if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
+    done = [
+        p
+        for p in checkpoints.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()
+    ]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 

@@ -48,32 +48,53 @@ class SlurmJobRequest:
 
     @classmethod
     def from_settings(cls, settings: Settings, **job: object) -> SlurmJobRequest:
-        req = cls(partition=settings.slurm_partition, account=settings.slurm_account, qos=settings.slurm_qos,
-                  time_limit=settings.slurm_time_limit, cpus_per_task=settings.slurm_cpus_per_task,
-                  extra_options=shlex.split(settings.slurm_extra_options), setup=settings.slurm_setup,
-                  requeue=settings.slurm_requeue, signal_seconds=settings.slurm_signal_seconds,
-                  **job)  # type: ignore[arg-type]
+        req = cls(
+            partition=settings.slurm_partition,
+            account=settings.slurm_account,
+            qos=settings.slurm_qos,
+            time_limit=settings.slurm_time_limit,
+            cpus_per_task=settings.slurm_cpus_per_task,
+            extra_options=shlex.split(settings.slurm_extra_options),
+            setup=settings.slurm_setup,
+            requeue=settings.slurm_requeue,
+            signal_seconds=settings.slurm_signal_seconds,
+            **job,
+        )  # type: ignore[arg-type]
         if settings.slurm_python:
             req.python = settings.slurm_python
         limit = settings.slurm_gpus_per_node
         if limit is not None and req.gpus_per_node > limit:
-            raise SlurmConfigError(f"the job asks for {req.gpus_per_node} GPUs per node but the partition's "
-                                   f"nodes have {limit} (VLSTUDIO_SLURM_GPUS_PER_NODE)")
+            raise SlurmConfigError(
+                f"the job asks for {req.gpus_per_node} GPUs per node but the partition's "
+                f"nodes have {limit} (VLSTUDIO_SLURM_GPUS_PER_NODE)"
+            )
         shared = settings.slurm_shared_dir
         if shared is not None and not req.run_dir.resolve().is_relative_to(shared.expanduser().resolve()):
-            raise SlurmConfigError(f"the run folder {req.run_dir} is not inside the shared folder {shared} "
-                                   "(VLSTUDIO_SLURM_SHARED_DIR): the nodes could not read it; put "
-                                   "VLSTUDIO_DATA_DIR on the shared filesystem")
+            raise SlurmConfigError(
+                f"the run folder {req.run_dir} is not inside the shared folder {shared} "
+                "(VLSTUDIO_SLURM_SHARED_DIR): the nodes could not read it; put "
+                "VLSTUDIO_DATA_DIR on the shared filesystem"
+            )
         return req
 
 
 def _directives(req: SlurmJobRequest) -> list[str]:
     q = shlex.quote
-    opts = [f"--job-name={q(req.job_name)}", f"--chdir={q(str(req.run_dir))}",
-            f"--output={q(str(req.log_path))}", "--open-mode=append",
-            f"--nodes={req.nnodes}", "--ntasks-per-node=1"]
-    for flag, value in (("partition", req.partition), ("account", req.account), ("qos", req.qos),
-                        ("time", req.time_limit), ("cpus-per-task", req.cpus_per_task)):
+    opts = [
+        f"--job-name={q(req.job_name)}",
+        f"--chdir={q(str(req.run_dir))}",
+        f"--output={q(str(req.log_path))}",
+        "--open-mode=append",
+        f"--nodes={req.nnodes}",
+        "--ntasks-per-node=1",
+    ]
+    for flag, value in (
+        ("partition", req.partition),
+        ("account", req.account),
+        ("qos", req.qos),
+        ("time", req.time_limit),
+        ("cpus-per-task", req.cpus_per_task),
+    ):
         if value:
             opts.append(f"--{flag}={q(str(value))}")
     if req.gpus_per_node:
@@ -89,16 +110,18 @@ def _directives(req: SlurmJobRequest) -> list[str]:
 def render_sbatch(req: SlurmJobRequest) -> str:
     q = shlex.quote
     py = q(req.python)
-    launcher = (f"{py} -m torch.distributed.run --nnodes {req.nnodes} --nproc_per_node {req.nproc_per_node} "
-                f'--rdzv_backend c10d --rdzv_endpoint "$HEAD_NODE:$PORT" --rdzv_id "$SLURM_JOB_ID" '
-                f'-m {TRAIN_MODULE} --spec "$SPEC"')
+    launcher = (
+        f"{py} -m torch.distributed.run --nnodes {req.nnodes} --nproc_per_node {req.nproc_per_node} "
+        f'--rdzv_backend c10d --rdzv_endpoint "$HEAD_NODE:$PORT" --rdzv_id "$SLURM_JOB_ID" '
+        f'-m {TRAIN_MODULE} --spec "$SPEC"'
+    )
     lines = [
         "#!/bin/bash",
         f"# {req.job_name}: written by vlstudio's worker. Rerun by hand: sbatch {q(str(req.run_dir))}/job.sbatch",
         *_directives(req),
         "set -uo pipefail",
         "export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false",
-        f'export PYTHONPATH={q(str(CODE_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}',
+        f"export PYTHONPATH={q(str(CODE_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
         req.setup.strip(),
         f"SPEC={q(str(req.spec_path))}",
         'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then',
@@ -113,7 +136,7 @@ def render_sbatch(req: SlurmJobRequest) -> str:
         # At the time limit Slurm kills everything; shortly before, stop the trainer with a checkpoint.
         # SIGTERM goes to the training step only: srun itself answers SIGTERM by killing its step.
         "trap 'NEAR_LIMIT=1; echo \"slurm: the time limit is near: the trainer saves a checkpoint; resume "
-        "the job to continue\"; scancel --signal=TERM \"$SLURM_JOB_ID\"' USR1",
+        'the job to continue"; scancel --signal=TERM "$SLURM_JOB_ID"\' USR1',
         f"srun --kill-on-bad-exit=1 --nodes={req.nnodes} --ntasks-per-node=1 {launcher} &",
         "SRUN=$!",
         # A trapped signal interrupts `wait` while srun still runs: wait again.

@@ -92,8 +92,12 @@ def from_scontrol(job_id: str, run: Run = run_command) -> JobState | None:
     if out.returncode != 0 or "JobState=" not in out.stdout:
         return None
     fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
-    return JobState(fields.get("JobState", "UNKNOWN"), fields.get("Reason", ""), fields.get("NodeList", ""),
-                    _exit_code(fields.get("ExitCode", "")))
+    return JobState(
+        fields.get("JobState", "UNKNOWN"),
+        fields.get("Reason", ""),
+        fields.get("NodeList", ""),
+        _exit_code(fields.get("ExitCode", "")),
+    )
 
 
 def query(job_id: str, run: Run = run_command) -> JobState | None:
