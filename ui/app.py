@@ -80,6 +80,7 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
 
         def load_pages(event) -> None:  # noqa: ANN001
             (event.then(ds_page.refresh, ds_page.selected, ds_page.list_html)
+             .then(ds_page.fill, None, ds_page.pickers)
              .then(models_refresh, None, models_html).then(train_page.refresh, None, train_page.pickers))
 
         load_pages(demo.load(restore, token, gated))

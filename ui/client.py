@@ -80,10 +80,16 @@ class StudioClient:
     def dataset(self, dataset_id: int) -> dict:
         return self._call("GET", f"/datasets/{dataset_id}")
 
-    def upload_dataset(self, path: Path, name: str | None = None) -> dict:
+    def upload_dataset(self, path: Path, name: str | None = None, model_id: int | None = None) -> dict:
+        """Upload a zip. ``model_id``: also check tiles and token lengths with that model. A large
+        annotation comes back ``status: validating``: poll :meth:`dataset` for ``progress``."""
+        form = {k: str(v) for k, v in (("name", name), ("model_id", model_id)) if v is not None}
         with open(path, "rb") as f:
             return self._call("POST", "/datasets", files={"file": (path.name, f, "application/zip")},
-                              data={"name": name} if name else None)
+                              data=form or None)
+
+    def cancel_validation(self, dataset_id: int) -> dict:
+        return self._call("POST", f"/datasets/{dataset_id}/cancel-validation")
 
     def register_demo_dataset(self) -> dict:
         return self._call("POST", "/datasets/demo")
@@ -93,12 +99,23 @@ class StudioClient:
         return self._call("GET", f"/datasets/{dataset_id}/samples/{n}",
                           params={k: v for k, v in params.items() if v is not None})
 
+    def build_meta(self, datasets: list[dict], mixture: dict | None = None, on_conflict: str = "error") -> dict:
+        """``{meta, summary}``: the meta JSON of ``datasets`` (``dataset_id``, ``repeat_time``,
+        ``data_augment``...) merged with ``mixture``."""
+        return self._call("POST", "/meta", json={"datasets": datasets, "mixture": mixture,
+                                                 "on_conflict": on_conflict})
+
     # -- models and presets -----------------------------------------------------------------
     def models(self) -> list[dict]:
         return self._call("GET", "/models")
 
     def presets(self) -> dict:
         return self._call("GET", "/presets")
+
+    def resolve(self, preset: str, hyperparameters: dict) -> dict:
+        """``{hyperparameters, derived}``: the preset with overrides, validated (422 lists every
+        problem), and the derived values (gradient accumulation, global batch, precision...)."""
+        return self._call("POST", "/presets/resolve", json={"preset": preset, "hyperparameters": hyperparameters})
 
     # -- jobs ----------------------------------------------------------------------------
     def create_job(self, dataset_id: int, model_id: int, preset: str, hyperparameters: dict) -> dict:

@@ -110,6 +110,7 @@ a.vl-file:hover {background:#e0e7ff}
 .vl-hist-label {font-size:10px; color:#6b7280; margin-top:4px; white-space:nowrap; overflow:hidden;
   text-overflow:ellipsis; max-width:100%}
 /* memory estimate */
+.vl-changes {font-size:13px; color:#374151; margin:0 0 8px}
 .vl-estimate {background:#fff; border:1px solid #e5e7eb; border-radius:10px; padding:4px 14px 10px}
 .vl-stack {display:flex; height:12px; border-radius:6px; overflow:hidden; background:#e5e7eb; margin:6px 0}
 .vl-stack-legend {display:flex; flex-wrap:wrap; gap:12px; font-size:12px; color:#4b5563; margin-bottom:4px}
@@ -123,6 +124,8 @@ a.vl-file:hover {background:#e0e7ff}
 .vl-trained {background:#dcfce7; color:#14532d; border-radius:3px; box-shadow:0 0 0 1px #86efac inset}
 .vl-imgtok {background:#e0e7ff; color:#3730a3; border-radius:3px; padding:0 3px}
 .vl-legend {font-size:12px; color:#6b7280; margin:4px 0}
+.vl-figure {position:relative; line-height:0} .vl-figure img {border-radius:6px; display:block}
+.vl-tilebox {position:absolute; border:1px dashed rgba(255,255,255,.9); box-shadow:0 0 0 1px rgba(79,70,229,.6) inset}
 .vl-tiles {display:flex; flex-wrap:wrap; gap:6px; margin:6px 0}
 .vl-tiles img {width:84px; height:84px; border-radius:6px; border:1px solid #e5e7eb; object-fit:cover}
 """

@@ -56,11 +56,14 @@ def page(browser, request) -> Iterator:
     context.close()
 
 
-def shot(page, name: str, full_page: bool = True) -> Path:
-    """Save a screenshot of the page as a test artifact."""
+def shot(target, name: str) -> Path:  # noqa: ANN001
+    """Save a screenshot of a page (all of it) or of one element, as a test artifact."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
+    if hasattr(target, "goto"):
+        target.screenshot(path=str(path), full_page=True)
+    else:
+        target.screenshot(path=str(path))
     return path
 
 

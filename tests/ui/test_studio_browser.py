@@ -17,7 +17,7 @@ from backend.core.demo_data import write_zip
 pytestmark = pytest.mark.slow
 ADMIN_PASSWORD = os.environ["VLSTUDIO_FIRST_ADMIN_PASSWORD"]  # set by tests/conftest.py
 
-STEPS = 14
+STEPS = 20
 
 
 def open_tab(page, name: str) -> None:
@@ -68,17 +68,21 @@ def test_first_fine_tune(studio, page, screenshot, tmp_path: Path):
     first_step = _step_shown(page)
     assert page.locator("#vl-job-header .vl-badge").inner_text().strip() in ("Running", "Starting"), \
         "the job finished before the page showed it running"
+    loss_points = _points(page, "vl-plot-loss")
     # Scrolling up pauses auto-scroll; new lines then wait behind the Follow button.
     log.evaluate("e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
     page.wait_for_function(f"(() => {{ const c = document.querySelector('#vl-job-cards').innerText;"
                            f" const m = c.match(/step (\\d+)/); return m && +m[1] > {first_step}; }})()",
                            timeout=300_000)
-    assert log.evaluate("e => e.scrollTop") == 0, "the log jumped to the end while the user read above"
     page.locator("#vl-log .vl-log-follow").wait_for()
-    loss_points = _points(page, "vl-plot-loss")
+    assert log.evaluate("e => e.scrollTop") == 0, "the log jumped to the end while the user read above"
+    page.wait_for_function(f"(() => {{ const p = document.querySelector('#vl-plot-loss .mark-line path');"
+                           f" return p && (p.getAttribute('d').match(/[ML]/g) || []).length > {loss_points}; }})()",
+                           timeout=30_000)  # the loss plot grew while the job ran
     screenshot(page, "04-job-running")
     page.locator("#vl-job-header .vl-badge", has_text="Succeeded").wait_for(timeout=600_000)
-    assert _points(page, "vl-plot-loss") > loss_points, "the loss plot did not grow while the job ran"
+    legend = page.evaluate("document.querySelector('#vl-plot-loss').textContent")
+    assert "smoothed" in legend, "the loss plot drew no raw / smoothed series"
     assert f"step {STEPS:,} / {STEPS:,}" in page.locator("#vl-job-progress").inner_text()
 
     # Search, then download the whole log.
@@ -92,7 +96,7 @@ def test_first_fine_tune(studio, page, screenshot, tmp_path: Path):
     text = Path(dl.value.path()).read_text()
     assert f"step {STEPS}/{STEPS} | loss" in text
     page.locator("#vl-log .vl-log-search").fill("")
-    assert page.locator("#vl-jobs-list", has_text="Succeeded").count() == 1
+    page.locator("#vl-jobs-list .vl-badge", has_text="Succeeded").wait_for()  # the list refreshes itself
     screenshot(page, "05-job-succeeded")
 
 
@@ -111,8 +115,17 @@ def test_sample_preview(studio, page, screenshot, tmp_path: Path):
     sample.locator(".vl-render, .vl-notice").first.wait_for()
     assert "Sample on line 3" in sample.inner_text(), sample.inner_text()
     assert sample.locator(".vl-trained").count() > 0, "the trained answer is not highlighted"
+    assert sample.locator(".vl-figure img").count() == 1, "the sample's image is not shown"
     sample.scroll_into_view_if_needed()
     screenshot(page, "07-sample-preview")
+
+    # The meta file builder: tick the dataset, build, read the effective counts, get the JSON.
+    page.locator("#vl-meta").get_by_text("Meta file builder").click()
+    page.locator("#vl-meta-grid input[type=checkbox]").first.click()  # the "use" column's select-all
+    page.locator("#vl-meta-btn").click()
+    page.locator("#vl-meta-out", has_text="total").wait_for()
+    assert '"repeat_time": 1' in page.locator("#vl-meta-json").inner_text()
+    screenshot(page.locator("#vl-meta"), "08-meta-builder")
 
 
 def _step_shown(page) -> int:

@@ -103,3 +103,14 @@ def test_sample_preview_renders_what_the_core_computes(tmp_path: Path):
     assert "Sample on line 3" in html
     assert f"<span class='vl-trained'>{answer}" in html
     assert "vl-imgtok" in html and pv["images"][0]["path"] in html
+
+
+def test_meta_builder_sends_only_ticked_ready_datasets():
+    from ui.pages import meta_builder
+
+    frame = meta_builder.rows_for([{"id": 1, "name": "a", "status": "ready"}, {"id": 2, "name": "b"},
+                                   {"id": 3, "name": "c", "status": "validating"}])
+    assert list(frame["id"]) == [1, 2]
+    frame.loc[frame["id"] == 2, ["use", "repeat_time", "data_augment"]] = [True, 0.5, True]
+    assert meta_builder.request_from(frame) == [{"dataset_id": 2, "name": "b", "repeat_time": 0.5,
+                                                 "data_augment": True}]

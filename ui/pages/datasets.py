@@ -5,6 +5,7 @@ preview."""
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import gradio as gr
 
 from ui.bundle import BundleError, bundle
 from ui.client import ApiError, StudioClient
-from ui.pages import preview_view
+from ui.pages import meta_builder, preview_view
 from ui.pages import report_view as rv
 from ui.session import Sessions
 from ui.widgets import notice, section
@@ -23,6 +24,19 @@ class DatasetsPage:
     list_html: gr.HTML
     selected: gr.State
     refresh: object  # (selected, request) -> list HTML
+    pickers: list  # the model picker and the meta builder's table
+    fill: object  # (request) -> their choices
+
+
+def _settled(api: StudioClient, ds: dict, progress: gr.Progress) -> dict:
+    """A large annotation is validated in the background (202, ``status: validating``): follow
+    its progress until it is ready, failed or cancelled."""
+    while ds.get("status") == "validating":
+        done = float(ds.get("progress") or 0.0)
+        progress(0.2 + 0.8 * done, desc=f"Validating “{ds['name']}”: {done:.0%}")
+        time.sleep(0.5)
+        ds = api.dataset(ds["id"])
+    return ds
 
 
 def build(sessions: Sessions) -> DatasetsPage:
@@ -34,6 +48,10 @@ def build(sessions: Sessions) -> DatasetsPage:
                             file_types=[".zip", ".jsonl", "image"], elem_id="vl-upload", height=150)
         with gr.Column(scale=2, min_width=260):
             name = gr.Textbox(label="Name", placeholder="defaults to the file name", elem_id="vl-ds-name")
+            check_model = gr.Dropdown(label="Also check token lengths with", choices=[("don't check tokens", 0)],
+                                      value=0,
+                                      elem_id="vl-ds-check-model",
+                                      info="the model's template and tokenizer (optional, slower)")
             upload = gr.Button("Upload and validate", variant="primary", elem_id="vl-upload-btn")
             demo = gr.Button("Use the demo dataset (coloured shapes)", elem_id="vl-demo-btn")
     result = gr.HTML(elem_id="vl-ds-result")
@@ -49,6 +67,7 @@ def build(sessions: Sessions) -> DatasetsPage:
         issues = gr.HTML(elem_id="vl-ds-issues")
         stats = gr.HTML(elem_id="vl-ds-stats")
         preview_view.build_controls(sessions, selected)
+    meta_grid, meta_load = meta_builder.build(sessions)
 
     detail_outputs = [selected, detail, title, summary, hists, issues, stats]
 
@@ -68,7 +87,7 @@ def build(sessions: Sessions) -> DatasetsPage:
         except ApiError as e:
             return notice("error", "Cannot load the datasets", str(e))
 
-    def on_upload(paths: list[str] | None, ds_name: str, request: gr.Request,
+    def on_upload(paths: list[str] | None, ds_name: str, model_id: int | None, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
         if not paths:
             return [notice("info", "Choose files first", "<div>Drop a zip, or images with one .jsonl file.</div>"),
@@ -78,8 +97,8 @@ def build(sessions: Sessions) -> DatasetsPage:
         with tempfile.TemporaryDirectory(prefix="vlstudio-upload-") as tmp:
             try:
                 zpath = bundle([Path(p) for p in paths], Path(tmp))
-                progress(0.3, desc="Uploading and validating every line")
-                ds = api.upload_dataset(zpath, ds_name or None)
+                progress(0.2, desc="Uploading and validating every line")
+                ds = _settled(api, api.upload_dataset(zpath, ds_name or None, model_id or None), progress)
             except BundleError as e:
                 return [notice("error", "Cannot upload these files", f"<div>{rv.esc(e)}</div>"),
                         *[gr.skip()] * len(detail_outputs)]
@@ -87,6 +106,8 @@ def build(sessions: Sessions) -> DatasetsPage:
                 return [rv.rejected_html(str(e), e.errors), None, gr.Column(visible=False),
                         *[gr.skip()] * (len(detail_outputs) - 2)]
         progress(1.0, desc="Done")
+        if ds.get("status", "ready") != "ready":
+            return [rv.unsettled_html(ds), *[gr.skip()] * len(detail_outputs)]
         return [rv.registered_html(ds), *show(api, ds["id"])]
 
     def on_demo(request: gr.Request, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
@@ -104,8 +125,20 @@ def build(sessions: Sessions) -> DatasetsPage:
         except ApiError as e:
             return [notice("error", "Cannot open the dataset", str(e)), *[gr.skip()] * len(detail_outputs)]
 
-    upload.click(on_upload, [files, name], [result, *detail_outputs]).then(refresh, selected, list_html)
-    demo.click(on_demo, None, [result, *detail_outputs]).then(refresh, selected, list_html)
+    upload.click(on_upload, [files, name, check_model], [result, *detail_outputs]).then(
+        refresh, selected, list_html).then(meta_load, None, meta_grid)
+    demo.click(on_demo, None, [result, *detail_outputs]).then(refresh, selected, list_html).then(
+        meta_load, None, meta_grid)
     list_html.select(on_select, None, [result, *detail_outputs]).then(refresh, selected, list_html)
-    return DatasetsPage(list_html, selected, refresh)
+    def fill_models(request: gr.Request) -> dict:
+        try:
+            models = sessions.api(request).models()
+        except ApiError:
+            return gr.skip()
+        return gr.Dropdown(choices=[("don't check tokens", 0)] + [(m["name"], m["id"]) for m in models])
+
+    def fill(request: gr.Request) -> list:
+        return [fill_models(request), meta_load(request)]
+
+    return DatasetsPage(list_html, selected, refresh, [check_model, meta_grid], fill)
 

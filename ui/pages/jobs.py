@@ -7,6 +7,7 @@ short one."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -48,8 +49,20 @@ def _users(api: StudioClient) -> dict[int, str]:
         raise
 
 
-def _names(api: StudioClient) -> tuple[dict[int, str], dict[int, str]]:
-    return ({m["id"]: m["name"] for m in api.models()}, {d["id"]: d["name"] for d in api.datasets()})
+_NAMES: dict[int, tuple[float, tuple]] = {}  # id(client) -> (time, (models, datasets, users))
+NAMES_TTL = 15.0
+
+
+def _names(api: StudioClient) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
+    """Model, dataset and user names for the tables; cached briefly per client, because the
+    jobs list refreshes every few seconds and names rarely change."""
+    hit = _NAMES.get(id(api))
+    if hit and time.monotonic() - hit[0] < NAMES_TTL:
+        return hit[1]
+    names = ({m["id"]: m["name"] for m in api.models()}, {d["id"]: d["name"] for d in api.datasets()},
+             _users(api))
+    _NAMES[id(api)] = (time.monotonic(), names)
+    return names
 
 
 def build(sessions: Sessions) -> JobsPage:
@@ -102,8 +115,12 @@ def build(sessions: Sessions) -> JobsPage:
     def refresh_list(st: dict, request: gr.Request) -> str:
         api = sessions.api(request)
         try:
-            models, datasets = _names(api)
-            return view.jobs_table(api.jobs(), models, datasets, st.get("job"), _users(api))
+            jobs = api.jobs()
+            models, datasets, users = _names(api)
+            if any(j["model_id"] not in models or j["dataset_id"] not in datasets for j in jobs):
+                _NAMES.pop(id(api), None)  # something new since the names were read
+                models, datasets, users = _names(api)
+            return view.jobs_table(jobs, models, datasets, st.get("job"), users)
         except ApiError as e:
             return notice("error", "Cannot load the jobs", str(e))
 
@@ -159,19 +176,22 @@ def _render(sessions: Sessions, request: gr.Request, st: dict, reset: bool, v: d
         st["metric"] = new_metrics[-1]["seq"]
         st["metrics"] = st["metrics"] + new_metrics
     if reset:
-        models, datasets = _names(api)
+        _NAMES.pop(id(api), None)  # a job just opened may use a dataset registered seconds ago
+        models, datasets, users = _names(api)
         st["names"] = {"model": models.get(job["model_id"]), "dataset": datasets.get(job["dataset_id"]),
-                       "users": _users(api)}
+                       "users": users}
     metrics, plots = st["metrics"], v["plots"]
     out: dict = {v["progress"]: view.progress_html(job, metrics[-1] if metrics else None),
                  v["cards"]: view.metric_cards(metrics)}
     if reset or logs:
         out[v["logv"]] = batch(job_id, [r["line"] for r in logs], reset, request.session_hash)
     if reset or new_metrics:
-        out.update({plots[k]: (view.loss_frame(metrics) if k == "loss" else view.series_frame(metrics, k, k))
-                    for k in plots})
-        gpu = out[plots["gpu_memory_gib"]]  # CPU runs record no GPU memory: no empty chart
-        out[plots["gpu_memory_gib"]] = gr.LinePlot(value=gpu, visible=not gpu.empty)
+        frames = {k: view.loss_frame(metrics) if k == "loss" else view.series_frame(metrics, k, k) for k in plots}
+        # None, not an empty frame: a plot first given an empty frame draws no coloured lines later.
+        out.update({plots[k]: None if f.empty else f for k, f in frames.items()})
+        # CPU runs record no GPU memory: no empty chart
+        out[plots["gpu_memory_gib"]] = gr.LinePlot(value=out[plots["gpu_memory_gib"]],
+                                                   visible=not frames["gpu_memory_gib"].empty)
     changed = (job["status"], job.get("last_checkpoint"), len(job.get("run_files") or [])) != st.get("seen")
     if reset or changed or job["status"] in ACTIVE:
         names = st.get("names") or {}

@@ -11,18 +11,26 @@ from ui.session import Sessions
 from ui.widgets import badge, cards, esc, notice, number, table
 
 
-def _image_src(im: dict) -> str | None:
-    for key in ("data_url", "url", "thumbnail"):
-        if isinstance(im.get(key), str):
-            return im[key]
-    return None
+def _image_src(im: dict, link) -> str | None:  # noqa: ANN001
+    url = im.get("url")
+    return link(url.removeprefix("/api")) if isinstance(url, str) else None
 
 
-def images_html(images: list[dict]) -> str:
+def _figure(src: str, im: dict, k: int, width: int = 180) -> str:
+    """The image with the tile grid drawn over it (``source_boxes`` are in the image's pixels)."""
+    scale = width / im["width"] if im.get("width") else 0
+    boxes = "".join(f"<div class='vl-tilebox' style='left:{a * scale:.0f}px;top:{b * scale:.0f}px;"
+                    f"width:{(c - a) * scale:.0f}px;height:{(d - b) * scale:.0f}px'></div>"
+                    for a, b, c, d in (im.get("source_boxes") or [])) if scale else ""
+    return (f"<div class='vl-figure' style='width:{width}px'><img src='{esc(src)}' alt='image {k}' "
+            f"style='width:{width}px'/>{boxes}</div>")
+
+
+def images_html(images: list[dict], link=lambda u: u) -> str:  # noqa: ANN001
     rows = []
     for k, im in enumerate(images, 1):
-        src = _image_src(im)
-        thumb = f"<img src='{esc(src)}' alt='image {k}' style='height:64px;border-radius:6px'/>" if src else ""
+        src = _image_src(im, link)
+        thumb = _figure(src, im, k) if src else ""
         if "error" in im:
             rows.append([thumb or str(k), f"<span class='vl-mono'>{esc(im['path'])}</span>", badge("error"),
                          esc(im["error"]), "", ""])
@@ -38,10 +46,13 @@ def images_html(images: list[dict]) -> str:
 def tiles_html(images: list[dict]) -> str:
     out = []
     for im in images:
-        urls = im.get("tile_urls") or im.get("tiles_data_urls") or []
+        urls = im.get("tile_images") or []
         if urls:
-            out.append("<div class='vl-tiles'>" + "".join(f"<img src='{esc(u)}' alt='tile'/>" for u in urls)
-                       + "</div>")
+            grid = im.get("grid") or ["?", "?"]
+            out.append(f"<div class='vl-legend'>{esc(im['path'])}: {grid[0]}×{grid[1]} tiles"
+                       + (" + thumbnail (last)" if im.get("thumbnail") else "") + ", in the order the model "
+                       "reads them</div><div class='vl-tiles'>"
+                       + "".join(f"<img src='{esc(u)}' alt='tile {k}'/>" for k, u in enumerate(urls, 1)) + "</div>")
     return "".join(out)
 
 
@@ -74,7 +85,7 @@ def tokens_html(pv: dict) -> str:
                   ("Trained tokens", number(counts.get("trained")), "in the loss")])
 
 
-def preview_html(pv: dict, line: int) -> str:
+def preview_html(pv: dict, line: int, link=lambda u: u) -> str:  # noqa: ANN001
     issues = pv.get("issues") or []
     head = (f"<div class='vl-h3'>Sample on line {line}" + (f" · id <span class='vl-mono'>{esc(pv['id'])}</span>"
             if pv.get("id") is not None else "") + "</div>")
@@ -83,7 +94,8 @@ def preview_html(pv: dict, line: int) -> str:
         warn = notice("warn" if all(i.get("severity") != "error" for i in issues) else "error",
                       f"{len(issues)} problem(s) in this sample",
                       "<ul>" + "".join(f"<li>{esc(i.get('message'))}</li>" for i in issues) + "</ul>")
-    return (head + warn + tokens_html(pv) + images_html(pv.get("images") or []) + tiles_html(pv.get("images") or [])
+    return (head + warn + tokens_html(pv) + images_html(pv.get("images") or [], link)
+            + tiles_html(pv.get("images") or [])
             + "<div class='vl-h3'>Conversation as the model sees it</div>" + conversation_html(pv))
 
 
@@ -100,13 +112,13 @@ def build_controls(sessions: Sessions, selected: gr.State) -> None:
             return notice("info", "Open a dataset first")
         n = int(n or 1)
         try:
-            pv = sessions.api(request).sample(int(ds_id), n)
+            pv = sessions.api(request).sample(int(ds_id), n, tiles="true")
         except ApiError as e:
             if e.status == 404 and str(e) == "Not Found":
                 return notice("warn", "This server cannot preview samples",
                               "<div>The API has no <code>/datasets/{id}/samples/{n}</code> endpoint.</div>")
             return notice("error", f"Cannot preview line {n}", f"<div>{esc(e)}</div>")
-        return preview_html(pv, n)
+        return preview_html(pv, n, lambda path: sessions.link(request, path))
 
     go.click(on_preview, [selected, line], out)
     line.submit(on_preview, [selected, line], out)

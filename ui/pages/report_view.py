@@ -86,6 +86,15 @@ def registered_html(ds: dict) -> str:
     return notice("ok", f"Dataset “{ds['name']}” registered as #{ds['id']}", body)
 
 
+def unsettled_html(ds: dict) -> str:
+    """A background validation that did not end in ``ready``."""
+    report = ds.get("report") or {}
+    if ds.get("status") == "cancelled":
+        return notice("warn", f"Validation of “{ds['name']}” was cancelled", "<div>Nothing was registered.</div>")
+    issues = [i for i in report.get("issues") or [] if i.get("severity") == "error"]
+    return rejected_html(report.get("error") or f"{len(issues)} error(s)", issues)
+
+
 def rejected_html(message: str, errors: list) -> str:
     issues = [e for e in errors if isinstance(e, dict) and ("line" in e or "severity" in e)]
     other = [e for e in errors if e not in issues]
@@ -97,13 +106,20 @@ def rejected_html(message: str, errors: list) -> str:
         "<div class='vl-h3'>Problems</div>" + issues_table(issues) if issues else "")
 
 
+def _state(d: dict) -> str:
+    status = d.get("status", "ready")
+    if status == "validating":
+        return badge("validating", f"Validating {float(d.get('progress') or 0):.0%}")
+    if status != "ready":
+        return badge({"failed": "invalid", "cancelled": "cancelled"}.get(status, status), status.capitalize())
+    warnings = _totals(d.get("report") or {}).get("warning", 0)
+    return badge("warning", f"{warnings} warnings") if warnings else badge("valid", "Valid")
+
+
 def datasets_table(datasets: list[dict], selected: int | None) -> str:
     rows, attrs = [], []
     for d in datasets:
-        totals = _totals(d.get("report") or {})
-        status = "warning" if totals.get("warning") else "valid"
-        rows.append([f"<b>#{d['id']}</b>", esc(d["name"]), badge(status, "Valid" if status == "valid" else
-                     f"{totals['warning']} warnings"), number(d["num_samples"]), number(d["num_images"]),
+        rows.append([f"<b>#{d['id']}</b>", esc(d["name"]), _state(d), number(d["num_samples"]), number(d["num_images"]),
                      esc(d.get("created_at", "")[:16].replace("T", " "))])
         attrs.append(f"data-ds='{d['id']}'" + (" class='vl-selected'" if d["id"] == selected else ""))
     return table(["ID", "Name", "Validation", "Samples", "Images", "Created"], rows,

@@ -4,6 +4,7 @@ only decides the layout. The job is sent as preset + the switches the user chang
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gradio as gr
@@ -11,7 +12,7 @@ import gradio as gr
 from ui.client import ApiError
 from ui.pages.jobs import JobsPage
 from ui.session import Sessions
-from ui.widgets import esc, notice, number, section
+from ui.widgets import cards, esc, notice, number, section
 
 #: layout only: (group, [(field, widget)]). Fields the API's schema lacks are hidden.
 GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
@@ -132,14 +133,21 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
         if not p or name is None or data[model] is None:
             return ""
         overrides = _overrides(p, name, [data[widgets[f]] for f, _ in FIELDS])
+        base = resolved(p, name)
+        changes = ", ".join(f"<b>{esc(_label(f))}</b> {esc(base.get(f))} → {esc(v)}" for f, v in overrides.items())
+        summary = (f"<div class='vl-changes'>Preset <b>{esc(name)}</b>" + (f" with {len(overrides)} change(s): "
+                   f"{changes}" if overrides else ", unchanged") + "</div>")
+        api = sessions.api(request)
         try:
-            est = sessions.api(request).estimate(int(data[dataset] or 0), int(data[model]), name, overrides)
+            resolved_ = api.resolve(name, overrides)
+            ds = api.dataset(int(data[dataset])) if data[dataset] else None
+            est = api.estimate(int(data[dataset] or 0), int(data[model]), name, overrides)
         except ApiError as e:
-            return notice("warn", "These settings are not valid yet", _problems(e))
-        return estimate_html(est)
+            return summary + notice("warn", "These settings are not valid yet", _problems(e))
+        return summary + derived_html(resolved_, ds) + estimate_html(est)
 
     inputs = {presets_state, model, dataset, preset, *widgets.values()}
-    gr.on([model.change, preset.change, *[w.change for w in widgets.values()]], on_estimate, inputs, estimate,
+    gr.on([model.change, dataset.change, preset.change, *[w.change for w in widgets.values()]], on_estimate, inputs, estimate,
           trigger_mode="always_last", show_progress="hidden")
     pickers = [presets_state, model, dataset, preset, *widgets.values(), msg]
     preset.input(on_preset, [presets_state, preset], list(widgets.values()))
@@ -152,6 +160,27 @@ def _overrides(p: dict, name: str, values: list) -> dict:
     base = resolved(p, name)
     return {f: _typed(v, k) for (f, k), v in zip(FIELDS, values, strict=True)
             if f in base and _typed(v, k) != base.get(f)}
+
+
+def derived_html(res: dict, ds: dict | None) -> str:
+    """``POST /api/presets/resolve``'s derived values, plus what they mean for this dataset:
+    optimizer steps and tokens per step (marked ≈: from the dataset's mean sample length)."""
+    d, h = res.get("derived") or {}, res.get("hyperparameters") or {}
+    batch = d.get("effective_global_batch_size")
+    items = [("Processes", number(d.get("world_size")), f"precision {d.get('precision', '–')}"),
+             ("Gradient accumulation", number(d.get("gradient_accumulation_steps")), "micro-batches per step"),
+             ("Global batch", number(batch), "samples per optimizer step")]
+    if h.get("max_steps", -1) > 0:
+        items.append(("Optimizer steps", number(h["max_steps"]), "max_steps"))
+    elif ds and batch:
+        steps = math.ceil(ds["num_samples"] / batch) * float(h.get("num_train_epochs", 1))
+        items.append(("Optimizer steps", f"≈ {number(math.ceil(steps))}", f"{number(h.get('num_train_epochs'))} "
+                      f"epoch(s) of {number(ds['num_samples'])} samples"))
+    tokens = ((ds or {}).get("report") or {}).get("stats", {}).get("tokens") or {}
+    if tokens and batch:
+        per_sample = (tokens.get("mean_text") or 0) + (tokens.get("mean_image") or 0)
+        items.append(("Tokens per step", f"≈ {number(round(per_sample * batch))}", "from the mean sample length"))
+    return cards(items)
 
 
 def estimate_html(est: dict) -> str:
