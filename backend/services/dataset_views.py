@@ -19,7 +19,7 @@ from backend.core.tiling import plan_tiles
 from backend.db.models import Dataset, Model, User
 from backend.services import dataset_checks
 from backend.services.datasets import STATS_DIR, get_dataset
-from backend.services.errors import Conflict, InvalidInput, NotFound
+from backend.services.errors import InvalidInput, NotFound
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 TILE_THUMB = 128  # pixels: tiles in a preview are for looking at, not for the model
@@ -61,11 +61,6 @@ def _index_in_bundle(ds: Dataset) -> int:
     return ds.id - int(folder.name) if folder is not None else 0
 
 
-def _require_ready(ds: Dataset) -> None:
-    if ds.status != "ready":
-        raise Conflict(f"dataset {ds.id} is {ds.status}")
-
-
 def _default_model(session: Session) -> int | None:
     return session.scalar(select(Model.id).where(Model.builtin.is_(True)).order_by(Model.id))
 
@@ -76,8 +71,7 @@ def sample(session: Session, dataset_id: int, line: int, user: User | None, mode
     """``preview_sample`` of line ``line`` (1-based) with the model's template and tokenizer;
     images get a ``url`` (``/api/datasets/{id}/files/...``) and, with ``tiles``, the tiles as
     small base64 JPEGs."""
-    ds = get_dataset(session, dataset_id, user)
-    _require_ready(ds)
+    ds = get_dataset(session, dataset_id, user, ready=True)
     model_id = model_id if model_id is not None else _default_model(session)
     checks = dataset_checks.checks_for(session, model_id, user, max_dynamic_patch=max_dynamic_patch,
                                        max_seq_length=max_seq_length)
@@ -111,8 +105,7 @@ def _tile_thumbs(root: Path, img: dict, s: Any) -> list[str]:
 
 def image_file(session: Session, dataset_id: int, rel: str, user: User | None) -> Path:
     """A dataset image, only inside the dataset's root (no ``..``, no symlink out)."""
-    ds = get_dataset(session, dataset_id, user)
-    _require_ready(ds)
+    ds = get_dataset(session, dataset_id, user, ready=True)
     try:
         real = Path(resolve_image(os.path.realpath(ds.root), rel))
     except ImageProblem as e:

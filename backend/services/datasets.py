@@ -321,11 +321,15 @@ def register_dataset(session: Session, settings: Settings, upload: Path, name: s
     return register(session, settings, src, name, opts, owner_id)[0]
 
 
-def get_dataset(session: Session, dataset_id: int, user: User | None = None) -> Dataset:
-    """``user``: only if visible to them (404 otherwise, so ids of others' data do not leak)."""
+def get_dataset(session: Session, dataset_id: int, user: User | None = None, *, ready: bool = False) -> Dataset:
+    """``user``: only if visible to them (404 otherwise, so ids of others' data do not leak).
+    ``ready``: refuse (409) a dataset still validating, failed or cancelled - what training,
+    evaluation and the meta file need."""
     ds = session.get(Dataset, dataset_id)
     if ds is None or not visible_to(user, ds.owner_id):
         raise NotFound(f"dataset {dataset_id} not found")
+    if ready and ds.status != "ready":
+        raise Conflict(f"dataset {dataset_id} is {ds.status}, not ready")
     return ds
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from backend.core.meta import MetaEntry, MetaError, build_meta, merge_meta, parse_meta, summarize
 from backend.db.models import User
 from backend.services.datasets import get_dataset
-from backend.services.errors import Conflict, InvalidInput
+from backend.services.errors import InvalidInput
 
 
 def _key(name: str) -> str:
@@ -26,9 +26,7 @@ def build(session: Session, user: User | None, datasets: list[dict[str, Any]], m
     ours: dict[str, MetaEntry] = {}
     problems: list[str] = []
     for d in datasets:
-        ds = get_dataset(session, d["dataset_id"], user)
-        if ds.status != "ready":
-            raise Conflict(f"dataset {ds.id} is {ds.status}, not ready")
+        ds = get_dataset(session, d["dataset_id"], user, ready=True)
         name = d.get("name") or _key(ds.name)
         if name in ours:
             problems.append(f"dataset name {name!r} is used twice (give a distinct name)")

@@ -269,6 +269,8 @@ def test_background_validation_ready_failed_and_cancelled(api, tmp_path):
     assert failed["status"] == "failed" and failed["num_samples"] == 0
     assert [e["line"] for e in api.get(f"/api/datasets/{failed['id']}/report").json()["errors"]] == [3]
     assert not (tmp_path / "data" / "datasets" / str(failed["id"])).exists()
+    assert api.get(f"/api/datasets/{failed['id']}/samples/1").status_code == 409
+    assert api.post("/api/meta", json={"datasets": [{"dataset_id": failed["id"]}]}).status_code == 409
 
     text = "".join(json.dumps({"id": i, "conversations": [{"from": "human", "value": "hi " * 20},
                                                           {"from": "gpt", "value": "yo"}]}) + "\n"
