@@ -11,6 +11,7 @@ every file it staged; a synchronous one also leaves no row.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import uuid
@@ -236,6 +237,8 @@ def register(session: Session, settings: Settings, src: Source, name: str, opts:
     try:
         size = sum(a.stat().st_size for a, _ in src.pairs)
         background = opts.background if opts.background is not None else size > SYNC_MAX_BYTES
+        if not background:  # small: list every error, not just the first 20 of each kind
+            opts.checks.settings = dataclasses.replace(opts.checks.settings, max_examples=MAX_DETAILS)
         rows = _new_rows(session, src, name, owner_id, "validating" if background else "ready")
         if background:
             final = _place(settings, src, rows[0].id)

@@ -129,6 +129,16 @@ def test_fifty_megabyte_line_is_refused(api, tmp_path):
     nothing_left(api, tmp_path)
 
 
+def test_every_error_of_a_small_upload_is_listed(api, tmp_path):
+    files = demo_files(2)
+    files["ann.jsonl"] += "{broken\n" * 30
+    r = post_zip(api, zip_bytes(files))
+    assert r.status_code == 422
+    assert [e["line"] for e in r.json()["errors"]] == list(range(3, 33))
+    assert "30 error(s)" in r.json()["detail"]
+    nothing_left(api, tmp_path)
+
+
 def test_bom_and_crlf_are_accepted_with_notes(api):
     files = demo_files(3)
     files["ann.jsonl"] = "\ufeff" + files["ann.jsonl"].replace("\n", "\r\n")
