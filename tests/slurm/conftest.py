@@ -49,6 +49,10 @@ def studio_on(
     )
     yield studio
     stop_studio(studio)
+    # A test that failed half-way must not leave its training running on the cluster.
+    ids = [p.read_text().strip() for p in (studio.data_dir / "runs").glob("*/slurm_job_id")]
+    if ids:
+        subprocess.run(["scancel", *ids], check=False, capture_output=True)
 
 
 # The production mode (PostgreSQL + Redis), as on a login node: see docs/deploy-slurm.md.

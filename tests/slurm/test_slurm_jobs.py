@@ -223,3 +223,24 @@ def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(twonode_stud
     assert k >= 2 and k % 2 == 0
     steps = [m["step"] for m in twonode_studio.api.get(f"/jobs/{job_id}/metrics").json()]
     assert steps[-(10 - k) :] == list(range(k + 1, 11)) and set(steps) == set(range(1, 11)), steps
+
+
+def test_time_limit_stops_with_a_checkpoint(slurm_studio, tmp_path):
+    ds, model = upload_demo(slurm_studio, tmp_path)
+    job_id = submit(slurm_studio, ds, model, max_steps=200)
+    watch(slurm_studio, job_id, lambda job, m: len(m) >= 2)
+    sid = slurm_job_id(log_lines(slurm_studio, job_id))
+    # What Slurm sends SLURM_SIGNAL_SECONDS before the time limit (--signal=B:USR1@N), sent now
+    # rather than after minutes: Slurm times that signal only to within a minute.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", sid], check=True)
+    final = slurm_studio.wait_job(job_id, timeout=300)
+    assert final["status"] == "failed" and final["exit_code"] == 124, final
+    assert (
+        "stopped with a checkpoint before the time limit; resume the job to continue"
+        in final["failure_reason"]
+    )
+    lines = log_lines(slurm_studio, job_id)
+    assert any(x.startswith("slurm: the time limit is near: the trainer saves a checkpoint") for x in lines)
+    assert any("stopped on request; checkpoint saved" in x for x in lines), lines[-30:]
+    checkpoints = list((Path(final["run_dir"]) / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    assert len(checkpoints) == 1
