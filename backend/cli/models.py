@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import shutil
 from pathlib import Path
 
 import typer
@@ -64,36 +62,23 @@ def import_model(path: Path = typer.Argument(..., exists=True, file_okay=False, 
     Code shipped in the folder is never executed."""
     from backend.db.session import session_scope
     from backend.services.errors import DomainError
-    from backend.services.models import register_model
-    from worker.convert import ConversionError, import_checkpoint
+    from backend.services.models import import_model as _import
+    from worker.convert import import_checkpoint
 
     s = get_settings()
     _db_ready()
-    name = name or path.resolve().name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", name):
-        raise typer.BadParameter("use letters, digits, '.', '_' and '-'", param_hint="--name")
-    dst = s.data_path / "models" / name
-    if dst.exists():
-        typer.echo(f"error: {dst} already exists", err=True)
-        raise typer.Exit(1)
     with _progress() as bar:
         task = bar.add_task(f"importing {path.name}", total=None)
         try:
-            info = import_checkpoint(path, dst, lambda done, total, _n: bar.update(task, completed=done, total=total))
-        except ConversionError as e:
-            typer.echo(f"error: {e}", err=True)
+            with session_scope() as sess:
+                m = _import(sess, s, path, name, None, import_checkpoint,
+                            lambda done, total, _n: bar.update(task, completed=done, total=total))
+                model_id, info = m.id, m.info
+        except DomainError as e:
+            typer.echo(f"error: {e.message}", err=True)
             raise typer.Exit(1) from None
-    try:
-        with session_scope() as sess:
-            m = register_model(sess, name=name, path=str(dst), family=info.family, template=info.template,
-                               info=info.to_dict())
-            model_id = m.id
-    except DomainError as e:
-        shutil.rmtree(dst, ignore_errors=True)  # nothing half-registered
-        typer.echo(f"error: {e.message}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"registered model {model_id} {name}: {info.family}, template {info.template}, "
-               f"{info.param_count:,} parameters, {info.dtype}")
+    typer.echo(f"registered model {model_id} {m.name}: {info['family']}, template {info['template']}, "
+               f"{info['param_count']:,} parameters, {info['dtype']}")
 
 
 def _resolve_source(ref: str) -> tuple[Path, Path | None]:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -52,3 +58,37 @@ def register_model(session: Session, *, name: str, path: str, family: str, templ
     session.add(m)
     session.commit()
     return m
+
+
+MODEL_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"
+
+
+def import_model(session: Session, settings: Settings, src: Path, name: str | None, owner_id: int | None,
+                 convert: Callable[..., Any], progress: Callable[[int, int, str], None] | None = None) -> Model:
+    """Convert ``src`` (an original InternVL or a native -hf folder) into the data folder and
+    register it. ``convert`` is :func:`worker.convert.import_checkpoint`, passed in so the
+    backend needs torch only when a model is actually imported. On any error nothing is left
+    behind: no row, no folder."""
+    from backend.services.errors import Conflict, InvalidInput
+
+    name = name or src.resolve().name
+    if not re.fullmatch(MODEL_NAME_RE, name):
+        raise InvalidInput(f"model name {name!r}: use letters, digits, '.', '_' and '-'",
+                           [{"field": "name", "message": "invalid model name"}])
+    if not src.is_dir():
+        raise InvalidInput(f"{src} is not a folder", [{"field": "path", "message": "not a folder"}])
+    if session.scalar(select(Model).where(Model.name == name)) is not None:
+        raise Conflict(f"a model named {name!r} is already registered")
+    dst = settings.data_path / "models" / name
+    if dst.exists():
+        raise Conflict(f"{dst} already exists")
+    try:
+        info = convert(src, dst, progress)
+    except ValueError as e:  # ConversionError: the message names the file, tensor or field
+        raise InvalidInput(str(e), [{"field": "path", "message": str(e)}]) from None
+    try:
+        return register_model(session, name=name, path=str(dst), family=info.family, template=info.template,
+                              info=info.to_dict(), owner_id=owner_id)
+    except BaseException:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise

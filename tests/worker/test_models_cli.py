@@ -45,7 +45,7 @@ def test_import_register_export_round_trip(tmp_path):
     assert not (src / "EXECUTED").exists()  # the shipped remote code never ran
 
     r = cli(data, "import", str(src))  # same name again: refused, the first stays
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert r.returncode == 1 and "already registered" in r.stderr
 
     out = tmp_path / "exported"
     r = cli(data, "export", "model:2", "--format", "original", "--out", str(out))

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import CurrentUser
-from backend.api.deps import SessionDep
+from backend.api.deps import SessionDep, SettingsDep
 from backend.api.schemas import ModelOut
 from backend.services import models as svc
 
@@ -18,3 +21,28 @@ def list_models(session: SessionDep, user: CurrentUser) -> list:
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model(model_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     return svc.get_model(session, model_id, user)
+
+
+class ImportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="a checkpoint folder on the server, under VLSTUDIO_DATA_ROOTS")
+    name: str | None = Field(None, description="registry name; default: the folder's name")
+
+
+@router.post("/import", response_model=ModelOut, status_code=201,
+             responses={403: {"description": "the path is outside VLSTUDIO_DATA_ROOTS"},
+                        422: {"description": "not a usable checkpoint; the message says what is wrong"}})
+def import_model(body: ImportRequest, session: SessionDep, settings: SettingsDep, user: CurrentUser):  # noqa: ANN201
+    """Convert a released InternVL checkpoint (original remote-code layout) to the native
+    format, or check a native ``-hf`` folder, and register it. Code in the folder never runs."""
+    from backend.core.meta import MetaError, check_allowed
+    from backend.services.users import Forbidden
+
+    try:
+        src = check_allowed(Path(body.path), settings.data_roots)
+    except MetaError as e:
+        raise Forbidden(str(e)) from None
+    from worker.convert import import_checkpoint
+
+    return svc.import_model(session, settings, src, body.name, user.id, import_checkpoint)
