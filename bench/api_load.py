@@ -72,11 +72,14 @@ async def sse_client(client: httpx.AsyncClient, job_id: int, received: dict, rea
 
 
 def write_line(job_id: int, seq: int, text: str) -> None:
+    """What a worker does with a batch: store it, then announce it on the live path."""
+    from backend import live
     from backend.db.session import session_scope
     from backend.services import jobs
 
     with session_scope() as s:
         jobs.append_logs(s, job_id, seq, [text])
+    live.publish(job_id)
 
 
 async def run(args: argparse.Namespace, studio) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend import live
 from backend.db.models import JobLog, JobMetric, JobStatus
 from backend.db.session import session_scope
 from backend.services import jobs as jobs_svc
@@ -62,7 +63,10 @@ class Supervision:
                 jobs_svc.record_progress(s, self.job_id, step=self.step, total_steps=last.get("total_steps"))
                 for r in self.reporters:
                     r.log(train_rows)
-            return jobs_svc.get_job(s, self.job_id).status
+            status = jobs_svc.get_job(s, self.job_id).status
+        if lines or rows:
+            live.publish(self.job_id)
+        return status
 
     def _steer(self, status: JobStatus) -> None:
         if status.finished and not self.killed:
@@ -89,6 +93,12 @@ class Supervision:
     def finish(self, rc: int, send: Callable[[int], str | None]) -> str:
         for r in self.reporters:
             r.close()
+        try:
+            return self._verdict(rc, send)
+        finally:
+            live.publish(self.job_id)
+
+    def _verdict(self, rc: int, send: Callable[[int], str | None]) -> str:
         ckpt = jobs_svc.latest_checkpoint(str(self.run_dir))
         with session_scope() as s:
             job = jobs_svc.get_job(s, self.job_id)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from backend import live
 from backend.api.auth import CurrentUser
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.schemas import JobCreate, JobOut, LogLineOut, MetricOut
@@ -89,7 +89,9 @@ def download_file(job_id: int, path: str, session: SessionDep, user: CurrentUser
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     """Cooperative cancel: the trainer gets SIGTERM, saves a checkpoint and exits."""
-    return svc.request_cancel(session, job_id, user)
+    job = svc.request_cancel(session, job_id, user)
+    live.publish(job_id)
+    return job
 
 
 @router.post("/{job_id}/resume", response_model=JobOut, status_code=201)
@@ -146,30 +148,38 @@ async def job_events(job_id: int, request: Request, session: SessionDep, setting
     svc.get_job(session, job_id, user)
     session.close()  # do not hold a pooled connection for the life of the stream
     log_after, metric_after = _parse_cursor(last_event_id or cursor)
-    poll = settings.stream_poll_seconds
 
     async def stream() -> AsyncIterator[str]:
-        nonlocal log_after, metric_after
-        last_state: dict | None = None
-        yield "retry: 1000\n\n"
-        while True:
-            if await request.is_disconnected():
-                return
-            state, logs, metrics = await run_in_threadpool(_poll, job_id, log_after, metric_after)
-            for row in logs:
-                log_after = row["seq"]
-                yield f"id: {log_after}:{metric_after}\nevent: log\ndata: {json.dumps(row)}\n\n"
-            for row in metrics:
-                metric_after = row["seq"]
-                yield f"id: {log_after}:{metric_after}\nevent: metric\ndata: {json.dumps(row)}\n\n"
-            if state != last_state:
-                last_state = state
-                yield f"id: {log_after}:{metric_after}\nevent: status\ndata: {json.dumps(state)}\n\n"
-            if state["status"] in ("succeeded", "failed", "cancelled") and not logs and not metrics:
-                yield f"id: {log_after}:{metric_after}\nevent: end\ndata: {json.dumps(state)}\n\n"
-                return
-            if not logs and not metrics:
-                await asyncio.sleep(poll)
+        async with live.Listener(job_id) as listener:
+            # With Redis, notifications wake the stream and the database poll is a safety net.
+            poll = 1.0 if listener.active else settings.stream_poll_seconds
+            async for event in _events(job_id, request, listener, poll, log_after, metric_after):
+                yield event
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(job_id: int, request: Request, listener: live.Listener, poll: float,
+                  log_after: int, metric_after: int) -> AsyncIterator[str]:
+    """The event stream from the cursors on; waits on ``listener`` (or ``poll`` seconds) when idle."""
+    last_state: dict | None = None
+    yield "retry: 1000\n\n"
+    while True:
+        if await request.is_disconnected():
+            return
+        state, logs, metrics = await run_in_threadpool(_poll, job_id, log_after, metric_after)
+        for row in logs:
+            log_after = row["seq"]
+            yield f"id: {log_after}:{metric_after}\nevent: log\ndata: {json.dumps(row)}\n\n"
+        for row in metrics:
+            metric_after = row["seq"]
+            yield f"id: {log_after}:{metric_after}\nevent: metric\ndata: {json.dumps(row)}\n\n"
+        if state != last_state:
+            last_state = state
+            yield f"id: {log_after}:{metric_after}\nevent: status\ndata: {json.dumps(state)}\n\n"
+        if state["status"] in ("succeeded", "failed", "cancelled") and not logs and not metrics:
+            yield f"id: {log_after}:{metric_after}\nevent: end\ndata: {json.dumps(state)}\n\n"
+            return
+        if not logs and not metrics:
+            await listener.wait(poll)
