@@ -109,6 +109,10 @@ class StudioClient:
     def models(self) -> list[dict]:
         return self._call("GET", "/models")
 
+    def import_model(self, path: str, name: str | None = None) -> dict:
+        """Convert and register a checkpoint folder on the server (under VLSTUDIO_DATA_ROOTS)."""
+        return self._call("POST", "/models/import", json={"path": path, "name": name or None})
+
     def presets(self) -> dict:
         return self._call("GET", "/presets")
 

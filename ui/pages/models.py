@@ -43,10 +43,17 @@ def models_table(models: list[dict]) -> str:
 def build(sessions: Sessions):  # noqa: ANN201
     gr.HTML(section("Models", "Base checkpoints you can fine-tune."))
     listing = gr.HTML(elem_id="vl-models-list")
-    gr.HTML("<div class='vl-h3'>Import a checkpoint</div><div class='vl-muted' style='font-size:13px'>On the "
-            "server, run <code>vlstudio models import /path/to/Mini-InternVL-Chat-2B-V1-5</code>: it converts an "
-            "original InternVL folder (or checks a transformers-native one) and registers it here. Code shipped "
-            "in the folder is never executed.</div>")
+    gr.HTML("<div class='vl-h3'>Import a checkpoint</div><div class='vl-muted' style='font-size:13px'>A folder "
+            "on the server, under the data roots the administrator allows (<code>VLSTUDIO_DATA_ROOTS</code>): an "
+            "original InternVL checkpoint such as Mini-InternVL-Chat-2B-V1-5 is converted to the native format, a "
+            "transformers-native one is checked. Code shipped in the folder is never executed. From a shell: "
+            "<code>vlstudio models import PATH</code>.</div>")
+    with gr.Row():
+        path = gr.Textbox(label="Checkpoint folder", placeholder="/shared/models/Mini-InternVL-Chat-2B-V1-5",
+                          elem_id="vl-import-path", scale=3)
+        name = gr.Textbox(label="Name (optional)", elem_id="vl-import-name", scale=1)
+        go = gr.Button("Import", variant="primary", elem_id="vl-import-btn", scale=1)
+    result = gr.HTML(elem_id="vl-import-msg")
 
     def refresh(request: gr.Request) -> str:
         try:
@@ -54,4 +61,15 @@ def build(sessions: Sessions):  # noqa: ANN201
         except ApiError as e:
             return notice("error", "Cannot load the models", esc(e))
 
+    def do_import(p: str, n: str, request: gr.Request):  # noqa: ANN202
+        if not (p or "").strip():
+            return notice("error", "No folder given", "Enter the checkpoint folder's path on the server."), gr.update()
+        try:
+            m = sessions.api(request).import_model(p.strip(), (n or "").strip() or None)
+        except ApiError as e:
+            return notice("error", "The model was not imported", esc(e)), gr.update()
+        return (notice("ok", f"Imported {m['name']}", f"{esc(m['family'])} · template {esc(m['template'])}"),
+                refresh(request))
+
+    go.click(do_import, [path, name], [result, listing])
     return listing, refresh
