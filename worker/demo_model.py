@@ -75,7 +75,7 @@ def build_demo_model(out_dir: Path, *, vision_hidden: int = 64, vision_layers: i
     vision = InternVLVisionConfig(
         hidden_size=vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=4,
         intermediate_size=vision_hidden * 4, image_size=448, patch_size=14, attention_bias=True,
-        layer_scale_init_value=0.1, use_mean_pooling=False)
+        layer_scale_init_value=0.1, use_mean_pooling=True)  # no final norm, as InternViT
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 3,
         num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,

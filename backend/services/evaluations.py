@@ -115,9 +115,9 @@ def create_evaluation(session: Session, user: User | None, *, dataset_id: int, s
     problems: list[dict[str, Any]] = []
     refs: list[dict[str, Any]] = []
     try:
-        split_annotation(get_dataset(session, dataset_id, user), split)
-    except (NotFound, InvalidInput) as e:
-        problems.append({"field": "dataset_id" if isinstance(e, NotFound) else "split", "message": e.message})
+        split_annotation(get_dataset(session, dataset_id, user, ready=True), split)
+    except (NotFound, Conflict, InvalidInput) as e:
+        problems.append({"field": "split" if isinstance(e, InvalidInput) else "dataset_id", "message": e.message})
     if not models:
         problems.append({"field": "models", "message": "at least one model to evaluate"})
     for i, ref in enumerate(models):

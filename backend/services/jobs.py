@@ -58,8 +58,8 @@ def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int
     except ValidationError as e:
         problems += validation_problems(e)
     try:
-        get_dataset(session, dataset_id, user)
-    except NotFound as e:
+        get_dataset(session, dataset_id, user, ready=True)  # not while validating, failed or cancelled
+    except (NotFound, Conflict) as e:
         problems.append({"field": "dataset_id", "message": e.message})
     try:
         model = get_model(session, model_id, user)

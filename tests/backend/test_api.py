@@ -149,3 +149,20 @@ def test_resolve_preset_derives_values_and_lists_problems(api):
     fields = {e["field"] for e in r.json()["errors"]}
     assert {"learning_rate"} <= fields
     assert api.post("/api/presets/resolve", json={"preset": "nope"}).status_code == 422
+
+
+def test_jobs_and_evaluations_refuse_a_dataset_that_is_not_ready(api):
+    ds = upload(api, zip_bytes(demo_files(2))).json()
+    from sqlalchemy import update
+
+    from backend.db.models import Dataset
+    from backend.db.session import session_scope
+
+    with session_scope() as s:
+        s.execute(update(Dataset).where(Dataset.id == ds["id"]).values(status="validating"))
+    r = api.post("/api/jobs", json={"dataset_id": ds["id"], "model_id": 1, "preset": "demo"})
+    assert r.status_code == 422
+    assert any(e["field"] == "dataset_id" and "validating" in e["message"] for e in r.json()["errors"])
+    r = api.post("/api/evaluations", json={"dataset_id": ds["id"], "split": "train", "models": [{"model_id": 1}]})
+    assert r.status_code == 422
+    assert any(e["field"] == "dataset_id" and "validating" in e["message"] for e in r.json()["errors"])
