@@ -39,6 +39,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         conf["broker_transport_options"] = {
             "data_folder_in": folder, "data_folder_out": folder,
             "processed_folder": str(s.broker_dir / "processed"), "store_processed": False,
+            # Fanout/control exchanges (pidbox) would default to ./control in the working directory.
+            "control_folder": str(s.broker_dir / "control"),
         }
     app.conf.update(conf)
     return app

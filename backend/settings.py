@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         return (self.api_url or f"http://{host}:{self.port}").rstrip("/")
 
     def ensure_dirs(self) -> None:
-        for sub in ("datasets", "models", "runs", "uploads", "broker/in", "broker/processed"):
+        for sub in ("datasets", "models", "runs", "uploads", "broker/in", "broker/processed", "broker/control"):
             (self.data_path / sub).mkdir(parents=True, exist_ok=True)
 
 
