@@ -17,7 +17,8 @@ def compose_config() -> dict:
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is not installed (.ci/run installs Debian's package)"
     out = subprocess.run([exe, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "VLSTUDIO_SECRET_KEY": "x" * 32})
+                         env={"PATH": "/usr/bin:/bin", "VLSTUDIO_SECRET_KEY": "x" * 32,
+                              "VLSTUDIO_FIRST_ADMIN_PASSWORD": "y" * 12})
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
 
@@ -37,6 +38,12 @@ def test_compose_file_is_valid_and_complete():
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
     assert services["api"]["ports"]
+
+
+def test_compose_refuses_to_start_without_a_secret():
+    out = subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0 and "VLSTUDIO_SECRET_KEY" in out.stderr
 
 
 def test_dockerfile_copies_existing_paths_and_runs_the_cli():
