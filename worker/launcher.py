@@ -118,6 +118,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _process_group(pgid: int) -> list[int]:
+    """Live processes of a process group (Linux /proc; empty elsewhere)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
 class LocalExecutor:
     """torchrun as a child in its own process session, so the whole group can be signalled."""
 
@@ -142,7 +155,18 @@ class LocalExecutor:
             pass
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
+        # SIGTERM to the trainers only: torchrun's agent, given SIGTERM, would SIGKILL its
+        # workers 30 s later, cutting a checkpoint that takes longer to save. Without the agent
+        # signalled, the cancel grace period alone decides when to escalate.
+        assert self.proc is not None
+        trainers = [pid for pid in _process_group(self.proc.pid) if pid != self.proc.pid]
+        if not trainers:
+            self._signal(signal.SIGTERM)
+        for pid in trainers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)

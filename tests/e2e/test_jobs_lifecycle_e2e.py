@@ -16,8 +16,9 @@ STEPS = 14
 
 
 def cancel_then_resume(studio, tmp_path: Path, restart_api_midway: bool = False) -> None:
+    steps = STEPS * 3 if restart_api_midway else STEPS  # room for a slow restart before the cancel
     ds = upload_demo(studio, tmp_path)
-    job = submit(studio, ds, max_steps=STEPS)
+    job = submit(studio, ds, max_steps=steps)
     running = wait_until(studio, job["id"], lambda j: j["step"] >= 2, "step 2")
     if restart_api_midway:  # the API holds no job state: the run goes on, the new API sees it
         restart_api(studio)
@@ -30,7 +31,7 @@ def cancel_then_resume(studio, tmp_path: Path, restart_api_midway: bool = False)
     ckpt = Path(done["last_checkpoint"])
     assert ckpt.parent == Path(done["run_dir"]) / "checkpoints" and (ckpt / "trainer_state.json").exists()
     saved_at = int(ckpt.name.split("-")[1])
-    assert 2 <= saved_at < STEPS and f"last checkpoint {ckpt.name}" in done["failure_reason"]
+    assert 2 <= saved_at < steps and f"last checkpoint {ckpt.name}" in done["failure_reason"]
     assert "stopped on request; checkpoint saved" in "\n".join(done["last_lines"] + [done["failure_reason"]]) or \
         _log_has(studio, job["id"], "stopped on request")
     for name in ("spec.json", "meta.json", "ds_config.json", "command.txt"):
@@ -54,8 +55,8 @@ def cancel_then_resume(studio, tmp_path: Path, restart_api_midway: bool = False)
     assert child["parent_job_id"] == job["id"] and child["resume_from_checkpoint"] == str(ckpt)
     final = studio.wait_job(child["id"], timeout=400)
     assert final["status"] == "succeeded", (final, studio.worker_log())
-    steps = metric_steps(studio, child["id"])
-    assert steps == list(range(saved_at + 1, STEPS + 1)), f"did not continue from step {saved_at}: {steps}"
+    continued = metric_steps(studio, child["id"])
+    assert continued == list(range(saved_at + 1, steps + 1)), f"did not continue from step {saved_at}: {continued}"
 
 
 def _log_has(studio, job_id: int, text: str) -> bool:
