@@ -9,6 +9,7 @@ from functools import lru_cache
 
 from celery import Celery
 
+from backend import queue_fs  # noqa: F401  (registers the embedded broker's transport)
 from backend.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

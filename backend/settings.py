@@ -106,7 +106,7 @@ class Settings(BaseSettings):
 
     @property
     def celery_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "vlfs://"  # backend.queue_fs: the filesystem transport, atomic writes
 
     @property
     def broker_dir(self) -> Path:
