@@ -217,10 +217,11 @@ def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(twonode_stud
     assert any(x.startswith(f"slurm: job {sid} was requeued by Slurm") for x in lines), lines[-40:]
     assert any(x.startswith("slurm: requeued (restart 1), training from ") for x in lines)
     assert any(x.startswith(f"slurm: job {sid} RUNNING on {other}") for x in lines), lines[-40:]
-    # The second run resumed from the newest checkpoint (saved every 2 steps) and finished the job.
+    # The second run resumed from the newest checkpoint: one saved every 2 steps, or the one the
+    # trainer saves when Slurm's SIGTERM reaches it as the node goes down (any step).
     resumed = json.loads((Path(final["run_dir"]) / "spec.requeue.json").read_text())["resume_from_checkpoint"]
     k = int(resumed.rsplit("-", 1)[-1])
-    assert k >= 2 and k % 2 == 0
+    assert k >= 2
     steps = [m["step"] for m in twonode_studio.api.get(f"/jobs/{job_id}/metrics").json()]
     assert steps[-(10 - k) :] == list(range(k + 1, 11)) and set(steps) == set(range(1, 11)), steps
 
