@@ -117,7 +117,9 @@ class Supervision:
                 if job.requeue_on_failure:
                     jobs_svc.requeue(s, job, send)
                 return "failed (worker shut down)"
-            if rc == 0 and (self.run_dir / "final" / "config.json").exists():
+            final = self.run_dir / "final"
+            # A full model, or a LoRA adapter saved without merging (merge_lora off).
+            if rc == 0 and ((final / "config.json").exists() or (final / "adapter" / "adapter_config.json").exists()):
                 jobs_svc.transition(s, self.job_id, S.succeeded, exit_code=0)
                 return "succeeded"
             reason = f"trainer exited with code {rc}" if rc else "trainer exited without writing the final model"
