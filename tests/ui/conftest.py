@@ -77,6 +77,16 @@ def studio(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
+def studio_with_roots(tmp_path: Path, monkeypatch) -> Iterator:  # noqa: ANN001
+    """As ``studio``, with ``tmp_path/shared`` as the server's allowed data root."""
+    root = _root_conftest()
+    monkeypatch.setenv("VLSTUDIO_DATA_ROOTS", str(tmp_path / "shared"))
+    s = root.start_studio(tmp_path, with_ui=True)
+    yield s
+    root.stop_studio(s)
+
+
+@pytest.fixture
 def studio_with_users(tmp_path: Path) -> Iterator:
     """The same with sign-in required (the first admin comes from tests/conftest.py)."""
     root = _root_conftest()
