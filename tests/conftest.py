@@ -57,10 +57,11 @@ def pg_database() -> Iterator[str]:
 
 @pytest.fixture
 def redis_broker() -> Iterator[str]:
-    """A Redis database index of its own, flushed before and after."""
+    """A Redis database index of its own, flushed before and after (VLSTUDIO_TEST_REDIS_DB lets
+    test runs from several checkouts share one server)."""
     import redis
 
-    db = 9
+    db = int(os.environ.get("VLSTUDIO_TEST_REDIS_DB", "9"))
     client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=5)
     client.flushdb()
     yield f"{REDIS_URL}/{db}"
