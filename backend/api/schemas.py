@@ -104,6 +104,7 @@ class JobOut(ORM):
     memory_estimate: dict[str, Any] | None = None
     command: str | None = Field(None, description="the exact launch command (set when the job starts)")
     last_checkpoint: str | None = None
+    eta_seconds: float | None = Field(None, description="seconds left by the trainer's own ETA (running jobs)")
 
 
 class LogLineOut(ORM):

@@ -59,10 +59,12 @@ def _check_entries(zf: zipfile.ZipFile, src: str, max_total_bytes: int, max_file
 
 
 def extract_zip(src: Path, dest: Path, *, max_total_bytes: int = 20 * 2**30, max_files: int = 2_000_000,
-                max_ratio: float = 200.0) -> list[Path]:
-    """Extract ``src`` into ``dest`` (which must not exist yet) and return the files written."""
+                max_ratio: float = 200.0, display_name: str | None = None) -> list[Path]:
+    """Extract ``src`` into ``dest`` (which must not exist yet) and return the files written.
+    ``display_name``: what messages call the archive (an upload's own name, not the temporary
+    file it was streamed to)."""
     src, dest = Path(src), Path(dest)
-    name = src.name
+    name = display_name or src.name
     if not src.is_file():
         raise ArchiveError(f"{name}: not found")
     if src.stat().st_size == 0:

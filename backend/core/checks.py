@@ -138,7 +138,8 @@ def parse_line(raw: bytes) -> dict:
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
-        raise LineError("json", f"invalid JSON: {e.msg} at column {e.colno}") from None
+        # some of json's messages end in "at" ("Invalid control character at"): say it once
+        raise LineError("json", f"invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno}") from None
     except RecursionError:
         raise LineError("json", "invalid JSON: nested too deeply") from None
     if not isinstance(rec, dict):

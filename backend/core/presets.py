@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.core.spec import Hyperparameters
+from backend.core.spec import Hyperparameters, spec_problems
 
 # What every script of the seed sets (``internvl_chat/shell/mini_internvl_chat_v1_5/``): bf16 on
 # GPU, 448 px tiles with thumbnail, max 12 tiles, drop path 0.1, grad checkpointing, ZeRO-1,
@@ -47,3 +47,10 @@ def resolve(preset: str, overrides: dict[str, Any] | None = None) -> Hyperparame
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     return Hyperparameters(**{**PRESETS[preset], **(overrides or {})})
+
+
+def problems(preset: str, overrides: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Every problem of a preset with overrides, at once (empty: it resolves)."""
+    if preset not in PRESETS:
+        return [{"field": "preset", "message": f"unknown preset {preset!r}; known: {', '.join(PRESETS)}"}]
+    return spec_problems({**PRESETS[preset], **(overrides or {})})

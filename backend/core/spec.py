@@ -166,6 +166,31 @@ def combination_problems(h: Hyperparameters) -> list[tuple[str, str]]:
     return p
 
 
+def spec_problems(values: dict[str, Any]) -> list[dict[str, str]]:
+    """Every problem of ``values`` at once, as ``{field, message}``.
+
+    pydantic stops before the combination checks when any field is invalid, so a user would see
+    the combination problems only after fixing the fields; here they are checked too, with the
+    valid fields as given (the invalid ones left at their defaults, and their combinations not
+    reported)."""
+    try:
+        Hyperparameters(**values)
+        return []
+    except ValidationError as e:
+        errors = e.errors()
+    out = [{"field": ".".join(str(x) for x in err["loc"]) or "hyperparameters", "message": err["msg"]}
+           for err in errors]
+    if any(err["type"] == "invalid_combination" for err in errors):
+        return out  # the fields were valid: this is already everything
+    bad = {str(err["loc"][0]) for err in errors if err["loc"]}
+    try:
+        Hyperparameters(**{k: v for k, v in values.items() if k not in bad})
+    except ValidationError as e:
+        out += [{"field": str(err["loc"][0]), "message": err["msg"]} for err in e.errors()
+                if err["type"] == "invalid_combination" and err["loc"] and str(err["loc"][0]) not in bad]
+    return out
+
+
 def _what_trains(h: Hyperparameters, p: list[tuple[str, str]]) -> None:
     if h.unfreeze_vit_layers and not h.freeze_backbone:
         p.append(("unfreeze_vit_layers", "unfreeze_vit_layers only applies with freeze_backbone"))

@@ -62,11 +62,11 @@ def new_staging(settings: Settings, create: bool = True) -> Path:
     return d
 
 
-def source_from_zip(settings: Settings, upload: Path) -> Source:
+def source_from_zip(settings: Settings, upload: Path, display_name: str | None = None) -> Source:
     staging = new_staging(settings, create=False)  # extract_zip creates it
     try:
         try:
-            extract_zip(upload, staging, max_total_bytes=settings.max_upload_bytes * 20)
+            extract_zip(upload, staging, max_total_bytes=settings.max_upload_bytes * 20, display_name=display_name)
         except ArchiveError as e:
             raise InvalidInput(str(e)) from None
         anns = find_annotations(staging)
@@ -135,8 +135,8 @@ def _accept(src: Source, reports: list[Report], opts: Options) -> list[tuple[Pat
     if not all(r.ok for r in reports) and not opts.drop_bad_lines:
         errs = _errors(reports, src.staging)
         total = sum(r.total("error") for r in reports)
-        raise InvalidInput(f"{total} error(s) in {', '.join(a.name for a, _ in src.pairs)}; fix them or "
-                           "choose drop_bad_lines", errs)
+        raise InvalidInput(f"{total} error(s) in {', '.join(a.name for a, _ in src.pairs)}; fix them, or register "
+                           "the lines without errors (drop_bad_lines; in the studio: “Drop the lines with errors”)", errs)
     out = []
     for k, ((ann, root), r) in enumerate(zip(src.pairs, reports, strict=True)):
         if r.ok:

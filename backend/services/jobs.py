@@ -43,10 +43,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def validation_problems(e: ValidationError) -> list[dict[str, Any]]:
-    return [{"field": ".".join(str(x) for x in err["loc"]) or "spec", "message": err["msg"]} for err in e.errors()]
-
-
 def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int, preset: str,
              overrides: dict[str, Any], priority: int) -> tuple[Hyperparameters, list[dict[str, Any]], Any]:
     problems: list[dict[str, Any]] = []
@@ -55,8 +51,8 @@ def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int
         hyper = presets.resolve(preset, overrides)
     except KeyError as e:
         problems.append({"field": "preset", "message": str(e.args[0])})
-    except ValidationError as e:
-        problems += validation_problems(e)
+    except ValidationError:
+        problems += presets.problems(preset, overrides)  # field and combination problems together
     try:
         get_dataset(session, dataset_id, user, ready=True)  # not while validating, failed or cancelled
     except (NotFound, Conflict) as e:

@@ -17,17 +17,28 @@ from backend.services.users import visible_to
 from backend.settings import Settings
 
 DEMO_MODEL_NAME = "internvl-tiny-demo"
+#: What ``worker.demo_model.build_demo_model`` builds, known without building it (the API has no
+#: torch); tests/worker/test_demo_model_info.py counts the built model's parameters against it.
+DEMO_MODEL_INFO: dict = {
+    "description": "tiny random-weight InternVL (2-layer ViT, 2-layer Llama) for demos and tests",
+    "max_dynamic_patch": 6, "use_thumbnail": True, "num_parameters": 785_344,
+    "vision_layers": 2, "vision_hidden_size": 64, "text_layers": 2, "text_hidden_size": 128,
+    "arch": {"vit_params": 203_584, "vit_hidden": 64, "vit_layers": 2, "mlp_params": 49_920,
+             "llm_params": 531_840, "llm_hidden": 128, "llm_layers": 2, "vocab": 539},
+}
 
 
 def ensure_builtin_models(session: Session, settings: Settings) -> None:
     """Register the demo model on a fresh install. Its files are built on first use by the
     worker (``worker.demo_model``), so the API never needs torch."""
-    if session.scalar(select(Model).where(Model.name == DEMO_MODEL_NAME)) is None:
+    row = session.scalar(select(Model).where(Model.name == DEMO_MODEL_NAME))
+    if row is None:
         session.add(Model(
             name=DEMO_MODEL_NAME, path=str(settings.data_path / "models" / DEMO_MODEL_NAME), family="llama",
-            template="internlm2-chat", builtin=True,
-            info={"description": "tiny random-weight InternVL (2-layer ViT, 2-layer Llama) for demos and tests",
-                  "max_dynamic_patch": 6, "use_thumbnail": True}))
+            template="internlm2-chat", builtin=True, info=dict(DEMO_MODEL_INFO)))
+        session.commit()
+    elif row.builtin and row.info != DEMO_MODEL_INFO:  # an install from before the sizes were known
+        row.info = dict(DEMO_MODEL_INFO)
         session.commit()
 
 

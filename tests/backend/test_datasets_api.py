@@ -387,3 +387,21 @@ def test_background_validation_keeps_the_validation_split(api):
     assert r.status_code == 202, r.text
     ds = wait_status(api, r.json()["id"])
     assert (ds["status"], ds["num_samples"], ds["num_val_samples"]) == ("ready", 3, 1)
+
+
+def test_errors_name_the_upload_not_its_temporary_file(api):
+    r = api.post("/api/datasets", files={"file": ("holiday-photos.zip", b"PK not really", "application/zip")})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == "holiday-photos.zip: not a zip archive"
+
+
+def test_a_refusal_points_at_what_the_studio_offers(api):
+    """The rejected upload's message names the switch the Datasets page has, and JSON errors that
+    end in "at" (json's "Invalid control character at") are not doubled."""
+    r = post_zip(api, zip_bytes({"ann.jsonl": '{"id": "a\tb"}\n'}))
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert "Drop the lines with errors" in body["detail"], body["detail"]
+    messages = [e["message"] for e in body["errors"]]
+    assert any("Invalid control character at column" in m for m in messages), messages
+    assert not any("at at" in m for m in messages), messages

@@ -95,3 +95,16 @@ def test_spec_round_trips_through_its_file(tmp_path):
                         hyper=resolve("4b-lora"), resume_from_checkpoint="latest")
     spec.write(tmp_path / "spec.json")
     assert TrainingSpec.read(tmp_path / "spec.json") == spec
+
+
+def test_field_and_combination_problems_come_in_one_pass():
+    """A wrong type stops pydantic before the combination checks; ``problems`` reports both, so
+    the user does not discover the combination problems only after fixing the field."""
+    from backend.core.presets import problems
+
+    found = problems("demo", {"learning_rate": "fast", "warmup_ratio": -1, "use_llm_lora": 16, "max_steps": 0})
+    fields = [p["field"] for p in found]
+    assert fields[:2] == ["learning_rate", "warmup_ratio"] and set(fields[2:]) == {"use_llm_lora", "max_steps"}
+    assert problems("demo", {"learning_rate": "fast"}) == [found[0]]  # no spurious combination problem
+    assert problems("demo", {}) == []
+    assert problems("nope", {})[0]["field"] == "preset"

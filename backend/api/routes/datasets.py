@@ -66,7 +66,7 @@ def _zip_source(settings: Settings, file: UploadFile) -> svc.Source:
     try:
         if _save(file, path, [settings.max_upload_bytes]) == 0:
             raise InvalidInput(f"{file.filename or 'upload'}: empty file")
-        return svc.source_from_zip(settings, path)
+        return svc.source_from_zip(settings, path, display_name=file.filename or "upload")
     finally:
         path.unlink(missing_ok=True)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -17,8 +17,8 @@ from backend.core import presets
 from backend.db.models import JobStatus
 from backend.db.session import get_sessionmaker
 from backend.queue import wake_workers
+from backend.services import job_compare, memory
 from backend.services import jobs as svc
-from backend.services import memory
 from backend.services.errors import InvalidInput, NotFound
 from backend.services.models import get_model
 
@@ -49,13 +49,24 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
         raise InvalidInput(f"invalid spec: {e}") from None
     arch = memory.arch_for(model.name, model.info or {})
     if arch is None:
-        return {"estimate": None, "reason": f"sizes of model {model.name!r} unknown (set info.arch)"}
+        return {"estimate": None, "reason": f"the sizes of model {model.name!r} are not known (its name names no "
+                "known size such as -2B or -4B), so its memory cannot be estimated"}
     return {"estimate": memory.estimate(arch, hyper), "suggestions": memory.suggestions(hyper)}
 
 
 @router.get("", response_model=list[JobOut])
 def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None = None, limit: int = 200) -> list:
-    return svc.list_jobs(session, user, status, min(max(limit, 1), 1000))
+    jobs = svc.list_jobs(session, user, status, min(max(limit, 1), 1000))
+    etas = job_compare.etas(session, jobs)
+    return [JobOut.model_validate(j).model_copy(update={"eta_seconds": etas.get(j.id)}) for j in jobs]
+
+
+@router.get("/compare", responses={422: {"description": "not 2 to 8 distinct job ids"}})
+def compare_jobs(session: SessionDep, user: CurrentUser, ids: Annotated[list[int], Query()]) -> dict[str, Any]:
+    """Several runs side by side (``?ids=1&ids=2``): each job's curves (loss, eval loss, learning
+    rate, throughput by step), the hyperparameters whose values differ, and the evaluation
+    scores of every succeeded evaluation that ran one of them."""
+    return job_compare.compare(session, user, ids)
 
 
 def _run_files(run_dir: str | None) -> list[str]:
@@ -70,7 +81,8 @@ def get_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobDetail:
     """The job, its last log lines (why it failed), and the files of its run folder."""
     job = svc.get_job(session, job_id, user)
     return JobDetail.model_validate(job).model_copy(
-        update={"last_lines": svc.last_lines(session, job_id), "run_files": _run_files(job.run_dir)})
+        update={"last_lines": svc.last_lines(session, job_id), "run_files": _run_files(job.run_dir),
+                "eta_seconds": job_compare.etas(session, [job]).get(job.id)})
 
 
 @router.get("/{job_id}/files/{path:path}")

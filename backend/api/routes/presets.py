@@ -34,8 +34,6 @@ def resolve_preset(body: ResolveRequest) -> dict:
         h = presets.resolve(body.preset, body.hyperparameters)
     except KeyError as e:
         raise InvalidInput(str(e.args[0]), [{"field": "preset", "message": str(e.args[0])}]) from None
-    except ValidationError as e:
-        problems = [{"field": ".".join(str(x) for x in err["loc"]) or "hyperparameters", "message": err["msg"]}
-                    for err in e.errors()]
-        raise InvalidInput("invalid hyperparameters", problems) from None
+    except ValidationError:
+        raise InvalidInput("invalid hyperparameters", presets.problems(body.preset, body.hyperparameters)) from None
     return {"hyperparameters": h.model_dump(mode="json"), "derived": h.derived()}

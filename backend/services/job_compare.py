@@ -1,0 +1,105 @@
+"""Read-side views over several jobs: the trainer's ETA for the jobs list, and the run
+comparison (curves overlaid, the hyperparameters that differ, evaluation scores side by side)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.db.models import Evaluation, Job, JobMetric, JobStatus
+from backend.services.errors import InvalidInput
+from backend.services.jobs import get_job
+from backend.services.users import visible_to
+
+ACTIVE = (JobStatus.starting, JobStatus.running, JobStatus.stopping)
+#: the metric values a comparison overlays (the curves of the job view)
+CURVES = ("loss", "eval_loss", "learning_rate", "tokens_per_second", "samples_per_second", "grad_norm")
+MAX_JOBS = 8
+
+
+def etas(session: Session, jobs: Sequence[Job]) -> dict[int, float]:
+    """job id -> seconds left, from the trainer's own ETA of its last step row (less the time
+    since that row was written). The one ETA the list and the job view both show; a job whose
+    trainer has not logged a step yet has none (start-up is not training time)."""
+    ids = [j.id for j in jobs if j.status in ACTIVE]
+    if not ids:
+        return {}
+    last = (select(JobMetric.job_id, func.max(JobMetric.seq).label("seq"))
+            .where(JobMetric.job_id.in_(ids), JobMetric.loss.is_not(None)).group_by(JobMetric.job_id).subquery())
+    rows = session.execute(select(JobMetric.job_id, JobMetric.values, JobMetric.created_at)
+                           .join(last, (JobMetric.job_id == last.c.job_id) & (JobMetric.seq == last.c.seq)))
+    out = {}
+    now = datetime.now(UTC)
+    for job_id, values, created in rows:
+        eta = (values or {}).get("eta_seconds")
+        if isinstance(eta, int | float):
+            since = (now - (created if created.tzinfo else created.replace(tzinfo=UTC))).total_seconds()
+            out[job_id] = max(0.0, float(eta) - max(0.0, since))
+    return out
+
+
+def _series(session: Session, job_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(select(JobMetric.step, JobMetric.loss, JobMetric.values)
+                           .where(JobMetric.job_id == job_id).order_by(JobMetric.seq))
+    out = []
+    for step, loss, values in rows:
+        point: dict[str, Any] = {"step": step}
+        for key in CURVES:
+            v = loss if key == "loss" and loss is not None else (values or {}).get(key)
+            if isinstance(v, int | float):
+                point[key] = v
+        if len(point) > 1:
+            out.append(point)
+    return out
+
+
+def _differing(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    keys = sorted({k for j in jobs for k in (j.hyper or {})})
+    rows = [{"field": "preset", "values": [j.preset for j in jobs]}] if len({j.preset for j in jobs}) > 1 else []
+    for field in ("model_id", "dataset_id"):
+        values = [getattr(j, field) for j in jobs]
+        if len(set(values)) > 1:
+            rows.append({"field": field, "values": values})
+    for k in keys:
+        values = [(j.hyper or {}).get(k) for j in jobs]
+        if any(v != values[0] for v in values[1:]):
+            rows.append({"field": k, "values": values})
+    return rows
+
+
+def _scores(session: Session, user: Any, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Succeeded evaluations that scored at least one of the jobs: per evaluation, the metrics of
+    each model it ran (base models included, as the reference), keyed by label."""
+    out = []
+    for ev in session.scalars(select(Evaluation).where(Evaluation.status == JobStatus.succeeded)
+                              .order_by(Evaluation.id)):
+        if not visible_to(user, ev.owner_id):
+            continue
+        refs = ev.models or []
+        if not any(r.get("job_id") in ids for r in refs):
+            continue
+        models = [{"label": r.get("label"), "job_id": r.get("job_id"), "model_id": r.get("model_id"),
+                   "n": s.get("n"), "metrics": s.get("metrics") or {}}
+                  for r, s in zip(refs, ev.summary or [], strict=False)]
+        out.append({"evaluation_id": ev.id, "dataset_id": ev.dataset_id, "split": ev.split, "models": models})
+    return out
+
+
+def compare(session: Session, user: Any, ids: Sequence[int]) -> dict[str, Any]:
+    """Curves, differing hyperparameters and evaluation scores of jobs ``ids`` (2 to 8)."""
+    ids = list(dict.fromkeys(ids))
+    if not 2 <= len(ids) <= MAX_JOBS:
+        raise InvalidInput(f"compare 2 to {MAX_JOBS} jobs ({len(ids)} given)",
+                           [{"field": "ids", "message": f"give 2 to {MAX_JOBS} distinct job ids"}])
+    jobs = [get_job(session, i, user) for i in ids]
+    return {
+        "jobs": [{"id": j.id, "status": j.status.value, "preset": j.preset, "model_id": j.model_id,
+                  "dataset_id": j.dataset_id, "step": j.step, "total_steps": j.total_steps} for j in jobs],
+        "series": {str(j.id): _series(session, j.id) for j in jobs},
+        "differing": _differing(jobs),
+        "evaluations": _scores(session, user, ids),
+    }

@@ -1,0 +1,67 @@
+"""Run comparison (``GET /api/jobs/compare``) and the one ETA the list and the job view show."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.db.models import Evaluation, JobStatus
+from backend.db.session import session_scope
+from backend.services import jobs
+from tests.backend.test_jobs_service import ds, force_status, submit  # noqa: F401 (ds is a fixture)
+
+S = JobStatus
+
+
+def _metrics(job_id: int, rows: list[dict]) -> None:
+    with session_scope() as s:
+        jobs.append_metrics(s, job_id, 1, rows)
+
+
+def test_compare_overlays_curves_lists_differences_and_scores(api, ds):  # noqa: F811
+    a = submit(api, ds, hyperparameters={"learning_rate": 1e-4})["id"]
+    b = submit(api, ds, hyperparameters={"learning_rate": 3e-4, "max_steps": 7})["id"]
+    _metrics(a, [{"step": 1, "loss": 2.0, "learning_rate": 1e-4, "tokens_per_second": 50.0},
+                 {"step": 2, "eval_loss": 1.5}])
+    _metrics(b, [{"step": 1, "loss": 3.0, "learning_rate": 3e-4, "tokens_per_second": 40.0}])
+    for j in (a, b):
+        force_status(j, S.succeeded)
+    with session_scope() as s:
+        s.add(Evaluation(dataset_id=ds, split="train", status=S.succeeded, models=[
+            {"label": "internvl-tiny-demo", "model_id": 1, "job_id": None},
+            {"label": f"job {a}", "model_id": 1, "job_id": a}],
+            summary=[{"label": "internvl-tiny-demo", "n": 2, "metrics": {"exact_match": 0.0}},
+                     {"label": f"job {a}", "n": 2, "metrics": {"exact_match": 0.5}}]))
+        s.commit()
+
+    r = api.get("/api/jobs/compare", params=[("ids", a), ("ids", b)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [j["id"] for j in body["jobs"]] == [a, b]
+    assert body["series"][str(a)] == [
+        {"step": 1, "loss": 2.0, "learning_rate": 1e-4, "tokens_per_second": 50.0}, {"step": 2, "eval_loss": 1.5}]
+    assert body["series"][str(b)][0]["loss"] == 3.0
+    differing = {d["field"]: d["values"] for d in body["differing"]}
+    assert set(differing) == {"learning_rate", "max_steps"}, differing
+    assert differing["learning_rate"] == [1e-4, 3e-4] and differing["max_steps"][1] == 7
+    [ev] = body["evaluations"]
+    assert [(m["label"], m["metrics"]["exact_match"]) for m in ev["models"]] == [
+        ("internvl-tiny-demo", 0.0), (f"job {a}", 0.5)]
+
+
+@pytest.mark.parametrize("ids", [[], [1], [1, 1]])
+def test_compare_needs_two_distinct_jobs(api, ds, ids):  # noqa: F811
+    submit(api, ds)
+    r = api.get("/api/jobs/compare", params=[("ids", i) for i in ids])
+    assert r.status_code == 422, r.text
+
+
+def test_list_and_job_show_the_trainers_eta(api, ds):  # noqa: F811
+    job = submit(api, ds)["id"]
+    force_status(job, S.running)
+    assert api.get(f"/api/jobs/{job}").json()["eta_seconds"] is None  # no step yet: start-up is not training
+    _metrics(job, [{"step": 1, "loss": 2.0, "eta_seconds": 900.0}, {"step": 1, "eval_loss": 1.0}])
+    listed = next(j for j in api.get("/api/jobs").json() if j["id"] == job)["eta_seconds"]
+    single = api.get(f"/api/jobs/{job}").json()["eta_seconds"]
+    assert 880 < listed <= 900 and 880 < single <= 900 and abs(listed - single) < 5
+    force_status(job, S.succeeded)
+    assert api.get(f"/api/jobs/{job}").json()["eta_seconds"] is None
