@@ -9,7 +9,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from ui.client import ApiError
-from ui.pages import datasets, evaluate, jobs, login, models, train
+from ui.pages import compare, datasets, evaluate, jobs, login, models, playground, train
 from ui.session import Sessions
 from ui.theme import CSS, theme
 from ui.widgets import esc
@@ -49,10 +49,12 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
                     jobs_page = jobs.build(sessions)
                 with gr.Tab("Train", id="train", elem_id="vl-tab-train") as train_tab:
                     train_page = train.build(sessions, jobs_page, tabs)
-                with gr.Tab("Evaluate", id="evaluate", elem_id="vl-tab-evaluate") as eval_tab:  # issue 8
-                    _, eval_load, eval_outputs = evaluate.build_evaluate(sessions)
-                with gr.Tab("Playground", id="playground", elem_id="vl-tab-playground") as chat_tab:  # issue 8
-                    chat_load, chat_model = evaluate.build_playground(sessions)
+                with gr.Tab("Compare", id="compare", elem_id="vl-tab-compare") as compare_tab:
+                    compare_load, compare_pick = compare.build(sessions)
+                with gr.Tab("Evaluate", id="evaluate", elem_id="vl-tab-evaluate") as eval_tab:
+                    eval_page = evaluate.build_evaluate(sessions)
+                with gr.Tab("Playground", id="playground", elem_id="vl-tab-playground") as chat_tab:
+                    chat_load, chat_model = playground.build(sessions)
 
         def gate(request: gr.Request) -> list:
             g = login.check(sessions, request)
@@ -91,7 +93,8 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
         models_tab.select(models_refresh, None, models_html)
         train_tab.select(train_page.refresh, None, train_page.pickers)
         jobs_tab.select(jobs_page.refresh, jobs_page.state, jobs_page.list_html)
-        eval_tab.select(eval_load, None, eval_outputs)
+        compare_tab.select(compare_load, compare_pick, compare_pick)
+        eval_tab.select(eval_page.load, None, eval_page.pickers)
         chat_tab.select(chat_load, None, chat_model)
     # Handlers wait on the API (I/O), not the CPU: let sessions' timers and uploads run side by
     # side instead of Gradio's default of one at a time per event.

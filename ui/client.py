@@ -32,6 +32,22 @@ class ApiError(Exception):
         return "\n".join(lines)
 
 
+def error_of(r: httpx.Response) -> ApiError:
+    """The API's refusal as an :class:`ApiError`: its ``detail`` and every entry of ``errors``
+    (FastAPI's own 422 lists them under ``detail``: each becomes ``{field, message}``)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return ApiError(f"HTTP {r.status_code}: {r.text[:300]}", status=r.status_code)
+    detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(detail, list):  # FastAPI's request validation
+        errors = [{"field": ".".join(str(x) for x in e.get("loc", [])[1:]) or "request", "message": e.get("msg", "")}
+                  if isinstance(e, dict) else e for e in detail]
+        detail = "invalid request"
+    return ApiError(str(detail), errors, status=r.status_code)
+
+
 class StudioClient:
     def __init__(self, base_url: str, timeout: float = 120.0, token: str | None = None) -> None:
         self.base = base_url.rstrip("/")
@@ -48,15 +64,7 @@ class StudioClient:
         except httpx.HTTPError as e:
             raise ApiError(f"cannot reach the vlstudio API at {self.base} ({e.__class__.__name__})") from None
         if r.status_code >= 400:
-            try:
-                body = r.json()
-            except ValueError:
-                raise ApiError(f"HTTP {r.status_code}: {r.text[:300]}", status=r.status_code) from None
-            detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
-            errors = body.get("errors") if isinstance(body, dict) else None
-            if isinstance(detail, list):  # FastAPI's own 422 shape
-                detail, errors = "invalid request", detail
-            raise ApiError(str(detail), errors, status=r.status_code)
+            raise error_of(r)
         return r.json() if r.content else None
 
     # -- service -------------------------------------------------------------------------
@@ -80,19 +88,29 @@ class StudioClient:
     def dataset(self, dataset_id: int) -> dict:
         return self._call("GET", f"/datasets/{dataset_id}")
 
-    def upload_dataset(self, path: Path, name: str | None = None, model_id: int | None = None) -> dict:
-        """Upload a zip. ``model_id``: also check tiles and token lengths with that model. A large
-        annotation comes back ``status: validating``: poll :meth:`dataset` for ``progress``."""
-        form = {k: str(v) for k, v in (("name", name), ("model_id", model_id)) if v is not None}
-        with open(path, "rb") as f:
-            return self._call("POST", "/datasets", files={"file": (path.name, f, "application/zip")},
-                              data=form or None)
+    def upload_dataset(self, path: Path, name: str | None = None, model_id: int | None = None, *,
+                       val_fraction: float = 0.0, validation: Path | None = None, max_seq_length: int | None = None,
+                       truncation: str | None = None, drop_bad_lines: bool = False) -> dict:
+        """Upload a zip. ``model_id``: also check tiles and token lengths with that model (and
+        ``max_seq_length``: the lines over it are named, ``truncation`` "truncate" warns instead
+        of refusing). ``val_fraction`` or a ``validation`` .jsonl: the held-out split.
+        ``drop_bad_lines``: register the lines without errors. A large annotation comes back
+        ``status: validating``: poll :meth:`dataset` for ``progress``."""
+        fields = (("name", name), ("model_id", model_id), ("max_seq_length", max_seq_length),
+                  ("truncation", truncation), ("val_fraction", val_fraction or None),
+                  ("drop_bad_lines", "true" if drop_bad_lines else None))
+        form = {k: str(v) for k, v in fields if v is not None}
+        with open(path, "rb") as f, open(validation or path, "rb") as v:
+            files = {"file": (path.name, f, "application/zip")}
+            if validation is not None:
+                files["validation"] = (validation.name, v, "application/jsonl")
+            return self._call("POST", "/datasets", files=files, data=form or None)
 
     def cancel_validation(self, dataset_id: int) -> dict:
         return self._call("POST", f"/datasets/{dataset_id}/cancel-validation")
 
-    def register_demo_dataset(self) -> dict:
-        return self._call("POST", "/datasets/demo")
+    def register_demo_dataset(self, val_fraction: float = 0.0) -> dict:
+        return self._call("POST", "/datasets/demo", params={"val_fraction": val_fraction} if val_fraction else None)
 
     def sample(self, dataset_id: int, n: int, **params: Any) -> dict:
         """The preview of sample ``n`` (1-based line of the annotation)."""
@@ -152,6 +170,10 @@ class StudioClient:
     def metrics(self, job_id: int, after: int = 0) -> list[dict]:
         return self._call("GET", f"/jobs/{job_id}/metrics", params={"after": after})
 
+    def compare_jobs(self, ids: list[int]) -> dict:
+        """``{jobs, series, differing, evaluations}`` of 2 to 8 jobs (``GET /api/jobs/compare``)."""
+        return self._call("GET", "/jobs/compare", params=[("ids", i) for i in ids])
+
     def cancel(self, job_id: int) -> dict:
         return self._call("POST", f"/jobs/{job_id}/cancel")
 
@@ -194,9 +216,7 @@ class StudioClient:
                                   timeout=httpx.Timeout(600, connect=10)) as r:
                 if r.status_code >= 400:
                     r.read()
-                    detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith(
-                        "application/json") else r.text
-                    raise ApiError(str(detail), status=r.status_code)
+                    raise error_of(r)
                 kind = None
                 for line in r.iter_lines():
                     if line.startswith("event: "):

@@ -4,7 +4,7 @@ side by side with the user's text escaped."""
 from __future__ import annotations
 
 from ui.app import build_ui
-from ui.pages.evaluate import model_choices, samples_table, summary_table, to_ref
+from ui.pages.evaluate import model_choices, running_scores, samples_table, summary_table, to_ref
 
 
 class FakeApi:
@@ -26,15 +26,30 @@ def test_results_render_side_by_side_and_escaped():
         {"label": "base", "n": 2, "metrics": {"exact_match": 0.0}},
         {"label": "job 7", "n": 2, "metrics": {"exact_match": 1.0}}]}
     html = summary_table(ev)
-    assert "0.000" in html and "1.000" in html and "job 7" in html
+    assert "0.000" in html and "1.000" in html and "job 7" in html and "+1.000" in html  # the change from base
     res = {"models": ["base", "job 7"], "samples": 2, "differing": 1, "items": [
-        {"id": "0", "question": "<b>colour?</b>", "answers": ["red"], "predictions": ["<script>", "red"]}]}
+        {"id": "0", "question": "<b>colour?</b>", "answers": ["red"], "predictions": ["<script>", "red"],
+         "differ": True},
+        {"id": "1", "question": "same", "answers": ["blue"], "predictions": ["blue", "blue"], "differ": False}]}
     html = samples_table(res)
     assert "1 of 2 samples differ" in html
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;colour?" in html
+    assert "same" not in html and "same" in samples_table(res, only_differences=False)
+
+
+def test_scores_so_far_while_the_evaluation_runs():
+    res = {"models": ["base", "job 7"], "items": [
+        {"scores": [{"exact_match": 0.0}, {"exact_match": 1.0}]},
+        {"scores": [{"exact_match": 1.0}, None]}]}
+    live = running_scores(res)
+    assert live == [{"label": "base", "n": 2, "metrics": {"exact_match": 0.5}},
+                    {"label": "job 7", "n": 1, "metrics": {"exact_match": 1.0}}]
+    html = summary_table({"id": 1, "status": "running", "done": 3, "total": 4, "summary": []}, live)
+    assert "Scores so far" in html and "0.500" in html and "3 / 4 outputs" in html
 
 
 def test_studio_has_evaluate_and_playground_tabs():
     demo = build_ui("http://127.0.0.1:9")
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
-    assert {"vl-tab-evaluate", "vl-tab-playground", "vl-eval-run", "vl-chat"} <= ids
+    assert {"vl-tab-evaluate", "vl-tab-playground", "vl-tab-compare", "vl-eval-run", "vl-chat", "vl-chat-stop",
+            "vl-cmp-pick"} <= ids

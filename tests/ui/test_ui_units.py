@@ -62,9 +62,43 @@ def test_smoothed_loss_follows_the_trend_without_start_bias():
 
 
 def test_progress_shows_steps_percent_and_eta():
-    job = {"status": "running", "step": 5, "total_steps": 20, "started_at": None}
-    html = job_view.progress_html(job, {"values": {"eta_seconds": 75}})
+    job = {"status": "running", "step": 5, "total_steps": 20, "started_at": None, "eta_seconds": 75}
+    html = job_view.progress_html(job, {"values": {"eta_seconds": 999}})
     assert "step 5 / 20" in html and "25%" in html and "ETA 1m 15s" in html
+
+
+def test_list_and_job_view_show_the_same_eta():
+    """Both read the API's eta_seconds (the trainer's), never an elapsed-time guess of their own."""
+    job = {"id": 1, "status": "running", "step": 5, "total_steps": 20, "started_at": "2020-01-01T00:00:00Z",
+           "eta_seconds": 75, "model_id": 1, "dataset_id": 1, "preset": "demo", "created_at": None}
+    listed = job_view.jobs_table([job], {}, {}, None)
+    assert "1m 15s" in listed and "ETA 1m 15s" in job_view.progress_html(job, None)
+    assert "ETA –" in job_view.progress_html({**job, "eta_seconds": None}, None)
+
+
+def test_a_job_without_a_step_says_it_is_starting_and_for_how_long():
+    job = {"status": "running", "step": 0, "total_steps": 20, "started_at": "2020-01-01T00:00:00+00:00"}
+    html = job_view.progress_html(job, None)
+    assert "starting for" in html and "DeepSpeed" in html
+
+
+def test_upload_options_follow_the_training_rule():
+    from ui.pages.datasets import upload_options
+
+    assert upload_options(None, 0.2, None, 2048, False) == {"drop_bad_lines": False, "val_fraction": 0.2}
+    opts = upload_options(1, 0.2, "/tmp/val.jsonl", 2048, True)
+    assert opts == {"drop_bad_lines": True, "validation": Path("/tmp/val.jsonl"), "max_seq_length": 2048,
+                    "truncation": "truncate"}
+
+
+def test_truncated_lines_are_named_after_an_upload():
+    from ui.pages import report_view
+
+    ds = {"report": {"issues": [{"code": "truncated", "line": 4, "severity": "warning", "message": "x"},
+                                {"code": "other", "line": 5, "severity": "warning", "message": "y"}]}}
+    html = report_view.length_warning(ds)
+    assert "1 sample(s) are longer than max_seq_length" in html and "Lines 4 " in html
+    assert report_view.length_warning({"report": {"issues": []}}) == ""
 
 
 def test_artifacts_group_final_model_and_checkpoints():

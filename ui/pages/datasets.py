@@ -54,6 +54,18 @@ def build(sessions: Sessions) -> DatasetsPage:
                                       info="the model's template and tokenizer (optional, slower)")
             upload = gr.Button("Upload and validate", variant="primary", elem_id="vl-upload-btn")
             demo = gr.Button("Use the demo dataset (coloured shapes)", elem_id="vl-demo-btn")
+    with gr.Accordion("Validation split, sequence length, bad lines", open=True, elem_id="vl-ds-options"):
+        with gr.Row(equal_height=False):
+            val_fraction = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Hold out for validation",
+                                     info="the share of samples the Evaluate page and the eval loss use (seeded)",
+                                     elem_id="vl-ds-val-fraction")
+            val_file = gr.File(label="…or a validation .jsonl (same image folder)", file_types=[".jsonl"],
+                               elem_id="vl-ds-val-file", height=90)
+            max_len = gr.Number(value=None, precision=0, minimum=1, label="Max sequence length",
+                                info="with a model above: samples longer than this are named (training "
+                                     "truncates them, or drops those it cannot cut)", elem_id="vl-ds-max-len")
+            drop_bad = gr.Checkbox(label="Drop the lines with errors", value=False, elem_id="vl-ds-drop",
+                                   info="register the other lines instead of refusing the upload")
     result = gr.HTML(elem_id="vl-ds-result")
     gr.HTML("<div class='vl-h3'>Registered datasets</div>")
     list_html = gr.HTML(elem_id="vl-ds-list", js_on_load=(
@@ -87,7 +99,8 @@ def build(sessions: Sessions) -> DatasetsPage:
         except ApiError as e:
             return notice("error", "Cannot load the datasets", str(e))
 
-    def on_upload(paths: list[str] | None, ds_name: str, model_id: int | None, request: gr.Request,
+    def on_upload(paths: list[str] | None, ds_name: str, model_id: int | None, fraction: float,  # noqa: PLR0913
+                  val_path: str | None, max_seq: float | None, drop: bool, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
         if not paths:
             return [notice("info", "Choose files first", "<div>Drop a zip, or images with one .jsonl file.</div>"),
@@ -98,7 +111,8 @@ def build(sessions: Sessions) -> DatasetsPage:
             try:
                 zpath = bundle([Path(p) for p in paths], Path(tmp))
                 progress(0.2, desc="Uploading and validating every line")
-                ds = _settled(api, api.upload_dataset(zpath, ds_name or None, model_id or None), progress)
+                opts = upload_options(model_id, fraction, val_path, max_seq, drop)
+                ds = _settled(api, api.upload_dataset(zpath, ds_name or None, model_id or None, **opts), progress)
             except BundleError as e:
                 return [notice("error", "Cannot upload these files", f"<div>{rv.esc(e)}</div>"),
                         *[gr.skip()] * len(detail_outputs)]
@@ -108,13 +122,13 @@ def build(sessions: Sessions) -> DatasetsPage:
         progress(1.0, desc="Done")
         if ds.get("status", "ready") != "ready":
             return [rv.unsettled_html(ds), *[gr.skip()] * len(detail_outputs)]
-        return [rv.registered_html(ds), *show(api, ds["id"])]
+        return [rv.registered_html(ds) + rv.length_warning(ds), *show(api, ds["id"])]
 
-    def on_demo(request: gr.Request, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
+    def on_demo(fraction: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
         api = sessions.api(request)
         progress(0.2, desc="Generating and validating the demo dataset")
         try:
-            ds = api.register_demo_dataset()
+            ds = api.register_demo_dataset(float(fraction or 0))
         except ApiError as e:
             return [rv.rejected_html(str(e), e.errors), *[gr.skip()] * len(detail_outputs)]
         return [rv.registered_html(ds), *show(api, ds["id"])]
@@ -125,9 +139,10 @@ def build(sessions: Sessions) -> DatasetsPage:
         except ApiError as e:
             return [notice("error", "Cannot open the dataset", str(e)), *[gr.skip()] * len(detail_outputs)]
 
-    upload.click(on_upload, [files, name, check_model], [result, *detail_outputs]).then(
+    upload.click(on_upload, [files, name, check_model, val_fraction, val_file, max_len, drop_bad],
+                 [result, *detail_outputs]).then(
         refresh, selected, list_html).then(meta_load, None, meta_grid)
-    demo.click(on_demo, None, [result, *detail_outputs]).then(refresh, selected, list_html).then(
+    demo.click(on_demo, val_fraction, [result, *detail_outputs]).then(refresh, selected, list_html).then(
         meta_load, None, meta_grid)
     list_html.select(on_select, None, [result, *detail_outputs]).then(refresh, selected, list_html)
     def fill_models(request: gr.Request) -> dict:
@@ -137,8 +152,31 @@ def build(sessions: Sessions) -> DatasetsPage:
             return gr.skip()
         return gr.Dropdown(choices=[("don't check tokens", 0)] + [(m["name"], m["id"]) for m in models])
 
-    def fill(request: gr.Request) -> list:
-        return [fill_models(request), meta_load(request)]
+    def fill_length(request: gr.Request) -> dict:
+        """The default max_seq_length of the training spec (the demo preset's), from the API."""
+        try:
+            p = sessions.api(request).presets()
+        except ApiError:
+            return gr.skip()
+        return gr.Number(value=(p.get("presets", {}).get("demo") or {}).get("max_seq_length")
+                         or p.get("defaults", {}).get("max_seq_length"))
 
-    return DatasetsPage(list_html, selected, refresh, [check_model, meta_grid], fill)
+    def fill(request: gr.Request) -> list:
+        return [fill_models(request), meta_load(request), fill_length(request)]
+
+    return DatasetsPage(list_html, selected, refresh, [check_model, meta_grid, max_len], fill)
+
+
+def upload_options(model_id: int | None, fraction: float | None, val_path: str | None, max_seq: float | None,
+                   drop: bool) -> dict:
+    """The upload's form fields. The length check is the training program's rule: samples over
+    ``max_seq_length`` are truncated (a warning naming them) or, where no cut works, refused."""
+    opts: dict = {"drop_bad_lines": bool(drop)}
+    if val_path:
+        opts["validation"] = Path(val_path)
+    elif fraction:
+        opts["val_fraction"] = float(fraction)
+    if model_id and max_seq:
+        opts.update(max_seq_length=int(max_seq), truncation="truncate")
+    return opts
 

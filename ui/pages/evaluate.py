@@ -1,19 +1,18 @@
-"""Evaluate and Playground pages (issue 8): compare base and fine-tuned models on a
-held-out split side by side, and chat with any of them with an image. Everything goes
-through the REST API (``ui/client.py``)."""
+"""Evaluate page: compare base and fine-tuned models on a held-out split, per metric side by
+side and sample by sample, live while the run goes. Everything goes through the REST API
+(``ui/client.py``); the Playground is ``ui/pages/playground.py``."""
 
 from __future__ import annotations
 
-import base64
-import io
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from ui.client import ApiError
 from ui.session import Sessions
-from ui.widgets import esc, notice, section, table
+from ui.widgets import badge, esc, notice, progress_bar, section, table
 
 METRICS = ["exact_match", "vqa_accuracy", "anls", "relaxed_accuracy", "multiple_choice"]
 
@@ -32,121 +31,144 @@ def to_ref(value: str) -> dict:
     return {"model_id": int(ids[0])} if kind == "model" else {"job_id": int(ids[0])}
 
 
-def summary_table(ev: dict) -> str:
+ACTIVE = ("queued", "starting", "running", "stopping")
+
+
+def running_scores(res: dict) -> list[dict]:
+    """Per model, the mean of each metric over the samples scored so far (the final summary
+    replaces it when the run ends)."""
+    out = []
+    for k, label in enumerate(res.get("models") or []):
+        sums: dict[str, float] = {}
+        n = 0
+        for item in res.get("items") or []:
+            scores = (item.get("scores") or [None] * (k + 1))[k]
+            if isinstance(scores, dict):
+                n += 1
+                for name, v in scores.items():
+                    if isinstance(v, int | float):
+                        sums[name] = sums.get(name, 0.0) + v
+        out.append({"label": label, "n": n, "metrics": {m: v / n for m, v in sums.items()} if n else {}})
+    return out
+
+
+def summary_table(ev: dict, live: list[dict] | None = None) -> str:
+    """Metrics as rows, models as columns (base next to fine-tune), with the change from the
+    first model (the reference) to each other one."""
+    summary = ev.get("summary") or live or []
+    done, total = ev.get("done", 0), ev.get("total")
+    status = ev["status"]
+    caption = f"{done:,} / {total:,} outputs" if total else f"{done:,} outputs"
+    head = (f"<div class='vl-jobhead'><b>Evaluation #{ev['id']}</b> {badge(status)}</div>"
+            + progress_bar(1.0 if status == "succeeded" else (done / total if total else None), caption, status))
+    if status == "failed":
+        head += notice("error", "The evaluation failed", f"<div>{esc(ev.get('failure_reason') or '')}</div>")
+    if not summary:
+        return head + table(["Metric"], [], "No results yet." if status in ACTIVE else "No results.")
+    names = list(dict.fromkeys(m for s in summary for m in s.get("metrics", {})))
+    models = [f"{s['label']} (n={s['n']})" for s in summary]
     rows = []
-    for m in ev.get("summary") or []:
-        rows.append([f"<b>{esc(m['label'])}</b>", str(m["n"])] + [f"{v:.3f}" for v in m["metrics"].values()])
-    names = list((ev.get("summary") or [{}])[0].get("metrics", {}))
-    status = f"evaluation {ev['id']}: {ev['status']} ({ev.get('done', 0)}/{ev.get('total') or '?'} outputs)"
-    return f"<p>{esc(status)}</p>" + table(["Model", "Samples", *names], rows, "No results yet.")
+    for name in names:
+        vals = [s.get("metrics", {}).get(name) for s in summary]
+        cells = [f"{v:.3f}" if isinstance(v, int | float) else "–" for v in vals]
+        ref = vals[0]
+        deltas = [f"{v - ref:+.3f}" if isinstance(v, int | float) and isinstance(ref, int | float) else "–"
+                  for v in vals[1:]]
+        rows.append([f"<b>{esc(name)}</b>", *cells, *deltas])
+    delta_heads = [f"Δ {s['label']}" for s in summary[1:]]
+    note = "" if ev.get("summary") else "<p class='vl-muted'>Scores so far (final when the run ends).</p>"
+    return head + note + table(["Metric", *models, *delta_heads], rows)
 
 
-def samples_table(res: dict) -> str:
+def samples_table(res: dict, only_differences: bool = True) -> str:
+    items = [i for i in res["items"] if i.get("differ")] if only_differences else res["items"]
     rows = [[esc(i["id"]), esc(i["question"]), esc(" | ".join(i["answers"]))]
-            + [esc(p if p is not None else "–") for p in i["predictions"]] for i in res["items"][:200]]
+            + [esc(p if p is not None else "–") for p in i["predictions"]] for i in items[:200]]
     head = f"<p>{res['differing']} of {res['samples']} samples differ between the models.</p>"
     return head + table(["Sample", "Question", "Answer", *res["models"]], rows, "No samples.")
 
 
-def build_evaluate(sessions: Sessions):  # noqa: ANN201
+@dataclass
+class EvaluatePage:
+    load: object  # (request) -> pickers
+    pickers: list  # dataset, models, evaluation
+
+
+def _eval_choices(api) -> list[tuple[str, int]]:  # noqa: ANN001
+    return [(f"#{e['id']} {e['status']} · " + ", ".join(m["label"] for m in e["models"]), e["id"])
+            for e in api.evaluations()]
+
+
+def build_evaluate(sessions: Sessions) -> EvaluatePage:
     gr.HTML(section("Evaluate", "Run base and fine-tuned models on a dataset's held-out split and compare "
-                                "them sample by sample."))
+                                "them per metric and sample by sample."))
     with gr.Row():
         dataset = gr.Dropdown(label="Dataset", choices=[], elem_id="vl-eval-dataset")
-        split = gr.Radio(["validation", "train"], value="validation", label="Split")
+        split = gr.Radio(["validation", "train"], value="validation", label="Split", elem_id="vl-eval-split")
     models = gr.CheckboxGroup(label="Models", choices=[], elem_id="vl-eval-models")
     metrics = gr.CheckboxGroup(METRICS, value=["exact_match", "vqa_accuracy"], label="Metrics")
     with gr.Row():
         run = gr.Button("Run evaluation", variant="primary", elem_id="vl-eval-run")
         refresh = gr.Button("Refresh", elem_id="vl-eval-refresh")
-    message = gr.HTML()
+    message = gr.HTML(elem_id="vl-eval-msg")
     picked = gr.Dropdown(label="Evaluation", choices=[], elem_id="vl-eval-pick")
     only_diff = gr.Checkbox(label="Only samples where the models differ", value=True)
     summary = gr.HTML(elem_id="vl-eval-summary")
     samples = gr.HTML(elem_id="vl-eval-samples")
     download = gr.File(label="Download (JSON lines)", interactive=False)
+    timer = gr.Timer(1.5, active=False)
 
     def load(request: gr.Request):  # noqa: ANN202
         api = sessions.api(request)
         try:
             ds = [(f"{d['name']} #{d['id']} ({d.get('num_val_samples', 0)} held out)", d["id"]) for d in api.datasets()]
-            evs = [(f"#{e['id']} {e['status']} · " + ", ".join(m["label"] for m in e["models"]), e["id"])
-                   for e in api.evaluations()]
-            return gr.update(choices=ds), gr.update(choices=model_choices(api)), gr.update(choices=evs), ""
-        except ApiError as e:
-            return gr.update(), gr.update(), gr.update(), notice("error", "Cannot load", esc(e))
+            return gr.update(choices=ds), gr.update(choices=model_choices(api)), gr.update(choices=_eval_choices(api))
+        except ApiError:
+            return gr.skip(), gr.skip(), gr.skip()
 
     def start(ds_id, split_name, chosen, metric_names, request: gr.Request):  # noqa: ANN001, ANN202
+        if ds_id is None or not chosen:
+            missing = ", ".join(w for w, ok in (("a dataset", ds_id is not None), ("at least one model", chosen))
+                                if not ok)
+            return notice("error", "Cannot start the evaluation", f"<div>Choose {esc(missing)}.</div>"), gr.skip()
+        api = sessions.api(request)
         try:
-            ev = sessions.api(request).create_evaluation(int(ds_id), [to_ref(v) for v in chosen or []], split_name,
-                                                         metric_names)
-            return notice("ok", f"Evaluation {ev['id']} queued")
-        except (ApiError, TypeError, ValueError) as e:
-            return notice("error", "Cannot start the evaluation", esc(e.pretty() if isinstance(e, ApiError) else e))
+            ev = api.create_evaluation(int(ds_id), [to_ref(v) for v in chosen], split_name, metric_names)
+        except ApiError as e:
+            return error_html("Cannot start the evaluation", e), gr.skip()
+        return (notice("ok", f"Evaluation #{ev['id']} queued",
+                       "<div>It is selected below; results appear as the models answer.</div>"),
+                gr.update(choices=_eval_choices(api), value=ev["id"]))
 
     def show(ev_id, only, request: gr.Request):  # noqa: ANN001, ANN202
         if ev_id is None:
-            return "", "", None
+            return "", "", None, gr.Timer(active=False), gr.skip()
         api = sessions.api(request)
         try:
             ev = api.evaluation(int(ev_id))
-            res = api.evaluation_results(int(ev_id), only_differences=bool(only))
-            path = Path(tempfile.mkdtemp()) / f"evaluation-{ev_id}.jsonl"
-            path.write_text(api.evaluation_download(int(ev_id)))
-            return summary_table(ev), samples_table(res), str(path)
+            res = api.evaluation_results(int(ev_id))
+            live = ev["status"] in ACTIVE
+            path = None
+            if ev["status"] == "succeeded":
+                path = Path(tempfile.mkdtemp()) / f"evaluation-{ev_id}.jsonl"
+                path.write_text(api.evaluation_download(int(ev_id)))
+            return (summary_table(ev, running_scores(res)), samples_table(res, bool(only)),
+                    str(path) if path else None, gr.Timer(active=live), gr.update(choices=_eval_choices(api)))
         except ApiError as e:
-            return notice("error", "Cannot load the evaluation", esc(e)), "", None
+            return (notice("error", "Cannot load the evaluation", esc(e)), "", None, gr.Timer(active=False),
+                    gr.skip())
 
-    run.click(start, [dataset, split, models, metrics], message).then(load, None, [dataset, models, picked, message])
-    refresh.click(load, None, [dataset, models, picked, message]).then(show, [picked, only_diff],
-                                                                       [summary, samples, download])
-    picked.change(show, [picked, only_diff], [summary, samples, download])
-    only_diff.change(show, [picked, only_diff], [summary, samples, download])
-    return refresh, load, [dataset, models, picked, message]
+    shown = [summary, samples, download, timer, picked]
+    run.click(start, [dataset, split, models, metrics], [message, picked])
+    refresh.click(load, None, [dataset, models, picked]).then(show, [picked, only_diff], shown)
+    picked.change(show, [picked, only_diff], shown)
+    only_diff.change(show, [picked, only_diff], shown)
+    timer.tick(show, [picked, only_diff], shown)
+    return EvaluatePage(load, [dataset, models, picked])
 
 
-def build_playground(sessions: Sessions):  # noqa: ANN201
-    gr.HTML(section("Playground", "Chat with a base model or a fine-tune, with an image, using the training "
-                                  "template and tiling. Replies stream token by token."))
-    with gr.Row():
-        model = gr.Dropdown(label="Model", choices=[], elem_id="vl-chat-model")
-        image = gr.Image(label="Image", type="pil", elem_id="vl-chat-image")
-    chat = gr.Chatbot(label="Conversation", elem_id="vl-chat")
-    text = gr.Textbox(label="Message", placeholder="What colour is the shape?", elem_id="vl-chat-text")
-    with gr.Row():
-        send = gr.Button("Send", variant="primary", elem_id="vl-chat-send")
-        clear = gr.Button("New conversation")
-
-    def load(request: gr.Request):  # noqa: ANN202
-        try:
-            return gr.update(choices=model_choices(sessions.api(request)))
-        except ApiError:
-            return gr.update()
-
-    def respond(choice, img, history, message, request: gr.Request):  # noqa: ANN001, ANN202
-        history = list(history or [])
-        if not choice or not message:
-            yield history, message
-            return
-        kind, *ids = choice.split(":")
-        model_id, job_id = (int(ids[0]), None) if kind == "model" else (int(ids[1]), int(ids[0]))
-        b64 = None
-        if img is not None:
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            b64 = base64.b64encode(buf.getvalue()).decode()
-        messages = [{"role": m["role"], "content": m["content"]} for m in history] + [
-            {"role": "user", "content": message}]
-        history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        try:
-            for piece in sessions.api(request).chat_stream(model_id, messages, b64, job_id):
-                history[-1]["content"] += piece
-                yield history, ""
-        except ApiError as e:
-            history[-1]["content"] = f"(error: {e})"
-            yield history, message
-
-    send.click(respond, [model, image, chat, text], [chat, text])
-    text.submit(respond, [model, image, chat, text], [chat, text])
-    clear.click(lambda: [], None, chat)
-    return load, model
+def error_html(title: str, e: ApiError) -> str:
+    """The API's refusal with every problem under its field."""
+    rows = "".join(f"<li><b>{esc(x.get('field', ''))}</b>: {esc(x.get('message', ''))}</li>" if isinstance(x, dict)
+                   else f"<li>{esc(x)}</li>" for x in e.errors[:20])
+    return notice("error", title, f"<div>{esc(e)}</div>" + (f"<ul>{rows}</ul>" if rows else ""))

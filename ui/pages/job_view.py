@@ -55,16 +55,19 @@ def loss_frame(metrics: list[dict]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).astype({"step": int, "loss": float})
 
 
-def eta_seconds(job: dict, last_metric: dict | None) -> float | None:
-    if job["status"] not in ACTIVE:
+def eta_seconds(job: dict, last_metric: dict | None = None) -> float | None:  # noqa: ARG001
+    """The API's ``eta_seconds`` (the trainer's own ETA of its last step), so the list and the job
+    view always agree; none before the first step (start-up is not training time)."""
+    eta = job.get("eta_seconds")
+    return float(eta) if job["status"] in ACTIVE and isinstance(eta, int | float) else None
+
+
+def starting_for(job: dict) -> float | None:
+    """Seconds a started job has gone without logging a step (loading, compiling...)."""
+    if job["status"] not in ("starting", "running") or job.get("step"):
         return None
-    if last_metric and isinstance((last_metric.get("values") or {}).get("eta_seconds"), int | float):
-        return last_metric["values"]["eta_seconds"]
-    started, total, step = parse_time(job.get("started_at")), job.get("total_steps"), job.get("step") or 0
-    if not (started and total and step):
-        return None
-    elapsed = (datetime.now(UTC) - started).total_seconds()
-    return elapsed / step * (total - step)
+    t = parse_time(job.get("started_at")) or parse_time(job.get("created_at"))
+    return (datetime.now(UTC) - t).total_seconds() if t else None
 
 
 def fraction(job: dict) -> float | None:
@@ -88,6 +91,9 @@ def progress_html(job: dict, last_metric: dict | None) -> str:
         parts.append(f"took {duration(took)}")
     if status == "queued":
         parts = ["waiting for a worker"]
+    elif (waited := starting_for(job)) is not None:
+        parts = [f"starting for {duration(waited)}: preparing the run (loading the model, building the data; "
+                 "on a first run DeepSpeed compiles its ops) - the log says what it is doing"]
     return progress_bar(frac, " · ".join(parts), status)
 
 

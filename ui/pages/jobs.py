@@ -93,11 +93,11 @@ def build(sessions: Sessions) -> JobsPage:
         with gr.Accordion("Spec, command line and run folder", open=False):
             spec = gr.HTML(elem_id="vl-job-spec")
     buttons = [cancel, resume, retry]
-    outputs = [state, detail, header, progress, cards, logv, spec, artifacts, *plots.values(), *buttons]
+    outputs = [state, detail, header, progress, cards, logv, spec, artifacts, *plots.values(), *buttons, action_msg]
 
     def render(request: gr.Request, st: dict, reset: bool) -> dict:
         views = dict(detail=detail, header=header, progress=progress, cards=cards, logv=logv, spec=spec,
-                     artifacts=artifacts, plots=plots, buttons=buttons)
+                     artifacts=artifacts, plots=plots, buttons=buttons, action_msg=action_msg)
         return _render(sessions, request, st, reset, views)
 
     def open_job(request: gr.Request, job_id: int) -> dict:
@@ -132,10 +132,13 @@ def build(sessions: Sessions) -> JobsPage:
                 return {action_msg: gr.HTML(notice("error", f"Could not {verb} job #{st['job']}", _errors(e)),
                                             visible=True)}
             if verb == "cancel":
-                return {action_msg: gr.HTML(notice("ok", f"Cancel requested: job #{job['id']} saves a "
-                                                         "checkpoint and stops."), visible=True)}
-            return {action_msg: gr.HTML(notice("ok", f"Job #{job['id']} queued ({verb} of job #{st['job']})."),
-                                        visible=True), **open_job(request, job["id"])}
+                st["notice_status"] = job["status"]  # the notice goes once the job moves on
+                return {state: st, action_msg: gr.HTML(notice("ok", f"Cancel requested: job #{job['id']} saves "
+                                                                    "a checkpoint and stops."), visible=True)}
+            out = open_job(request, job["id"])
+            out[state]["notice_status"] = job["status"]
+            return {**out, action_msg: gr.HTML(notice("ok", f"Job #{job['id']} queued ({verb} of job "
+                                                            f"#{st['job']})."), visible=True)}
         return run
 
     list_html.select(on_select, state, outputs)
@@ -207,4 +210,7 @@ def _render(sessions: Sessions, request: gr.Request, st: dict, reset: bool, v: d
     st["seen"] = (job["status"], job.get("last_checkpoint"), len(job.get("run_files") or []))
     if reset:
         out[v["detail"]] = gr.Column(visible=True)
+    if st.get("notice_status") not in (None, job["status"]):  # an action's notice is stale once the job moved on
+        st.pop("notice_status")
+        out[v["action_msg"]] = gr.HTML(visible=False)
     return out

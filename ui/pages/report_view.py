@@ -82,8 +82,25 @@ def registered_html(ds: dict) -> str:
     report = ds.get("report") or {}
     warnings = _totals(report).get("warning", 0)
     body = (f"<div>{number(ds['num_samples'])} samples and {number(ds['num_images'])} images passed validation"
-            + (f"; {number(warnings)} warning(s) below." if warnings else ", with no warnings.") + "</div>")
+            + (f"; {number(warnings)} warning(s) below." if warnings else ", with no warnings.") + "</div>"
+            + held_out_html(ds))
     return notice("ok", f"Dataset “{ds['name']}” registered as #{ds['id']}", body)
+
+
+def length_warning(ds: dict) -> str:
+    """The samples training would truncate, by line, right under the upload's result."""
+    issues = [i for i in (ds.get("report") or {}).get("issues") or [] if i.get("code") == "truncated"]
+    if not issues:
+        return ""
+    lines = ", ".join(str(i["line"]) for i in issues[:30]) + (" …" if len(issues) > 30 else "")
+    return notice("warn", f"{len(issues)} sample(s) are longer than max_seq_length: training truncates them",
+                  f"<div>Lines {esc(lines)} (details in the problems below). Raise max_seq_length on the "
+                  "Train page to keep them whole.</div>")
+
+
+def held_out_html(ds: dict) -> str:
+    n = ds.get("num_val_samples") or 0
+    return f"<div>{number(n)} sample(s) held out as the validation split.</div>" if n else ""
 
 
 def unsettled_html(ds: dict) -> str:

@@ -116,3 +116,31 @@ class StopCallback(TrainerCallback):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
+
+
+def quiet_trainer(trainer) -> None:
+    """One line per step: the HF Trainer's PrinterCallback (added with disable_tqdm) would print
+    each step's raw ``{'loss': ...}`` dict again under the formatted line of MetricsCallback."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def compile_notice(zero_stage: int, offload: str) -> str | None:
+    """What the log should say before a long silent wait: the first DeepSpeed run on a machine
+    JIT-compiles the optimizer's C++/CUDA op (minutes on a CPU), later runs load it from the
+    torch extensions cache. None when the op is prebuilt or already compiled."""
+    if not zero_stage:
+        return None
+    import deepspeed.git_version_info as installed
+    import torch.utils.cpp_extension as cpp
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("CPUAdamBuilder" if offload != "none" else "FusedAdamBuilder")
+    if builder is None or installed.installed_ops.get(builder.name):
+        return None
+    cache = Path(cpp._get_build_directory(builder.name, False))
+    if any(cache.glob("*.so")):
+        return None
+    return (f"first DeepSpeed run on this machine: compiling its {builder.name} op, which takes a few minutes "
+            f"once (cached in {cache}); training starts when it is built")

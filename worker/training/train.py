@@ -27,7 +27,7 @@ from backend.core.spec import Hyperparameters, TrainingSpec, tokens_per_tile_for
 from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
 from worker.training import lora, modeling
-from worker.training.callbacks import BatchStats, MetricsCallback, StopCallback
+from worker.training.callbacks import BatchStats, MetricsCallback, StopCallback, compile_notice, quiet_trainer
 from worker.training.data import Collator, SupervisedDataset
 from worker.training.sampler import SeededSampler
 
@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         model=model, args=targs, train_dataset=dataset, eval_dataset=eval_dataset,
         data_collator=Collator(tokenizer.pad_token_id, image_size), processing_class=tokenizer,
         sampler=sampler, stats=stats, callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped), stop])
+    quiet_trainer(trainer)
+    if notice := compile_notice(h.zero_stage, h.offload):
+        log(notice)
     log(f"training: {len(dataset)} samples, world size {world}, per device {h.per_device_batch_size}, "
         f"accumulation {ga}, global batch {h.per_device_batch_size * world * ga}, "
         f"{'bf16' if bf16 else 'fp32'}, ZeRO-{h.zero_stage}, attention {modeling.attention_kernel(h, use_gpu)}")
