@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 5.0
     heartbeat_timeout_seconds: float = Field(60.0, description="a job silent this long is failed (lost worker)")
     cancel_grace_seconds: float = Field(60.0, description="SIGTERM to SIGKILL on cancel")
+    db_outage_seconds: float = Field(600.0, description="a supervisor retries database writes this long "
+                                     "after its run ended before it gives up (recovery then reads the run folder)")
     gpu_sample_seconds: float = 10.0
     mlflow_tracking_uri: str | None = None
     wandb_project: str | None = None

@@ -1,22 +1,18 @@
-"""Run one training job: write its run folder, launch torchrun on the job's leased GPUs,
-stream its output into the database, and record how it ended."""
+"""Run one training job: write its run folder, launch it (:mod:`worker.runtime`) on the job's
+leased GPUs, and supervise it (:mod:`worker.supervision`) with the job's :class:`TrainingRecord`."""
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import shlex
-import signal
-import subprocess
-import sys
-import threading
 import traceback
 from pathlib import Path
-from typing import Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from backend.core.spec import Hyperparameters, TrainingSpec
-from backend.db.models import Job, JobLog, JobStatus
+from backend.core.tails import LogTail, MetricsTail
+from backend.db.models import Job, JobLog, JobMetric, JobStatus
 from backend.db.session import session_scope
 from backend.queue import wake_workers
 from backend.services import jobs as jobs_svc
@@ -24,20 +20,18 @@ from backend.services.datasets import get_dataset
 from backend.services.models import get_model
 from backend.services.scheduling import free_port as _free_port
 from backend.settings import get_settings
+from worker.reporting import make_reporters
+from worker.runtime import Executor, Launch, make_executor
+from worker.supervision import Batch, End, RunControl, Supervision
 
 S = JobStatus
-TAIL_LINES = 20
-PR_SET_PDEATHSIG = 1
+TRAIN_MODULE = "worker.training.train"
+LOG_NAME = "training_log.txt"
+__all__ = ["RunControl", "prepare_run", "run_claimed", "supervise"]
 
 
 def free_port() -> int:
     return _free_port(set())
-
-
-def build_command(spec_path: Path, nproc: int, port: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(port),
-            "-m", "worker.training.train", "--spec", str(spec_path)]
 
 
 def _write_deepspeed_config(spec: TrainingSpec, run_dir: Path) -> None:
@@ -64,9 +58,11 @@ def _build_demo_model_once(models_dir: Path) -> Path:
         return ensure_demo_model(models_dir)
 
 
-def prepare_run(job: Job, run_dir: Path, port: int | None = None) -> tuple[Path, list[str]]:
-    """Write everything needed to rerun the job by hand into ``run_dir``: spec.json,
-    meta.json, ds_config.json and command.txt."""
+def prepare_run(job: Job, run_dir: Path, port: int | None = None,
+                gpu_ids: list[int] | None = None) -> Launch:
+    """Write everything needed to rerun the job by hand into ``run_dir`` (spec.json, meta.json,
+    ds_config.json, command.txt) and say how to launch it. The one place a run folder is
+    prepared: what the training program reads comes from here only."""
     settings = get_settings()
     with session_scope() as s:
         ds = get_dataset(s, job.dataset_id)
@@ -93,130 +89,134 @@ def prepare_run(job: Job, run_dir: Path, port: int | None = None) -> tuple[Path,
     spec_path = run_dir / "spec.json"
     spec.write(spec_path)
     _write_deepspeed_config(spec, run_dir)
-    cmd = build_command(spec_path, hyper.nproc_per_node, port or free_port())
-    (run_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
-    return spec_path, cmd
+    launch = training_launch(job.id, run_dir, hyper, port, gpu_ids)
+    launch.write_command()
+    return launch
 
 
-class Executor(Protocol):
-    """Where a training command runs. The local one is torchrun on this node; other
-    backends (Slurm) implement the same four calls. Output must go to ``log_path``."""
-
-    def start(self, cmd: list[str], run_dir: Path, log_path: Path, env: dict[str, str]) -> None: ...
-
-    def poll(self) -> int | None: ...
-
-    def terminate(self) -> None: ...
-
-    def kill(self) -> None: ...
+def training_launch(job_id: int, run_dir: Path, hyper: Hyperparameters, port: int | None = None,
+                    gpu_ids: list[int] | None = None) -> Launch:
+    return Launch(name=f"vlstudio-job-{job_id}", module=TRAIN_MODULE, spec_path=run_dir / "spec.json",
+                  run_dir=run_dir, log_path=run_dir / LOG_NAME, nnodes=hyper.nnodes,
+                  nproc_per_node=hyper.nproc_per_node, gpus_per_node=hyper.gpus,
+                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids), port=port or free_port(), resumable=True)
 
 
-def _die_with_parent() -> None:
-    # If the worker is killed (even with -9) torchrun gets SIGTERM, forwards it to the trainers,
-    # and they checkpoint and exit instead of training on unsupervised. The signal is tied to
-    # the thread that forked, which supervises the job until it ends.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def reattach_claimed(job_id: int, control: RunControl) -> str:
+    """Follow again a job whose run an earlier worker process submitted to the cluster (the
+    scheduler adopted it): same run folder, nothing submitted again."""
+    with session_scope() as s:
+        job = jobs_svc.get_job(s, job_id)
+        run_dir, hyper = Path(job.run_dir or ""), Hyperparameters.model_validate(job.hyper)
+    return supervise(job_id, training_launch(job_id, run_dir, hyper), control=control, reattach=True)
 
 
-def _process_group(pgid: int) -> list[int]:
-    """Live processes of a process group (Linux /proc; empty elsewhere)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def failure_reason(end: End, saved: str) -> str:
+    """Why a trainer failed. Issue 18 adds the extraction of the first real error from the log;
+    it belongs here, the one place the reason is built."""
+    head = f"trainer exited with code {end.rc}" if end.rc else "trainer exited without writing the final model"
+    return head + saved + "\n" + "\n".join(end.tail)
+
+
+class TrainingRecord:
+    """A training job's rows: ``job_logs``, ``job_metrics``, progress, offsets, the verdict."""
+
+    def __init__(self, job_id: int, run_dir: Path) -> None:
+        self.job_id, self.run_dir, self.label = job_id, run_dir, f"job {job_id}"
+        self.settings = get_settings()
+        with session_scope() as s:
+            job = jobs_svc.get_job(s, job_id)
+            self.log_seq = jobs_svc.next_seq(s, JobLog, job_id)
+            self.metric_seq = jobs_svc.next_seq(s, JobMetric, job_id)
+            self.offsets = (job.log_offset, job.metrics_offset)
+            hyper = job.hyper
+        self.step = 0
+        self.reporters = make_reporters(run_dir, job_id, hyper, self.settings)
+
+    def notes(self) -> list[str]:
+        return [n for r in self.reporters for n in r.notes()]
+
+    def _lines(self, s: Session, lines: list[str], stream: str) -> None:
+        s.add_all(JobLog(job_id=self.job_id, seq=self.log_seq + i, stream=stream, line=line)
+                  for i, line in enumerate(lines))
+
+    def store(self, s: Session, batch: Batch) -> JobStatus:
+        """One transaction: every line and row read since the last tick, and the offsets."""
+        from backend import live
+
+        status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+        if status is not None and status.finished:
+            return status  # finished elsewhere: the recovery stored the rest of the run folder
+        self._lines(s, batch.system, "system")
+        self._lines(s, batch.lines, "stdout")
+        s.add_all(JobMetric(job_id=self.job_id, seq=self.metric_seq + i, step=int(r.get("step", self.step)),
+                            loss=jobs_svc._finite(r.get("loss")), values=r) for i, r in enumerate(batch.rows))
+        train_rows = [r for r in batch.rows if r.get("kind") != "gpu"]
+        values: dict = {"log_offset": batch.log_offset, "metrics_offset": batch.rows_offset}
+        if train_rows:
+            values.update(step=int(train_rows[-1].get("step", self.step)),
+                          total_steps=train_rows[-1].get("total_steps"))
+        s.execute(update(Job).where(Job.id == self.job_id).values(**values))
+        # compare-and-set: a cancel that came meanwhile (starting -> stopping) is kept
+        s.execute(update(Job).where(Job.id == self.job_id, Job.status == S.starting).values(status=S.running))
+        s.commit()
+        status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+        # Counters move only once the transaction is in: a failed one is retried whole.
+        self.log_seq += len(batch.system) + len(batch.lines)
+        self.metric_seq += len(batch.rows)
+        if train_rows:
+            self.step = int(train_rows[-1].get("step", self.step))
+            for r in self.reporters:
+                r.log(train_rows)
+        if batch.system or batch.lines or batch.rows:
+            live.publish(self.job_id)
+        return status
+
+    def verdict(self, s: Session, end: End) -> str:
+        from backend import live
+
+        for r in self.reporters:
+            r.close()
+        self.reporters = []
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # exited meanwhile
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
+            outcome, line = self._verdict(s, end)
+            if line:
+                jobs_svc.append_logs(s, self.job_id, jobs_svc.next_seq(s, JobLog, self.job_id), [line],
+                                     stream="system")
+            return outcome
+        finally:
+            live.publish(self.job_id)
 
-
-class LocalExecutor:
-    """torchrun as a child in its own process session, so the whole group can be signalled."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, cmd: list[str], run_dir: Path, log_path: Path, env: dict[str, str]) -> None:
-        with open(log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env=env, cwd=run_dir,
-                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-
-    def poll(self) -> int | None:
-        assert self.proc is not None
-        return self.proc.poll()
-
-    def _signal(self, sig: int) -> None:
-        assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def terminate(self) -> None:
-        # SIGTERM to the trainers only: torchrun's agent, given SIGTERM, would SIGKILL its
-        # workers 30 s later, cutting a checkpoint that takes longer to save. Without the agent
-        # signalled, the cancel grace period alone decides when to escalate.
-        assert self.proc is not None
-        trainers = [pid for pid in _process_group(self.proc.pid) if pid != self.proc.pid]
-        if not trainers:
-            self._signal(signal.SIGTERM)
-        for pid in trainers:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-
-class LogTail:
-    """Reads new complete lines of a text log from a byte offset; tqdm-style carriage
-    returns keep only the last state of a line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def read(self, final: bool = False) -> list[str]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = len(data) if final else data.rfind(b"\n") + 1
-        self.offset += end
-        text = data[:end].decode("utf-8", errors="replace")
-        return [line.split("\r")[-1] for line in text.splitlines()]
-
-
-class MetricsTail:
-    """Reads new complete lines of metrics.jsonl from a byte offset."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return [json.loads(x) for x in data[:end].splitlines() if x.strip()]
-
-
-class RunControl:
-    """What the worker tells a running job from outside: stop because the worker is going away."""
-
-    def __init__(self, gpu_ids: list[int] | None = None) -> None:
-        self.gpu_ids = gpu_ids  # None: not leased here (cluster backend), leave the devices alone
-        self.drain_reason: str | None = None
-        self.done = threading.Event()
+    def _verdict(self, s: Session, end: End) -> tuple[str, str | None]:
+        ckpt = jobs_svc.latest_checkpoint(str(self.run_dir))
+        job = jobs_svc.get_job(s, self.job_id)
+        s.refresh(job)
+        if job.status.finished:
+            return "taken over (marked finished elsewhere)", None
+        jobs_svc.record_progress(s, self.job_id, last_checkpoint=str(ckpt) if ckpt else None)
+        saved = f"; last checkpoint {ckpt.name}" if ckpt else "; no checkpoint"
+        escalated = f" (killed after {end.grace:.0f}s grace)" if end.killed else ""
+        if end.launch_error:
+            jobs_svc.transition(s, self.job_id, S.failed, exit_code=end.rc, failure_reason=end.launch_error)
+            return "failed (launch refused)", None
+        if job.status == S.stopping:
+            reason = f"cancelled by the user{escalated}{saved}"
+            jobs_svc.transition(s, self.job_id, S.cancelled, exit_code=end.rc, failure_reason=reason)
+            return "cancelled", f"job cancelled: {reason[len('cancelled '):]}"
+        if end.drain_reason:
+            reason = f"{end.drain_reason}{escalated}{saved}"
+            jobs_svc.transition(s, self.job_id, S.failed, exit_code=end.rc, failure_reason=reason)
+            if job.requeue_on_failure:
+                jobs_svc.requeue(s, job, wake_workers)
+            return "failed (worker shut down)", f"job failed: {reason}"
+        final = self.run_dir / "final"
+        # A full model, or a LoRA adapter saved without merging (merge_lora off).
+        if end.rc == 0 and ((final / "config.json").exists() or (final / "adapter" / "adapter_config.json").exists()):
+            jobs_svc.transition(s, self.job_id, S.succeeded, exit_code=0)
+            return "succeeded", "job succeeded: the final model is in final/"
+        reason = failure_reason(end, saved)
+        jobs_svc.transition(s, self.job_id, S.failed, exit_code=end.rc, failure_reason=reason)
+        return "failed", f"job failed: {reason.splitlines()[0]}"
 
 
 def run_training_job(job_id: int, worker_name: str) -> str:
@@ -234,58 +234,29 @@ def run_claimed(job_id: int, worker_name: str, port: int | None, control: RunCon
         job = jobs_svc.get_job(s, job_id)
         job.run_dir = str(run_dir)
     try:
-        spec_path, cmd = prepare_run(job, run_dir, port)
+        launch = prepare_run(job, run_dir, port, control.gpu_ids)
     except Exception as e:  # noqa: BLE001 - recorded on the job, with the traceback in its log
         with session_scope() as s:
             jobs_svc.append_logs(s, job_id, jobs_svc.next_seq(s, JobLog, job_id), traceback.format_exc().splitlines(),
                                  stream="system")
             jobs_svc.transition(s, job_id, S.failed, failure_reason=f"could not prepare the run: {e}")
         return "failed in preparation"
-    return supervise(job_id, run_dir, cmd, control=control)
+    return supervise(job_id, launch, control=control)
 
 
-def make_executor() -> Executor:
-    """The executor of the configured backend (``VLSTUDIO_BACKEND``)."""
-    if get_settings().backend == "slurm":
-        from worker.slurm import SlurmExecutor  # type: ignore[import-not-found]
-
-        return SlurmExecutor()
-    return LocalExecutor()
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def job_env(gpu_ids: list[int] | None) -> dict[str, str]:
-    # The leased GPUs; an empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU job. None: a
-    # cluster scheduler places the job and sets the devices itself. PYTHONPATH: the trainer
-    # runs the same code as this worker, whatever an installed copy of the package says.
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
-    if gpu_ids is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
-    return env
-
-
-def supervise(job_id: int, run_dir: Path, cmd: list[str], executor: Executor | None = None,
-              control: RunControl | None = None) -> str:
-    """Start ``cmd`` and stream its log and metrics into the database until it ends."""
-    from worker.supervision import Supervision
-
+def supervise(job_id: int, launch: Launch, executor: Executor | None = None, control: RunControl | None = None,
+              reattach: bool = False) -> str:
+    """Start ``launch`` (or follow it again) and stream its log and metrics into the job until it ends."""
     control = control or RunControl()
-    executor = executor or make_executor()
-    log_path = run_dir / "training_log.txt"
-    executor.start(cmd, run_dir, log_path, job_env(control.gpu_ids))
+    record = TrainingRecord(job_id, launch.run_dir)
     with session_scope() as s:
-        jobs_svc.record_progress(s, job_id, command=shlex.join(cmd))
-        jobs_svc.append_logs(s, job_id, jobs_svc.next_seq(s, JobLog, job_id), [f"$ {shlex.join(cmd)}"],
-                             stream="system")
-        if jobs_svc.get_job(s, job_id).status == S.starting:  # if stopping, the loop sends SIGTERM at once
-            jobs_svc.transition(s, job_id, S.running)
-    sup = Supervision(job_id, run_dir, executor, control, LogTail(log_path), MetricsTail(run_dir / "metrics.jsonl"))
+        jobs_svc.record_progress(s, job_id, command=" ".join(launch.local_command()))
+    logs = LogTail(launch.log_path, record.offsets[0] if reattach else 0)
+    rows = MetricsTail(launch.run_dir / "metrics.jsonl", record.offsets[1] if reattach else 0)
+    sup = Supervision(record, executor or make_executor(), control, logs, rows)
     try:
-        rc = sup.follow()
-        return sup.finish(rc, wake_workers)
+        return sup.run(launch, reattach=reattach)
     finally:
+        for r in record.reporters:
+            r.close(timeout=1)
         control.done.set()
-

@@ -14,11 +14,13 @@ import time
 
 from backend.db.session import session_scope
 from backend.queue import wake_workers
+from backend.services import evaluations as evals_svc
 from backend.services import jobs as jobs_svc
 from backend.services import scheduling
 from backend.settings import Settings, get_settings
 from worker import gpus
-from worker.launcher import RunControl, run_claimed
+from worker.launcher import RunControl, reattach_claimed, run_claimed
+from worker.reaper import Reaper
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
@@ -43,6 +45,9 @@ class Scheduler:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self.evaluations: dict[int, RunControl] = {}  # evaluation id -> control (run in Celery tasks)
+        self.reaper = Reaper(self.settings)
+        self.db_failed_at: float | None = None
 
     def start(self) -> None:
         with session_scope() as s:
@@ -75,6 +80,29 @@ class Scheduler:
                 self.runs[claim.job_id] = (t, control, len(claim.gpu_ids))
             t.start()
 
+    def _adopt(self) -> None:
+        """Cluster backend: follow again the runs the cluster still runs for a worker that is
+        gone (this one before a restart, or another that went silent); nothing is resubmitted."""
+        with self.lock:
+            followed = set(self.runs)
+        with session_scope() as s:
+            ids = scheduling.adopt_cluster_jobs(s, self.name, self.settings.heartbeat_timeout_seconds, followed)
+        for job_id in ids:
+            log.warning("job %s: reattaching to its cluster job", job_id)
+            control = RunControl(None)
+            t = threading.Thread(target=self._follow, args=(job_id, control), name=f"job-{job_id}", daemon=True)
+            with self.lock:
+                self.runs[job_id] = (t, control, 0)
+            t.start()
+
+    def _follow(self, job_id: int, control: RunControl) -> None:
+        try:
+            log.info("job %s: %s", job_id, reattach_claimed(job_id, control))
+        except Exception:  # the job's heartbeat stops with this thread; another worker adopts it
+            log.exception("job %s: supervisor crashed", job_id)
+        finally:
+            self.wake()
+
     def _run(self, claim: scheduling.Claim, control: RunControl) -> None:
         try:
             outcome = run_claimed(claim.job_id, self.name, claim.port, control)
@@ -87,11 +115,23 @@ class Scheduler:
     def _tick(self, last_beat: float) -> float:
         if time.monotonic() - last_beat < self.settings.heartbeat_seconds:
             return last_beat
+        timeout = self.settings.heartbeat_timeout_seconds
         with session_scope() as s:
             scheduling.heartbeat(s, self.name, list(self.runs))
-            lost = jobs_svc.recover_lost_jobs(s, self.settings.heartbeat_timeout_seconds, wake_workers)
-        if lost:
-            log.warning("recovered jobs whose worker went silent: %s", lost)
+            for evaluation_id in list(self.evaluations):
+                evals_svc.heartbeat(s, evaluation_id)
+            # Right after a database outage every heartbeat is old: give the other workers one
+            # timeout to write theirs before calling anyone lost.
+            if self.db_failed_at is None or time.monotonic() - self.db_failed_at > timeout:
+                lost = jobs_svc.recover_lost_jobs(s, timeout, wake_workers)
+                lost += [f"evaluation {i}" for i in evals_svc.recover_lost_evaluations(s, timeout)]
+                if lost:
+                    log.warning("recovered runs whose worker went silent: %s", lost)
+        if self.cluster:
+            self._adopt()
+        with self.lock:
+            followed = set(self.runs)
+        self.reaper.tick(followed)
         return time.monotonic()
 
     def _loop(self) -> None:
@@ -102,9 +142,34 @@ class Scheduler:
                 last_beat = self._tick(last_beat)
                 self._claim_all()
             except Exception:  # a database outage must not end the scheduler; it retries
+                self.db_failed_at = time.monotonic()
                 log.exception("scheduler tick failed; retrying")
             self.wakeup.wait(min(POLL_SECONDS, self.settings.heartbeat_seconds))
             self.wakeup.clear()
+
+    def lease_for_evaluation(self, evaluation_id: int, control: RunControl) -> list[int] | None:
+        """The GPU an evaluation runs on, leased like a training job's (waits while none is
+        free, heartbeating the evaluation); [] on a node without GPUs; None when a cluster
+        scheduler places the run. ``control`` is drained on shutdown like a job's."""
+        with self.lock:
+            self.evaluations[evaluation_id] = control
+        if self.cluster:
+            return None
+        if not self.gpu_total:
+            return []
+        while not self.stopping.is_set():
+            with session_scope() as s:
+                got = scheduling.lease_for_evaluation(s, self.node, evaluation_id, self.gpu_total)
+                if got is not None:
+                    return got
+                evals_svc.heartbeat(s, evaluation_id)
+            self.wakeup.wait(POLL_SECONDS)
+        raise RuntimeError(f"worker {self.name} is shutting down")
+
+    def evaluation_done(self, evaluation_id: int) -> None:
+        with self.lock:
+            self.evaluations.pop(evaluation_id, None)
+        self.wake()  # its GPU is free: maybe a job fits now
 
     def shutdown(self, reason: str | None = None) -> None:
         """Stop claiming; ask running jobs to checkpoint and stop, and wait for them (up to the
@@ -114,7 +179,10 @@ class Scheduler:
         reason = reason or f"worker {self.name} shut down"
         with self.lock:
             runs = list(self.runs.values())
+            evaluations = list(self.evaluations.values())
         for _, control, _ in runs:
+            control.drain_reason = reason
+        for control in evaluations:
             control.drain_reason = reason
         deadline = time.monotonic() + self.settings.cancel_grace_seconds + 30
         for t, _, _ in runs:

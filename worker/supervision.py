@@ -1,80 +1,148 @@
-"""Following one running job: its log and metrics into the database in batches, GPU samples,
-cooperative cancel with escalation, and the verdict when the trainer exits."""
+"""The one supervisor of a launched run, training or evaluation: its log and rows into the
+database in batches, cooperative cancel with escalation, and the verdict when it exits.
+
+What differs between a training job and an evaluation is its :class:`Record` (which tables,
+which verdict); the loop is the same. A database error does not end a run: the batch that
+failed stays pending and is retried with backoff, and nothing more is read from the run folder
+meanwhile (the files are the buffer), so a blip of a few minutes loses no line and stores none
+twice. The byte offsets are stored with the lines they cover, in one transaction, so a recovery
+after a worker died continues from exactly there.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from backend import live
-from backend.db.models import JobLog, JobMetric, JobStatus
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from backend.core.tails import LogTail, MetricsTail
+from backend.db.models import JobStatus
 from backend.db.session import session_scope
-from backend.services import jobs as jobs_svc
 from backend.settings import get_settings
 from worker import gpus
-from worker.reporting import make_reporters
+from worker.runtime import Executor, Launch, LaunchError
 
-if TYPE_CHECKING:
-    from worker.launcher import Executor, LogTail, MetricsTail, RunControl
-
+log = logging.getLogger(__name__)
 S = JobStatus
 TAIL_LINES = 20
+MAX_BACKOFF = 10.0
+
+
+@dataclass
+class Batch:
+    """What one tick read, with the offsets reached: stored in one transaction."""
+
+    system: list[str]
+    lines: list[str]
+    rows: list[dict]
+    log_offset: int
+    rows_offset: int
+
+
+@dataclass
+class End:
+    """What the supervisor knows about how the run ended, for the record's verdict."""
+
+    rc: int
+    killed: bool = False
+    grace: float = 0.0
+    drain_reason: str | None = None
+    launch_error: str | None = None
+    tail: list[str] = field(default_factory=list)
+
+
+class Record(Protocol):
+    """The database side of one run."""
+
+    label: str  # "job 12", "evaluation 3"
+
+    def store(self, s: Session, batch: Batch) -> JobStatus: ...
+
+    def verdict(self, s: Session, end: End) -> str: ...
+
+    def notes(self) -> list[str]: ...  # system lines to add to the next batch (reporter warnings)
+
+
+class RunControl:
+    """What the worker tells a running job from outside: stop because the worker is going away."""
+
+    def __init__(self, gpu_ids: list[int] | None = None) -> None:
+        self.gpu_ids = gpu_ids  # None: not leased here (cluster backend), leave the devices alone
+        self.drain_reason: str | None = None
+        self.done = threading.Event()
 
 
 class Supervision:
-    def __init__(self, job_id: int, run_dir: Path, executor: Executor, control: RunControl, logs: LogTail,
-                 metrics: MetricsTail) -> None:
-        self.job_id, self.run_dir, self.executor, self.control = job_id, run_dir, executor, control
-        self.logs, self.metrics = logs, metrics
+    def __init__(self, record: Record, executor: Executor, control: RunControl, logs: LogTail,
+                 rows: MetricsTail) -> None:
+        self.record, self.executor, self.control = record, executor, control
+        self.logs, self.rows = logs, rows
         self.settings = get_settings()
         self.tail: list[str] = []
+        self.pending: Batch | None = None
+        self.system: list[str] = []
         self.stop_sent_at: float | None = None
         self.killed = False
-        self.lost = False  # the job was finished by someone else (recovery after a stall)
-        self.step = 0
+        self.failing_since: float | None = None
+        self.failures = 0
         self.next_gpu_sample = time.monotonic()
-        with session_scope() as s:
-            self.log_seq = jobs_svc.next_seq(s, JobLog, job_id)
-            self.metric_seq = jobs_svc.next_seq(s, JobMetric, job_id)
-            hyper = jobs_svc.get_job(s, job_id).hyper
-        self.reporters = make_reporters(run_dir, job_id, hyper, self.settings)
 
+    # ------------------------------------------------------------------------------ database
+    def _db(self, fn):  # noqa: ANN001, ANN202 - fn(session) -> value
+        """``fn`` in one transaction; None (and a backoff) on a database error."""
+        try:
+            with session_scope() as s:
+                out = fn(s)
+        except IntegrityError:
+            raise  # not a blip: retrying would fail the same way
+        except SQLAlchemyError as e:
+            self.failures += 1
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+                log.warning("%s: database write failed (%s); retrying with backoff, nothing is lost",
+                            self.record.label, str(e).splitlines()[0][:200])
+            return None
+        if self.failing_since is not None:
+            log.warning("%s: database back after %.0fs (%d failed writes)", self.record.label,
+                        time.monotonic() - self.failing_since, self.failures)
+            self.failing_since, self.failures = None, 0
+        return out
+
+    def _backoff(self) -> float:
+        if self.failing_since is None:
+            return self.settings.stream_poll_seconds
+        return min(MAX_BACKOFF, self.settings.stream_poll_seconds * 2 ** min(self.failures, 8))
+
+    def _outage_too_long(self) -> bool:
+        return self.failing_since is not None and \
+            time.monotonic() - self.failing_since > self.settings.db_outage_seconds
+
+    # ------------------------------------------------------------------------------ the loop
     def _gpu_rows(self) -> list[dict]:
         if not self.control.gpu_ids or time.monotonic() < self.next_gpu_sample:
             return []
         self.next_gpu_sample = time.monotonic() + self.settings.gpu_sample_seconds
         sample = gpus.sample(self.control.gpu_ids or [])
-        return [{"kind": "gpu", "step": self.step, **sample}] if sample else []
+        return [{"kind": "gpu", **sample}] if sample else []
 
-    def _store(self, lines: list[str], rows: list[dict]) -> JobStatus:
-        """One transaction per batch: every line read since the last tick, in order."""
-        with session_scope() as s:
-            if lines:
-                self.log_seq = jobs_svc.append_logs(s, self.job_id, self.log_seq, lines)
-                self.tail = (self.tail + lines)[-TAIL_LINES:]
-            train_rows = [r for r in rows if r.get("kind") != "gpu"]
-            if rows:
-                self.metric_seq = jobs_svc.append_metrics(s, self.job_id, self.metric_seq, rows)
-            if train_rows:
-                last = train_rows[-1]
-                self.step = int(last.get("step", self.step))
-                jobs_svc.record_progress(s, self.job_id, step=self.step, total_steps=last.get("total_steps"))
-                for r in self.reporters:
-                    r.log(train_rows)
-            status = jobs_svc.get_job(s, self.job_id).status
-        if lines or rows:
-            live.publish(self.job_id)
-        return status
+    def _read(self, final: bool) -> Batch:
+        lines = self.logs.read(final=final)
+        rows = self.rows.read() + self._gpu_rows()
+        system, self.system = self.system + self.record.notes(), []
+        self.tail = (self.tail + lines)[-TAIL_LINES:]
+        return Batch(system, lines, rows, self.logs.offset, self.rows.offset)
 
-    def _steer(self, status: JobStatus) -> None:
-        if status.finished and not self.killed:
-            self.lost = True
-            self.executor.kill()
+    def _steer(self, status: JobStatus | None) -> None:
+        if status is not None and status.finished and not self.killed:
+            self.executor.kill()  # finished elsewhere (a sweep after a long stall): never two attempts
             self.killed = True
-        elif (status == S.stopping or self.control.drain_reason) and self.stop_sent_at is None:
-            self.executor.terminate()  # the trainer saves a checkpoint and exits
+        elif ((status == S.stopping or self.control.drain_reason) and self.stop_sent_at is None):
+            self.executor.terminate()  # every trainer saves a checkpoint and exits
             self.stop_sent_at = time.monotonic()
         elif (self.stop_sent_at is not None and not self.killed
               and time.monotonic() - self.stop_sent_at > self.settings.cancel_grace_seconds):
@@ -84,45 +152,40 @@ class Supervision:
     def follow(self) -> int:
         while True:
             rc = self.executor.poll()
-            status = self._store(self.logs.read(final=rc is not None), self.metrics.read() + self._gpu_rows())
-            if rc is not None:
+            if self.pending is None:
+                self.pending = self._read(final=rc is not None)
+            batch = self.pending
+            status = self._db(lambda s, b=batch: self.record.store(s, b))
+            if status is not None:
+                self.pending = None
+            elif rc is not None and self._outage_too_long():
+                raise RuntimeError(f"{self.record.label}: database unreachable for "
+                                   f"{self.settings.db_outage_seconds:.0f}s after the run ended")
+            if rc is not None and self.pending is None:
                 return rc
-            self._steer(status)
-            time.sleep(self.settings.stream_poll_seconds)
+            if rc is None:
+                self._steer(status)
+            time.sleep(self._backoff())
 
-    def finish(self, rc: int, send: Callable[[int], str | None]) -> str:
-        for r in self.reporters:
-            r.close()
+    def run(self, launch: Launch, reattach: bool = False) -> str:
+        """Start (or follow again) ``launch`` and supervise it to its verdict."""
         try:
-            return self._verdict(rc, send)
-        finally:
-            live.publish(self.job_id)
-
-    def _verdict(self, rc: int, send: Callable[[int], str | None]) -> str:
-        ckpt = jobs_svc.latest_checkpoint(str(self.run_dir))
-        with session_scope() as s:
-            job = jobs_svc.get_job(s, self.job_id)
-            if self.lost or job.status.finished:
-                return "taken over (marked finished elsewhere)"
-            jobs_svc.record_progress(s, self.job_id, last_checkpoint=str(ckpt) if ckpt else None)
-            saved = f"; last checkpoint {ckpt.name}" if ckpt else "; no checkpoint"
-            escalated = f" (killed after {self.settings.cancel_grace_seconds:.0f}s grace)" if self.killed else ""
-            if job.status == S.stopping:
-                jobs_svc.transition(s, self.job_id, S.cancelled, exit_code=rc,
-                                    failure_reason=f"cancelled by the user{escalated}{saved}")
-                return "cancelled"
-            if self.control.drain_reason:
-                jobs_svc.transition(s, self.job_id, S.failed, exit_code=rc,
-                                    failure_reason=f"{self.control.drain_reason}{escalated}{saved}")
-                if job.requeue_on_failure:
-                    jobs_svc.requeue(s, job, send)
-                return "failed (worker shut down)"
-            final = self.run_dir / "final"
-            # A full model, or a LoRA adapter saved without merging (merge_lora off).
-            if rc == 0 and ((final / "config.json").exists() or (final / "adapter" / "adapter_config.json").exists()):
-                jobs_svc.transition(s, self.job_id, S.succeeded, exit_code=0)
-                return "succeeded"
-            reason = f"trainer exited with code {rc}" if rc else "trainer exited without writing the final model"
-            jobs_svc.transition(s, self.job_id, S.failed, exit_code=rc,
-                                failure_reason=reason + saved + "\n" + "\n".join(self.tail))
-            return "failed"
+            if not (reattach and self.executor.reattach(launch)):
+                self.executor.start(launch)
+            self.system.append(f"$ {' '.join(launch.local_command())}")
+            rc = self.follow()
+            end = End(rc, self.killed, self.settings.cancel_grace_seconds, self.control.drain_reason,
+                      tail=self.tail)
+        except LaunchError as e:
+            self.system.append(f"cannot launch: {e}")
+            self.pending = self._read(final=True)
+            while self._db(lambda s: self.record.store(s, self.pending)) is None and not self._outage_too_long():
+                time.sleep(self._backoff())
+            end = End(1, launch_error=str(e))
+        while True:
+            verdict = self._db(lambda s: self.record.verdict(s, end))
+            if verdict is not None:
+                return verdict
+            if self._outage_too_long():
+                raise RuntimeError(f"{self.record.label}: could not record the verdict (database unreachable)")
+            time.sleep(self._backoff())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,7 @@ from backend.db.migrate import upgrade_to_head
 from backend.db.session import session_scope
 from backend.queue import wake_workers
 from backend.services.errors import Conflict, DomainError, InvalidInput, NotFound
+from backend.services.evaluations import recover_lost_evaluations
 from backend.services.jobs import recover_lost_jobs
 from backend.services.models import ensure_builtin_models
 from backend.services.users import Forbidden, Unauthorized, ensure_first_admin
@@ -49,17 +51,24 @@ def startup() -> None:
 async def sweep_lost_jobs() -> None:
     """Jobs whose worker died are found even when no worker is left to notice."""
     settings = get_settings()
+    failed_at: float | None = None
     while True:
         await asyncio.sleep(settings.heartbeat_seconds)
+        # Right after a database outage every heartbeat is old: give the workers one timeout
+        # to write theirs before calling their runs lost.
+        if failed_at is not None and time.monotonic() - failed_at < settings.heartbeat_timeout_seconds:
+            continue
         try:
             await asyncio.to_thread(_sweep_once, settings.heartbeat_timeout_seconds)
         except Exception:  # a database outage must not end the sweeper
+            failed_at = time.monotonic()
             log.exception("recovery sweep failed")
 
 
 def _sweep_once(timeout_s: float) -> None:
     with session_scope() as s:
         lost = recover_lost_jobs(s, timeout_s, wake_workers)
+        lost += [f"evaluation {i}" for i in recover_lost_evaluations(s, timeout_s)]
     if lost:
         log.warning("jobs whose worker went silent were failed: %s", lost)
 

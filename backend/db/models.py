@@ -142,6 +142,10 @@ class Job(Base):
     memory_estimate: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     command: Mapped[str | None] = mapped_column(Text, default=None)
     last_checkpoint: Mapped[str | None] = mapped_column(Text, default=None)
+    # bytes of RUN/training_log.txt and RUN/metrics.jsonl already stored (issue 13: recovery
+    # reads what a dead worker left unread from here)
+    log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class WorkerNode(Base):
@@ -166,7 +170,10 @@ class GpuLease(Base):
 
     node: Mapped[str] = mapped_column(String(200))
     gpu_index: Mapped[int] = mapped_column(Integer)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, default=None)
+    # an evaluation holds its GPU the same way (issue 13); exactly one of job_id, evaluation_id
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True,
+                                                      default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -224,6 +231,9 @@ class Evaluation(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # bytes of RUN/evaluation_log.txt and RUN/outputs.jsonl already stored (as for jobs)
+    log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    outputs_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class EvaluationLog(Base):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend.core.eval_metrics import METRICS
+from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import (
     Dataset,
     Evaluation,
@@ -28,6 +29,7 @@ from backend.db.models import (
     Model,
     User,
 )
+from backend.services import scheduling
 from backend.services.datasets import get_dataset
 from backend.services.errors import Conflict, InvalidInput, NotFound
 from backend.services.jobs import LEGAL
@@ -176,6 +178,8 @@ def transition(session: Session, evaluation_id: int, new: JobStatus, **fields: A
         values.setdefault("finished_at", now())
     res = session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == current)
                           .values(**values))
+    if res.rowcount == 1 and new.finished:  # in the same transaction, as for jobs
+        scheduling.release_evaluation_leases(session, evaluation_id)
     session.commit()
     session.refresh(ev)
     return res.rowcount == 1
@@ -207,6 +211,35 @@ def heartbeat(session: Session, evaluation_id: int, **fields: Any) -> None:
     session.commit()
 
 
+def recover_lost_evaluations(session: Session, timeout_s: float) -> list[int]:
+    """Fail evaluations whose worker stopped sending heartbeats, after storing what it left
+    unread in the run folder (from the stored offsets)."""
+    cutoff = now() - timedelta(seconds=timeout_s)
+    stale = session.scalars(select(Evaluation).where(
+        Evaluation.status.in_((S.starting, S.running, S.stopping)), Evaluation.heartbeat_at < cutoff))
+    out = []
+    for ev in list(stale):
+        reason = (f"worker {ev.worker} stopped sending heartbeats (last at {ev.heartbeat_at:%Y-%m-%d %H:%M:%S} "
+                  "UTC): it was killed or its node went down")
+        try:
+            if not transition(session, ev.id, S.cancelled if ev.status == S.stopping else S.failed,
+                              failure_reason=reason):
+                continue
+        except Conflict:
+            continue
+        lines, rows = [], []
+        if ev.run_dir:
+            logs = LogTail(Path(ev.run_dir) / "evaluation_log.txt", ev.log_offset)
+            outputs = MetricsTail(Path(ev.run_dir) / "outputs.jsonl", ev.outputs_offset)
+            lines, rows = logs.read(final=True), outputs.read()
+            ev.log_offset, ev.outputs_offset = logs.offset, outputs.offset
+        add_samples(session, ev.id, rows)
+        append_logs(session, ev.id, next_log_seq(session, ev.id), lines)
+        append_logs(session, ev.id, next_log_seq(session, ev.id), [reason], stream="system")
+        out.append(ev.id)
+    return out
+
+
 def next_log_seq(session: Session, evaluation_id: int) -> int:
     q = select(func.max(EvaluationLog.seq)).where(EvaluationLog.evaluation_id == evaluation_id)
     return (session.scalar(q) or 0) + 1
@@ -228,12 +261,17 @@ def logs_after(session: Session, evaluation_id: int, after: int = 0, limit: int 
 
 def append_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str, Any]]) -> None:
     """Store per-sample outputs as written by the evaluation program (``outputs.jsonl``)."""
+    add_samples(session, evaluation_id, rows)
+    session.commit()
+
+
+def add_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    """The rows of :func:`append_samples`, in the caller's transaction."""
     session.add_all(EvaluationSample(
         evaluation_id=evaluation_id, model_index=int(r["model"]), sample_index=int(r["index"]),
         sample_id=str(r.get("id", r["index"]))[:200], question=r.get("question", ""),
         answers=list(r.get("answers", [])), prediction=r.get("prediction", ""), scores=r.get("scores", {}))
         for r in rows)
-    session.commit()
 
 
 # --------------------------------------------------------------------------------- results

@@ -17,12 +17,14 @@ from sqlalchemy.orm import Session
 
 from backend.core import presets
 from backend.core.spec import Hyperparameters
+from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus, User
 from backend.services import memory, scheduling
 from backend.services.datasets import get_dataset
 from backend.services.errors import Conflict, InvalidInput, NotFound
 from backend.services.models import get_model
 from backend.services.users import visible_to
+from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
 S = JobStatus
@@ -69,6 +71,10 @@ def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int
 
 
 def _placement_problems(session: Session, hyper: Hyperparameters, estimate: dict | None) -> list[dict[str, Any]]:
+    if hyper.nnodes > 1 and get_settings().backend == "local":
+        # Never silently one node: the effective batch would be nnodes times smaller than shown.
+        return [{"field": "nnodes", "message": f"nnodes={hyper.nnodes}: the local backend runs a job on one "
+                 "node; multi-node training needs the Slurm backend (VLSTUDIO_BACKEND=slurm)"}]
     most, mem_mib = scheduling.cluster_capacity(session)
     if most is not None and hyper.gpus > most:
         where = f"the largest node has {most} GPU(s)" if most else "no worker node has a GPU"
@@ -229,6 +235,8 @@ def recover_lost_jobs(session: Session, timeout_s: float, send: Send) -> list[in
     those whose owner asked for it, to resume from their last checkpoint."""
     recovered = []
     for job in scheduling.stale_jobs(session, timeout_s):
+        if scheduling.on_cluster(job):
+            continue  # it runs on without its worker: a worker of the cluster backend adopts it
         was = job.status
         reason = (f"worker {job.worker} stopped sending heartbeats (last at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} "
                   "UTC): it was killed or its node went down")
@@ -238,11 +246,34 @@ def recover_lost_jobs(session: Session, timeout_s: float, send: Send) -> list[in
                 continue  # another sweeper got there first
         except Conflict:
             continue
+        recover_run_output(session, job)
         append_logs(session, job.id, next_seq(session, JobLog, job.id), [reason], stream="system")
         recovered.append(job.id)
         if target == S.failed and job.requeue_on_failure:
             requeue(session, job, send)
     return recovered
+
+
+def recover_run_output(session: Session, job: Job) -> int:
+    """Store what a dead worker left unread in the run folder: the log and metrics from the
+    offsets it stored with its last batch (no gap, no duplicate). Returns the lines stored."""
+    if not job.run_dir:
+        return 0
+    run = Path(job.run_dir)
+    logs = LogTail(run / "training_log.txt", job.log_offset)
+    rows = MetricsTail(run / "metrics.jsonl", job.metrics_offset)
+    try:
+        lines, metrics = logs.read(final=True), rows.read()
+    except (OSError, ValueError) as e:  # unreadable from here (another node's disk): say so
+        lines, metrics = [f"could not recover the rest of the run's log from {run}: {e}"], []
+    first_line, first = next_seq(session, JobLog, job.id), next_seq(session, JobMetric, job.id)
+    session.add_all(JobLog(job_id=job.id, seq=first_line + i, stream="stdout", line=line)
+                    for i, line in enumerate(lines))
+    session.add_all(JobMetric(job_id=job.id, seq=first + i, step=int(r.get("step", 0)), loss=_finite(r.get("loss")),
+                              values=r) for i, r in enumerate(metrics))
+    session.execute(update(Job).where(Job.id == job.id).values(log_offset=logs.offset, metrics_offset=rows.offset))
+    session.commit()
+    return len(lines)
 
 
 def next_seq(session: Session, model: type[JobLog] | type[JobMetric], job_id: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -122,6 +123,56 @@ def claim_next(session: Session, worker: str, node: str, gpu_total: int | None, 
 
 def release_leases(session: Session, job_id: int) -> None:
     session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
+
+
+def lease_for_evaluation(session: Session, node: str, evaluation_id: int, gpu_total: int, n: int = 1) -> list[int] | None:
+    """Lease ``n`` free GPUs of ``node`` for an evaluation (the same rows, the same primary key
+    guard as a training job's); None while fewer are free."""
+    leased = set(session.scalars(select(GpuLease.gpu_index).where(GpuLease.node == node)))
+    free = [i for i in range(gpu_total) if i not in leased][:n]
+    if len(free) < n:
+        return None
+    try:
+        session.add_all(GpuLease(node=node, gpu_index=i, evaluation_id=evaluation_id) for i in free)
+        session.commit()
+    except IntegrityError:  # another worker of this node leased one of them first
+        session.rollback()
+        return None
+    return free
+
+
+def release_evaluation_leases(session: Session, evaluation_id: int) -> None:
+    session.execute(delete(GpuLease).where(GpuLease.evaluation_id == evaluation_id))
+
+
+# Written into the run folder by a cluster backend once the cluster accepted the run (the Slurm
+# job id): the run goes on without its worker, so it is adopted, never failed for silence.
+CLUSTER_JOB_FILE = "slurm_job_id"
+
+
+def on_cluster(job: Job) -> bool:
+    return bool(job.run_dir) and (Path(job.run_dir) / CLUSTER_JOB_FILE).exists()
+
+
+def adopt_cluster_jobs(session: Session, worker: str, timeout_s: float, followed: set[int]) -> list[int]:
+    """Take over active cluster runs that nobody follows: this worker's own from before a
+    restart, or any whose worker went silent. Compare-and-set on (worker, heartbeat), so two
+    workers never adopt the same job."""
+    cutoff = now() - timedelta(seconds=timeout_s)
+    rows = session.execute(select(Job.id, Job.worker, Job.heartbeat_at, Job.run_dir).where(
+        Job.status.in_(ACTIVE), Job.run_dir.is_not(None))).all()
+    adopted = []
+    for job_id, owner, beat, run_dir in rows:
+        if job_id in followed or not (Path(run_dir) / CLUSTER_JOB_FILE).exists():
+            continue
+        if owner != worker and (beat is None or beat.replace(tzinfo=beat.tzinfo or UTC) >= cutoff):
+            continue
+        res = session.execute(update(Job).where(Job.id == job_id, Job.worker == owner, Job.heartbeat_at == beat)
+                              .values(worker=worker, heartbeat_at=now()))
+        session.commit()
+        if res.rowcount == 1:
+            adopted.append(job_id)
+    return adopted
 
 
 def stale_jobs(session: Session, timeout_s: float) -> list[Job]:

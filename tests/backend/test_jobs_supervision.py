@@ -5,7 +5,6 @@ and GPU detection/sampling through a fake nvidia-smi."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from backend.settings import get_settings
 from tests.backend.test_api import demo_files, upload, zip_bytes
 from worker import gpus
 from worker.launcher import RunControl, supervise
+from worker.runtime import Launch
 
 S = JobStatus
 
@@ -31,40 +31,42 @@ def started_job(api) -> int:
     return job_id
 
 
-def script(tmp_path: Path, body: str) -> list[str]:
-    path = tmp_path / "fake_trainer.py"
-    path.write_text(body)
-    return [sys.executable, str(path)]
+def script(tmp_path: Path, body: str, gpu_ids: list[int] | None = None) -> Launch:
+    """A launch of a stand-in program (a module in tmp_path) instead of the trainer."""
+    (tmp_path / "fake_trainer.py").write_text(body)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    return Launch(name="test", module="fake_trainer", spec_path=run_dir / "spec.json", run_dir=run_dir,
+                  log_path=run_dir / "training_log.txt", distributed=False,
+                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids),
+                  env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
 
 
 def test_output_is_streamed_and_a_failure_keeps_code_reason_and_last_lines(api, tmp_path):
     job_id = started_job(api)
-    cmd = script(tmp_path, "import os, sys\nprint('devices', repr(os.environ['CUDA_VISIBLE_DEVICES']))\n"
-                           "for i in range(30): print('line', i)\nsys.exit(3)\n")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    assert supervise(job_id, run_dir, cmd, control=RunControl([1, 3])) == "failed"
+    launch = script(tmp_path, "import os, sys\nprint('devices', repr(os.environ['CUDA_VISIBLE_DEVICES']))\n"
+                              "for i in range(30): print('line', i)\nsys.exit(3)\n", gpu_ids=[1, 3])
+    assert supervise(job_id, launch, control=RunControl([1, 3])) == "failed"
     job = api.get(f"/api/jobs/{job_id}").json()
     assert (job["status"], job["exit_code"]) == ("failed", 3)
     assert job["failure_reason"].startswith("trainer exited with code 3; no checkpoint\n")
     assert job["failure_reason"].endswith("line 29") and "line 9\n" not in job["failure_reason"]
     lines = [r["line"] for r in api.get(f"/api/jobs/{job_id}/logs").json()]
-    assert lines[1:] == ["devices '1,3'"] + [f"line {i}" for i in range(30)]
-    assert job["last_lines"][-1] == "line 29" and job["command"].endswith("fake_trainer.py")
+    assert lines[1:-1] == ["devices '1,3'"] + [f"line {i}" for i in range(30)]
+    assert lines[-1] == "job failed: trainer exited with code 3; no checkpoint"
+    assert job["command"].endswith("-m fake_trainer --spec " + str(launch.spec_path))
 
 
 def test_cancel_sends_sigterm_then_sigkill_after_the_grace_period(api, tmp_path, monkeypatch):
     monkeypatch.setenv("VLSTUDIO_CANCEL_GRACE_SECONDS", "2")
     get_settings.cache_clear()
     job_id = started_job(api)
-    cmd = script(tmp_path, "import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: print('got SIGTERM', "
-                           "flush=True))\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)\n")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    launch = script(tmp_path, "import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: print('got SIGTERM', "
+                              "flush=True))\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)\n")
     outcome: list[str] = []
-    t = threading.Thread(target=lambda: outcome.append(supervise(job_id, run_dir, cmd)))
+    t = threading.Thread(target=lambda: outcome.append(supervise(job_id, launch)))
     t.start()
-    log = run_dir / "training_log.txt"
+    log = launch.log_path
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (log.exists() and "ready" in log.read_text(errors="ignore")):
         time.sleep(0.1)

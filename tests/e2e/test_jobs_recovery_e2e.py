@@ -14,14 +14,16 @@ import pytest
 
 from tests.conftest import free_port, start_studio, start_worker, stop_studio
 from tests.e2e.jobs_helpers import metric_steps, submit, upload_demo, wait_until
+from worker import processes
 
 pytestmark = pytest.mark.slow
 FAST_RECOVERY = {"VLSTUDIO_HEARTBEAT_SECONDS": "1", "VLSTUDIO_HEARTBEAT_TIMEOUT_SECONDS": "8"}
 
 
 def trainer_pids(run_dir: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"--spec {run_dir}/spec.json"], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    """Every live process of the run (agent, trainers, DataLoader workers), from /proc; raises
+    when /proc cannot be read rather than answering "none"."""
+    return [p.pid for p in processes.spec_processes(Path(run_dir) / "spec.json")]
 
 
 @pytest.mark.parametrize("mode", ["embedded", pytest.param("production", marks=pytest.mark.production)])
@@ -41,6 +43,15 @@ def test_kill_9_of_a_worker_fails_and_requeues_its_job(mode, tmp_path, request):
         while trainer_pids(running["run_dir"]) and time.monotonic() < deadline:
             time.sleep(1)
         assert trainer_pids(running["run_dir"]) == [], "trainers of the dead worker are still running"
+        # The sweep stored what the dead worker left unread in the run folder: the job's log is
+        # the trainer's whole output, in order, once (no gap, no duplicate).
+        with studio.api as api:
+            rows = api.get(f"/jobs/{kept['id']}/logs", params={"limit": 100000}).json()
+        assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+        written = (Path(running["run_dir"]) / "training_log.txt").read_text(errors="replace")
+        stored = [r["line"] for r in rows if r["stream"] == "stdout"]
+        assert stored == [x.split("\r")[-1] for x in written.splitlines()][:len(stored)]
+        assert len(stored) >= len(written.splitlines()) - 1  # all but a line written after the sweep
 
         with studio.api as api:
             child = next(j for j in api.get("/jobs").json() if j["parent_job_id"] == kept["id"])

@@ -245,3 +245,44 @@ def test_time_limit_stops_with_a_checkpoint(slurm_studio, tmp_path):
     assert any("stopped on request; checkpoint saved" in x for x in lines), lines[-30:]
     checkpoints = list((Path(final["run_dir"]) / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     assert len(checkpoints) == 1
+
+
+def test_a_restarted_worker_reattaches_to_its_slurm_job_and_never_submits_twice(slurm_studio, tmp_path):
+    """kill -9 of the worker while Slurm runs the job: the Slurm job runs on; the restarted worker
+    follows it again (no second sbatch, not even with requeue_on_failure) to its end, with the
+    whole log and every metric once."""
+    import os
+    import signal
+
+    from tests.conftest import start_worker
+
+    ds, model = upload_demo(slurm_studio, tmp_path)
+    body = {"dataset_id": ds, "model_id": model, "preset": "demo", "requeue_on_failure": True,
+            "hyperparameters": {"max_steps": 10, "nproc_per_node": 2, "zero_stage": 2, "per_device_batch_size": 2,
+                                "learning_rate": 1e-3}}
+    r = slurm_studio.api.post("/jobs", json=body)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    watch(slurm_studio, job_id, lambda job, m: len(m) >= 2)
+    worker = slurm_studio.procs[1]
+    name = next(a for a in worker.args if "@" in a).split("@")[0]
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(3)  # the Slurm job trains on, unsupervised
+    slurm_studio.procs.append(start_worker(slurm_studio.env, slurm_studio.data_dir, name))
+    final = slurm_studio.wait_job(job_id)
+    assert final["status"] == "succeeded", (final, slurm_studio.worker_log())
+
+    lines = log_lines(slurm_studio, job_id)
+    sid = slurm_job_id(lines)  # exactly one "submitted batch job" line
+    assert lines.count(f"slurm: worker reattached to batch job {sid}") == 1, lines[-40:]
+    rows = slurm_studio.api.get(f"/jobs/{job_id}/logs", params={"after": 0, "limit": 10000}).json()
+    assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))
+    for step in range(1, 11):
+        assert sum(x.startswith(f"step {step}/10 | loss ") for x in lines) == 1, f"step {step} not once"
+    assert [m["step"] for m in slurm_studio.api.get(f"/jobs/{job_id}/metrics").json()] == list(range(1, 11))
+    assert not [j for j in slurm_studio.api.get("/jobs").json() if j["parent_job_id"] == job_id]
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", f"vlstudio-job-{job_id}", "-o", "JobID"],
+                         capture_output=True, text=True)
+    submitted = {x for x in out.stdout.split() if x}
+    assert submitted <= {sid}, f"Slurm has more than one job for this run: {submitted}"

@@ -10,7 +10,7 @@ import pytest
 
 from backend.core.spec import Hyperparameters, TrainingSpec
 from backend.settings import Settings
-from worker.launcher import build_command
+from worker.runtime import Launch
 from worker.slurm import SlurmExecutor
 from worker.slurm import state as slurm_state
 from worker.slurm.requeue import latest_checkpoint, requeue_spec
@@ -130,13 +130,37 @@ def started(tmp_path: Path, fake: FakeSlurm, **settings) -> SlurmExecutor:
     spec = write_spec(tmp_path / "run", nproc_per_node=2)
     ex = SlurmExecutor(Settings(slurm_poll_seconds=0.001, **settings), run=fake)
     ex.run_env = lambda args, env, cwd: fake(args)  # type: ignore[method-assign]
-    ex.start(
-        build_command(spec, 2, 1234),
-        tmp_path / "run",
-        tmp_path / "run" / "log.txt",
-        {"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": "1"},
-    )
+    ex.start(train_launch(spec, env={"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": "1"}))
     return ex
+
+
+def train_launch(spec: Path, **more) -> Launch:
+    return Launch(name="vlstudio-job-7", module="worker.training.train", spec_path=spec, run_dir=spec.parent,
+                  log_path=spec.parent / "log.txt", nproc_per_node=2, resumable=True, **more)
+
+
+def test_an_evaluation_is_one_plain_process_without_requeue_logic(tmp_path):
+    req = request(tmp_path, Settings(), module="worker.evaluation.run", distributed=False, resumable=False)
+    script = render_sbatch(req)
+    assert 'srun --kill-on-bad-exit=1 --nodes=1 --ntasks-per-node=1 /venv/bin/python -m worker.evaluation.run ' \
+        '--spec "$SPEC" &' in script
+    assert "torch.distributed.run" not in script and "worker.slurm.requeue" not in script
+
+
+def test_a_run_is_never_submitted_twice_and_a_restarted_worker_reattaches(tmp_path):
+    fake = FakeSlurm(["RUNNING|None|node07|0|"] * 3, sacct="COMPLETED|0:0|None|node07\n")
+    first = started(tmp_path, fake)
+    assert first.job_id == "4242" and [c[0] for c in fake.calls].count("sbatch") == 1
+    launch = train_launch(tmp_path / "run" / "spec.json")
+    again = SlurmExecutor(Settings(slurm_poll_seconds=0.001), run=fake)
+    again.run_env = lambda args, env, cwd: fake(args)  # type: ignore[method-assign]
+    again.start(launch)  # a second start of the same run folder refuses to submit
+    assert [c[0] for c in fake.calls].count("sbatch") == 1 and again.poll() == 1
+    back = SlurmExecutor(Settings(slurm_poll_seconds=0.001), run=fake)
+    assert back.reattach(launch) and back.job_id == "4242"
+    fake.squeue = ["COMPLETED|None|node07|0|"]
+    assert finish(back) == 0 and [c[0] for c in fake.calls].count("sbatch") == 1
+    assert not SlurmExecutor(Settings()).reattach(train_launch(write_spec(tmp_path / "other")))
 
 
 def finish(ex: SlurmExecutor) -> int:

@@ -1,38 +1,35 @@
-"""Run one evaluation job: claim it, write its run folder, launch the evaluation program,
-stream its log and per-sample outputs into the database, and record how it ended.
-
-Reuses the training launcher's executor and tails (:mod:`worker.launcher`), so evaluations
-get the same process handling (own session, cooperative cancel) and the same live logs.
+"""Run one evaluation job: claim it, write its run folder, launch the evaluation program through
+the launch contract (:mod:`worker.runtime`) and supervise it with the one supervisor
+(:mod:`worker.supervision`) that training uses, with an :class:`EvaluationRecord`: the same
+process control, cancel escalation, retried database writes and recovery offsets.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import sys
-import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
 from backend.core.eval_spec import EvalModel, EvaluationSpec
-from backend.db.models import JobStatus
+from backend.core.tails import LogTail, MetricsTail
+from backend.db.models import Evaluation, EvaluationLog, JobStatus
 from backend.db.session import session_scope
 from backend.services import evaluations as svc
 from backend.services.datasets import get_dataset
 from backend.settings import get_settings
-from worker.launcher import REPO_ROOT, LogTail, MetricsTail, make_executor
+from worker.runtime import Executor, Launch, make_executor
+from worker.supervision import Batch, End, RunControl, Supervision
 
 S = JobStatus
-CANCEL_GRACE_SECONDS = 30.0
-TAIL_LINES = 20
+EVAL_MODULE = "worker.evaluation.run"
+LOG_NAME = "evaluation_log.txt"
 
 
-def build_command(spec_path: Path) -> list[str]:
-    return [sys.executable, "-m", "worker.evaluation.run", "--spec", str(spec_path)]
-
-
-def prepare_run(evaluation_id: int, run_dir: Path) -> list[str]:
+def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = None) -> Launch:
     """Resolve models and data to paths and write ``spec.json`` and ``command.txt``."""
     settings = get_settings()
     with session_scope() as s:
@@ -59,92 +56,115 @@ def prepare_run(evaluation_id: int, run_dir: Path) -> list[str]:
                           models=resolved, metrics=metrics, **{k: v for k, v in params.items() if v is not None})
     spec_path = run_dir / "spec.json"
     spec.write(spec_path)
-    cmd = build_command(spec_path)
-    (run_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
-    return cmd
+    launch = Launch(name=f"vlstudio-eval-{evaluation_id}", module=EVAL_MODULE, spec_path=spec_path,
+                    run_dir=run_dir, log_path=run_dir / LOG_NAME, distributed=False, nnodes=1, nproc_per_node=1,
+                    gpus_per_node=len(gpu_ids) if gpu_ids is not None else (1 if settings.slurm_gpus_per_node else 0),
+                    gpu_ids=None if gpu_ids is None else tuple(gpu_ids))
+    launch.write_command()
+    return launch
 
 
-def run_evaluation_job(evaluation_id: int, worker_name: str) -> str:
-    settings = get_settings()
-    with session_scope() as s:
-        if not svc.claim_evaluation(s, evaluation_id, worker_name):
-            return "not claimed (already taken, finished or cancelled)"
-        run_dir = settings.data_path / "evaluations" / str(evaluation_id)
-        svc.heartbeat(s, evaluation_id, run_dir=str(run_dir))
-    try:
-        cmd = prepare_run(evaluation_id, run_dir)
-    except Exception as e:
-        with session_scope() as s:
-            svc.append_logs(s, evaluation_id, svc.next_log_seq(s, evaluation_id),
-                            traceback.format_exc().splitlines(), stream="system")
-            svc.transition(s, evaluation_id, S.failed, failure_reason=f"could not prepare the evaluation: {e}")
-        return "failed in preparation"
-    return supervise(evaluation_id, run_dir, cmd)
-
-
-def supervise(evaluation_id: int, run_dir: Path, cmd: list[str]) -> str:
-    """Start ``cmd``; stream its log and outputs into the database until it ends."""
-    settings = get_settings()
-    executor = make_executor()
-    # PYTHONPATH: the program runs the same code as this worker, whatever an installed copy
-    # of the package says (as for training, see worker.launcher.job_env).
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
-    executor.start(cmd, run_dir, run_dir / "evaluation_log.txt", env)
-    logs = LogTail(run_dir / "evaluation_log.txt")
-    outputs = MetricsTail(run_dir / "outputs.jsonl")
-    with session_scope() as s:
-        seq = svc.append_logs(s, evaluation_id, svc.next_log_seq(s, evaluation_id), [f"$ {shlex.join(cmd)}"],
-                              stream="system")
-        svc.transition(s, evaluation_id, S.running)
-        total = None
-    tail: list[str] = []
-    done = 0
-    stop_sent_at: float | None = None
-    while True:
-        rc = executor.poll()
-        lines = logs.read(final=rc is not None)
-        rows = outputs.read()
-        with session_scope() as s:
-            if lines:
-                seq = svc.append_logs(s, evaluation_id, seq, lines)
-                tail = (tail + lines)[-TAIL_LINES:]
-            if rows:
-                svc.append_samples(s, evaluation_id, rows)
-                done += len(rows)
-            if total is None and (run_dir / "spec.json").exists():
-                total = _total(run_dir)
-            svc.heartbeat(s, evaluation_id, done=done, total=total)
-            status = svc.get_evaluation(s, evaluation_id).status
-        if rc is not None:
-            break
-        if status == S.stopping and stop_sent_at is None:
-            executor.terminate()
-            stop_sent_at = time.monotonic()
-        elif stop_sent_at is not None and time.monotonic() - stop_sent_at > CANCEL_GRACE_SECONDS:
-            executor.kill()
-        time.sleep(settings.stream_poll_seconds)
-    return _finish(evaluation_id, run_dir, rc, tail)
-
-
-def _total(run_dir: Path) -> int | None:
-    spec = EvaluationSpec.read(run_dir / "spec.json")
+def _total(spec_path: Path) -> int | None:
+    spec = EvaluationSpec.read(spec_path)
     with open(spec.annotation, encoding="utf-8-sig") as f:
         n = sum(1 for line in f if line.strip())
     return min(n, spec.limit or n) * len(spec.models)
 
 
-def _finish(evaluation_id: int, run_dir: Path, rc: int | None, tail: list[str]) -> str:
-    with session_scope() as s:
-        status = svc.get_evaluation(s, evaluation_id).status
+class EvaluationRecord:
+    """An evaluation's rows: ``evaluation_logs``, ``evaluation_samples``, progress, heartbeat,
+    offsets, the verdict."""
+
+    def __init__(self, evaluation_id: int, run_dir: Path) -> None:
+        self.id, self.run_dir, self.label = evaluation_id, run_dir, f"evaluation {evaluation_id}"
+        with session_scope() as s:
+            ev = svc.get_evaluation(s, evaluation_id)
+            self.seq = svc.next_log_seq(s, evaluation_id)
+            self.done = ev.done or 0
+            self.offsets = (ev.log_offset, ev.outputs_offset)
+        self.total: int | None = None
+
+    def notes(self) -> list[str]:
+        return []
+
+    def store(self, s: Session, batch: Batch) -> JobStatus:
+        lines = [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines]
+        s.add_all(EvaluationLog(evaluation_id=self.id, seq=self.seq + i, stream=stream, line=line)
+                  for i, (stream, line) in enumerate(lines))
+        svc.add_samples(s, self.id, batch.rows)
+        if self.total is None and (self.run_dir / "spec.json").exists():
+            self.total = _total(self.run_dir / "spec.json")
+        s.execute(update(Evaluation).where(Evaluation.id == self.id).values(
+            done=self.done + len(batch.rows), total=self.total, heartbeat_at=svc.now(),
+            log_offset=batch.log_offset, outputs_offset=batch.rows_offset))
+        s.execute(update(Evaluation).where(Evaluation.id == self.id, Evaluation.status == S.starting)
+                  .values(status=S.running))
+        s.commit()
+        self.seq += len(lines)
+        self.done += len(batch.rows)
+        return s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
+
+    def verdict(self, s: Session, end: End) -> str:
+        ev = svc.get_evaluation(s, self.id)
+        s.refresh(ev)
+        status = ev.status
+        if status.finished:
+            return "taken over (marked finished elsewhere)"
+        escalated = f" (killed after {end.grace:.0f}s grace)" if end.killed else ""
+        if end.launch_error:
+            svc.transition(s, self.id, S.failed, exit_code=end.rc, failure_reason=end.launch_error)
+            return "failed (launch refused)"
         if status == S.stopping:
-            svc.transition(s, evaluation_id, S.cancelled, exit_code=rc, failure_reason="cancelled by the user")
+            svc.transition(s, self.id, S.cancelled, exit_code=end.rc, failure_reason=f"cancelled by the user{escalated}")
             return "cancelled"
-        results = run_dir / "results.json"
-        if rc == 0 and results.exists():
+        if end.drain_reason:
+            svc.transition(s, self.id, S.failed, exit_code=end.rc, failure_reason=f"{end.drain_reason}{escalated}")
+            return "failed (worker shut down)"
+        results = self.run_dir / "results.json"
+        if end.rc == 0 and results.exists():
             summary = json.loads(results.read_text())["models"]
-            svc.transition(s, evaluation_id, S.succeeded, exit_code=0, summary=summary)
+            svc.transition(s, self.id, S.succeeded, exit_code=0, summary=summary)
             return "succeeded"
-        reason = f"evaluation exited with code {rc}" if rc else "evaluation exited without writing results.json"
-        svc.transition(s, evaluation_id, S.failed, exit_code=rc, failure_reason=reason + "\n" + "\n".join(tail))
+        reason = f"evaluation exited with code {end.rc}" if end.rc else "evaluation exited without writing results.json"
+        svc.transition(s, self.id, S.failed, exit_code=end.rc, failure_reason=reason + "\n" + "\n".join(end.tail))
         return "failed"
+
+
+def run_evaluation_job(evaluation_id: int, worker_name: str,
+                       lease: Callable[[int, RunControl], list[int] | None] | None = None) -> str:
+    """Claim a queued evaluation by id, lease its GPU (``lease``: the worker scheduler's; without
+    one the program sees the node's devices) and run it."""
+    with session_scope() as s:
+        if not svc.claim_evaluation(s, evaluation_id, worker_name):
+            return "not claimed (already taken, finished or cancelled)"
+    control = RunControl(None)
+    if lease is not None:
+        control.gpu_ids = lease(evaluation_id, control)
+    return run_claimed(evaluation_id, control)
+
+
+def run_claimed(evaluation_id: int, control: RunControl) -> str:
+    run_dir = get_settings().data_path / "evaluations" / str(evaluation_id)
+    with session_scope() as s:
+        svc.heartbeat(s, evaluation_id, run_dir=str(run_dir))
+    try:
+        launch = prepare_run(evaluation_id, run_dir, control.gpu_ids)
+    except Exception as e:  # noqa: BLE001 - recorded on the evaluation, with the traceback in its log
+        with session_scope() as s:
+            svc.append_logs(s, evaluation_id, svc.next_log_seq(s, evaluation_id),
+                            traceback.format_exc().splitlines(), stream="system")
+            svc.transition(s, evaluation_id, S.failed, failure_reason=f"could not prepare the evaluation: {e}")
+        return "failed in preparation"
+    return supervise(evaluation_id, launch, control=control)
+
+
+def supervise(evaluation_id: int, launch: Launch, executor: Executor | None = None,
+              control: RunControl | None = None, reattach: bool = False) -> str:
+    control = control or RunControl()
+    record = EvaluationRecord(evaluation_id, launch.run_dir)
+    logs = LogTail(launch.log_path, record.offsets[0] if reattach else 0)
+    outputs = MetricsTail(launch.run_dir / "outputs.jsonl", record.offsets[1] if reattach else 0)
+    try:
+        return Supervision(record, executor or make_executor(), control, logs, outputs).run(launch, reattach)
+    finally:
+        control.done.set()

@@ -1,5 +1,6 @@
-"""The Slurm executor: the job's torchrun command becomes an sbatch script in the run folder,
-submitted with ``sbatch --parsable`` and followed through ``squeue``/``sacct``.
+"""The Slurm executor: a :class:`worker.runtime.Launch` becomes an sbatch script in the run
+folder, submitted with ``sbatch --parsable`` and followed through ``squeue``/``sacct``. It reads
+the launch's fields (module, spec, nodes, processes, GPUs); it never parses a command line.
 
 What the worker needs to tell a user lands in the job's log (the file Slurm writes to), as lines
 starting with ``slurm:``: the script's path, the Slurm job id, state changes, and how the job ended.
@@ -15,12 +16,15 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backend.core.spec import TrainingSpec
 from backend.settings import Settings, get_settings
 from worker.slurm import state as slurm_state
 from worker.slurm.script import SlurmConfigError, SlurmJobRequest, render_sbatch
 from worker.slurm.state import JobState, Run
+
+if TYPE_CHECKING:
+    from worker.runtime import Launch
 
 SCRIPT_NAME = "job.sbatch"
 JOB_ID_FILE = "slurm_job_id"
@@ -29,16 +33,6 @@ JOB_ID_FILE = "slurm_job_id"
 ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::|$)")
 LAUNCHER_ERRORS = ("torch.distributed.elastic.", "ChildFailedError", "SignalException")
 NODE_LOCAL_ENV = ("CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-def parse_command(cmd: list[str]) -> tuple[str, Path, int]:
-    """(python, spec path, processes per node) of the local launcher's torchrun command."""
-    try:
-        spec_path = Path(cmd[cmd.index("--spec") + 1])
-        nproc = int(cmd[cmd.index("--nproc_per_node") + 1])
-    except (ValueError, IndexError) as e:
-        raise SlurmConfigError(f"not a torchrun command with --spec and --nproc_per_node: {cmd}") from e
-    return cmd[0], spec_path, nproc
 
 
 def first_error(log_path: Path | None) -> str | None:
@@ -68,10 +62,17 @@ class SlurmExecutor:
         self.unknown_since: float | None = None
 
     # ------------------------------------------------------------------------------ the protocol
-    def start(self, cmd: list[str], run_dir: Path, log_path: Path, env: dict[str, str]) -> None:
+    def start(self, launch: Launch) -> None:
+        run_dir, log_path = launch.run_dir, launch.log_path
         self.log_path = log_path
+        if (run_dir / JOB_ID_FILE).exists():
+            # Never submit a run twice: a job id here means an earlier worker submitted it.
+            self._finish(1, f"slurm: {run_dir / JOB_ID_FILE} exists: this run was submitted before; "
+                         "not submitting it again")
+            return
+        env = launch.environment()
         try:
-            script = self.write_script(cmd, run_dir, log_path)
+            script = self.write_script(launch)
         except (SlurmConfigError, OSError, ValueError) as e:
             self._finish(1, f"slurm: cannot submit the job: {e}")
             return
@@ -140,29 +141,33 @@ class SlurmExecutor:
         self._say(f"slurm: job {self.job_id} killed after the grace period (scancel)")
 
     # ------------------------------------------------------------------------------ helpers
-    @classmethod
-    def reattach(cls, run_dir: Path, log_path: Path, settings: Settings | None = None) -> SlurmExecutor:
-        """Follow a job submitted earlier (e.g. by a worker that restarted) from ``RUN/slurm_job_id``."""
-        ex = cls(settings)
-        ex.job_id = (run_dir / JOB_ID_FILE).read_text().strip()
-        ex.log_path = log_path
-        return ex
+    def reattach(self, launch: Launch) -> bool:
+        """Follow the Slurm job an earlier worker submitted for this run (``RUN/slurm_job_id``),
+        e.g. after the worker restarted; False if it never submitted one."""
+        path = launch.run_dir / JOB_ID_FILE
+        if not path.exists():
+            return False
+        self.job_id = path.read_text().strip()
+        self.log_path = launch.log_path
+        self._say(f"slurm: worker reattached to batch job {self.job_id}")
+        return True
 
-    def write_script(self, cmd: list[str], run_dir: Path, log_path: Path) -> Path:
-        python, spec_path, nproc = parse_command(cmd)
-        spec = TrainingSpec.read(spec_path)
+    def write_script(self, launch: Launch) -> Path:
         req = SlurmJobRequest.from_settings(
             self.settings,
-            job_name=f"vlstudio-job-{spec.job_id}",
-            run_dir=run_dir,
-            log_path=log_path,
-            spec_path=spec_path,
-            python=python,
-            nnodes=spec.hyper.nnodes,
-            nproc_per_node=nproc,
-            gpus_per_node=spec.hyper.gpus,
+            job_name=launch.name,
+            run_dir=launch.run_dir,
+            log_path=launch.log_path,
+            spec_path=launch.spec_path,
+            python=launch.python,
+            module=launch.module,
+            distributed=launch.distributed,
+            resumable=launch.resumable,
+            nnodes=launch.nnodes,
+            nproc_per_node=launch.nproc_per_node,
+            gpus_per_node=launch.gpus_per_node,
         )
-        path = run_dir / SCRIPT_NAME
+        path = launch.run_dir / SCRIPT_NAME
         path.write_text(render_sbatch(req))
         path.chmod(0o755)
         return path

@@ -33,6 +33,9 @@ class SlurmJobRequest:
     log_path: Path
     spec_path: Path
     python: str
+    module: str = TRAIN_MODULE
+    distributed: bool = True  # torchrun on each node; False: one plain process
+    resumable: bool = True  # a Slurm requeue resumes from the last checkpoint (training)
     nnodes: int = 1
     nproc_per_node: int = 1
     gpus_per_node: int = 0
@@ -110,11 +113,20 @@ def _directives(req: SlurmJobRequest) -> list[str]:
 def render_sbatch(req: SlurmJobRequest) -> str:
     q = shlex.quote
     py = q(req.python)
-    launcher = (
-        f"{py} -m torch.distributed.run --nnodes {req.nnodes} --nproc_per_node {req.nproc_per_node} "
-        f'--rdzv_backend c10d --rdzv_endpoint "$HEAD_NODE:$PORT" --rdzv_id "$SLURM_JOB_ID" '
-        f'-m {TRAIN_MODULE} --spec "$SPEC"'
-    )
+    launcher = f'{py} -m {req.module} --spec "$SPEC"'
+    if req.distributed:
+        launcher = (
+            f"{py} -m torch.distributed.run --nnodes {req.nnodes} --nproc_per_node {req.nproc_per_node} "
+            f'--rdzv_backend c10d --rdzv_endpoint "$HEAD_NODE:$PORT" --rdzv_id "$SLURM_JOB_ID" '
+            f"-m {req.module} --spec \"$SPEC\""
+        )
+    requeue = [
+        'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then',
+        "  # Requeued after a node failure or preemption: resume from the last checkpoint.",
+        f'  SPEC=$({py} -m worker.slurm.requeue "$SPEC") || exit 1',
+        '  echo "slurm: requeued (restart $SLURM_RESTART_COUNT), training from $SPEC"',
+        "fi",
+    ] if req.resumable else []
     lines = [
         "#!/bin/bash",
         f"# {req.job_name}: written by vlstudio's worker. Rerun by hand: sbatch {q(str(req.run_dir))}/job.sbatch",
@@ -124,11 +136,7 @@ def render_sbatch(req: SlurmJobRequest) -> str:
         f"export PYTHONPATH={q(str(CODE_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
         req.setup.strip(),
         f"SPEC={q(str(req.spec_path))}",
-        'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then',
-        "  # Requeued after a node failure or preemption: resume from the last checkpoint.",
-        f'  SPEC=$({py} -m worker.slurm.requeue "$SPEC") || exit 1',
-        '  echo "slurm: requeued (restart $SLURM_RESTART_COUNT), training from $SPEC"',
-        "fi",
+        *requeue,
         'HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         # The batch script runs on the first node, so a port free here is free for the rendezvous.
         f"PORT=$({py} -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])')",
@@ -142,7 +150,8 @@ def render_sbatch(req: SlurmJobRequest) -> str:
         # A trapped signal interrupts `wait` while srun still runs: wait again.
         "wait $SRUN; RC=$?",
         "while kill -0 $SRUN 2>/dev/null; do wait $SRUN; RC=$?; done",
-        f'[ -n "${{NEAR_LIMIT:-}}" ] && [ "$RC" != 0 ] && exit {NEAR_LIMIT_EXIT}',
+        # A trainer stopped on request exits 0 with a checkpoint; without a final model it did not finish.
+        f'[ -n "${{NEAR_LIMIT:-}}" ] && {{ [ "$RC" != 0 ] || [ ! -e final ]; }} && exit {NEAR_LIMIT_EXIT}',
         "exit $RC",
     ]
     return "\n".join(line for line in lines if line) + "\n"

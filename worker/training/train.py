@@ -8,8 +8,9 @@ It reads only the resolved spec; it writes ``metrics.jsonl`` (one JSON object pe
 step), checkpoints under ``RUN/checkpoints``, TensorBoard events under ``RUN/tensorboard``
 when asked, and the final Hugging Face model under ``RUN/final`` (LoRA runs: the adapter
 under ``RUN/final/adapter`` as well). It never touches the database, Celery or the web stack.
-Exit codes: 0 done, 2 the spec does not fit the model or data, 143 stopped on SIGTERM after
-saving a checkpoint.
+Exit codes: 0 done (``RUN/final`` written) or stopped on SIGTERM after saving a checkpoint (the
+log's last line says so; 0 so that torchrun's agent ends cleanly instead of reporting a failed
+child with a traceback), 2 the spec does not fit the model or data.
 """
 
 from __future__ import annotations
@@ -245,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
 
     if stop.stopped:
-        log("stopped on request; checkpoint saved")
-        return 143
+        log(f"stopped on request; checkpoint saved at step {trainer.state.global_step}")
+        return 0
 
     # -- save: a Hugging Face folder that from_pretrained + generate use directly
     final = out / "final"

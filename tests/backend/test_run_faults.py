@@ -1,0 +1,176 @@
+"""Fault injection on the one supervisor: a database outage in the middle of a run, a reporter
+(MLflow/W&B) outage, and the recovery of what a dead worker left unread in the run folder.
+Each checks the run's final state, its log (no gap, no duplicate) and that no process is left."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sqlite3
+import threading
+import time
+from datetime import timedelta
+
+import psycopg
+import pytest
+from sqlalchemy import event, update
+from sqlalchemy.exc import OperationalError
+
+from backend.db.models import Job
+from backend.db.session import get_engine, session_scope
+from backend.services import jobs
+from backend.settings import get_settings
+from tests.backend.test_jobs_supervision import script, started_job
+from tests.conftest import PG_ADMIN_URL
+from worker import processes
+from worker.launcher import supervise
+from worker.reporting import ReporterPump
+
+N = 60
+# A stand-in trainer: N numbered lines over ~6 s, a metrics row every 10, then a final model.
+PROGRAM = f"""import json, os, time
+run = os.path.dirname(os.environ["SPEC"])
+for i in range({N}):
+    print("line", i, flush=True)
+    if i % 10 == 9:
+        with open(os.path.join(run, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({{"step": i + 1, "loss": 1.0 / (i + 1)}}) + "\\n")
+    time.sleep(0.1)
+os.makedirs(os.path.join(run, "final"), exist_ok=True)
+open(os.path.join(run, "final", "config.json"), "w").write("{{}}")
+"""
+
+
+def outage(kind: str, seconds: float) -> None:
+    """Make the database unreachable for ``seconds``: PostgreSQL refuses connections to the test
+    database and drops the open ones; SQLite (one file, no server) fails every statement."""
+    if kind == "postgresql":
+        name = get_engine().url.database
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            time.sleep(seconds)
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        return
+    engine = get_engine()
+
+    def fail(*_a, **_k):  # noqa: ANN002, ANN003
+        raise OperationalError("statement", {}, sqlite3.OperationalError("disk I/O error"))
+
+    event.listen(engine, "before_cursor_execute", fail)
+    time.sleep(seconds)
+    event.remove(engine, "before_cursor_execute", fail)
+
+
+def stored_lines(api, job_id: int) -> list[dict]:
+    return api.get(f"/api/jobs/{job_id}/logs", params={"limit": 10000}).json()
+
+
+def test_a_database_outage_mid_run_loses_no_line_and_kills_nothing(api, tmp_path, caplog):
+    kind = "postgresql" if "postgresql" in str(get_engine().url) else "sqlite"
+    job_id = started_job(api)
+    launch = script(tmp_path, PROGRAM)
+    launch = dataclasses.replace(launch, env={**launch.env, "SPEC": str(launch.spec_path)})
+    outcome: list[str] = []
+    caplog.set_level(logging.WARNING, logger="worker.supervision")
+    t = threading.Thread(target=lambda: outcome.append(supervise(job_id, launch)))
+    t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "line 10\n" not in (launch.log_path.read_text()
+                                                              if launch.log_path.exists() else ""):
+        time.sleep(0.05)
+    outage(kind, 3.0)
+    t.join(120)
+    assert outcome == ["succeeded"]
+    assert any("database write failed" in r.message for r in caplog.records), "the outage never hit the worker"
+    rows = stored_lines(api, job_id)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["line"] for r in rows if r["stream"] == "stdout"] == [f"line {i}" for i in range(N)]
+    metrics = api.get(f"/api/jobs/{job_id}/metrics").json()
+    assert [m["step"] for m in metrics] == list(range(10, N + 1, 10))
+    job = api.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["step"] == N
+    assert processes.spec_processes(launch.spec_path) == []
+
+
+def test_recovery_stores_what_a_dead_worker_left_unread_once(api, tmp_path):
+    """The worker stored the first lines (and their offsets) and died; the sweep reads the rest
+    of the run folder from the stored offsets."""
+    job_id = started_job(api)
+    run = tmp_path / "runs" / str(job_id)
+    run.mkdir(parents=True)
+    stored = "".join(f"line {i}\n" for i in range(5))
+    (run / "training_log.txt").write_text(stored + "".join(f"line {i}\n" for i in range(5, 12)) + "partial")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n')
+    with session_scope() as s:
+        jobs.append_logs(s, job_id, 1, [f"line {i}" for i in range(5)])
+        jobs.append_metrics(s, job_id, 1, [{"step": 1, "loss": 2.0}])
+        s.execute(update(Job).where(Job.id == job_id).values(
+            run_dir=str(run), log_offset=len(stored), metrics_offset=len('{"step": 1, "loss": 2.0}\n'),
+            heartbeat_at=jobs.now() - timedelta(seconds=120)))
+        s.commit()
+        assert jobs.recover_lost_jobs(s, 60, lambda _: None) == [job_id]
+        assert jobs.recover_lost_jobs(s, 60, lambda _: None) == []  # a second sweep adds nothing
+    rows = stored_lines(api, job_id)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["line"] for r in rows if r["stream"] == "stdout"] == [f"line {i}" for i in range(12)] + ["partial"]
+    assert "stopped sending heartbeats" in rows[-1]["line"]
+    assert [m["step"] for m in api.get(f"/api/jobs/{job_id}/metrics").json()] == [1, 2]
+
+
+class FlakyTarget:
+    """A reporting target that is down for its first ``down`` calls, and slow."""
+
+    def __init__(self, down: int) -> None:
+        self.down, self.calls, self.rows, self.closed = down, 0, [], False
+
+    def log(self, rows):  # noqa: ANN001, ANN201
+        self.calls += 1
+        time.sleep(0.05)
+        if self.calls <= self.down:
+            raise ConnectionError("tracking server unreachable")
+        self.rows.extend(rows)
+
+    def close(self):  # noqa: ANN201
+        self.closed = True
+
+
+def test_a_reporter_outage_delays_metrics_but_loses_none_and_never_blocks():
+    target = FlakyTarget(down=4)
+    pump = ReporterPump("mlflow", lambda: target, max_backoff=0.2)
+    started = time.monotonic()
+    for step in range(1, 31):
+        pump.log([{"step": step, "loss": 1.0 / step}])
+    assert time.monotonic() - started < 0.5  # the supervisor's loop never waits for the target
+    pump.close(timeout=30)
+    assert [r["step"] for r in target.rows] == list(range(1, 31)) and target.closed
+    notes = pump.notes()
+    assert notes[0].startswith("reporting to mlflow failed (ConnectionError: tracking server unreachable)")
+    assert notes[-1] == "reporting to mlflow works again; no metric was lost"
+
+
+@pytest.fixture(autouse=True)
+def _settings_reset():
+    yield
+    get_settings.cache_clear()
+
+
+def test_evaluations_hold_gpu_leases_like_jobs_and_release_them_when_they_end(api):
+    from backend.db.models import Evaluation, JobStatus
+    from backend.services import evaluations, scheduling
+
+    job_id = started_job(api)
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.queued, gpus=1))
+        s.commit()
+        scheduling.register_worker(s, "w", "node-a", 2, None)
+        ds = s.get(Job, job_id).dataset_id
+        evs = [Evaluation(dataset_id=ds, models=[], status=JobStatus.running) for _ in range(2)]
+        s.add_all(evs)
+        s.commit()
+        assert scheduling.lease_for_evaluation(s, "node-a", evs[0].id, 2) == [0]
+        claim = scheduling.claim_next(s, "w", "node-a", 2, 0, 1)
+        assert claim is not None and claim.gpu_ids == [1]  # the job gets the GPU the evaluation left
+        assert scheduling.lease_for_evaluation(s, "node-a", evs[1].id, 2) is None  # none free: it waits
+        evaluations.transition(s, evs[0].id, JobStatus.succeeded)
+        assert scheduling.lease_for_evaluation(s, "node-a", evs[1].id, 2) == [0]

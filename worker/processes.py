@@ -1,0 +1,111 @@
+"""Who the processes of a run really are, from Linux's /proc.
+
+Every program the worker launches carries ``--spec RUN/spec.json`` on its command line: the
+torchrun agent, each trainer, their DataLoader workers, an evaluation. torchrun starts each
+trainer in a session of its own, so the agent's process group does not reach them; and a
+trainer whose agent died is re-parented to init. The command line finds them all, whoever
+their parent is now, including on a worker that restarted and never started them.
+
+A lookup that cannot read /proc raises :class:`ProcessLookupFailed` instead of answering
+"nothing found": an empty answer must mean that nothing runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+class ProcessLookupFailed(RuntimeError):
+    """/proc could not be listed: no answer about which processes run."""
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    pgid: int
+    argv: tuple[str, ...]
+
+
+def _read(pid_dir: Path) -> Proc | None:
+    try:
+        stat = (pid_dir / "stat").read_text()
+        raw = (pid_dir / "cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None  # exited meanwhile, or not ours to read
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie holds nothing and cannot be signalled away
+        return None
+    argv = tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+    return Proc(int(pid_dir.name), int(fields[1]), int(fields[2]), argv)
+
+
+def all_processes() -> list[Proc]:
+    try:
+        entries = [p for p in PROC.iterdir() if p.name.isdigit()]
+    except OSError as e:
+        raise ProcessLookupFailed(f"cannot list {PROC}: {e}") from e
+    if not entries:
+        raise ProcessLookupFailed(f"{PROC} lists no process at all (not mounted?)")
+    return [p for p in map(_read, entries) if p is not None]
+
+
+def spec_processes(spec_path: Path | str) -> list[Proc]:
+    """Every live process whose command line has ``--spec <spec_path>``."""
+    target = str(Path(spec_path).resolve())
+    out = []
+    for p in all_processes():
+        args = p.argv
+        for i, a in enumerate(args[:-1]):
+            if a == "--spec" and _same(args[i + 1], target):
+                out.append(p)
+                break
+    return out
+
+
+def _same(arg: str, target: str) -> bool:
+    return arg == target or (os.path.isabs(arg) and os.path.normpath(arg) == target)
+
+
+def is_agent(p: Proc) -> bool:
+    return "torch.distributed.run" in p.argv or any(a.endswith("torchrun") for a in p.argv[:2])
+
+
+def trainers(procs: list[Proc]) -> list[Proc]:
+    """The processes of a run that do the work: children of its torchrun agent, or whose parent
+    is not of the run (an orphan whose agent died, a plain evaluation process). Not the agent
+    (given SIGTERM it SIGKILLs its trainers 30 s later) and not a trainer's DataLoader workers."""
+    by_pid = {p.pid: p for p in procs}
+    out = []
+    for p in procs:
+        parent = by_pid.get(p.ppid)
+        if not is_agent(p) and (parent is None or is_agent(parent)):
+            out.append(p)
+    return out
+
+
+def send(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def kill_groups(procs: list[Proc]) -> None:
+    """SIGKILL each process and its process group (a trainer leads a group of its own)."""
+    own = os.getpgrp()
+    for p in procs:
+        if p.pgid == own:  # never the worker's own group
+            send([p.pid], signal.SIGKILL)
+            continue
+        try:
+            os.killpg(p.pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        send([p.pid], signal.SIGKILL)
