@@ -213,9 +213,8 @@ def prompt(template: str, tokens: int) -> str:
 
 
 def build(family: str, out: Path) -> None:
-    from safetensors.torch import save_file
-
     from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
+    from safetensors.torch import save_file
 
     folder, refs = out / family, out / "reference"
     refs.mkdir(parents=True, exist_ok=True)
@@ -270,8 +269,13 @@ def build_hf(out: Path) -> None:
     """A transformers-native (-hf) InternVL3.5-style checkpoint: ``InternVLForConditionalGeneration``
     with a Qwen3 text model, saved by transformers 4.55 with its processor and chat template."""
     from safetensors.torch import save_file
-    from transformers import (GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration,
-                              InternVLVisionConfig, Qwen3Config)
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLVisionConfig,
+        Qwen3Config,
+    )
 
     folder, refs = out / "hf_qwen3", out / "reference"
     refs.mkdir(parents=True, exist_ok=True)

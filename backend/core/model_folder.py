@@ -16,25 +16,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from backend.core.families import default_template
 from backend.core.templates import TEMPLATES
 from backend.core.tiling import DOWNSAMPLE_RATIO, IMAGE_SIZE, PATCH_SIZE, tokens_per_tile
 
 
 class ModelFolderError(ValueError):
     """The folder is not a usable model folder; the message says what is missing."""
-
-
-#: language-model family -> template, for configs that do not name their template
-FAMILY_TEMPLATES: dict[str, str] = {
-    "InternLM2ForCausalLM": "internlm2-chat",
-    "internlm2": "internlm2-chat",
-    "Phi3ForCausalLM": "phi3-chat",
-    "phi3": "phi3-chat",
-    "Qwen2ForCausalLM": "Hermes-2",
-    "qwen2": "Hermes-2",
-    "LlamaForCausalLM": "Hermes-2",
-    "llama": "Hermes-2",
-}
 
 
 def _first_int(value: Any, default: int) -> int:
@@ -53,13 +41,13 @@ def template_for_config(config: dict) -> str:
         return name
     if config.get("model_type") == "internvl":  # transformers' native InternVL (InternVL2.5/3 -hf)
         return "internvl2_5"
-    llm = config.get("llm_config") or config.get("text_config") or {}
-    keys = list(llm.get("architectures") or []) + [llm.get("model_type")]
-    for key in keys:
-        if key in FAMILY_TEMPLATES:
-            return FAMILY_TEMPLATES[key]
-    raise ModelFolderError("cannot tell the conversation template from config.json (no 'template' field and "
-                           f"an unknown language model {keys!r}); name the template explicitly")
+    name = default_template(config)
+    if name is None:
+        llm = config.get("llm_config") or config.get("text_config") or {}
+        keys = list(llm.get("architectures") or []) + [llm.get("model_type")]
+        raise ModelFolderError("cannot tell the conversation template from config.json (no 'template' field and "
+                               f"an unknown language model {keys!r}); name the template explicitly")
+    return name
 
 
 @dataclass(frozen=True)

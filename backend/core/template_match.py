@@ -5,7 +5,8 @@ that are all masked: zero loss, a "successful" run, and a model that learnt noth
 mismatch is an error, found from three independent signals:
 
 1. the model's config: its ``template`` field (original InternVL configs and the folders
-   vlstudio writes), else its language-model family;
+   vlstudio writes), else the templates its language-model family was released with
+   (:mod:`backend.core.families`);
 2. the vocabulary: every special marker of the template (``<|im_start|>``, ``<|end|>``...)
    must be one token, or the model sees a format it was never trained on;
 3. the tokenizer's own chat template, when it has one, must use the same markers.
@@ -18,39 +19,22 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from backend.core.families import default_template as family_default_template
+from backend.core.families import family_of_config
 from backend.core.templates import TEMPLATES, TOKENIZER_TEMPLATE, Template
 
-#: language-model family (architecture or model_type) -> the templates it was trained with
-FAMILY_TEMPLATES: dict[str, set[str]] = {
-    "internlm2": {"internlm2-chat"},
-    "phi3": {"phi3-chat"},
-    "qwen2": {"Hermes-2", "internvl2_5"},
-    # InternLM2 LLMs converted to the Llama layout (transformers' InternVL -hf conversion)
-    "llama": {"Hermes-2", "internvl2_5", "internlm2-chat"},
-}
 _MARKER = re.compile(r"<\|[^|<>]+\|>|<s>")
 
 
-def _family(config: dict) -> str | None:
-    llm = config.get("llm_config") or config.get("text_config") or {}
-    names = [str(a).lower() for a in (llm.get("architectures") or [])] + [str(llm.get("model_type", "")).lower()]
-    for family in FAMILY_TEMPLATES:
-        if any(n.startswith(family) for n in names):
-            return family
-    return None
-
-
 def default_template(config: dict, has_chat_template: bool) -> str | None:
-    """The template a model trains with when the user names none."""
+    """The template a model trains with when the user names none: its config's, else (a native
+    -hf folder) its tokenizer's own chat template, else its family's default."""
     name = config.get("template")
     if isinstance(name, str) and name:
         return name
     if config.get("model_type") == "internvl" and has_chat_template:
         return TOKENIZER_TEMPLATE
-    family = _family(config)
-    if family in ("internlm2", "phi3"):
-        return next(iter(FAMILY_TEMPLATES[family]))
-    return "internvl2_5" if family else None
+    return family_default_template(config)
 
 
 def markers(template: Template) -> list[str]:
@@ -75,12 +59,12 @@ def template_problems(name: str, config: dict, token_id: Callable[[str], int | N
     template = TEMPLATES[name]
     problems: list[str] = []
     declared = config.get("template")
-    family = _family(config)
+    family = family_of_config(config)
     if isinstance(declared, str) and declared and declared != name:
         problems.append(f"template {name!r} does not match the model: its config.json declares {declared!r}")
-    elif not declared and family and name not in FAMILY_TEMPLATES[family]:
-        problems.append(f"template {name!r} does not match the model's {family} language model "
-                        f"(it uses {', '.join(sorted(FAMILY_TEMPLATES[family]))})")
+    elif not declared and family and name not in family.templates:
+        problems.append(f"template {name!r} does not match the model's {family.name} language model "
+                        f"(it uses {', '.join(sorted(family.templates))})")
     missing = [m for m in markers(template) if token_id(m) is None]
     if missing:
         problems.append(f"template {name!r} writes {', '.join(missing)}, which the model's tokenizer does not "

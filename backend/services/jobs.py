@@ -79,10 +79,14 @@ def _placement_problems(session: Session, hyper: Hyperparameters, estimate: dict
     if most is not None and hyper.gpus > most:
         where = f"the largest node has {most} GPU(s)" if most else "no worker node has a GPU"
         return [{"field": "gpus", "message": f"the job asks for {hyper.gpus} GPU(s) but {where}"}]
-    if estimate and mem_mib and hyper.gpus and estimate["per_device_gib"] * 1024 > mem_mib:
+    if estimate and mem_mib and hyper.gpus and estimate["exact_gib"] * 1024 > mem_mib:
         return [{"field": "memory", "estimate": estimate, "suggestions": memory.suggestions(hyper),
-                 "message": f"estimated {estimate['per_device_gib']} GiB per GPU does not fit the "
-                            f"{mem_mib / 1024:.0f} GiB of the nodes' GPUs"}]
+                 "message": f"the weights, gradients and optimizer states alone take {estimate['exact_gib']} GiB "
+                            f"per GPU, more than the {mem_mib / 1024:.0f} GiB of the nodes' GPUs"}]
+    if estimate and mem_mib and hyper.gpus and estimate["per_device_gib"] * 1024 > mem_mib:
+        # activations are an estimate, not a measurement: say so, do not refuse
+        estimate["warning"] = (f"estimated {estimate['per_device_gib']} GiB per GPU may not fit the "
+                               f"{mem_mib / 1024:.0f} GiB of the nodes' GPUs (the activation part is approximate)")
     return []
 
 
@@ -92,7 +96,7 @@ def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str,
     hyper, problems, model = _resolve(session, owner, dataset_id, model_id, preset, overrides, priority)
     estimate = None
     if hyper is not None and model is not None:
-        arch = memory.arch_for(model.name, model.info or {})
+        arch = memory.arch_for(model.info or {}, model.path)
         estimate = memory.estimate(arch, hyper) if arch is not None and hyper.gpus else None
         problems += _placement_problems(session, hyper, estimate)
     if problems or hyper is None:

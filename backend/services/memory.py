@@ -9,8 +9,12 @@ the job's data-parallel GPUs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from backend.core.model_shapes import shapes_from_config
 
 GIB = 2**30
 ACT_BYTES_PER_TOKEN_HIDDEN = 34  # Korthikanti et al. 2022, bf16, flash attention (no s^2 term)
@@ -20,7 +24,7 @@ FRAGMENTATION = 1.10
 
 @dataclass(frozen=True)
 class Arch:
-    """Parameter counts and shapes of one InternVL checkpoint."""
+    """Parameter counts and shapes of one model, from its real shapes (never from its name)."""
 
     vit_params: float
     vit_hidden: int
@@ -30,25 +34,35 @@ class Arch:
     llm_hidden: int
     llm_layers: int
     vocab: int
+    vit_tokens_per_tile: int = 1025  # 32x32 patches + CLS at 448px
+    llm_tokens_per_tile: int = 256
+
+    @classmethod
+    def from_shapes(cls, s: dict[str, Any]) -> Arch:
+        return cls(vit_params=s["vision_params"], vit_hidden=s["vision_hidden"], vit_layers=s["vision_layers"],
+                   mlp_params=s["projector_params"], llm_params=s["text_params"], llm_hidden=s["text_hidden"],
+                   llm_layers=s["text_layers"], vocab=s["vocab"], vit_tokens_per_tile=s["vision_tokens_per_tile"],
+                   llm_tokens_per_tile=s["image_tokens_per_tile"])
 
 
-ARCHS: dict[str, Arch] = {
-    # InternViT-300M-448px + InternLM2-Chat-1.8B
-    "2b": Arch(304e6, 1024, 24, 12.6e6, 1.89e9, 2048, 24, 92553),
-    # InternViT-300M-448px + Phi-3-mini-128k (3.8B)
-    "4b": Arch(304e6, 1024, 24, 22.0e6, 3.82e9, 3072, 32, 32064),
-}
-VIT_TOKENS_PER_TILE = 1025  # 32x32 patches + CLS at 448px
-LLM_TOKENS_PER_TILE = 256
 TEXT_TOKENS = 512  # a typical question + answer; the sequence is capped at max_seq_length
 
 
-def arch_for(model_name: str, info: dict[str, Any]) -> Arch | None:
-    """The architecture of a registered model: ``info["arch"]`` if set, else guessed from the name."""
+def arch_for(info: dict[str, Any], path: str | None = None) -> Arch | None:
+    """The architecture of a registered model: the shapes its import recorded (``info["shapes"]``),
+    else those of the ``config.json`` in its folder, else an explicit ``info["arch"]``; None when
+    none is known. The model's name plays no part: a renamed model keeps its estimate."""
+    if isinstance(info.get("shapes"), dict) and info["shapes"]:
+        return Arch.from_shapes(info["shapes"])
+    config = Path(path or "") / "config.json"
+    if path and config.is_file():
+        try:
+            return Arch.from_shapes(shapes_from_config(json.loads(config.read_text(encoding="utf-8"))).to_dict())
+        except (ValueError, OSError):  # ShapeError, bad JSON: no estimate rather than a wrong one
+            pass
     if isinstance(info.get("arch"), dict):
         return Arch(**info["arch"])
-    key = str(info.get("size", "")).lower() or next((k for k in ARCHS if f"-{k}" in model_name.lower()), "")
-    return ARCHS.get(key)
+    return None
 
 
 def _lora_params(params: float, hidden: int, rank: int) -> float:
@@ -76,8 +90,8 @@ def estimate(arch: Arch, h: Any) -> dict[str, Any]:
     optimizer = trainable * 12 / (n if zero >= 1 else 1)
 
     tiles = int(getattr(h, "max_dynamic_patch", 6)) + (1 if getattr(h, "use_thumbnail", True) else 0)
-    seq = min(int(getattr(h, "max_seq_length", 4096)), TEXT_TOKENS + LLM_TOKENS_PER_TILE * tiles)
-    vit_seq = VIT_TOKENS_PER_TILE * tiles
+    seq = min(int(getattr(h, "max_seq_length", 4096)), TEXT_TOKENS + arch.llm_tokens_per_tile * tiles)
+    vit_seq = arch.vit_tokens_per_tile * tiles
     batch = int(getattr(h, "per_device_batch_size", 1))
     ckpt = bool(getattr(h, "grad_checkpoint", False))
 
@@ -95,7 +109,10 @@ def estimate(arch: Arch, h: Any) -> dict[str, Any]:
     parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
              "logits": logits, "overhead": OVERHEAD_BYTES}
     total_bytes = sum(parts.values()) * FRAGMENTATION
-    return {"per_device_gib": round(total_bytes / GIB, 1), "devices": n,
+    # weights, gradients and optimizer states follow from the shapes exactly; activations and
+    # overhead are a model of the kernels (docs/jobs.md), so only the exact part may refuse a job
+    exact_bytes = weights + grads + optimizer
+    return {"per_device_gib": round(total_bytes / GIB, 1), "exact_gib": round(exact_bytes / GIB, 1), "devices": n,
             "parts_gib": {k: round(v / GIB, 2) for k, v in parts.items()},
             "assumptions": {"sequence_tokens": seq, "tiles": tiles, "trainable_params": int(trainable),
                             "total_params": int(total), "zero_stage": zero, "grad_checkpoint": ckpt}}

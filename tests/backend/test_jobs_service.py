@@ -109,23 +109,33 @@ def test_job_asking_for_more_gpus_than_any_node_is_rejected(api, ds):
 
 
 def test_job_that_cannot_fit_is_refused_with_estimate_and_suggestions(api, ds):
+    from model_configs import MINI_2B_V1_5
+
+    from backend.core.model_shapes import shapes_from_config
+
     with session_scope() as s:
-        s.add(Model(name="Mini-InternVL-Chat-2B-V1-5", path="/nowhere", family="internlm2", template="internlm2-chat",
-                    info={"size": "2b"}))
-        scheduling.register_worker(s, "small", "node-a", 8, 16 * 1024)
-    model_id = next(m["id"] for m in api.get("/api/models").json() if m["name"].startswith("Mini"))
+        s.add(Model(name="renamed-2b", path="/nowhere", family="internlm2", template="internlm2-chat",
+                    info={"shapes": shapes_from_config(MINI_2B_V1_5).to_dict()}))
+        scheduling.register_worker(s, "small", "node-a", 8, 8 * 1024)
+    model_id = next(m["id"] for m in api.get("/api/models").json() if m["name"] == "renamed-2b")
     body = {"dataset_id": ds, "model_id": model_id, "preset": "2b-full"}
     r = api.post("/api/jobs", json=body)
     assert r.status_code == 422, r.text
     problem = r.json()["errors"][0]
-    assert problem["field"] == "memory" and problem["estimate"]["per_device_gib"] > 16
+    assert problem["field"] == "memory" and problem["estimate"]["exact_gib"] > 8
     assert any("LoRA" in x for x in problem["suggestions"]) and any("ZeRO-3" in x for x in problem["suggestions"])
     est = api.post("/api/jobs/estimate", json=body).json()["estimate"]
     assert est["per_device_gib"] == problem["estimate"]["per_device_gib"]
+    # the exact part fits, the approximate total does not: queued, with a warning, not refused
+    with session_scope() as s:
+        scheduling.register_worker(s, "small", "node-a", 8, 16 * 1024)
+    job = api.post("/api/jobs", json=body).json()
+    assert job["status"] == "queued" and "may not fit" in job["memory_estimate"]["warning"]
     with session_scope() as s:
         scheduling.register_worker(s, "small", "node-a", 8, 80 * 1024)
     job = api.post("/api/jobs", json=body).json()
     assert job["status"] == "queued" and job["memory_estimate"]["per_device_gib"] == est["per_device_gib"]
+    assert "warning" not in job["memory_estimate"]
 
 
 def fake_checkpoint(run_dir: Path, step: int) -> Path:

@@ -47,7 +47,9 @@ def test_model_folder(model_dir):
     ({"template": "phi3-chat", "llm_config": {"architectures": ["InternLM2ForCausalLM"]}}, "phi3-chat"),
     ({"llm_config": {"architectures": ["InternLM2ForCausalLM"]}}, "internlm2-chat"),
     ({"llm_config": {"architectures": ["Phi3ForCausalLM"]}}, "phi3-chat"),
-    ({"llm_config": {"architectures": ["Qwen2ForCausalLM"]}}, "Hermes-2"),
+    # the family registry's default (InternVL2.5 / InternVL3); InternVL2-1B names Hermes-2 in its config
+    ({"llm_config": {"architectures": ["Qwen2ForCausalLM"]}}, "internvl2_5"),
+    ({"llm_config": {"architectures": ["Qwen3ForCausalLM"]}}, "internvl2_5"),
     ({"model_type": "internvl", "text_config": {"model_type": "qwen2"}}, "internvl2_5"),
 ])
 def test_template_lookup(config, template):

@@ -11,24 +11,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from backend.core.families import UnknownFamily, family_of_architecture, get_family
 from backend.core.templates import TEMPLATES
 from worker.convert.errors import ConversionError
 from worker.convert.layout import TextSpec, VisionSpec
 
-LLM_FAMILIES = {
-    "InternLM2ForCausalLM": "internlm2",
-    "Phi3ForCausalLM": "phi3",
-    "Qwen2ForCausalLM": "qwen2",
-    "LlamaForCausalLM": "llama",
-}
-FAMILY_ARCH = {family: arch for arch, family in LLM_FAMILIES.items()}
-NATIVE_TEXT_TYPE = {"internlm2": "llama", "phi3": "phi3", "qwen2": "qwen2", "llama": "llama"}
-ROPE_TYPES = {
-    "internlm2": {"linear", "dynamic"},
-    "phi3": {"su", "longrope"},  # Phi-3's "yarn" uses another attention factor than the native one
-    "qwen2": {"linear", "dynamic", "yarn"},
-    "llama": {"linear", "dynamic", "yarn", "llama3"},
-}
 ORIGINAL_AUTO_MAP = {
     "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
     "AutoModel": "modeling_internvl_chat.InternVLChatModel",
@@ -108,9 +95,11 @@ def _text_spec(family: str, llm: dict) -> TextSpec:
     if heads % kv_heads:
         raise ConversionError(f"config.json: llm_config.num_attention_heads {heads} is not a multiple of "
                               f"num_key_value_heads {kv_heads}")
-    attn_bias = bool(llm.get("bias", True)) if family == "internlm2" else bool(llm.get("attention_bias", False))
+    fam = get_family(family)
+    attn_bias = bool(llm.get(fam.bias_key, fam.bias_key == "bias"))  # InternLM2's "bias" defaults to true
     return TextSpec(
-        family=family, hidden=hidden, layers=_need(llm, "num_hidden_layers", w), heads=heads, kv_heads=kv_heads,
+        family=family, layout=fam.layout, qkv_bias=fam.qkv_bias or attn_bias, qk_norm=fam.qk_norm,
+        lm_head=fam.lm_head, hidden=hidden, layers=_need(llm, "num_hidden_layers", w), heads=heads, kv_heads=kv_heads,
         head_dim=head_dim, intermediate=_need(llm, "intermediate_size", w), vocab=_need(llm, "vocab_size", w),
         attn_bias=attn_bias, mlp_bias=bool(llm.get("mlp_bias", False)),
         tied=bool(llm.get("tie_word_embeddings", False)))
@@ -124,11 +113,10 @@ def parse_original(cfg: dict) -> OriginalModel:
     vision = cfg.get("vision_config")
     if not isinstance(llm, dict) or not isinstance(vision, dict):
         raise ConversionError("config.json: llm_config and vision_config must both be present")
-    archs = llm.get("architectures") or [None]
-    family = LLM_FAMILIES.get(archs[0])
-    if family is None:
-        raise ConversionError(f"config.json: llm_config.architectures[0] is {archs[0]!r}; vlstudio converts "
-                              f"{', '.join(LLM_FAMILIES)}")
+    try:
+        family = family_of_architecture((llm.get("architectures") or [None])[0]).name
+    except UnknownFamily as e:
+        raise ConversionError(f"config.json: {e}") from None
     ps = cfg.get("ps_version", "v1")
     if ps != "v2":
         raise ConversionError(
@@ -158,11 +146,12 @@ def _rope(family: str, llm: dict) -> dict[str, Any]:
     if not scaling:
         return {"rope_type": "default", "rope_theta": theta}
     kind = scaling.get("rope_type", scaling.get("type"))
-    if kind not in ROPE_TYPES[family]:
+    supported = get_family(family).rope_types
+    if kind not in supported:
         raise ConversionError(f"config.json: llm_config.rope_scaling type {kind!r} is not supported for {family} "
-                              f"(supported: {', '.join(sorted(ROPE_TYPES[family]))})")
+                              f"(supported: {', '.join(sorted(supported))})")
     params = {k: v for k, v in scaling.items() if k not in ("type", "rope_type")}
-    if family == "phi3":
+    if get_family(family).rope == "phi3-su":
         kind = "longrope"
         original_max = int(llm.get("original_max_position_embeddings", llm.get("max_position_embeddings", 4096)))
         params["original_max_position_embeddings"] = original_max
@@ -172,7 +161,7 @@ def _rope(family: str, llm: dict) -> dict[str, Any]:
 
 
 def _text_config(m: OriginalModel) -> Any:
-    from transformers import LlamaConfig, Phi3Config, Qwen2Config
+    from transformers import LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config
 
     t, llm = m.text, m.llm
     common = dict(
@@ -186,10 +175,16 @@ def _text_config(m: OriginalModel) -> Any:
     pad = common["pad_token_id"]
     if pad is not None and not 0 <= pad < t.vocab:
         raise ConversionError(f"config.json: llm_config.pad_token_id {pad} is outside the vocabulary ({t.vocab})")
+    native = get_family(t.family).native_type
     try:
-        if t.family in ("internlm2", "llama"):
+        if native == "llama":
             return LlamaConfig(**common, head_dim=t.head_dim, attention_bias=t.attn_bias, mlp_bias=t.mlp_bias)
-        if t.family == "phi3":
+        if native == "qwen3":
+            return Qwen3Config(**common, head_dim=t.head_dim, attention_bias=t.attn_bias,
+                               use_sliding_window=bool(llm.get("use_sliding_window", False)),
+                               sliding_window=llm.get("sliding_window"),
+                               max_window_layers=int(llm.get("max_window_layers", t.layers)))
+        if native == "phi3":
             return Phi3Config(
                 **common, original_max_position_embeddings=int(llm.get(
                     "original_max_position_embeddings", common["max_position_embeddings"])),

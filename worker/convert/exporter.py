@@ -10,7 +10,7 @@ from worker.convert.configs import SOURCE_KEY, parse_original
 from worker.convert.errors import ConversionError
 from worker.convert.files import atomic_folder, copy_side_files, link_or_copy, read_json, write_json
 from worker.convert.importer import DEFAULT_MAX_SHARD_BYTES, detect_format, dominant_dtype, dtype_name
-from worker.convert.layout import all_links, disk_name, lm_head_names
+from worker.convert.layout import NATIVE_HEAD, all_links, disk_name
 from worker.convert.original_config import (
     check_exportable,
     export_family,
@@ -31,11 +31,13 @@ class ExportResult:
 
 
 def _original_base(native: dict, original_source: Path | None) -> dict | None:
+    """The original folder's own config.json when given (every key as written, including those
+    transformers drops from a stored copy, e.g. ``_commit_hash``), else the copy kept at import."""
+    if original_source is not None and detect_format(original_source) == "original":
+        return read_json(original_source / "config.json")
     stored = native.get(SOURCE_KEY)
     if isinstance(stored, dict) and isinstance(stored.get("config"), dict):
         return stored["config"]
-    if original_source is not None and detect_format(original_source) == "original":
-        return read_json(original_source / "config.json")
     return None
 
 
@@ -62,7 +64,7 @@ def _export_original(src: Path, out: Path, original_source: Path | None, progres
     cfg = update_original(base, native, family, dtype) if base else synthesize_original(native, family, dtype)
     m = parse_original(cfg)
     links = all_links(m.vision, m.scale, m.text)
-    tied_head = lm_head_names(family)[1] if m.text.tied else None
+    tied_head = NATIVE_HEAD if m.text.tied else None
     names = _native_names(reader, {n for link in links for n in link.native}, tied_head)
     jobs = order_jobs(reader, [export_job(link, names) for link in links])
     entries = run_jobs(reader, jobs, out, max_shard_bytes, progress)

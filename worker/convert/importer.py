@@ -12,17 +12,14 @@ from pathlib import Path
 
 import torch
 
+from backend.core.families import get_family
+from backend.core.model_shapes import shapes_from_config
 from backend.core.samples import IMG_CONTEXT
 from backend.core.templates import TEMPLATES
-from worker.convert.configs import (
-    NATIVE_TEXT_TYPE,
-    OriginalModel,
-    native_config,
-    parse_original,
-)
+from worker.convert.configs import OriginalModel, native_config, parse_original
 from worker.convert.errors import ConversionError
 from worker.convert.files import atomic_folder, read_json
-from worker.convert.layout import Link, all_links, disk_name, lm_head_names
+from worker.convert.layout import Link, TextSpec, all_links, disk_name
 from worker.convert.model_info import ModelInfo
 from worker.convert.streaming import Progress, import_job, order_jobs, plan_entries, run_jobs
 from worker.convert.tensor_io import CheckpointReader, TensorMeta
@@ -61,13 +58,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def check_source(reader: CheckpointReader, links: list[Link], family: str, tied: bool) -> None:
+def check_source(reader: CheckpointReader, links: list[Link], text: TextSpec) -> None:
     """Every tensor the config implies is present with its shape, and nothing else is there."""
     expected = {link.original: link.shape for link in links}
     present = set(reader.meta)
     ignorable = {n for n in present if n.endswith("rotary_emb.inv_freq")}
-    if tied:
-        ignorable.add(lm_head_names(family)[0])
+    if text.tied:
+        ignorable.add(text.lm_head)
     problems = []
     missing = sorted(set(expected) - present)
     if missing:
@@ -119,7 +116,7 @@ def _import_original(src: Path, out: Path, progress: Progress | None, max_shard_
     m = parse_original(read_json(src / "config.json"))
     reader = CheckpointReader(src)
     links = all_links(m.vision, m.scale, m.text)
-    check_source(reader, links, m.text.family, m.text.tied)
+    check_source(reader, links, m.text)
     m = dataclasses.replace(m, dtype=dtype_name(dominant_dtype([reader.meta[lk.original] for lk in links])))
     template = TEMPLATES[m.template]
     tokenizer = build_tokenizer(src, m.text.family, template)
@@ -137,12 +134,13 @@ def _import_original(src: Path, out: Path, progress: Progress | None, max_shard_
     save_tokenizer(tokenizer, out)
     entries = run_jobs(reader, jobs, out, max_shard_bytes, progress)
     return ModelInfo(
-        family=m.text.family, text_model_type=NATIVE_TEXT_TYPE[m.text.family], template=m.template,
+        family=m.text.family, text_model_type=get_family(m.text.family).native_type, template=m.template,
         vision_hidden_size=m.vision.hidden, vision_layers=m.vision.layers, text_hidden_size=m.text.hidden,
         text_layers=m.text.layers, vocab_size=m.text.vocab, image_token_id=image_token_id,
         image_size=m.image_size, num_image_token=m.num_image_token, **m.tiling,
         param_count=sum(meta.nbytes // meta.dtype.itemsize for _, meta in entries), dtype=m.dtype,
-        source_format="original", source_path=str(src.resolve()), native_path="")
+        source_format="original", source_path=str(src.resolve()), native_path="",
+        shapes=shapes_from_config(m.raw).to_dict())
 
 
 def import_checkpoint(src: Path, dst: Path, progress: Progress | None = None, *,

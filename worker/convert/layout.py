@@ -33,7 +33,11 @@ class VisionSpec:
 
 @dataclass(frozen=True)
 class TextSpec:
-    family: str  # "internlm2" | "phi3" | "qwen2" | "llama"
+    family: str  # a name of backend.core.families
+    layout: str  # the family's tensor layout: "internlm2" | "phi3" | "split"
+    qkv_bias: bool  # q/k/v projections carry a bias (Qwen2 always; others as their config says)
+    qk_norm: bool  # per-head q/k RMSNorm (Qwen3)
+    lm_head: str  # the original name of the output projection
     hidden: int
     layers: int
     heads: int
@@ -153,19 +157,21 @@ def _internlm2_layer(t: TextSpec, ol: str, nl: str) -> list[Link]:
 
 
 def _same_name_layer(t: TextSpec, prefix: str) -> list[Link]:
-    """Phi-3, Qwen2 and Llama keep their names: the original and native tensors are the same."""
+    """Phi-3, Qwen2/3 and Llama keep their names: the original and native tensors are the same."""
     h, q_out, kv_out = t.hidden, t.heads * t.head_dim, t.kv_heads * t.head_dim
     p = prefix
-    if t.family == "phi3":
+    if t.layout == "phi3":
         links = _linear(f"{p}self_attn.qkv_proj", f"{p}self_attn.qkv_proj", q_out + 2 * kv_out, h, False)
         links += _linear(f"{p}self_attn.o_proj", f"{p}self_attn.o_proj", h, q_out, False)
         links += _linear(f"{p}mlp.gate_up_proj", f"{p}mlp.gate_up_proj", 2 * t.intermediate, h, False)
         links += _linear(f"{p}mlp.down_proj", f"{p}mlp.down_proj", h, t.intermediate, False)
     else:
-        qkv_bias = t.family == "qwen2" or t.attn_bias
         links = []
         for name, out_f in (("q", q_out), ("k", kv_out), ("v", kv_out)):
-            links += _linear(f"{p}self_attn.{name}_proj", f"{p}self_attn.{name}_proj", out_f, h, qkv_bias)
+            links += _linear(f"{p}self_attn.{name}_proj", f"{p}self_attn.{name}_proj", out_f, h, t.qkv_bias)
+        if t.qk_norm:
+            links += _norm(f"{p}self_attn.q_norm", f"{p}self_attn.q_norm", t.head_dim, False)
+            links += _norm(f"{p}self_attn.k_norm", f"{p}self_attn.k_norm", t.head_dim, False)
         links += _linear(f"{p}self_attn.o_proj", f"{p}self_attn.o_proj", h, q_out, t.attn_bias)
         for name in ("gate", "up"):
             links += _linear(f"{p}mlp.{name}_proj", f"{p}mlp.{name}_proj", t.intermediate, h, t.mlp_bias)
@@ -177,27 +183,24 @@ def _same_name_layer(t: TextSpec, prefix: str) -> list[Link]:
 
 def text_links(t: TextSpec) -> list[Link]:
     o, n = "language_model.", "language_model."
-    if t.family == "internlm2":
+    if t.layout == "internlm2":
         links = [Link(f"{o}model.tok_embeddings.weight", (f"{n}model.embed_tokens.weight",), (t.vocab, t.hidden))]
         for i in range(t.layers):
             links += _internlm2_layer(t, f"{o}model.layers.{i}.", f"{n}model.layers.{i}.")
         links.append(Link(f"{o}model.norm.weight", (f"{n}model.norm.weight",), (t.hidden,)))
         if not t.tied:
-            links.append(Link(f"{o}output.weight", (f"{n}lm_head.weight",), (t.vocab, t.hidden)))
+            links.append(Link(t.lm_head, (f"{n}lm_head.weight",), (t.vocab, t.hidden)))
         return links
     links = [Link(f"{o}model.embed_tokens.weight", (f"{n}model.embed_tokens.weight",), (t.vocab, t.hidden))]
     for i in range(t.layers):
         links += _same_name_layer(t, f"{o}model.layers.{i}.")
     links.append(Link(f"{o}model.norm.weight", (f"{n}model.norm.weight",), (t.hidden,)))
     if not t.tied:
-        links.append(Link(f"{o}lm_head.weight", (f"{n}lm_head.weight",), (t.vocab, t.hidden)))
+        links.append(Link(t.lm_head, (f"{n}lm_head.weight",), (t.vocab, t.hidden)))
     return links
 
 
-def lm_head_names(family: str) -> tuple[str, str]:
-    """(original, native) name of the output projection, absent from checkpoints that tie it."""
-    original = "language_model.output.weight" if family == "internlm2" else "language_model.lm_head.weight"
-    return original, "language_model.lm_head.weight"
+NATIVE_HEAD = "language_model.lm_head.weight"  # absent from checkpoints that tie it
 
 
 def all_links(v: VisionSpec, scale: int, t: TextSpec) -> list[Link]:

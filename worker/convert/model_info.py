@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -10,9 +10,11 @@ from typing import Any
 class ModelInfo:
     """The facts about a converted (or validated) native model that the database row keeps.
 
-    ``family`` names the language model the checkpoint was released with (``internlm2``, ``phi3``,
-    ``qwen2``, ``llama``); ``text_model_type`` is the transformers class family it runs as natively
-    (InternLM2 runs as ``llama``).
+    ``family`` names the language model the checkpoint was released with (an entry of
+    :mod:`backend.core.families`); ``text_model_type`` is the transformers class family it runs as
+    natively (InternLM2 runs as ``llama``). ``shapes`` are the model's real sizes and parameter
+    counts by part (:func:`backend.core.model_shapes.shapes_from_config`), which the memory
+    estimate computes with.
     """
 
     family: str
@@ -35,6 +37,7 @@ class ModelInfo:
     source_format: str  # "original" | "hf"
     source_path: str  # the imported folder, kept so that export can copy its remote-code files
     native_path: str  # the folder written by the import (transformers-native layout)
+    shapes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

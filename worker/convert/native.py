@@ -10,8 +10,11 @@ from typing import Any
 
 import torch
 
+from backend.core.families import family_of_config
+from backend.core.model_shapes import shapes_from_config
 from backend.core.samples import IMG_CONTEXT
-from worker.convert.configs import SOURCE_KEY, check_template
+from backend.core.templates import TOKENIZER_TEMPLATE
+from worker.convert.configs import check_template
 from worker.convert.errors import ConversionError
 from worker.convert.files import (
     INDEX_FILES,
@@ -50,18 +53,19 @@ def _chat_template_text(src: Path) -> str:
     return "\n".join(parts)
 
 
-def guess_template(src: Path, raw: dict) -> str:
+def native_template(src: Path, raw: dict) -> str:
+    """The template of a native folder: its config's ``template`` (a folder vlstudio wrote), else
+    the folder's own chat template (``tokenizer``: the -hf checkpoints are trained and chatted with
+    exactly what their tokenizer renders), else its family's default."""
     if raw.get("template") is not None:
         return check_template(raw["template"])
-    text = _chat_template_text(src)
-    if "<|user|>" in text:
-        return "phi3-chat"
-    if "<|im_end|>\n" in text or "<|im_end|>\\n" in text:
-        return "internvl2_5"
-    if "<|im_start|>" in text:
-        return "internlm2-chat" if ("bos_token" in text or "<s>" in text) else "Hermes-2"
-    raise ConversionError("cannot tell this model's conversation template from its chat template; add "
-                          "\"template\": \"internvl2_5\" (or internlm2-chat, Hermes-2, phi3-chat) to config.json")
+    if _chat_template_text(src).strip():
+        return TOKENIZER_TEMPLATE
+    family = family_of_config(raw)
+    if family is None:
+        raise ConversionError("this model has no chat template and no \"template\" in config.json, and its "
+                              "language model is none of vlstudio's families; add \"template\" to config.json")
+    return family.default_template
 
 
 def _tiling(src: Path, raw: dict) -> dict[str, Any]:
@@ -147,22 +151,25 @@ def import_native(src: Path, out: Path, progress: Progress | None) -> ModelInfo:
     _untie_if_different(reader, names, raw, config)
     _check_weights(reader, names, config)
     _check_tokenizer(src, config)
-    template = guess_template(src, raw)
+    template = native_template(src, raw)
     tiling = _tiling(src, raw)
-    raw.update(template=template, **tiling)
+    if template != TOKENIZER_TEMPLATE:  # else config.json stays without one: the tokenizer's own is used
+        raw["template"] = template
+    raw.update(**tiling)
     _place_weights(reader, names, out, progress)
     copy_side_files(src, out, skip={"config.json"}, include_code=False)
     write_json(out / "config.json", raw)
     v, t = config.vision_config, config.text_config
     kept = [m for n, m in ((n, reader.meta[a]) for n, a in names.items())
             if not (config.tie_word_embeddings and n == HEAD)]
-    source = raw.get(SOURCE_KEY) if isinstance(raw.get(SOURCE_KEY), dict) else {}
     patch = v.patch_size[0] if isinstance(v.patch_size, (list, tuple)) else v.patch_size
     tokens = int(config.image_seq_length)
+    family = family_of_config(raw)
     return ModelInfo(
-        family=source.get("family", t.model_type), text_model_type=t.model_type, template=template,
+        family=family.name if family else t.model_type, text_model_type=t.model_type, template=template,
         vision_hidden_size=v.hidden_size, vision_layers=v.num_hidden_layers, text_hidden_size=t.hidden_size,
         text_layers=t.num_hidden_layers, vocab_size=t.vocab_size, image_token_id=int(config.image_token_id),
         image_size=int(raw.get("force_image_size") or round(tokens**0.5 / config.downsample_ratio) * patch),
         num_image_token=tokens, **tiling, param_count=sum(m.nbytes // m.dtype.itemsize for m in kept),
-        dtype=dtype_name(dominant_dtype(kept)), source_format="hf", source_path=str(src.resolve()), native_path="")
+        dtype=dtype_name(dominant_dtype(kept)), source_format="hf", source_path=str(src.resolve()), native_path="",
+        shapes=shapes_from_config(raw).to_dict())

@@ -6,9 +6,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from backend.core.families import BY_ARCHITECTURE, FAMILIES, get_family
 from worker.convert.configs import (
-    FAMILY_ARCH,
-    LLM_FAMILIES,
     ORIGINAL_AUTO_MAP,
     SOURCE_KEY,
     TILING_KEYS,
@@ -20,14 +19,14 @@ from worker.convert.errors import ConversionError
 def export_family(native: dict, base: dict | None) -> str:
     """Which original LLM family a native config.json goes back to."""
     source = native.get(SOURCE_KEY)
-    if isinstance(source, dict) and source.get("family") in FAMILY_ARCH:
+    if isinstance(source, dict) and source.get("family") in FAMILIES:
         return source["family"]
     if base is not None:
         arch = (base.get("llm_config", {}).get("architectures") or [None])[0]
-        if arch in LLM_FAMILIES:
-            return LLM_FAMILIES[arch]
+        if arch in BY_ARCHITECTURE:
+            return BY_ARCHITECTURE[arch].name
     text_type = native.get("text_config", {}).get("model_type")
-    if text_type in ("llama", "qwen2", "phi3"):
+    if text_type in FAMILIES and FAMILIES[text_type].native_type == text_type:
         return text_type
     raise ConversionError(f"config.json: text_config.model_type {text_type!r} has no original InternVL layout")
 
@@ -41,7 +40,7 @@ def _original_rope(family: str, text: dict) -> tuple[float, dict | None]:
         rope.pop("partial_rotary_factor", None)
     if kind == "default":
         return theta, None
-    if family == "phi3":
+    if get_family(family).rope == "phi3-su":
         rope.pop("original_max_position_embeddings", None)
         rope.pop("factor", None)
         return theta, {"type": "su", **rope}
@@ -54,25 +53,14 @@ def _original_llm(family: str, text: dict, dtype: str) -> dict[str, Any]:
             "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "initializer_range",
             "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout")
     llm: dict[str, Any] = {k: text[k] for k in keys if k in text}
-    llm.update(architectures=[FAMILY_ARCH[family]], model_type=family, rope_theta=theta, rope_scaling=scaling,
+    fam = get_family(family)
+    llm.update(architectures=[fam.architectures[0]], model_type=family, rope_theta=theta, rope_scaling=scaling,
                torch_dtype=dtype, use_cache=True)
-    if family == "internlm2":
-        llm["bias"] = bool(text.get("attention_bias", False))
-        llm["auto_map"] = {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                           "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-                           "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}
-    elif family == "phi3":
-        for k in ("original_max_position_embeddings", "sliding_window", "resid_pdrop", "embd_pdrop"):
-            if k in text:
-                llm[k] = text[k]
-    elif family == "qwen2":
-        for k in ("use_sliding_window", "sliding_window", "max_window_layers"):
-            if k in text:
-                llm[k] = text[k]
-    else:
-        for k in ("attention_bias", "mlp_bias", "head_dim"):
-            if k in text:
-                llm[k] = text[k]
+    if fam.bias_key != "attention_bias":  # InternLM2 calls it "bias"
+        llm[fam.bias_key] = bool(text.get("attention_bias", False))
+    if fam.llm_auto_map:
+        llm["auto_map"] = dict(fam.llm_auto_map)
+    llm.update({k: text[k] for k in fam.extra_config_keys if k in text})
     return llm
 
 
@@ -125,14 +113,15 @@ def update_original(base: dict, native: dict, family: str, dtype: str) -> dict[s
         if llm.get(o_key) != text.get(n_key) or vision.get(o_key) != native["vision_config"].get(n_key):
             raise ConversionError(f"the original config does not describe this model ({o_key} differs); "
                                   "export without --original-source or pass the folder it was imported from")
-    if LLM_FAMILIES.get((llm.get("architectures") or [None])[0]) != family:
+    arch = (llm.get("architectures") or [None])[0]
+    if arch not in BY_ARCHITECTURE or BY_ARCHITECTURE[arch].name != family:
         raise ConversionError("the original config's llm_config.architectures does not match this model")
     llm["vocab_size"] = text["vocab_size"]
     tied = bool(text.get("tie_word_embeddings", False))
     if bool(llm.get("tie_word_embeddings", False)) != tied:
         llm["tie_word_embeddings"] = tied
     for d in (cfg, llm, vision):
-        if d.get("torch_dtype", dtype) != dtype:
+        if d.get("torch_dtype") not in (None, dtype):  # an unset dtype stays unset
             d["torch_dtype"] = dtype
     for key in TILING_KEYS:
         if native.get(key) is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.core.families import get_family
 from backend.core.samples import IMG_CONTEXT, IMG_END, IMG_START
 from backend.core.templates import Template
 from worker.convert.errors import ConversionError
@@ -127,7 +128,7 @@ def _backend(src: Path, family: str, added: list[AddedTok], tokenizer_config: di
             return Tokenizer.from_file(str(src / "tokenizer.json"))
         except Exception as e:  # tokenizers raises a plain Exception
             raise ConversionError(f"tokenizer.json: cannot load it ({e})") from None
-    if family == "qwen2" and (src / "vocab.json").exists() and (src / "merges.txt").exists():
+    if get_family(family).tokenizer == "bpe" and (src / "vocab.json").exists() and (src / "merges.txt").exists():
         return _from_bpe_files(src)
     raise ConversionError(f"{src}: no tokenizer (tokenizer.model, tokenizer.json, or vocab.json + merges.txt)")
 
@@ -193,7 +194,7 @@ def build_tokenizer(src: Path, family: str, template: Template) -> Any:
         if tok.token_to_id(needed) is None:
             raise ConversionError(f"tokenizer: the InternVL token {needed} is missing from this checkpoint's tokenizer")
     bos = roles.get("bos_token")
-    add_bos = bool(config.get("add_bos_token", family in ("internlm2", "phi3", "llama") and bos is not None))
+    add_bos = bool(config.get("add_bos_token", get_family(family).adds_bos and bos is not None))
     if add_bos and bos is not None and tok.token_to_id(bos) is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backend.core.families import FAMILIES, VISION_LORA_TARGETS, family_of_config
 from backend.core.spec import Hyperparameters
 
-#: native module names: InternViT (q/k/v, projection_layer, fc1/fc2); Llama/Qwen2 and
-#: Phi-3 projections; InternLM2's fused names for remote-code LLMs
-VISION_TARGETS = r"model\.vision_tower\.encoder\.layer\.\d+\.(attention\.(q_proj|k_proj|v_proj|projection_layer)|mlp\.(fc1|fc2))"
-LLM_TARGETS = (r"model\.language_model\.layers\.\d+\.\w+\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj"
-               r"|down_proj|gate_up_proj|wqkv|wo|w1|w2|w3)")
+#: native module names of InternViT (q/k/v, projection_layer, fc1/fc2)
+VISION_TARGETS = (r"model\.vision_tower\.encoder\.layer\.\d+\.\w+\.(" + "|".join(VISION_LORA_TARGETS) + ")")
+
+
+def llm_targets(config: dict) -> str:
+    """The LLM's LoRA targets from the model family registry (the reference's per-family lists);
+    a language model of no known family gets every family's projection names."""
+    family = family_of_config(config)
+    names = family.lora_targets if family else sorted({t for f in FAMILIES.values() for t in f.lora_targets})
+    return r"model\.language_model\.layers\.\d+\.\w+\.(" + "|".join(names) + ")"
 
 
 def lora_config(h: Hyperparameters, model):
     from peft import LoraConfig
 
-    targets = [t for t, r in ((VISION_TARGETS, h.use_backbone_lora), (LLM_TARGETS, h.use_llm_lora)) if r]
+    llm = llm_targets(model.config.to_dict())
+    targets = [t for t, r in ((VISION_TARGETS, h.use_backbone_lora), (llm, h.use_llm_lora)) if r]
     rank = h.use_llm_lora or h.use_backbone_lora
     alpha = h.lora_alpha or 2 * rank
     rank_pattern: dict[str, int] = {}

@@ -47,10 +47,10 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
         hyper = presets.resolve(body.preset, body.hyperparameters)
     except (KeyError, ValueError) as e:
         raise InvalidInput(f"invalid spec: {e}") from None
-    arch = memory.arch_for(model.name, model.info or {})
+    arch = memory.arch_for(model.info or {}, model.path)
     if arch is None:
-        return {"estimate": None, "reason": f"the sizes of model {model.name!r} are not known (its name names no "
-                "known size such as -2B or -4B), so its memory cannot be estimated"}
+        return {"estimate": None, "reason": f"the shapes of model {model.name!r} are unknown (no shapes recorded "
+                                            "at import and no readable config.json in its folder)"}
     return {"estimate": memory.estimate(arch, hyper), "suggestions": memory.suggestions(hyper)}
 
 
