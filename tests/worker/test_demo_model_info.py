@@ -3,10 +3,12 @@ the model the worker builds."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from backend.core.model_shapes import shapes_from_config
 from backend.services.memory import arch_for
-from backend.services.models import DEMO_MODEL_INFO, DEMO_MODEL_NAME
+from backend.services.models import DEMO_MODEL_INFO
 
 
 def test_registered_sizes_match_the_built_demo_model(tmp_path: Path):
@@ -26,4 +28,6 @@ def test_registered_sizes_match_the_built_demo_model(tmp_path: Path):
                                                         cfg.vision_config.num_hidden_layers)
     assert (arch["llm_hidden"], arch["llm_layers"], arch["vocab"]) == (
         cfg.text_config.hidden_size, cfg.text_config.num_hidden_layers, cfg.text_config.vocab_size)
-    assert arch_for(DEMO_MODEL_NAME, DEMO_MODEL_INFO) is not None  # the Train page's memory estimate
+    assert arch_for(DEMO_MODEL_INFO) is not None  # the Train page's memory estimate
+    shapes = shapes_from_config(json.loads((tmp_path / "m" / "config.json").read_text()))
+    assert (shapes.vision_params, shapes.projector_params, shapes.text_params) == (vit, mlp, total - vit - mlp)
