@@ -50,7 +50,9 @@ class Hyperparameters(BaseModel):
         "none", description="DeepSpeed CPU offload: optimizer states (ZeRO 1-3), or also parameters (ZeRO-3)")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
         "auto", description="LLM attention kernel; auto: flash-attention 2 on GPU where installed, else SDPA")
-    dataloader_num_workers: int = Field(0, ge=0, le=64, description="data-loading processes per rank")
+    dataloader_num_workers: int | None = Field(
+        None, ge=0, le=64, description="data-loading processes per rank (empty: on GPUs one per core of the "
+        "rank's share but one, up to 8; on the CPU 0)")
     # --- data
     max_seq_length: int = Field(4096, ge=64, description="longer samples are truncated (dropped and counted "
                                 "when the cut would fall inside an image)")
@@ -62,6 +64,11 @@ class Hyperparameters(BaseModel):
         None, ge=28, le=1792, description="tile size in pixels (empty: the model's, 448); other sizes interpolate "
         "the vision position embeddings")
     group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
+    packing: bool = Field(False, description="pack whole samples into sequences of max_seq_length tokens, "
+                          "attention never crossing samples; per_device_batch_size then counts packs")
+    max_tiles_per_pack: int | None = Field(
+        None, ge=1, le=1024, description="with packing: most image tiles in one pack, which bounds the vision "
+        "tower's memory (empty: as many as fit in max_seq_length)")
     # --- what trains
     freeze_backbone: bool = Field(False, description="freeze the vision tower (InternViT)")
     freeze_mlp: bool = Field(False, description="freeze the vision-to-language projector (mlp1)")
@@ -77,6 +84,16 @@ class Hyperparameters(BaseModel):
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the ViT, rising linearly to "
                                   "this rate over the layers")
     grad_checkpoint: bool = Field(False, description="recompute activations in the backward pass (less memory)")
+    grad_checkpoint_vision: bool | None = Field(
+        None, description="gradient checkpointing in the vision tower (empty: as grad_checkpoint)")
+    grad_checkpoint_llm: bool | None = Field(
+        None, description="gradient checkpointing in the language model (empty: as grad_checkpoint)")
+    # --- fused kernels (speed)
+    liger_kernels: bool = Field(False, description="Liger Triton kernels in the language model: RMSNorm, RoPE, "
+                                "SwiGLU (GPU only; needs the liger-kernel package)")
+    fused_cross_entropy: bool = Field(False, description="Liger fused linear cross-entropy: the loss without "
+                                      "materialising the logits (GPU only; needs the liger-kernel package)")
+    torch_compile: bool = Field(False, description="torch.compile the language model (dynamic shapes)")
     # --- bookkeeping
     logging_steps: int = Field(1, ge=1, description="write a metrics row every N optimizer steps")
     eval_steps: int = Field(0, ge=0, description="loss on the dataset's validation split every N steps (0: never)")
@@ -150,6 +167,7 @@ def combination_problems(h: Hyperparameters) -> list[tuple[str, str]]:
         p.append(("offload", "parameter offload needs zero_stage 3"))
     if h.attn_implementation == "flash_attention_2" and not h.gpus:
         p.append(("attn_implementation", "flash_attention_2 needs GPUs"))
+    _speed_options(h, p)
     if h.force_image_size is not None and h.force_image_size % (2 * PATCH_SIZE):
         p.append(("force_image_size", f"force_image_size must be a multiple of {2 * PATCH_SIZE} "
                   "(14 px patches, pixel shuffle 0.5)"))
@@ -189,6 +207,26 @@ def spec_problems(values: dict[str, Any]) -> list[dict[str, str]]:
         out += [{"field": str(err["loc"][0]), "message": err["msg"]} for err in e.errors()
                 if err["type"] == "invalid_combination" and err["loc"] and str(err["loc"][0]) not in bad]
     return out
+
+
+def _speed_options(h: Hyperparameters, p: list[tuple[str, str]]) -> None:
+    for field in ("liger_kernels", "fused_cross_entropy"):
+        if getattr(h, field) and not h.gpus:
+            p.append((field, f"{field} runs Triton kernels that need GPUs; this job trains on the CPU (gpus 0)"))
+    if h.fused_cross_entropy and h.zero_stage == 3:
+        p.append(("fused_cross_entropy", "fused_cross_entropy reads the output head's weight directly, which "
+                  "ZeRO-3 partitions: use zero_stage 1 or 2"))
+    if h.max_tiles_per_pack is not None and not h.packing:
+        p.append(("max_tiles_per_pack", "max_tiles_per_pack only applies with packing"))
+    one_image = h.max_dynamic_patch + (1 if h.use_thumbnail and h.max_dynamic_patch > 1 else 0)
+    if h.packing and h.max_tiles_per_pack is not None and h.max_tiles_per_pack < one_image:
+        p.append(("max_tiles_per_pack", f"max_tiles_per_pack {h.max_tiles_per_pack} is less than the {one_image} "
+                  f"tiles of one image at max_dynamic_patch {h.max_dynamic_patch}"))
+
+
+def max_tiles_per_pack(h: Hyperparameters) -> int:
+    """The tile budget of a pack: the setting, or as many tiles as max_seq_length holds."""
+    return h.max_tiles_per_pack or max(1, h.max_seq_length // tokens_per_tile_for(h.force_image_size))
 
 
 def _what_trains(h: Hyperparameters, p: list[tuple[str, str]]) -> None:

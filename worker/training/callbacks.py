@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-STATS = ("tokens", "padded_tokens", "tiles", "samples", "micro_batches", "text_only_batches")
+STATS = ("tokens", "padded_tokens", "tiles", "samples", "micro_batches", "text_only_batches", "data_wait_seconds",
+         "ranks")
 
 
 class BatchStats:
@@ -23,12 +24,20 @@ class BatchStats:
 
     def __init__(self) -> None:
         self.values = [0.0] * len(STATS)
+        self.values[-1] = 1.0
 
-    def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_flags: torch.Tensor) -> None:
+    def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_flags: torch.Tensor,
+            samples: int | None = None) -> None:
+        """One micro-batch; ``samples`` for packed rows (default: one sample per row)."""
         real_tiles = int(image_flags.sum())
-        for i, v in enumerate((int(attention_mask.sum()), input_ids.numel(), real_tiles, input_ids.shape[0], 1,
+        rows = input_ids.shape[0] if samples is None else samples
+        for i, v in enumerate((int(attention_mask.sum()), input_ids.numel(), real_tiles, rows, 1,
                                int(real_tiles == 0))):
             self.values[i] += v
+
+    def add_data_wait(self, seconds: float) -> None:
+        """Time the training loop spent waiting for the data loader's next batches."""
+        self.values[STATS.index("data_wait_seconds")] += seconds
 
     def collect(self, device: torch.device) -> dict[str, float]:
         """Sum over ranks (a collective: every rank calls it at the same step), then reset."""
@@ -36,6 +45,7 @@ class BatchStats:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(t)
         self.values = [0.0] * len(STATS)
+        self.values[-1] = 1.0
         return dict(zip(STATS, t.tolist(), strict=True))
 
 
@@ -52,11 +62,14 @@ def stop_everywhere(local_stop: bool, device: torch.device) -> bool:
 class MetricsCallback(TrainerCallback):
     """One JSON line per logging step in metrics.jsonl, and a readable ``step N/M | loss`` line."""
 
-    def __init__(self, path: Path, stats: BatchStats, device: torch.device, dropped: dict[str, int]) -> None:
+    def __init__(self, path: Path, stats: BatchStats, device: torch.device, dropped: dict[str, int],
+                 flops_per_token: float = 0.0, peak_flops: float = 0.0) -> None:
         self.path = path
         self.stats = stats
         self.device = device
         self.dropped = dropped
+        self.flops_per_token = flops_per_token  # 6 x parameters (forward + backward)
+        self.peak_flops = peak_flops  # measured dense matmul FLOP/s of one device
         self.last_t = time.monotonic()
         self.last_step = 0
 
@@ -87,18 +100,25 @@ class MetricsCallback(TrainerCallback):
             "epoch": logs.get("epoch"), "samples_per_second": s["samples"] / dt, "tokens_per_second": s["tokens"] / dt,
             "eta_seconds": eta, "tiles_per_batch": s["tiles"] / micro,
             "padding_ratio": 1 - s["tokens"] / max(s["padded_tokens"], 1),
+            # real tokens / token slots fed to the model: 1 - padding_ratio, padded or packed alike
+            "packing_efficiency": s["tokens"] / max(s["padded_tokens"], 1),
+            "dataloader_wait_fraction": min(1.0, s["data_wait_seconds"] / max(s["ranks"], 1) / dt),
             "text_only_batches": int(s["text_only_batches"]), "dropped_samples": sum(self.dropped.values()),
             "dropped": self.dropped, "time": time.time(),
         }
+        if self.peak_flops:
+            row["mfu"] = self.flops_per_token * row["tokens_per_second"] / (self.peak_flops * max(s["ranks"], 1))
         if torch.cuda.is_available():
             row["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         mem = f" | mem {row['gpu_memory_gib']:.1f} GiB" if "gpu_memory_gib" in row else ""
+        mfu = f" | MFU {row['mfu']:.1%}" if "mfu" in row else ""
         print(f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
               f"lr {logs.get('learning_rate') or 0:.3e} | grad_norm {logs.get('grad_norm') or 0:.3f} | "
               f"{dt / steps:.2f} s/it | {row['tokens_per_second']:.0f} tok/s | "
-              f"tiles/batch {row['tiles_per_batch']:.1f} | pad {row['padding_ratio']:.0%}{mem} | ETA {eta:.0f}s",
+              f"tiles/batch {row['tiles_per_batch']:.1f} | pad {row['padding_ratio']:.0%}{mfu} | "
+              f"data wait {row['dataloader_wait_fraction']:.0%}{mem} | ETA {eta:.0f}s",
               flush=True)
         self.last_t, self.last_step = now, state.global_step
 

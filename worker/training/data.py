@@ -219,6 +219,10 @@ class Collator:
             ids[i, :k] = b["input_ids"]
             labels[i, :k] = b["labels"]
             mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, **self.tiles(batch)}
+
+    def tiles(self, batch: list[dict]) -> dict:
+        """Every tile of the batch with its flag, or the one white dummy tile (flag 0)."""
         tiles = [b["pixel_values"] for b in batch if len(b["pixel_values"])]
         if tiles:
             pixel_values = torch.cat(tiles)
@@ -227,5 +231,4 @@ class Collator:
             white = Image.new("RGB", (self.image_size, self.image_size), (255, 255, 255))
             pixel_values = to_tensor(white, self.image_size).unsqueeze(0)
             flags = torch.zeros(1, dtype=torch.long)
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixel_values,
-                "image_flags": flags}
+        return {"pixel_values": pixel_values, "image_flags": flags}

@@ -19,15 +19,16 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-from backend.core.spec import Hyperparameters, TrainingSpec, tokens_per_tile_for
+from backend.core.spec import Hyperparameters, TrainingSpec, max_tiles_per_pack, tokens_per_tile_for
 from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
-from worker.training import lora, modeling
+from worker.training import lora, modeling, packing, speed
 from worker.training.callbacks import BatchStats, MetricsCallback, StopCallback, compile_notice, quiet_trainer
 from worker.training.data import Collator, SupervisedDataset
 from worker.training.sampler import SeededSampler
@@ -114,20 +115,31 @@ class InternVLTrainer(Trainer):
     """Merges image features into the text embeddings with ``image_flags`` (the reference's
     approach), so a dummy tile keeps the vision tower in every rank's graph."""
 
-    def __init__(self, *args, sampler: SeededSampler, stats: BatchStats, **kwargs) -> None:
+    def __init__(self, *args, sampler: SeededSampler, stats: BatchStats, flash: bool = False,
+                 fused_ce: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
         self.stats = stats
+        self.flash = flash  # flash-attention 2: packed batches run as one row through the varlen kernel
+        self.fused_ce = fused_ce  # Liger fused linear cross-entropy from the hidden states
 
     def _get_train_sampler(self, train_dataset=None):
         return self.sampler
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # The time the training loop waits for its next batches: the dataloader wait fraction.
+        t0 = time.perf_counter()
+        out = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.stats.add_data_wait(time.perf_counter() - t0)
+        return out
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         flags = inputs.pop("image_flags")
         pixel_values = inputs.pop("pixel_values")
+        pack = packing.pop_pack_inputs(inputs)  # None for a padded batch
         input_ids = inputs["input_ids"]
         if model.training:  # evaluation batches are not training throughput
-            self.stats.add(input_ids, inputs["attention_mask"], flags)
+            self.stats.add(input_ids, inputs["attention_mask"], flags, samples=pack.samples if pack else None)
         core = core_model(model)
         embeds = core.get_input_embeddings()(input_ids)
         feats = core.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
@@ -138,9 +150,21 @@ class InternVLTrainer(Trainer):
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), real)
         # Zero-weighted dummy features keep the vision parameters in the graph on a text-only rank.
         embeds = embeds + 0.0 * feats[flags == 0].sum().to(embeds.dtype)
-        outputs = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-                        num_items_in_batch=num_items_in_batch)
+        kwargs = packing.forward_inputs(pack, embeds, inputs["labels"], inputs["attention_mask"], self.flash)
+        if self.fused_ce:
+            labels = kwargs.pop("labels")
+            hidden = core(**kwargs).last_hidden_state
+            loss = speed.fused_linear_cross_entropy(hidden, lm_head(model), labels, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
+        outputs = model(**kwargs, num_items_in_batch=num_items_in_batch)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+def lm_head(model):
+    m = getattr(model, "module", model)
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    return m.lm_head
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -188,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  dropped: {example}")
     if len(dataset) == 0:
         fail(["no trainable sample left (see the dropped counts above)"])
+    problems = speed.runtime_problems(h, use_gpu)
+    if problems:
+        fail(problems)
+    train_data = pack_dataset(dataset, h) if h.packing else dataset
     eval_dataset = None
     if h.eval_steps and spec.eval_meta_path:  # issue 8: eval loss on the held-out validation split
         eval_dataset = SupervisedDataset(
@@ -200,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     # -- model: load, freeze, LoRA
     model = modeling.load_model(spec.model_path, h, dtype, use_gpu)
     modeling.apply_freezing(model, h)
+    kernels = apply_speed_options(model, h)
+    n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
     if h.uses_lora:
         model = lora.add_lora(model, h)
     trainable, total = modeling.trainable_report(model)
@@ -219,29 +249,42 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=h.max_steps, max_grad_norm=h.max_grad_norm, logging_steps=h.logging_steps,
         save_strategy="steps" if h.save_steps else "no", save_steps=h.save_steps or 500,
         save_total_limit=h.save_total_limit, seed=h.seed, data_seed=h.seed, bf16=bf16, use_cpu=not use_gpu,
-        deepspeed=deepspeed_config(h, bf16) if h.zero_stage else None, gradient_checkpointing=h.grad_checkpoint,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, remove_unused_columns=False,
+        deepspeed=deepspeed_config(h, bf16) if h.zero_stage else None,
+        gradient_checkpointing=False,  # per part, in apply_speed_options
+        remove_unused_columns=False,
         report_to=["tensorboard"] if h.report_to == "tensorboard" else [],
-        disable_tqdm=True, dataloader_num_workers=h.dataloader_num_workers, save_only_model=False,
+        disable_tqdm=True, dataloader_num_workers=data_workers(h, use_gpu), save_only_model=False,
         ddp_backend=None if use_gpu else "gloo",
         eval_strategy="steps" if eval_dataset is not None else "no", eval_steps=h.eval_steps or None,
         per_device_eval_batch_size=h.per_device_batch_size, prediction_loss_only=True,
     )
     world = targs.world_size
-    sampler = SeededSampler(dataset.modality_lengths, seed=h.seed,
-                            megabatch_size=h.per_device_batch_size * world * ga if h.group_by_length else 0)
+    # Packs are not length-grouped: they are all about max_seq_length long.
+    grouped = h.group_by_length and not h.packing
+    lengths = train_data.pack_lengths if h.packing else dataset.modality_lengths
+    sampler = SeededSampler(lengths, seed=h.seed, megabatch_size=h.per_device_batch_size * world * ga if grouped else 0)
     stats = BatchStats()
     stop = StopCallback(lambda: STOP_REQUESTED, device)
+    collator = Collator(tokenizer.pad_token_id, image_size)
+    peak = speed.measured_peak_flops(device, dtype)
+    attention = modeling.attention_kernel(h, use_gpu)
     trainer = InternVLTrainer(
-        model=model, args=targs, train_dataset=dataset, eval_dataset=eval_dataset,
-        data_collator=Collator(tokenizer.pad_token_id, image_size), processing_class=tokenizer,
-        sampler=sampler, stats=stats, callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped), stop])
+        model=model, args=targs, train_dataset=train_data, eval_dataset=eval_dataset,
+        data_collator=packing.PackCollator(tokenizer.pad_token_id, collator) if h.packing else collator,
+        processing_class=tokenizer, sampler=sampler, stats=stats, flash=attention == "flash_attention_2",
+        fused_ce=h.fused_cross_entropy,
+        callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, 6 * n_params, peak), stop])
     quiet_trainer(trainer)
     if notice := compile_notice(h.zero_stage, h.offload):
         log(notice)
-    log(f"training: {len(dataset)} samples, world size {world}, per device {h.per_device_batch_size}, "
-        f"accumulation {ga}, global batch {h.per_device_batch_size * world * ga}, "
-        f"{'bf16' if bf16 else 'fp32'}, ZeRO-{h.zero_stage}, attention {modeling.attention_kernel(h, use_gpu)}")
+    unit = "packs" if h.packing else "samples"
+    log(f"training: {len(train_data)} {unit}, world size {world}, per device {h.per_device_batch_size} {unit}, "
+        f"accumulation {ga}, global batch {h.per_device_batch_size * world * ga} {unit}, "
+        f"{-(-len(train_data) // (h.per_device_batch_size * world * ga))} steps per epoch, "
+        f"{'bf16' if bf16 else 'fp32'}, ZeRO-{h.zero_stage}, attention {attention}, {kernels}, "
+        f"{targs.dataloader_num_workers} data workers per rank")
+    log(f"MFU: 6 x {n_params:,} parameters x tokens/s over a measured matmul peak of {peak / 1e12:.2f} "
+        f"TFLOP/s per device")
     resume = spec.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
 
@@ -253,6 +296,43 @@ def main(argv: list[str] | None = None) -> int:
     final = out / "final"
     save_final(trainer, spec, tokenizer, template, final, dtype)
     return 0
+
+
+def pack_dataset(dataset: SupervisedDataset, h: Hyperparameters) -> packing.PackedDataset:
+    budget = max_tiles_per_pack(h)
+    plan = packing.plan_packs(dataset.modality_lengths, [sum(x.tiles) for x in dataset.index],
+                              max_seq_length=h.max_seq_length, max_tiles=budget, seed=h.seed)
+    log(f"packing: {plan.samples} samples into {len(plan)} packs of <= {h.max_seq_length} tokens and <= {budget} "
+        f"tiles, efficiency {plan.efficiency:.1%} (real tokens / packs x max_seq_length)"
+        + (f"; {plan.over_tile_budget} samples exceed the tile budget alone (a pack each)"
+           if plan.over_tile_budget else ""))
+    return packing.PackedDataset(dataset, plan)
+
+
+def apply_speed_options(model, h: Hyperparameters) -> str:
+    """Checkpointing per part, Liger kernels, torch.compile; a line for the log."""
+    vision, llm = speed.apply_checkpointing(model, h)
+    parts = [f"grad checkpointing vision {'on' if vision else 'off'} / LLM {'on' if llm else 'off'}"]
+    if h.liger_kernels:
+        parts.append(speed.apply_liger(model))
+    if h.fused_cross_entropy:
+        parts.append("Liger fused linear cross-entropy")
+    if h.torch_compile:
+        speed.apply_compile(model)
+        parts.append("torch.compile on the LLM")
+    return ", ".join(parts)
+
+
+def data_workers(h: Hyperparameters, use_gpu: bool) -> int:
+    """The setting, or on a GPU node one worker per core of this rank's share but one, up to 8
+    (bench/train_speed.py measures what a core decodes and tiles); 0 on the CPU, where the
+    workers would only take cores from the training itself."""
+    if h.dataloader_num_workers is not None:
+        return h.dataloader_num_workers
+    if not use_gpu:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) - 1))
 
 
 def describe_format(model, spec: TrainingSpec, tokenizer, template) -> None:

@@ -1,0 +1,123 @@
+"""The speed options of a run and the figure MFU is measured against.
+
+- gradient checkpointing per part (vision tower, language model), instead of the Trainer's one
+  switch for the whole model: the ViT's activations per tile are small next to the LLM's per
+  token, so checkpointing only the LLM often buys most of the memory for less recompute;
+- Liger's Triton kernels in the language model (RMSNorm, RoPE, SwiGLU) and its fused linear
+  cross-entropy, which computes the loss chunk by chunk from the last hidden states and the
+  output head and never holds the ``tokens x vocab`` logits;
+- ``torch.compile`` of the language model, in place (``Module.compile``), so parameter names,
+  checkpoints and the saved model are unchanged;
+- the measured dense matmul peak of the device, which MFU (6 x parameters x tokens/s / peak)
+  is relative to, as the baselines in ``shared/baselines`` are.
+
+What cannot run here is refused, never skipped: the spec already refuses GPU-only options for
+a CPU job (``backend.core.spec``); :func:`runtime_problems` adds what only the node knows (the
+packages installed, the attention kernel with packing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import time
+
+import torch
+
+from backend.core.spec import Hyperparameters
+
+GPU_EXTRA = "install the GPU extra on the worker: pip install 'vlstudio[gpu]'"
+
+
+def runtime_problems(h: Hyperparameters, use_gpu: bool) -> list[str]:
+    problems = []
+    if (h.liger_kernels or h.fused_cross_entropy) and importlib.util.find_spec("liger_kernel") is None:
+        problems.append(f"liger_kernels / fused_cross_entropy need the liger-kernel package, not installed here: "
+                        f"{GPU_EXTRA}")
+    if h.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        problems.append(f"attn_implementation flash_attention_2 needs the flash-attn package, not installed here: "
+                        f"{GPU_EXTRA}")
+    if h.packing and use_gpu and h.attn_implementation in ("sdpa", "eager"):
+        problems.append(f"packing with attn_implementation {h.attn_implementation} on a GPU builds a dense "
+                        "block-diagonal mask per pack (slow, memory-hungry): use flash_attention_2 or auto")
+    return problems
+
+
+def checkpointing(h: Hyperparameters) -> tuple[bool, bool]:
+    """(vision tower, language model): each part's switch, or grad_checkpoint where it is empty."""
+    vision = h.grad_checkpoint if h.grad_checkpoint_vision is None else h.grad_checkpoint_vision
+    llm = h.grad_checkpoint if h.grad_checkpoint_llm is None else h.grad_checkpoint_llm
+    return vision, llm
+
+
+def apply_checkpointing(model, h: Hyperparameters) -> tuple[bool, bool]:
+    vision, llm = checkpointing(h)
+    kwargs = {"use_reentrant": False}  # reentrant checkpointing loses the grads of frozen-input blocks
+    if vision:
+        model.model.vision_tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if llm:
+        model.model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return vision, llm
+
+
+def apply_liger(model) -> str:
+    """Liger's RMSNorm, RoPE and SwiGLU on the language model instance (its own model type's
+    patch function: Llama, Qwen2, Phi-3, ...). The loss is not patched here: the trainer calls
+    the fused cross-entropy itself (:func:`fused_linear_cross_entropy`)."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    kind = model.config.text_config.model_type
+    fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(kind)
+    if fn is None:
+        raise SystemExit(f"liger_kernels: Liger has no kernels for a {kind!r} language model")
+    wanted = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+              "fused_linear_cross_entropy": False, "model": model.model.language_model}
+    accepted = inspect.signature(fn).parameters
+    fn(**{k: v for k, v in wanted.items() if k in accepted})
+    return f"Liger {', '.join(k for k in ('rope', 'rms_norm', 'swiglu') if k in accepted)} on the {kind} LLM"
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
+                               num_items_in_batch, loss_fn=None) -> torch.Tensor:
+    """The causal-LM loss from the last hidden states, summed over targets and divided by the
+    batch's target count, as transformers' loss does with ``num_items_in_batch``.
+
+    ``loss_fn(weight, hidden, targets)`` returns the summed loss; Liger's fused kernel by default.
+    """
+    if loss_fn is None:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        loss_fn = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+    h = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])
+    y = labels[..., 1:].reshape(-1).to(h.device)
+    total = loss_fn(head.weight, h, y) if head.bias is None else loss_fn(head.weight, h, y, head.bias)
+    count = num_items_in_batch if num_items_in_batch is not None else (y != -100).sum()
+    if isinstance(count, torch.Tensor):
+        count = count.to(total.device)
+    return total / count
+
+
+def apply_compile(model) -> None:
+    model.model.language_model.compile(dynamic=True)
+
+
+def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Dense matmul FLOP/s of one device in the training precision (``VLSTUDIO_PEAK_TFLOPS``
+    overrides it, e.g. to compare runs against one fixed figure)."""
+    if os.environ.get("VLSTUDIO_PEAK_TFLOPS"):
+        return float(os.environ["VLSTUDIO_PEAK_TFLOPS"]) * 1e12
+    cuda = device.type == "cuda"
+    n, iters = (8192, 30) if cuda else (512, 10)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    if cuda:
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * iters / max(time.perf_counter() - t0, 1e-9)
