@@ -55,10 +55,18 @@ def apply_checkpointing(model, h: Hyperparameters) -> tuple[bool, bool]:
     vision, llm = checkpointing(h)
     kwargs = {"use_reentrant": False}  # reentrant checkpointing loses the grads of frozen-input blocks
     if vision:
-        model.model.vision_tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model.model.vision_tower, kwargs)
     if llm:
-        model.model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model.model.language_model, kwargs)
     return vision, llm
+
+
+def enable_checkpointing(part, kwargs: dict) -> None:
+    # transformers 5 renamed it (the old name warns until v6)
+    if hasattr(part, "activation_checkpointing_enable"):
+        part.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def apply_liger(model) -> str:

@@ -1,0 +1,104 @@
+"""The speed options: refused cleanly where they cannot run, and doing what they say where they can
+(checkpointing per part, the fused-loss plumbing, torch.compile) on the tiny demo model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from backend.core.spec import Hyperparameters, max_tiles_per_pack
+from worker.training import modeling, speed
+
+
+def problems_of(**over) -> dict[str, str]:
+    with pytest.raises(ValidationError) as e:
+        Hyperparameters(**over)
+    return {err["loc"][0]: err["msg"] for err in e.value.errors()}
+
+
+@pytest.mark.parametrize("field", ["liger_kernels", "fused_cross_entropy"])
+def test_gpu_only_kernels_are_refused_for_a_cpu_job(field):
+    msg = problems_of(**{field: True})[field]
+    assert "need GPUs" in msg and "CPU" in msg
+    assert getattr(Hyperparameters(**{field: True, "gpus": 1}), field)
+
+
+def test_packing_settings_that_cannot_apply_are_refused():
+    assert "only applies with packing" in problems_of(max_tiles_per_pack=8)["max_tiles_per_pack"]
+    msg = problems_of(packing=True, max_tiles_per_pack=4, max_dynamic_patch=6)["max_tiles_per_pack"]
+    assert "less than the 7 tiles of one image" in msg
+    assert "ZeRO-3" in problems_of(fused_cross_entropy=True, gpus=1, zero_stage=3)["fused_cross_entropy"]
+    assert max_tiles_per_pack(Hyperparameters(packing=True, max_seq_length=8192)) == 32
+    assert max_tiles_per_pack(Hyperparameters(packing=True, max_tiles_per_pack=12)) == 12
+
+
+def test_missing_packages_are_refused_on_the_node_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    gpu = Hyperparameters(gpus=1, liger_kernels=True, attn_implementation="flash_attention_2")
+    problems = speed.runtime_problems(gpu, use_gpu=True)
+    assert len(problems) == 2 and all("pip install 'vlstudio[gpu]'" in p for p in problems)
+    assert "liger-kernel" in problems[0] and "flash-attn" in problems[1]
+    sdpa = speed.runtime_problems(Hyperparameters(gpus=1, packing=True, attn_implementation="sdpa"), use_gpu=True)
+    assert len(sdpa) == 1 and "flash_attention_2" in sdpa[0]
+    assert speed.runtime_problems(Hyperparameters(packing=True), use_gpu=False) == []
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from worker.demo_model import build_demo_model
+
+    return str(build_demo_model(tmp_path_factory.mktemp("m") / "demo"))
+
+
+def checkpointed(module) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
+
+
+@pytest.mark.parametrize(("over", "expect"), [({"grad_checkpoint": True}, (True, True)),
+                                              ({"grad_checkpoint": True, "grad_checkpoint_vision": False}, (False, True)),
+                                              ({"grad_checkpoint_vision": True}, (True, False)),
+                                              ({}, (False, False))])
+def test_gradient_checkpointing_switches_per_part(demo, over, expect):
+    h = Hyperparameters(**over)
+    model = modeling.load_model(demo, h, torch.float32, use_gpu=False)
+    assert speed.apply_checkpointing(model, h) == expect
+    assert (checkpointed(model.model.vision_tower), checkpointed(model.model.language_model)) == expect
+
+
+def test_fused_loss_plumbing_equals_the_models_own_loss(demo):
+    """The trainer's fused-loss path (hidden states, shift, sum over targets / batch count) with
+    a plain-torch stand-in for Liger's kernel gives the model's own loss."""
+    model = modeling.load_model(demo, Hyperparameters(), torch.float32, use_gpu=False).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(10, 500, (2, 24))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[1, 20:] = -100
+    count = int((labels[:, 1:] != -100).sum())
+
+    def summed_ce(weight, h, y):
+        return torch.nn.functional.cross_entropy(h @ weight.T, y, ignore_index=-100, reduction="sum")
+
+    with torch.no_grad():
+        own = model(input_ids=ids, labels=labels, num_items_in_batch=count).loss
+        hidden = model.model(input_ids=ids).last_hidden_state
+        fused = speed.fused_linear_cross_entropy(hidden, model.lm_head, labels, count, loss_fn=summed_ce)
+    assert float(fused) == pytest.approx(float(own), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_keeps_the_loss_and_the_parameter_names(demo):
+    h = Hyperparameters(torch_compile=True)
+    model = modeling.load_model(demo, h, torch.float32, use_gpu=False).eval()
+    ids = torch.randint(10, 500, (1, 16))
+    with torch.no_grad():
+        eager = model(input_ids=ids, labels=ids).loss
+        names = list(model.state_dict())
+        speed.apply_compile(model)
+        compiled = model(input_ids=ids, labels=ids).loss
+    assert float(compiled) == pytest.approx(float(eager), abs=1e-5)
+    assert list(model.state_dict()) == names  # checkpoints and the final model load as before
+    assert model.model.language_model._compiled_call_impl is not None
