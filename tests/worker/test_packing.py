@@ -17,8 +17,14 @@ from backend.core.templates import get_template
 from bench.mixture import shapes
 from worker.training.callbacks import BatchStats
 from worker.training.data import Collator, SupervisedDataset
-from worker.training.packing import (PackCollator, PackedDataset, pack_samples, per_sample_token_counts,
-                                     plan_packs, pop_pack_inputs)
+from worker.training.packing import (
+    PackCollator,
+    PackedDataset,
+    pack_samples,
+    per_sample_token_counts,
+    plan_packs,
+    pop_pack_inputs,
+)
 from worker.training.train import InternVLTrainer
 
 # image samples of 1 and 3 tiles (max_dynamic_patch 2 + thumbnail) and pure-text ones, with

@@ -13,6 +13,8 @@ from ui.widgets import ACTIVE, ago, badge, cards, duration, esc, number, parse_t
 SMOOTHING = 0.6
 #: plots draw at most this many points (evenly thinned); the cards always show the last values
 MAX_POINTS = 1500
+#: series a run may not record (no GPU, a run from before the speed telemetry): hidden when empty
+OPTIONAL_SERIES = ("gpu_memory_gib", "mfu", "packing_efficiency", "dataloader_wait_fraction")
 
 
 def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
@@ -134,7 +136,19 @@ def metric_cards(metrics: list[dict]) -> str:
              ("Tokens / s", number(round(_value(last, "tokens_per_second") or 0)), "")]
     if gpu is not None:
         items.append(("GPU memory", f"{gpu:.1f} GiB", "peak allocated"))
-    return cards(items)
+    return cards(items + speed_cards(last))
+
+
+def speed_cards(last: dict) -> list[tuple[str, str, str]]:
+    """MFU, packing efficiency and data-loader wait of the last logged step, where recorded."""
+    out = []
+    if (mfu := _value(last, "mfu")) is not None:
+        out.append(("MFU", f"{mfu:.1%}", "6·N·tokens/s over the measured peak"))
+    if (eff := _value(last, "packing_efficiency")) is not None:
+        out.append(("Packing efficiency", f"{eff:.0%}", "real tokens / token slots"))
+    if (wait := _value(last, "dataloader_wait_fraction")) is not None:
+        out.append(("Data wait", f"{wait:.0%}", "of the time waiting for batches"))
+    return out
 
 
 def spec_html(job: dict) -> str:

@@ -20,9 +20,11 @@ from ui.widgets import ACTIVE, notice, section
 
 PLOTS = [("loss", "Loss (raw, smoothed, validation)"), ("learning_rate", "Learning rate"),
          ("grad_norm", "Gradient norm"), ("tokens_per_second", "Throughput (tokens/s)"),
-         ("gpu_memory_gib", "GPU memory (GiB)")]
+         ("gpu_memory_gib", "GPU memory (GiB)"), ("mfu", "Model FLOPs utilisation"),
+         ("packing_efficiency", "Packing efficiency (real tokens / slots)"),
+         ("dataloader_wait_fraction", "Data-loader wait (fraction of the time)")]
 Y_TITLES = {"loss": "loss", "learning_rate": "lr", "grad_norm": "norm", "tokens_per_second": "tokens/s",
-            "gpu_memory_gib": "GiB"}
+            "gpu_memory_gib": "GiB", "mfu": "MFU", "packing_efficiency": "efficiency", "dataloader_wait_fraction": "wait"}
 LOG_BATCH = 3000
 
 
@@ -85,7 +87,10 @@ def build(sessions: Sessions) -> JobsPage:
             for key, title in PLOTS[:2]:
                 plots[key] = _plot(key, title)
         with gr.Row():
-            for key, title in PLOTS[2:]:
+            for key, title in PLOTS[2:5]:
+                plots[key] = _plot(key, title)
+        with gr.Row():  # the speed telemetry (issue 14)
+            for key, title in PLOTS[5:]:
                 plots[key] = _plot(key, title)
         logv = log_viewer(sessions, elem_id="vl-log")
         gr.HTML("<div class='vl-h3'>Artifacts</div>")
@@ -192,9 +197,9 @@ def _render(sessions: Sessions, request: gr.Request, st: dict, reset: bool, v: d
         frames = {k: view.loss_frame(metrics) if k == "loss" else view.series_frame(metrics, k, k) for k in plots}
         # None, not an empty frame: a plot first given an empty frame draws no coloured lines later.
         out.update({plots[k]: None if f.empty else f for k, f in frames.items()})
-        # CPU runs record no GPU memory: no empty chart
-        out[plots["gpu_memory_gib"]] = gr.LinePlot(value=out[plots["gpu_memory_gib"]],
-                                                   visible=not frames["gpu_memory_gib"].empty)
+        # CPU runs record no GPU memory, older runs no MFU: no empty chart
+        for key in view.OPTIONAL_SERIES:
+            out[plots[key]] = gr.LinePlot(value=out[plots[key]], visible=not frames[key].empty)
     changed = (job["status"], job.get("last_checkpoint"), len(job.get("run_files") or [])) != st.get("seen")
     if reset or changed or job["status"] in ACTIVE:
         names = st.get("names") or {}

@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{-(-len(train_data) // (h.per_device_batch_size * world * ga))} steps per epoch, "
         f"{'bf16' if bf16 else 'fp32'}, ZeRO-{h.zero_stage}, attention {attention}, {kernels}, "
         f"{targs.dataloader_num_workers} data workers per rank")
+    note = speed.packing_note(h, attention, use_gpu)
+    if note:
+        log(note)
     log(f"MFU: 6 x {n_params:,} parameters x tokens/s over a measured matmul peak of {peak / 1e12:.2f} "
         f"TFLOP/s per device")
     resume = spec.resume_from_checkpoint
