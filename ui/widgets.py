@@ -65,6 +65,20 @@ def notice(kind: str, title: str, body: str = "") -> str:
             f"<div><div class='vl-notice-title'>{esc(title)}</div>{body}</div></div>")
 
 
+def problems_notice(title: str, message: str, errors: Sequence = ()) -> str:
+    """An error notice with every problem the API listed under its field (``{field, message}``)
+    or its line (``{file, line, message}``)."""
+    items = []
+    for x in list(errors)[:20]:
+        if isinstance(x, dict):
+            where = x.get("field") or (f"{x.get('file', '')} line {x['line']}" if x.get("line") else "")
+            items.append(f"<li>{f'<b>{esc(where)}</b>: ' if where else ''}{esc(x.get('message', ''))}</li>")
+        else:
+            items.append(f"<li>{esc(x)}</li>")
+    more = f"<li>… and {len(errors) - 20} more</li>" if len(errors) > 20 else ""
+    return notice("error", title, f"<div>{esc(message)}</div>" + (f"<ul>{''.join(items)}{more}</ul>" if items else ""))
+
+
 def section(title: str, subtitle: str = "") -> str:
     sub = f"<p class='vl-section-sub'>{esc(subtitle)}</p>" if subtitle else ""
     return f"<div class='vl-section'><h2>{esc(title)}</h2>{sub}</div>"

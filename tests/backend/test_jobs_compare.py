@@ -65,3 +65,13 @@ def test_list_and_job_show_the_trainers_eta(api, ds):  # noqa: F811
     assert 880 < listed <= 900 and 880 < single <= 900 and abs(listed - single) < 5
     force_status(job, S.succeeded)
     assert api.get(f"/api/jobs/{job}").json()["eta_seconds"] is None
+
+
+def test_the_built_in_model_has_its_sizes_and_a_memory_estimate(api, ds):  # noqa: F811
+    demo = api.get("/api/models").json()[0]
+    assert demo["builtin"] and demo["info"]["num_parameters"] == 785_344
+    body = {"dataset_id": ds, "model_id": demo["id"], "preset": "demo"}
+    cpu = api.post("/api/jobs/estimate", json=body).json()
+    assert cpu["estimate"] is None and "CPUs" in cpu["reason"] and "info.arch" not in cpu["reason"]
+    gpu = api.post("/api/jobs/estimate", json={**body, "hyperparameters": {"gpus": 2}}).json()
+    assert gpu["estimate"]["assumptions"]["total_params"] == 785_344

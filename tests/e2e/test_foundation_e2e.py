@@ -74,8 +74,8 @@ def run_user_path(studio, tmp_path: Path) -> None:
     text = [row["line"] for row in logs]
     assert [row["seq"] for row in logs] == list(range(1, len(logs) + 1))
     for step in range(1, STEPS + 1):
-        assert any(line.startswith(f"step {step}/{STEPS} | loss ") for line in text), f"no log line for step {step}"
-    assert any(line.startswith("{'loss'") for line in text), "the Trainer's own per-step log dict is missing"
+        assert sum(line.startswith(f"step {step}/{STEPS} | loss ") for line in text) == 1, f"step {step}: not one line"
+    assert not any(line.startswith("{'loss'") for line in text), "a raw Trainer dict beside the step line"
     cursor = logs[len(logs) // 2]["seq"]
     after = api.get(f"/jobs/{job['id']}/logs", params={"after": cursor}).json()
     assert after[0]["seq"] == cursor + 1

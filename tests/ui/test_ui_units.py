@@ -97,7 +97,7 @@ def test_truncated_lines_are_named_after_an_upload():
     ds = {"report": {"issues": [{"code": "truncated", "line": 4, "severity": "warning", "message": "x"},
                                 {"code": "other", "line": 5, "severity": "warning", "message": "y"}]}}
     html = report_view.length_warning(ds)
-    assert "1 sample(s) are longer than max_seq_length" in html and "Lines 4 " in html
+    assert "1 sample(s) are longer than max_seq_length" in html and "Line 4 " in html
     assert report_view.length_warning({"report": {"issues": []}}) == ""
 
 
@@ -148,3 +148,25 @@ def test_meta_builder_sends_only_ticked_ready_datasets():
     frame.loc[frame["id"] == 2, ["use", "repeat_time", "data_augment"]] = [True, 0.5, True]
     assert meta_builder.request_from(frame) == [{"dataset_id": 2, "name": "b", "repeat_time": 0.5,
                                                  "data_augment": True}]
+
+
+def test_compare_overlays_one_series_per_job_and_escapes_settings():
+    from ui.pages import compare
+
+    cmp = {"jobs": [{"id": 1}, {"id": 2}], "series": {"1": [{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.0}],
+                                                     "2": [{"step": 1, "loss": 3.0}]},
+           "differing": [{"field": "template", "values": ["<b>x</b>", None]}], "evaluations": []}
+    frame = compare.curve_frame(cmp["series"], "loss")
+    assert frame.to_dict("records") == [{"step": 1, "loss": 2.0, "job": "job 1"}, {"step": 1, "loss": 3.0, "job": "job 2"}]
+    assert compare.curve_frame(cmp["series"], "eval_loss")["job"].tolist() == ["job 1"]
+    html = compare.differing_table(cmp)
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "null" in html and "<b>x</b>" not in html
+    assert "No evaluation has scored these runs" in compare.scores_table(cmp)
+
+
+def test_problems_notice_lists_every_field_and_line():
+    from ui.widgets import problems_notice
+
+    html = problems_notice("Refused", "invalid job", [{"field": "learning_rate", "message": "<bad>"},
+                                                      {"file": "a.jsonl", "line": 3, "message": "no image"}])
+    assert "<b>learning_rate</b>: &lt;bad&gt;" in html and "a.jsonl line 3" in html

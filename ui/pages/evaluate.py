@@ -12,7 +12,7 @@ import gradio as gr
 
 from ui.client import ApiError
 from ui.session import Sessions
-from ui.widgets import badge, esc, notice, progress_bar, section, table
+from ui.widgets import badge, esc, notice, problems_notice, progress_bar, section, table
 
 METRICS = ["exact_match", "vqa_accuracy", "anls", "relaxed_accuracy", "multiple_choice"]
 
@@ -115,7 +115,7 @@ def build_evaluate(sessions: Sessions) -> EvaluatePage:
     only_diff = gr.Checkbox(label="Only samples where the models differ", value=True)
     summary = gr.HTML(elem_id="vl-eval-summary")
     samples = gr.HTML(elem_id="vl-eval-samples")
-    download = gr.File(label="Download (JSON lines)", interactive=False)
+    download = gr.File(label="Download (JSON lines)", interactive=False, visible=False, elem_id="vl-eval-download")
     timer = gr.Timer(1.5, active=False)
 
     def load(request: gr.Request):  # noqa: ANN202
@@ -142,7 +142,7 @@ def build_evaluate(sessions: Sessions) -> EvaluatePage:
 
     def show(ev_id, only, request: gr.Request):  # noqa: ANN001, ANN202
         if ev_id is None:
-            return "", "", None, gr.Timer(active=False), gr.skip()
+            return "", "", gr.File(value=None, visible=False), gr.Timer(active=False), gr.skip()
         api = sessions.api(request)
         try:
             ev = api.evaluation(int(ev_id))
@@ -153,10 +153,11 @@ def build_evaluate(sessions: Sessions) -> EvaluatePage:
                 path = Path(tempfile.mkdtemp()) / f"evaluation-{ev_id}.jsonl"
                 path.write_text(api.evaluation_download(int(ev_id)))
             return (summary_table(ev, running_scores(res)), samples_table(res, bool(only)),
-                    str(path) if path else None, gr.Timer(active=live), gr.update(choices=_eval_choices(api)))
+                    gr.File(value=str(path) if path else None, visible=path is not None), gr.Timer(active=live),
+                    gr.update(choices=_eval_choices(api)))
         except ApiError as e:
-            return (notice("error", "Cannot load the evaluation", esc(e)), "", None, gr.Timer(active=False),
-                    gr.skip())
+            return (notice("error", "Cannot load the evaluation", esc(e)), "", gr.File(value=None, visible=False),
+                    gr.Timer(active=False), gr.skip())
 
     shown = [summary, samples, download, timer, picked]
     run.click(start, [dataset, split, models, metrics], [message, picked])
@@ -169,6 +170,4 @@ def build_evaluate(sessions: Sessions) -> EvaluatePage:
 
 def error_html(title: str, e: ApiError) -> str:
     """The API's refusal with every problem under its field."""
-    rows = "".join(f"<li><b>{esc(x.get('field', ''))}</b>: {esc(x.get('message', ''))}</li>" if isinstance(x, dict)
-                   else f"<li>{esc(x)}</li>" for x in e.errors[:20])
-    return notice("error", title, f"<div>{esc(e)}</div>" + (f"<ul>{rows}</ul>" if rows else ""))
+    return problems_notice(title, str(e), e.errors)

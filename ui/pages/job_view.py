@@ -92,7 +92,9 @@ def progress_html(job: dict, last_metric: dict | None) -> str:
         took = (parse_time(job["finished_at"]) - parse_time(job["started_at"])).total_seconds()
         parts.append(f"took {duration(took)}")
     if status == "queued":
-        parts = ["waiting for a worker"]
+        created = parse_time(job.get("created_at"))
+        waited = f" for {duration((datetime.now(UTC) - created).total_seconds())}" if created else ""
+        parts = [f"queued{waited}: waiting for a worker" + (" with a free GPU" if job.get("gpus") else "")]
     elif (waited := starting_for(job)) is not None:
         parts = [f"starting for {duration(waited)}: preparing the run (loading the model, building the data; "
                  "on a first run DeepSpeed compiles its ops) - the log says what it is doing"]

@@ -85,6 +85,17 @@ def _pump(api, model_id: int, messages: list[dict], b64: str | None, job_id: int
         out.put(("error", e))
 
 
+def _status(conv: Conversation, waited: float | None) -> str:
+    """The line under the chat while a reply is on its way: the wait for the first token (the
+    first message to a model loads it), and the messages queued behind the reply."""
+    queued = len(conv.pending)
+    more = f"<div>Queued ({queued} waiting): sent when this reply ends; Stop gives them back.</div>" if queued else ""
+    if waited is not None:
+        return notice("info", f"Waiting for the model: {waited:.0f} s",
+                      "<div>The first message to a model loads it.</div>" + more)
+    return notice("info", f"Queued ({queued} waiting)", more) if queued else ""
+
+
 def build(sessions: Sessions):  # noqa: ANN201
     gr.HTML(section("Playground", "Chat with a base model or a fine-tune, with an image, using the training "
                                   "template and tiling. Replies stream token by token; follow-up questions "
@@ -167,16 +178,14 @@ def build(sessions: Sessions):  # noqa: ANN201
                 if conv.stop.is_set():
                     kind, value = "done", None
                 elif not reply:
-                    waited = time.monotonic() - t0
-                    yield list(conv.shown), notice("info", f"Waiting for the model: {waited:.0f} s",
-                                                   "The first message to a model loads it.")
+                    yield list(conv.shown), _status(conv, time.monotonic() - t0)
                     continue
                 else:
                     continue
             if kind == "token":
                 reply += value
                 conv.shown[-1] = {"role": "assistant", "content": reply}
-                yield list(conv.shown), ""
+                yield list(conv.shown), _status(conv, None)
                 continue
             if kind == "error":
                 if epoch != conv.epoch:

@@ -94,7 +94,7 @@ def length_warning(ds: dict) -> str:
         return ""
     lines = ", ".join(str(i["line"]) for i in issues[:30]) + (" …" if len(issues) > 30 else "")
     return notice("warn", f"{len(issues)} sample(s) are longer than max_seq_length: training truncates them",
-                  f"<div>Lines {esc(lines)} (details in the problems below). Raise max_seq_length on the "
+                  f"<div>{'Line' if len(issues) == 1 else 'Lines'} {esc(lines)} (details in the problems below). Raise max_seq_length on the "
                   "Train page to keep them whole.</div>")
 
 

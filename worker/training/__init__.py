@@ -1,5 +1,6 @@
 """The training program (run by torchrun: ``python -m worker.training.train``)."""
 
+import logging
 import os
 import warnings
 
@@ -9,3 +10,6 @@ import warnings
 if os.environ.get("RANK", "0") != "0":
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # DeepSpeed's own logger ("Setting accelerator to CPU"...) keeps its errors only; its level is
+    # reset when DeepSpeed creates it, a filter is not.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)

@@ -146,21 +146,27 @@ def quiet_trainer(trainer) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
-def compile_notice(zero_stage: int, offload: str) -> str | None:
+def compile_notice(zero_stage: int, offload: str, use_gpu: bool) -> str | None:
     """What the log should say before a long silent wait: the first DeepSpeed run on a machine
-    JIT-compiles the optimizer's C++/CUDA op (minutes on a CPU), later runs load it from the
-    torch extensions cache. None when the op is prebuilt or already compiled."""
+    JIT-compiles C++ ops (the optimizer's; on CPUs also the shared-memory collectives), minutes on
+    a CPU; later runs load them from the torch extensions cache. None when they are prebuilt or
+    already compiled."""
     if not zero_stage:
         return None
     import deepspeed.git_version_info as installed
     import torch.utils.cpp_extension as cpp
     from deepspeed.accelerator import get_accelerator
 
-    builder = get_accelerator().create_op_builder("CPUAdamBuilder" if offload != "none" else "FusedAdamBuilder")
-    if builder is None or installed.installed_ops.get(builder.name):
+    names = ["CPUAdamBuilder" if offload != "none" else "FusedAdamBuilder"] + ([] if use_gpu else ["ShareMemCommBuilder"])
+    missing, cache = [], None
+    for name in names:
+        builder = get_accelerator().create_op_builder(name)
+        if builder is None or installed.installed_ops.get(builder.name):
+            continue
+        cache = Path(cpp._get_build_directory(builder.name, False))
+        if not any(cache.glob("*.so")):
+            missing.append(builder.name)
+    if not missing:
         return None
-    cache = Path(cpp._get_build_directory(builder.name, False))
-    if any(cache.glob("*.so")):
-        return None
-    return (f"first DeepSpeed run on this machine: compiling its {builder.name} op, which takes a few minutes "
-            f"once (cached in {cache}); training starts when it is built")
+    return (f"first DeepSpeed run on this machine: compiling its {', '.join(missing)} op(s); this takes a few "
+            f"minutes once (cached under {cache.parent}), training starts when they are built")

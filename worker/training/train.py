@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         fused_ce=h.fused_cross_entropy,
         callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, 6 * n_params, peak), stop])
     quiet_trainer(trainer)
-    if notice := compile_notice(h.zero_stage, h.offload):
+    if notice := compile_notice(h.zero_stage, h.offload, use_gpu):
         log(notice)
     unit = "packs" if h.packing else "samples"
     log(f"training: {len(train_data)} {unit}, world size {world}, per device {h.per_device_batch_size} {unit}, "

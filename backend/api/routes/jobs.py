@@ -47,6 +47,9 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
         hyper = presets.resolve(body.preset, body.hyperparameters)
     except (KeyError, ValueError) as e:
         raise InvalidInput(f"invalid spec: {e}") from None
+    if not hyper.gpus:
+        return {"estimate": None, "reason": "the job trains on CPUs (gpus 0): there is no GPU memory to "
+                                            "estimate; set gpus to see the estimate per GPU"}
     arch = memory.arch_for(model.info or {}, model.path)
     if arch is None:
         return {"estimate": None, "reason": f"the shapes of model {model.name!r} are unknown (no shapes recorded "
