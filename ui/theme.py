@@ -128,4 +128,6 @@ a.vl-file:hover {background:#e0e7ff}
 .vl-tilebox {position:absolute; border:1px dashed rgba(255,255,255,.9); box-shadow:0 0 0 1px rgba(79,70,229,.6) inset}
 .vl-tiles {display:flex; flex-wrap:wrap; gap:6px; margin:6px 0}
 .vl-tiles img {width:84px; height:84px; border-radius:6px; border:1px solid #e5e7eb; object-fit:cover}
+.vl-chip { display: inline-block; margin: 0 14px 6px 0; padding: 4px 10px; border: 1px solid #e5e7eb;
+  border-radius: 999px; background: #fff; font-size: 13px; }
 """

@@ -53,3 +53,36 @@ def test_studio_has_evaluate_and_playground_tabs():
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"vl-tab-evaluate", "vl-tab-playground", "vl-tab-compare", "vl-eval-run", "vl-chat", "vl-chat-stop",
             "vl-cmp-pick"} <= ids
+
+
+class ChatApi:
+    """Records what the playground sends; answers with two pieces, or refuses."""
+
+    def __init__(self, refuse_after: int = 99) -> None:
+        self.sent: list[list[dict]] = []
+        self.refuse_after = refuse_after
+
+    def chat_stream(self, model_id, messages, image_b64, job_id, max_new_tokens):
+        from ui.client import ApiError
+
+        self.sent.append([dict(m) for m in messages])
+        if len(self.sent) > self.refuse_after:
+            raise ApiError("invalid chat request", [{"field": "messages", "message": "bad"}], status=422)
+        yield f"answer {len(self.sent)}"
+        yield "."
+
+
+def test_follow_ups_send_the_conversation_as_plain_strings():
+    """The Chatbot's display (content parts, error marks) never reaches the API: each request
+    is the answered turns as {role, content} strings plus the new message."""
+    from ui.pages.playground import Conversation, answer
+
+    api, conv = ChatApi(refuse_after=2), Conversation()
+    for text in ("What colour?", "And the shape?", "Big?"):
+        *_, (shown, status) = answer(api, conv, 1, None, text, None)
+    assert api.sent[1] == [{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "answer 1."},
+                           {"role": "user", "content": "And the shape?"}]
+    assert all(isinstance(m["content"], str) for msgs in api.sent for m in msgs)
+    # The refused third message is shown with the API's problem, and is not a turn of the conversation.
+    assert "not answered" in shown[-1]["content"] and "messages" in status and "bad" in status
+    assert [m["content"] for m in conv.turns] == ["What colour?", "answer 1.", "And the shape?", "answer 2."]

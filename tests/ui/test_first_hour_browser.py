@@ -155,9 +155,13 @@ def test_evaluation_feedback_and_live_results(hour, studio_page, screenshot):
     screenshot(page, "h4-eval-live-done")
 
 
-def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, screenshot):
+def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, screenshot, tmp_path: Path):
     page = studio_page
     open_tab(page, "Playground")
+    image = tmp_path / "shape.png"
+    image.write_bytes(generate(1, seed=5)[0][1])
+    page.locator("#vl-chat-image input[type=file]").set_input_files(str(image))
+    page.locator("#vl-chat-image img").wait_for()
     box = page.locator("#vl-chat-text textarea")
     box.fill("What colour is the shape?")
     page.locator("#vl-chat-send").click()  # no model chosen
@@ -229,7 +233,7 @@ def test_runs_compare_side_by_side(hour, studio_page, screenshot):
     page.locator("#vl-cmp-btn").click()
     scores = page.locator("#vl-cmp-scores")
     scores.locator("table").wait_for()
-    text = scores.inner_text()
+    text = scores.inner_text().lower()  # the table headers are upper-cased by CSS
     assert f"job {a}" in text and f"job {b}" in text and "internvl-tiny-demo" in text, text
     screenshot(page, "h6-compare")
 

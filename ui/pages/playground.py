@@ -96,6 +96,51 @@ def _status(conv: Conversation, waited: float | None) -> str:
     return notice("info", f"Queued ({queued} waiting)", more) if queued else ""
 
 
+def answer(api, conv: Conversation, model_id: int, job_id: int | None,  # noqa: ANN001
+           message: str, b64: str | None) -> Iterator:
+    """Stream the reply to ``message`` into ``conv``, yielding (chat messages, status HTML). The
+    API is sent ``conv.turns`` (plain strings, answered turns only) plus the new message."""
+    epoch = conv.epoch
+    asked = [*conv.turns, {"role": "user", "content": message}]
+    conv.shown += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    pieces: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(api, model_id, asked, b64, job_id, pieces, conv.stop),
+                     daemon=True).start()
+    t0, reply = time.monotonic(), ""
+    while True:
+        try:
+            kind, value = pieces.get(timeout=0.5)
+        except queue.Empty:
+            if conv.stop.is_set():
+                kind, value = "done", None
+            elif not reply:
+                yield list(conv.shown), _status(conv, time.monotonic() - t0)
+                continue
+            else:
+                continue
+        if kind == "token":
+            reply += value
+            conv.shown[-1] = {"role": "assistant", "content": reply}
+            yield list(conv.shown), _status(conv, None)
+            continue
+        if kind == "error":
+            if epoch != conv.epoch:
+                return
+            conv.shown[-1] = {"role": "assistant", "content": f"⚠ not answered: {value}"}
+            yield list(conv.shown), error_html("The model did not answer", value)
+            return
+        break
+    stopped = conv.stop.is_set()
+    if epoch != conv.epoch:
+        return  # "New conversation" was pressed meanwhile
+    if reply.strip():  # a reply stopped before its first token is not a turn of the conversation
+        conv.turns = [*asked, {"role": "assistant", "content": reply.strip()}]
+    conv.shown[-1] = {"role": "assistant", "content": reply + (" … (stopped)" if stopped else "")}
+    waiting = len(conv.pending)
+    yield list(conv.shown), (notice("info", f"Answered in {time.monotonic() - t0:.1f} s; "
+                                            f"{waiting} queued message(s) next") if waiting else "")
+
+
 def build(sessions: Sessions):  # noqa: ANN201
     gr.HTML(section("Playground", "Chat with a base model or a fine-tune, with an image, using the training "
                                   "template and tiling. Replies stream token by token; follow-up questions "
@@ -157,52 +202,10 @@ def build(sessions: Sessions):  # noqa: ANN201
                     if not conv.pending or conv.stop.is_set():
                         break
                     message = conv.pending.popleft()
-                yield from _answer(sessions.api(request), conv, model_id, job_id, message, b64)
+                yield from answer(sessions.api(request), conv, model_id, job_id, message, b64)
         finally:
             with conv.lock:
                 conv.streaming = False
-
-    def _answer(api, conv: Conversation, model_id: int, job_id: int | None,  # noqa: ANN001
-                message: str, b64: str | None) -> Iterator:
-        epoch = conv.epoch
-        asked = [*conv.turns, {"role": "user", "content": message}]
-        conv.shown += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        pieces: queue.Queue = queue.Queue()
-        threading.Thread(target=_pump, args=(api, model_id, asked, b64, job_id, pieces, conv.stop),
-                         daemon=True).start()
-        t0, reply = time.monotonic(), ""
-        while True:
-            try:
-                kind, value = pieces.get(timeout=0.5)
-            except queue.Empty:
-                if conv.stop.is_set():
-                    kind, value = "done", None
-                elif not reply:
-                    yield list(conv.shown), _status(conv, time.monotonic() - t0)
-                    continue
-                else:
-                    continue
-            if kind == "token":
-                reply += value
-                conv.shown[-1] = {"role": "assistant", "content": reply}
-                yield list(conv.shown), _status(conv, None)
-                continue
-            if kind == "error":
-                if epoch != conv.epoch:
-                    return
-                conv.shown[-1] = {"role": "assistant", "content": f"⚠ not answered: {value}"}
-                yield list(conv.shown), error_html("The model did not answer", value)
-                return
-            break
-        stopped = conv.stop.is_set()
-        if epoch != conv.epoch:
-            return  # "New conversation" was pressed meanwhile
-        if reply.strip():  # a reply stopped before its first token is not a turn of the conversation
-            conv.turns = [*asked, {"role": "assistant", "content": reply.strip()}]
-        conv.shown[-1] = {"role": "assistant", "content": reply + (" … (stopped)" if stopped else "")}
-        waiting = len(conv.pending)
-        yield list(conv.shown), (notice("info", f"Answered in {time.monotonic() - t0:.1f} s; "
-                                                f"{waiting} queued message(s) next") if waiting else "")
 
     def on_stop(current: str, request: gr.Request):  # noqa: ANN202
         conv = convs.get(request)
