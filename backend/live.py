@@ -15,7 +15,7 @@ from typing import Any
 from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
-CHANNEL = "vlstudio:job:{}"
+CHANNEL = "vlstudio:{}:{}"  # kind ("job", "evaluation"), id
 _last_warning = 0.0
 
 
@@ -38,22 +38,22 @@ def _warn(what: str, e: Exception) -> None:
         log.warning("live path: %s failed (streams fall back to polling): %s", what, e)
 
 
-def publish(job_id: int) -> None:
+def publish(run_id: int, kind: str = "job") -> None:
     url = redis_url()
     if url is None:
         return
     try:
-        _client(url).publish(CHANNEL.format(job_id), b"1")
+        _client(url).publish(CHANNEL.format(kind, run_id), b"1")
     except Exception as e:  # noqa: BLE001 - the rows are in the database; readers poll
         _warn("publish", e)
 
 
 class Listener:
-    """``async with Listener(job_id) as live: await live.wait(seconds)``: returns when the job
-    has news or after ``seconds``."""
+    """``async with Listener(job_id) as live: await live.wait(seconds)``: returns when the run
+    (a job, or with ``kind="evaluation"`` an evaluation) has news or after ``seconds``."""
 
-    def __init__(self, job_id: int) -> None:
-        self.channel = CHANNEL.format(job_id)
+    def __init__(self, run_id: int, kind: str = "job") -> None:
+        self.channel = CHANNEL.format(kind, run_id)
         self.pubsub: Any = None
         self.client: Any = None
 

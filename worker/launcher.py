@@ -136,9 +136,9 @@ class TrainingRecord:
     def notes(self) -> list[str]:
         return [n for r in self.reporters for n in r.notes()]
 
-    def _lines(self, s: Session, lines: list[str], stream: str) -> None:
+    def _lines(self, s: Session, lines: list[tuple[str, str]]) -> None:
         s.add_all(JobLog(job_id=self.job_id, seq=self.log_seq + i, stream=stream, line=line)
-                  for i, line in enumerate(lines))
+                  for i, (stream, line) in enumerate(lines))
 
     def store(self, s: Session, batch: Batch) -> JobStatus:
         """One transaction: every line and row read since the last tick, and the offsets."""
@@ -147,8 +147,7 @@ class TrainingRecord:
         status = s.scalar(select(Job.status).where(Job.id == self.job_id))
         if status is not None and status.finished:
             return status  # finished elsewhere: the recovery stored the rest of the run folder
-        self._lines(s, batch.system, "system")
-        self._lines(s, batch.lines, "stdout")
+        self._lines(s, [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines])
         s.add_all(JobMetric(job_id=self.job_id, seq=self.metric_seq + i, step=int(r.get("step", self.step)),
                             loss=jobs_svc._finite(r.get("loss")), values=r) for i, r in enumerate(batch.rows))
         train_rows = [r for r in batch.rows if r.get("kind") != "gpu"]

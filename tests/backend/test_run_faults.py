@@ -174,3 +174,62 @@ def test_evaluations_hold_gpu_leases_like_jobs_and_release_them_when_they_end(ap
         assert scheduling.lease_for_evaluation(s, "node-a", evs[1].id, 2) is None  # none free: it waits
         evaluations.transition(s, evs[0].id, JobStatus.succeeded)
         assert scheduling.lease_for_evaluation(s, "node-a", evs[1].id, 2) == [0]
+
+
+def sse(api, url: str, **headers) -> list[tuple[str, str, dict]]:
+    import json
+
+    out, ident, kind = [], None, None
+    for line in api.get(url, headers=headers).text.splitlines():
+        if line.startswith("id: "):
+            ident = line[4:]
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            out.append((ident, kind, json.loads(line[6:])))
+    return out
+
+
+def test_evaluations_stream_through_the_same_sse_implementation_as_jobs(api):
+    """Cursor ids, resume after Last-Event-ID without gap or repeat, status then end."""
+    from backend.db.models import Evaluation, JobStatus
+    from backend.services import evaluations
+
+    job_id = started_job(api)
+    with session_scope() as s:
+        ev = Evaluation(dataset_id=s.get(Job, job_id).dataset_id, models=[], status=JobStatus.running)
+        s.add(ev)
+        s.commit()
+        evaluations.append_logs(s, ev.id, 1, [f"line {i}" for i in range(5)])
+        evaluations.transition(s, ev.id, JobStatus.succeeded)
+        ev_id = ev.id
+        jobs.append_logs(s, job_id, 1, ["a", "b"])
+        jobs.append_metrics(s, job_id, 1, [{"step": 1}])
+        jobs.transition(s, job_id, JobStatus.failed)
+    events = sse(api, f"/api/evaluations/{ev_id}/events")
+    assert [(i, d["line"]) for i, k, d in events if k == "log"] == [(str(n), f"line {n - 1}") for n in range(1, 6)]
+    assert [k for _, k, _ in events][-2:] == ["status", "end"] and events[-1][2]["status"] == "succeeded"
+    rest = sse(api, f"/api/evaluations/{ev_id}/events", **{"Last-Event-ID": "3"})
+    assert [d["seq"] for _, k, d in rest if k == "log"] == [4, 5]
+    job_events = sse(api, f"/api/jobs/{job_id}/events", **{"Last-Event-ID": "1:0"})
+    assert [(i, k) for i, k, _ in job_events][:2] == [("2:0", "log"), ("2:1", "metric")]
+
+
+def test_a_batch_of_worker_lines_and_program_lines_gets_consecutive_numbers(api, tmp_path):
+    """The executor's own lines (e.g. Slurm's) and the program's come in the same batch."""
+    from worker.launcher import TrainingRecord
+    from worker.supervision import Batch
+
+    job_id = started_job(api)
+    record = TrainingRecord(job_id, tmp_path)
+    with session_scope() as s:
+        record.store(s, Batch(["$ launch"], ["slurm: submitted batch job 7", "hello"], [{"step": 1}], 10, 5))
+        record.store(s, Batch([], ["more"], [], 15, 5))
+    rows = stored_lines(api, job_id)
+    assert [(r["seq"], r["stream"], r["line"]) for r in rows] == [
+        (1, "system", "$ launch"), (2, "stdout", "slurm: submitted batch job 7"), (3, "stdout", "hello"),
+        (4, "stdout", "more")]
+    job = api.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "running" and job["step"] == 1
+    with session_scope() as s:
+        assert (s.get(Job, job_id).log_offset, s.get(Job, job_id).metrics_offset) == (15, 5)

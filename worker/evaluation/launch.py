@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from backend import live
 from backend.core.eval_spec import EvalModel, EvaluationSpec
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Evaluation, EvaluationLog, JobStatus
@@ -102,9 +103,17 @@ class EvaluationRecord:
         s.commit()
         self.seq += len(lines)
         self.done += len(batch.rows)
+        if lines or batch.rows:
+            live.publish(self.id, "evaluation")
         return s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
 
     def verdict(self, s: Session, end: End) -> str:
+        try:
+            return self._verdict(s, end)
+        finally:
+            live.publish(self.id, "evaluation")
+
+    def _verdict(self, s: Session, end: End) -> str:
         ev = svc.get_evaluation(s, self.id)
         s.refresh(ev)
         status = ev.status

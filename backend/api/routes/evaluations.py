@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
+from backend import live
+from backend.api import streams
 from backend.api.auth import CurrentUser
 from backend.api.deps import SessionDep, SettingsDep
 from backend.db.session import get_sessionmaker
@@ -90,7 +90,9 @@ def get_evaluation(evaluation_id: int, session: SessionDep, user: CurrentUser): 
 
 @router.post("/{evaluation_id}/cancel", response_model=EvaluationOut)
 def cancel_evaluation(evaluation_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
-    return svc.request_cancel(session, evaluation_id, user)
+    ev = svc.request_cancel(session, evaluation_id, user)
+    live.publish(evaluation_id, "evaluation")
+    return ev
 
 
 @router.get("/{evaluation_id}/logs")
@@ -130,41 +132,24 @@ def download(evaluation_id: int, session: SessionDep, user: CurrentUser) -> Stre
         "Content-Disposition": f'attachment; filename="evaluation-{ev.id}.jsonl"'})
 
 
-def _poll(evaluation_id: int, after: int) -> tuple[dict, list]:
+def _poll(evaluation_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
     with get_sessionmaker()() as s:
         ev = svc.get_evaluation(s, evaluation_id)
         state = {"status": ev.status.value, "done": ev.done, "total": ev.total, "exit_code": ev.exit_code,
                  "failure_reason": ev.failure_reason, "summary": ev.summary}
-        logs = [{"seq": r.seq, "stream": r.stream, "line": r.line} for r in svc.logs_after(s, evaluation_id, after, 500)]
-    return state, logs
+        logs = [{"seq": r.seq, "stream": r.stream, "line": r.line}
+                for r in svc.logs_after(s, evaluation_id, cursors[0], 500)]
+    return state, [logs]
 
 
 @router.get("/{evaluation_id}/events")
 async def evaluation_events(evaluation_id: int, request: Request, session: SessionDep, settings: SettingsDep,
                             user: CurrentUser, last_event_id: str | None = Header(None),
-                            cursor: int | None = None) -> StreamingResponse:
-    """Server-sent events as for training jobs: ``log`` and ``status`` as they happen, then
-    ``end``. The event id is the last log ``seq``; reconnect with ``Last-Event-ID``."""
+                            cursor: str | None = None) -> StreamingResponse:
+    """Server-sent events, the same stream as for training jobs (:mod:`backend.api.streams`):
+    ``log`` and ``status`` as they happen, then ``end``. The event id is the last log ``seq``;
+    reconnect with ``Last-Event-ID`` (or ``?cursor=``)."""
     svc.get_evaluation(session, evaluation_id, user)
-    after = int(last_event_id) if (last_event_id or "").isdigit() else (cursor or 0)
-
-    async def stream() -> AsyncIterator[str]:
-        nonlocal after
-        last_state: dict | None = None
-        yield "retry: 1000\n\n"
-        while not await request.is_disconnected():
-            state, logs = await run_in_threadpool(_poll, evaluation_id, after)
-            for row in logs:
-                after = row["seq"]
-                yield f"id: {after}\nevent: log\ndata: {json.dumps(row)}\n\n"
-            if state != last_state:
-                last_state = state
-                yield f"id: {after}\nevent: status\ndata: {json.dumps(state)}\n\n"
-            if state["status"] in ("succeeded", "failed", "cancelled") and not logs:
-                yield f"id: {after}\nevent: end\ndata: {json.dumps(state)}\n\n"
-                return
-            if not logs:
-                await asyncio.sleep(settings.stream_poll_seconds)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    session.close()  # do not hold a pooled connection for the life of the stream
+    feed = streams.Feed("evaluation", evaluation_id, ("log",), lambda c: _poll(evaluation_id, c))
+    return streams.stream_response(feed, request, settings.stream_poll_seconds, last_event_id or cursor)

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from backend import live
+from backend.api import streams
 from backend.api.auth import CurrentUser
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.schemas import JobCreate, JobOut, LogLineOut, MetricOut
@@ -134,15 +132,8 @@ def get_metrics(job_id: int, session: SessionDep, user: CurrentUser, after: int 
     return svc.metrics_after(session, job_id, after)
 
 
-def _parse_cursor(value: str | None) -> tuple[int, int]:
-    try:
-        a, b = (value or "0:0").split(":")
-        return int(a), int(b)
-    except ValueError:
-        return 0, 0
-
-
-def _poll(job_id: int, log_after: int, metric_after: int) -> tuple[dict, list, list]:
+def _poll(job_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
+    log_after, metric_after = cursors
     with get_sessionmaker()() as s:
         job = svc.get_job(s, job_id)
         state = {"status": job.status.value, "step": job.step, "total_steps": job.total_steps,
@@ -150,7 +141,7 @@ def _poll(job_id: int, log_after: int, metric_after: int) -> tuple[dict, list, l
         logs = [{"seq": r.seq, "stream": r.stream, "line": r.line} for r in svc.logs_after(s, job_id, log_after, 500)]
         metrics = [{"seq": m.seq, "step": m.step, "loss": m.loss, "values": m.values}
                    for m in svc.metrics_after(s, job_id, metric_after, 500)]
-    return state, logs, metrics
+    return state, [logs, metrics]
 
 
 @router.get("/{job_id}/events")
@@ -162,39 +153,5 @@ async def job_events(job_id: int, request: Request, session: SessionDep, setting
     ``?cursor=``) to resume without gaps. Browsers' EventSource may pass ``?access_token=``."""
     svc.get_job(session, job_id, user)
     session.close()  # do not hold a pooled connection for the life of the stream
-    log_after, metric_after = _parse_cursor(last_event_id or cursor)
-
-    async def stream() -> AsyncIterator[str]:
-        async with live.Listener(job_id) as listener:
-            # With Redis, notifications wake the stream and the database poll is a safety net.
-            poll = 1.0 if listener.active else settings.stream_poll_seconds
-            async for event in _events(job_id, request, listener, poll, log_after, metric_after):
-                yield event
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _events(job_id: int, request: Request, listener: live.Listener, poll: float,
-                  log_after: int, metric_after: int) -> AsyncIterator[str]:
-    """The event stream from the cursors on; waits on ``listener`` (or ``poll`` seconds) when idle."""
-    last_state: dict | None = None
-    yield "retry: 1000\n\n"
-    while True:
-        if await request.is_disconnected():
-            return
-        state, logs, metrics = await run_in_threadpool(_poll, job_id, log_after, metric_after)
-        for row in logs:
-            log_after = row["seq"]
-            yield f"id: {log_after}:{metric_after}\nevent: log\ndata: {json.dumps(row)}\n\n"
-        for row in metrics:
-            metric_after = row["seq"]
-            yield f"id: {log_after}:{metric_after}\nevent: metric\ndata: {json.dumps(row)}\n\n"
-        if state != last_state:
-            last_state = state
-            yield f"id: {log_after}:{metric_after}\nevent: status\ndata: {json.dumps(state)}\n\n"
-        if state["status"] in ("succeeded", "failed", "cancelled") and not logs and not metrics:
-            yield f"id: {log_after}:{metric_after}\nevent: end\ndata: {json.dumps(state)}\n\n"
-            return
-        if not logs and not metrics:
-            await listener.wait(poll)
+    feed = streams.Feed("job", job_id, ("log", "metric"), lambda c: _poll(job_id, c))
+    return streams.stream_response(feed, request, settings.stream_poll_seconds, last_event_id or cursor)
