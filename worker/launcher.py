@@ -131,6 +131,7 @@ class TrainingRecord:
             self.offsets = (job.log_offset, job.metrics_offset)
             hyper = job.hyper
         self.step = 0
+        self.unsure = False  # the last attempt failed: its commit may have landed all the same
         self.reporters = make_reporters(run_dir, job_id, hyper, self.settings)
 
     def notes(self) -> list[str]:
@@ -140,13 +141,23 @@ class TrainingRecord:
         s.add_all(JobLog(job_id=self.job_id, seq=self.log_seq + i, stream=stream, line=line)
                   for i, (stream, line) in enumerate(lines))
 
+    def _landed(self, s: Session, batch: Batch) -> bool:
+        """After a failed attempt: did its commit land anyway (the connection died after the
+        server committed)? Only this supervisor numbers this job's rows, so the next free
+        numbers tell."""
+        n, m = len(batch.system) + len(batch.lines), len(batch.rows)
+        return bool(n or m) and (jobs_svc.next_seq(s, JobLog, self.job_id),
+                                 jobs_svc.next_seq(s, JobMetric, self.job_id)) == (self.log_seq + n, self.metric_seq + m)
+
     def store(self, s: Session, batch: Batch) -> JobStatus:
         """One transaction: every line and row read since the last tick, and the offsets."""
-        from backend import live
-
         status = s.scalar(select(Job.status).where(Job.id == self.job_id))
         if status is not None and status.finished:
             return status  # finished elsewhere: the recovery stored the rest of the run folder
+        if self.unsure and self._landed(s, batch):
+            self._stored(batch)
+            return status
+        self.unsure = True
         self._lines(s, [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines])
         s.add_all(JobMetric(job_id=self.job_id, seq=self.metric_seq + i, step=int(r.get("step", self.step)),
                             loss=jobs_svc._finite(r.get("loss")), values=r) for i, r in enumerate(batch.rows))
@@ -159,17 +170,23 @@ class TrainingRecord:
         # compare-and-set: a cancel that came meanwhile (starting -> stopping) is kept
         s.execute(update(Job).where(Job.id == self.job_id, Job.status == S.starting).values(status=S.running))
         s.commit()
-        status = s.scalar(select(Job.status).where(Job.id == self.job_id))
-        # Counters move only once the transaction is in: a failed one is retried whole.
+        self._stored(batch)
+        return s.scalar(select(Job.status).where(Job.id == self.job_id))
+
+    def _stored(self, batch: Batch) -> None:
+        """Counters move only once the transaction is in: a failed one is retried whole."""
+        from backend import live
+
+        self.unsure = False
         self.log_seq += len(batch.system) + len(batch.lines)
         self.metric_seq += len(batch.rows)
+        train_rows = [r for r in batch.rows if r.get("kind") != "gpu"]
         if train_rows:
             self.step = int(train_rows[-1].get("step", self.step))
             for r in self.reporters:
                 r.log(train_rows)
         if batch.system or batch.lines or batch.rows:
             live.publish(self.job_id)
-        return status
 
     def verdict(self, s: Session, end: End) -> str:
         from backend import live

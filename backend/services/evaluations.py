@@ -265,6 +265,11 @@ def append_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str
     session.commit()
 
 
+def sample_count(session: Session, evaluation_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(EvaluationSample)
+                          .where(EvaluationSample.evaluation_id == evaluation_id)) or 0
+
+
 def add_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str, Any]]) -> None:
     """The rows of :func:`append_samples`, in the caller's transaction."""
     session.add_all(EvaluationSample(

@@ -233,3 +233,26 @@ def test_a_batch_of_worker_lines_and_program_lines_gets_consecutive_numbers(api,
     assert job["status"] == "running" and job["step"] == 1
     with session_scope() as s:
         assert (s.get(Job, job_id).log_offset, s.get(Job, job_id).metrics_offset) == (15, 5)
+
+
+def test_a_batch_whose_commit_landed_before_the_connection_died_is_not_stored_twice(api, tmp_path, monkeypatch):
+    from worker.launcher import TrainingRecord
+    from worker.supervision import Batch
+
+    job_id = started_job(api)
+    record = TrainingRecord(job_id, tmp_path)
+    batch = Batch(["$ launch"], ["a", "b"], [{"step": 1}], 4, 12)
+    real = TrainingRecord._stored
+
+    def lost_answer(self, b):  # noqa: ANN001, ANN202 - the server committed; the client never heard
+        monkeypatch.setattr(TrainingRecord, "_stored", real)
+        raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(TrainingRecord, "_stored", lost_answer)
+    with pytest.raises(OperationalError), session_scope() as s:
+        record.store(s, batch)
+    with session_scope() as s:
+        record.store(s, batch)  # the supervisor's retry of the same batch
+        record.store(s, Batch([], ["c"], [], 6, 12))
+    assert [(r["seq"], r["line"]) for r in stored_lines(api, job_id)] == [(1, "$ launch"), (2, "a"), (3, "b"), (4, "c")]
+    assert [m["seq"] for m in api.get(f"/api/jobs/{job_id}/metrics").json()] == [1]

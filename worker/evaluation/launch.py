@@ -84,12 +84,18 @@ class EvaluationRecord:
             self.done = ev.done or 0
             self.offsets = (ev.log_offset, ev.outputs_offset)
         self.total: int | None = None
+        self.unsure = False  # the last attempt failed: its commit may have landed all the same
 
     def notes(self) -> list[str]:
         return []
 
     def store(self, s: Session, batch: Batch) -> JobStatus:
         lines = [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines]
+        if self.unsure and (lines or batch.rows) and (svc.next_log_seq(s, self.id), svc.sample_count(s, self.id)) \
+                == (self.seq + len(lines), self.done + len(batch.rows)):
+            self._stored(len(lines), len(batch.rows))  # the failed attempt's commit had landed
+            return s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
+        self.unsure = True
         s.add_all(EvaluationLog(evaluation_id=self.id, seq=self.seq + i, stream=stream, line=line)
                   for i, (stream, line) in enumerate(lines))
         svc.add_samples(s, self.id, batch.rows)
@@ -101,11 +107,15 @@ class EvaluationRecord:
         s.execute(update(Evaluation).where(Evaluation.id == self.id, Evaluation.status == S.starting)
                   .values(status=S.running))
         s.commit()
-        self.seq += len(lines)
-        self.done += len(batch.rows)
-        if lines or batch.rows:
-            live.publish(self.id, "evaluation")
+        self._stored(len(lines), len(batch.rows))
         return s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
+
+    def _stored(self, lines: int, rows: int) -> None:
+        self.unsure = False
+        self.seq += lines
+        self.done += rows
+        if lines or rows:
+            live.publish(self.id, "evaluation")
 
     def verdict(self, s: Session, end: End) -> str:
         try:
