@@ -120,3 +120,13 @@ def shapes_from_config(config: dict) -> ModelShapes:
     return ModelShapes(family=family.name if family else None, vision_params=vision_params,
                        projector_params=projector, vision_hidden=d, vision_layers=vlayers,
                        vision_tokens_per_tile=positions, image_tokens_per_tile=tokens, **text)
+
+
+def tile_geometry(config: dict, force_image_size: int | None = None) -> tuple[int, int]:
+    """(tile size in px, image tokens per tile) of a model config, or of ``force_image_size``
+    tiles on the same vision tower (its patch size and pixel-shuffle ratio)."""
+    vision = config.get("vision_config") or {}
+    patch = int(_first(vision.get("patch_size")) or 14)
+    ratio = float(config.get("downsample_ratio", 0.5))
+    size = force_image_size or int(config.get("force_image_size") or _first(vision.get("image_size")) or 448)
+    return size, int((size // patch) ** 2 * ratio**2)

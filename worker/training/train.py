@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-from backend.core.spec import Hyperparameters, TrainingSpec, max_tiles_per_pack, tokens_per_tile_for
+from backend.core.model_folder import read_config
+from backend.core.model_shapes import tile_geometry
+from backend.core.spec import Hyperparameters, TrainingSpec, max_tiles_per_pack
 from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
 from worker.training import lora, modeling, packing, speed
@@ -189,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     check_template(spec, tokenizer)
     template = conversation_template(spec.template, tokenizer)
-    image_size = h.force_image_size or 448
-    tokens_per_tile = tokens_per_tile_for(h.force_image_size)
+    # the model's own tiles (448 px for every released InternVL, other sizes for tiny test models)
+    image_size, tokens_per_tile = tile_geometry(read_config(Path(spec.model_path)), h.force_image_size)
     dataset = SupervisedDataset(
         Path(spec.meta_path), tokenizer, template, max_seq_length=h.max_seq_length,
         max_dynamic_patch=h.max_dynamic_patch, min_dynamic_patch=h.min_dynamic_patch,
