@@ -131,6 +131,10 @@ class StudioClient:
         """Convert and register a checkpoint folder on the server (under VLSTUDIO_DATA_ROOTS)."""
         return self._call("POST", "/models/import", json={"path": path, "name": name or None})
 
+    def inspect_model(self, path: str) -> dict:
+        """Format, family, template, parameters and tiling of a checkpoint folder, before import."""
+        return self._call("POST", "/models/inspect", json={"path": path})
+
     def presets(self) -> dict:
         return self._call("GET", "/presets")
 

@@ -54,6 +54,22 @@ def list_models() -> None:
             typer.echo(f"{m.id:4d}  {m.name:40s} {m.family:10s} {m.template:15s} {m.path}")
 
 
+@models_app.command("info")
+def info(path: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint folder"),
+         as_json: bool = typer.Option(False, "--json", help="print the facts as JSON")) -> None:
+    """What a checkpoint folder is, before any conversion: format, family, template, parameter
+    counts by part, tiling settings. Reads data files only; needs no database."""
+    from backend.core.model_folder import ModelFolderError
+    from backend.core.model_summary import describe, summarize
+
+    try:
+        facts = summarize(path)
+    except ModelFolderError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(facts, indent=2) if as_json else "\n".join(describe(facts)))
+
+
 @models_app.command("import")
 def import_model(path: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint folder"),
                  name: str = typer.Option(None, help="registry name; default: the folder's name")) -> None:

@@ -40,6 +40,20 @@ def models_table(models: list[dict]) -> str:
                  "No models registered.")
 
 
+def summary_html(s: dict) -> str:
+    """``POST /api/models/inspect``'s facts (what ``vlstudio models info`` prints)."""
+    p, t = s["parameters"], s["tiling"]
+    rows = [["Format", esc(s["format"])],
+            ["Family", f"{esc(s['family'] or 'unknown')} ({esc(s['architecture'])}, runs as {esc(s['runs_as'])})"],
+            ["Template", f"<span class='vl-mono'>{esc(s['template'] or 'unknown')}</span>"],
+            ["Parameters", f"{number(p['total'])}: vision {number(p['vision'])} · projector "
+                           f"{number(p['projector'])} · language model {number(p['language_model'])}"],
+            ["Tiling", f"{t['image_size']} px tiles, {t['tokens_per_tile']} tokens per tile, "
+                       f"{t['min_dynamic_patch']}–{t['max_dynamic_patch']} tiles, thumbnail "
+                       f"{'on' if t['use_thumbnail'] else 'off'}"]]
+    return table(["", s["path"]], rows, "")
+
+
 def build(sessions: Sessions):  # noqa: ANN201
     gr.HTML(section("Models", "Base checkpoints you can fine-tune."))
     listing = gr.HTML(elem_id="vl-models-list")
@@ -52,8 +66,15 @@ def build(sessions: Sessions):  # noqa: ANN201
         path = gr.Textbox(label="Checkpoint folder", placeholder="/shared/models/Mini-InternVL-Chat-2B-V1-5",
                           elem_id="vl-import-path", scale=3)
         name = gr.Textbox(label="Name (optional)", elem_id="vl-import-name", scale=1)
+        look = gr.Button("Inspect", elem_id="vl-inspect-btn", scale=1)
         go = gr.Button("Import", variant="primary", elem_id="vl-import-btn", scale=1)
     result = gr.HTML(elem_id="vl-import-msg")
+
+    def do_inspect(p: str, request: gr.Request) -> str:
+        try:
+            return summary_html(sessions.api(request).inspect_model((p or "").strip()))
+        except ApiError as e:
+            return notice("error", "Cannot read this folder", esc(e))
 
     def refresh(request: gr.Request) -> str:
         try:
@@ -71,5 +92,6 @@ def build(sessions: Sessions):  # noqa: ANN201
         return (notice("ok", f"Imported {m['name']}", f"{esc(m['family'])} · template {esc(m['template'])}"),
                 refresh(request))
 
+    look.click(do_inspect, [path], [result])
     go.click(do_import, [path, name], [result, listing])
     return listing, refresh

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.core.families import UnknownFamily, family_of_architecture, get_family
+from backend.core.model_summary import ORIGINAL_TILING
 from backend.core.templates import TEMPLATES
 from worker.convert.errors import ConversionError
 from worker.convert.layout import TextSpec, VisionSpec
@@ -46,11 +47,7 @@ class OriginalModel:
 
     @property
     def tiling(self) -> dict[str, Any]:
-        r = self.raw
-        return {"max_dynamic_patch": int(r.get("max_dynamic_patch", 6)),
-                "min_dynamic_patch": int(r.get("min_dynamic_patch", 1)),
-                "use_thumbnail": bool(r.get("use_thumbnail", False)),
-                "dynamic_image_size": bool(r.get("dynamic_image_size", False))}
+        return {k: type(v)(self.raw.get(k, v)) for k, v in ORIGINAL_TILING.items()}
 
 
 def _need(d: dict, key: str, where: str, kind: type | tuple[type, ...] = int) -> Any:

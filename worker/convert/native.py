@@ -12,6 +12,7 @@ import torch
 
 from backend.core.families import family_of_config
 from backend.core.model_shapes import shapes_from_config
+from backend.core.model_summary import tiling_of
 from backend.core.samples import IMG_CONTEXT
 from backend.core.templates import TOKENIZER_TEMPLATE
 from worker.convert.configs import check_template
@@ -66,14 +67,6 @@ def native_template(src: Path, raw: dict) -> str:
         raise ConversionError("this model has no chat template and no \"template\" in config.json, and its "
                               "language model is none of vlstudio's families; add \"template\" to config.json")
     return family.default_template
-
-
-def _tiling(src: Path, raw: dict) -> dict[str, Any]:
-    pre = read_optional_json(src / "preprocessor_config.json")
-    return {"max_dynamic_patch": int(raw.get("max_dynamic_patch", pre.get("max_patches", 12))),
-            "min_dynamic_patch": int(raw.get("min_dynamic_patch", pre.get("min_patches", 1))),
-            "use_thumbnail": bool(raw.get("use_thumbnail", True)),
-            "dynamic_image_size": bool(raw.get("dynamic_image_size", pre.get("crop_to_patches", True)))}
 
 
 def _untie_if_different(reader: CheckpointReader, names: dict[str, str], raw: dict, config: Any) -> None:
@@ -152,7 +145,7 @@ def import_native(src: Path, out: Path, progress: Progress | None) -> ModelInfo:
     _check_weights(reader, names, config)
     _check_tokenizer(src, config)
     template = native_template(src, raw)
-    tiling = _tiling(src, raw)
+    tiling = tiling_of(src, raw, "hf")
     if template != TOKENIZER_TEMPLATE:  # else config.json stays without one: the tokenizer's own is used
         raw["template"] = template
     raw.update(**tiling)

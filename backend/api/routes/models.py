@@ -30,6 +30,33 @@ class ImportRequest(BaseModel):
     name: str | None = Field(None, description="registry name; default: the folder's name")
 
 
+class InspectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="a checkpoint folder on the server, under VLSTUDIO_DATA_ROOTS")
+
+
+@router.post("/inspect", responses={403: {"description": "the path is outside VLSTUDIO_DATA_ROOTS"},
+                                    422: {"description": "not a checkpoint folder; the message says why"}})
+def inspect_model(body: InspectRequest, settings: SettingsDep, user: CurrentUser) -> dict:
+    """What a checkpoint folder is before importing it (``vlstudio models info``): format, family,
+    template, parameter counts by part, tiling settings. Reads its data files only."""
+    from backend.core.meta import MetaError, check_allowed
+    from backend.core.model_folder import ModelFolderError
+    from backend.core.model_summary import summarize
+    from backend.services.errors import InvalidInput
+    from backend.services.users import Forbidden
+
+    try:
+        src = check_allowed(Path(body.path), settings.data_roots)
+    except MetaError as e:
+        raise Forbidden(str(e)) from None
+    try:
+        return summarize(src)
+    except ModelFolderError as e:
+        raise InvalidInput(str(e), [{"field": "path", "message": str(e)}]) from None
+
+
 @router.post("/import", response_model=ModelOut, status_code=201,
              responses={403: {"description": "the path is outside VLSTUDIO_DATA_ROOTS"},
                         422: {"description": "not a usable checkpoint; the message says what is wrong"}})
