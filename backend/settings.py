@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 5.0
     heartbeat_timeout_seconds: float = Field(60.0, description="a job silent this long is failed (lost worker)")
     cancel_grace_seconds: float = Field(60.0, description="SIGTERM to SIGKILL on cancel")
+    serve_models: bool = Field(True, description="a worker serves playground chats (its model server)")
+    serve_idle_seconds: float = Field(300.0, description="a model server unloads its models and gives its GPU "
+                                      "back after this long without chats")
     db_outage_seconds: float = Field(600.0, description="a supervisor retries database writes this long "
                                      "after its run ended before it gives up (recovery then reads the run folder)")
     gpu_sample_seconds: float = 10.0

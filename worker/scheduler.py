@@ -14,6 +14,7 @@ import time
 
 from backend.db.session import session_scope
 from backend.queue import wake_workers
+from backend.services import chat as chat_svc
 from backend.services import evaluations as evals_svc
 from backend.services import jobs as jobs_svc
 from backend.services import scheduling
@@ -125,6 +126,7 @@ class Scheduler:
             if self.db_failed_at is None or time.monotonic() - self.db_failed_at > timeout:
                 lost = jobs_svc.recover_lost_jobs(s, timeout, wake_workers)
                 lost += [f"evaluation {i}" for i in evals_svc.recover_lost_evaluations(s, timeout)]
+                lost += [f"chat {i}" for i in chat_svc.recover_stale(s, timeout)]
                 if lost:
                     log.warning("recovered runs whose worker went silent: %s", lost)
         if self.cluster:

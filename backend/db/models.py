@@ -174,6 +174,8 @@ class GpuLease(Base):
     # an evaluation holds its GPU the same way (issue 13); exactly one of job_id, evaluation_id
     evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True,
                                                       default=None)
+    # or the model server of a worker ("serve:<worker>"), which keeps models loaded for chats
+    holder: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -264,3 +266,39 @@ class EvaluationSample(Base):
     answers: Mapped[list[Any]] = mapped_column(JSON, default=list)
     prediction: Mapped[str] = mapped_column(Text)
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ChatRequest(Base):
+    """One playground reply to generate (issue 13): the table is the queue of the workers' model
+    servers; the reply's pieces stream back as ``chat_tokens`` rows (the path logs take)."""
+
+    __tablename__ = "chat_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)  # queued running done failed cancelled
+    model_path: Mapped[str] = mapped_column(Text)
+    builtin: Mapped[bool] = mapped_column(default=False)  # the demo model: the server builds it if absent
+    template: Mapped[str] = mapped_column(String(50))
+    tiling: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    conversation: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    image: Mapped[str | None] = mapped_column(Text, default=None)  # base64, as sent
+    max_new_tokens: Mapped[int] = mapped_column(Integer, default=256)
+    temperature: Mapped[float] = mapped_column(Float, default=0.0)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    batch_size: Mapped[int | None] = mapped_column(Integer, default=None)  # chats generated together
+    reply: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ChatToken(Base):
+    __tablename__ = "chat_tokens"
+    __table_args__ = (Index("ix_chat_tokens_chat_seq", "chat_id", "seq", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    chat_id: Mapped[int] = mapped_column(ForeignKey("chat_requests.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)

@@ -1,10 +1,10 @@
 """The playground: chat with a registered model, or with what a training job saved, using
 the training template and tiling.
 
-Generation runs in the API process: the model is loaded lazily on the first request and
-kept (a small LRU), so the API imports torch only on this path. That keeps token streaming
-a plain HTTP response with no broker round trip per token; the cost is that the API host
-needs the memory for the models being chatted with (see docs/evaluation.md).
+The API only validates a chat and resolves what to load; generation runs on a worker's model
+server (:mod:`worker.serving`, GPU-leased, models kept loaded, chats batched), which streams
+the reply back through the database and the live path (:mod:`backend.services.chat`). The API
+loads no model and imports no torch (see docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -25,10 +21,6 @@ from backend.db.models import User
 from backend.services.errors import InvalidInput
 from backend.services.evaluations import model_location, resolve_model_ref, training_tiling
 from backend.settings import Settings
-
-MAX_LOADED = 2
-_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
-_cache_lock = threading.Lock()
 
 
 def decode_image(data: str) -> Image.Image:
@@ -73,53 +65,20 @@ def to_conversation(messages: list[dict[str, str]], has_image: bool) -> list[dic
     return convs
 
 
-def get_generator(path: Path, template: str, tiling: dict[str, Any] | None = None) -> Any:
-    """The loaded model for ``path`` (loaded on first use; the least recently used is dropped),
-    tiling as it was trained when ``tiling`` (a job's hyperparameters) is given."""
-    from worker.evaluation.generation import Generator
-    from worker.evaluation.run import trained_tiling
-
-    key = (str(path), template)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-        gen = Generator(path, template=template)
-        gen.tiling = trained_tiling(gen.tiling, tiling, None)
-        _cache[key] = gen
-        while len(_cache) > MAX_LOADED:
-            _cache.popitem(last=False)
-        return gen
-
-
 def prepare_chat(session: Session, settings: Settings, user: User | None, model_id: int, *,
                  messages: list[dict[str, str]], image: str | None, job_id: int | None,
-                 checkpoint: str | None) -> tuple[Any, Any]:
-    """Validate the request and load the model: (generator, prompt)."""
+                 checkpoint: str | None) -> dict[str, Any]:
+    """Validate the request and resolve the model: the fields of a chat request for the
+    workers (:func:`backend.services.chat.submit`)."""
     ref = resolve_model_ref(session, {"job_id": job_id, "checkpoint": checkpoint} if job_id is not None
                             else {"model_id": model_id}, user)
     if job_id is not None and ref["model_id"] != model_id:
         raise InvalidInput(f"job {job_id} fine-tuned model {ref['model_id']}, not model {model_id}")
-    images = [decode_image(image)] if image else []
-    convs = to_conversation(messages, bool(images))
+    if image:
+        decode_image(image)  # a bad image is the client's error, said before any work is queued
+    convs = to_conversation(messages, bool(image))
     path, template, builtin = model_location(session, ref)
-    if builtin and not (path / "config.json").exists():
-        from worker.demo_model import ensure_demo_model
-
-        path = ensure_demo_model(settings.data_path / "models")
-    if not (path / "config.json").exists():
+    if not builtin and not (path / "config.json").exists():
         raise InvalidInput(f"{ref['label']}: no model files at {path}")
-    gen = get_generator(path, template, training_tiling(session, ref))
-    try:
-        prompt = gen.prompt(convs, images)
-    except ValueError as e:
-        raise InvalidInput(f"cannot build the prompt: {e}") from None
-    return gen, prompt
-
-
-def stream_reply(gen: Any, prompt: Any, max_new_tokens: int, temperature: float) -> Iterator[str]:
-    yield from gen.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature)
-
-
-def reply(gen: Any, prompt: Any, max_new_tokens: int, temperature: float) -> str:
-    return gen.generate([prompt], max_new_tokens=max_new_tokens, temperature=temperature)[0]
+    return {"model_path": str(path), "builtin": builtin, "template": template,
+            "tiling": training_tiling(session, ref), "conversation": convs, "image": image}

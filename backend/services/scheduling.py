@@ -128,12 +128,26 @@ def release_leases(session: Session, job_id: int) -> None:
 def lease_for_evaluation(session: Session, node: str, evaluation_id: int, gpu_total: int, n: int = 1) -> list[int] | None:
     """Lease ``n`` free GPUs of ``node`` for an evaluation (the same rows, the same primary key
     guard as a training job's); None while fewer are free."""
+    return _lease(session, node, gpu_total, n, evaluation_id=evaluation_id)
+
+
+def lease_for_holder(session: Session, node: str, holder: str, gpu_total: int, n: int = 1) -> list[int] | None:
+    """The same for a long-lived holder, e.g. a worker's model server (``serve:<worker>``)."""
+    return _lease(session, node, gpu_total, n, holder=holder)
+
+
+def release_holder(session: Session, holder: str) -> None:
+    session.execute(delete(GpuLease).where(GpuLease.holder == holder))
+    session.commit()
+
+
+def _lease(session: Session, node: str, gpu_total: int, n: int, **owner: object) -> list[int] | None:
     leased = set(session.scalars(select(GpuLease.gpu_index).where(GpuLease.node == node)))
     free = [i for i in range(gpu_total) if i not in leased][:n]
     if len(free) < n:
         return None
     try:
-        session.add_all(GpuLease(node=node, gpu_index=i, evaluation_id=evaluation_id) for i in free)
+        session.add_all(GpuLease(node=node, gpu_index=i, **owner) for i in free)
         session.commit()
     except IntegrityError:  # another worker of this node leased one of them first
         session.rollback()

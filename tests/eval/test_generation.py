@@ -79,8 +79,22 @@ def test_batched_generation_gives_the_same_answers(gen):
     assert gen.generate(prompts, max_new_tokens=8) == one_by_one
 
 
+@pytest.fixture
+def model_server(api):
+    """A worker's model server, in this process (a worker runs it beside its scheduler)."""
+    from types import SimpleNamespace
+
+    from worker.serving import ModelServer
+
+    server = ModelServer(SimpleNamespace(name="test-worker", node="n", gpu_total=0, cluster=False,
+                                         wake=lambda: None))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("api", ["sqlite"], indirect=True)
-def test_chat_api_streams_what_transformers_generates(api, demo_model):
+def test_chat_api_streams_what_transformers_generates(api, model_server, demo_model):
     """The built-in model's files are the demo model built above (same seed as the API would
     build is not needed: the API loads whatever is in its folder)."""
     import shutil
@@ -120,3 +134,47 @@ def test_a_job_is_evaluated_with_the_tiling_it_trained_with():
     assert trained_tiling(config, None, None) == config
     assert trained_tiling(config, {"max_dynamic_patch": 2, "use_thumbnail": False}, None) == Tiling(2, 1, False, True)
     assert trained_tiling(config, {"max_dynamic_patch": 2}, 12).max_dynamic_patch == 12  # the evaluation's override
+
+
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
+def test_chats_that_arrive_together_are_generated_in_one_batch_with_unchanged_answers(api, model_server, demo_model):
+    """The model server batches concurrent chats for one model; each answer is what that chat
+    alone gets from transformers' generate, and the API process never loaded a model."""
+    import shutil
+    import sys
+    import threading
+
+    from backend.db.models import ChatRequest
+    from backend.db.session import session_scope
+    from backend.settings import get_settings
+
+    model = api.get("/api/models").json()[0]
+    shutil.copytree(demo_model, get_settings().data_path / "models" / model["name"])
+    samples = demo_samples(3, seed=31, kinds=("colour", "shape"))
+    bodies = [{"messages": [{"role": "user", "content": r["conversations"][0]["value"].removeprefix("<image>\n")}],
+               "image": base64.b64encode(png).decode(), "max_new_tokens": 6 + i, "stream": False}
+              for i, (_, png, r) in enumerate(samples)]
+    model_server.stopping.set()  # hold the server while the three chats queue up
+    model_server.thread.join()
+    replies: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i, b=b: replies.__setitem__(
+        i, api.post(f"/api/models/{model['id']}/chat", json=b).json()["reply"])) for i, b in enumerate(bodies)]
+    for t in threads:
+        t.start()
+    import time
+
+    deadline = time.monotonic() + 30
+    with session_scope() as s:
+        while time.monotonic() < deadline and s.query(ChatRequest).count() < 3:
+            time.sleep(0.1)
+    model_server.stopping.clear()
+    assert model_server.serve_once()  # one pass: all three claimed and generated together
+    for t in threads:
+        t.join(60)
+    for i, (_, png, r) in enumerate(samples):
+        question = r["conversations"][0]["value"].removeprefix("<image>\n")
+        assert replies[i] == direct_generate(demo_model, png, question, 6 + i), i
+    with session_scope() as s:
+        assert sorted(c.batch_size for c in s.query(ChatRequest)) == [3, 3, 3]
+    assert "backend.services.playground" in sys.modules and not hasattr(
+        sys.modules["backend.services.playground"], "get_generator")
