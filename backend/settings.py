@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     first_admin_password: str | None = Field(None, description="creates the first admin at first start")
     token_ttl_hours: float = 24 * 7
     max_request_bytes: int = Field(1 << 20, description="largest JSON request body")
+    # Load and hostile input (issue 18, docs/security.md).
+    api_threads: int = Field(40, ge=1, description="worker threads of the API process; the database pool is "
+                                                  "sized from it")
+    db_pool_timeout_seconds: float = Field(10.0, gt=0, description="wait for a pooled connection, then 503")
+    max_inflight_requests: int = Field(64, ge=1, description="API requests served at once; more get 503 + "
+                                                             "Retry-After instead of piling up")
+    max_event_streams: int = Field(256, ge=1, description="open SSE streams at once; more get 503")
+    request_deadline_seconds: float = Field(
+        30.0, gt=0, description="a submission still waiting this long is not recorded (its client gave up)")
+    max_zip_entries: int = Field(100_000, ge=1, description="files in an uploaded zip")
+    max_unpacked_bytes: int | None = Field(None, description="bytes an uploaded zip may unpack to; default: "
+                                           "4 x VLSTUDIO_MAX_UPLOAD_BYTES")
+    login_attempts_per_minute: int = Field(10, ge=1, description="failed logins per username and per client "
+                                           "address before 429")
     node_name: str | None = Field(None, description="this worker's node; default: the host name")
     gpus_per_node: int | None = Field(None, ge=0, description="GPUs the worker may lease; default: nvidia-smi")
     gpu_memory_gib: float | None = Field(None, description="per-GPU memory when gpus_per_node is set by hand")
@@ -104,6 +118,10 @@ class Settings(BaseSettings):
         """Fail fast: outside the embedded mode, tokens signed with a public default are forgeable."""
         if not self.embedded and self.secret_key == DEFAULT_SECRET:
             raise RuntimeError("VLSTUDIO_SECRET_KEY must be set to a private value outside the embedded mode")
+
+    @property
+    def unpacked_limit(self) -> int:
+        return self.max_unpacked_bytes or 4 * self.max_upload_bytes
 
     @property
     def embedded_broker(self) -> bool:

@@ -8,10 +8,14 @@ import logging
 import time
 from contextlib import asynccontextmanager, suppress
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeout
 
+from backend.api.guards import UPLOAD_ROUTES, Admission, BodyLimit, install_log_redaction
 from backend.api.routes import (
     auth,
     datasets,
@@ -77,6 +81,8 @@ def create_app(run_startup: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         sweeper = None
+        # The API's thread pool, and the database pool sized from it (backend.db.session).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
         if run_startup:
             startup()
             sweeper = asyncio.create_task(sweep_lost_jobs())
@@ -95,17 +101,26 @@ def create_app(run_startup: bool = True) -> FastAPI:
     app.include_router(meta.router, prefix="/api")  # issue 3: the meta file
     app.include_router(metrics.router)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        # Uploads are multipart and limited while streaming; every other body is small JSON.
-        size = int(request.headers.get("content-length") or 0)
-        multipart = request.headers.get("content-type", "").startswith("multipart/")
-        limit = get_settings().max_upload_bytes if multipart else get_settings().max_request_bytes
-        if size > limit:
-            return JSONResponse({"detail": f"request body of {size} bytes exceeds the limit of {limit}",
-                                 "errors": []}, status_code=413)
-        return await call_next(request)
+    _add_guards(app)
+    _add_error_handlers(app)
+    return app
 
+
+def _body_limit(scope: dict) -> int:
+    # Uploads by route, never by content type: a multipart body to a JSON route is still JSON-sized.
+    s = get_settings()
+    return s.max_upload_bytes if (scope.get("method"), scope.get("path")) in UPLOAD_ROUTES else s.max_request_bytes
+
+
+def _add_guards(app: FastAPI) -> None:
+    s = get_settings()
+    install_log_redaction()
+    # Added last = outermost: refuse at capacity first, then count the body's bytes.
+    app.add_middleware(BodyLimit, limit_for=_body_limit)
+    app.add_middleware(Admission, max_requests=s.max_inflight_requests, max_streams=s.max_event_streams)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     status_of = {NotFound: 404, InvalidInput: 422, Conflict: 409, Unauthorized: 401, Forbidden: 403}
 
     @app.exception_handler(DomainError)
@@ -125,4 +140,15 @@ def create_app(run_startup: bool = True) -> FastAPI:
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse({"detail": "internal server error", "errors": []}, status_code=500)
 
-    return app
+    @app.exception_handler(SATimeout)
+    @app.exception_handler(OperationalError)
+    async def db_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # No free pooled connection in time, or the database is down: the client may retry.
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse({"detail": "the database is busy or unreachable; retry shortly", "errors": []},
+                            status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(DataError)
+    async def out_of_range(_: Request, exc: DataError) -> JSONResponse:
+        # A value the column cannot hold (an id past 2^31...): the input's fault, not the server's.
+        return JSONResponse({"detail": "a value is out of range for the database", "errors": []}, status_code=422)

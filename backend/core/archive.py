@@ -2,17 +2,21 @@
 
 Refused, with a message that names the entry: an empty or non-zip file, entries with
 absolute paths, drive letters or ``..`` components (zip slip), symbolic links, duplicate
-names, encrypted entries, an archive whose declared or real size exceeds
-``max_total_bytes`` or the free disk space, and entries with an absurd compression ratio
-(zip bombs). The sizes are enforced on the bytes actually written, not only on the
-directory's declarations, which a crafted archive can fake. On any error ``dest`` is removed:
-nothing is left half-extracted.
+names, encrypted entries, more than ``max_files`` entries (counted from the end record,
+before the central directory is even parsed), an archive whose declared or real size exceeds
+``max_total_bytes`` or the free disk space, and absurd compression ratios, of one entry or of
+the whole archive (zip bombs made of many small entries). All of it is checked before the
+first byte is written; the sizes are also enforced on the bytes actually written, which a
+crafted directory cannot fake. On any error ``dest`` is removed: nothing is left
+half-extracted. Messages name the archive by ``name`` (what the user uploaded), never by the
+server's temporary file.
 """
 
 from __future__ import annotations
 
 import shutil
 import stat
+import struct
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -32,12 +36,36 @@ def _safe_parts(name: str, src: str) -> tuple[str, ...]:
     return tuple(x for x in p.parts if x not in ("", "."))
 
 
+#: below this many unpacked bytes the ratio of the whole archive is not checked (text compresses well)
+RATIO_FLOOR = 16 * 2**20
+
+
+def declared_entry_count(path: Path) -> int | None:
+    """The entry count of the zip's end-of-central-directory record (zip64 too), read from the
+    file's tail without parsing the directory; None when there is no such record."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 65_557))  # the record (22 bytes) plus the longest comment
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return None
+        count = struct.unpack("<H", tail[at + 10:at + 12])[0]
+        loc = at - 20
+        if loc >= 0 and tail[loc:loc + 4] == b"PK\x06\x07":  # zip64: the real count is elsewhere
+            f.seek(struct.unpack("<Q", tail[loc + 8:loc + 16])[0])
+            rec = f.read(40)
+            if rec[:4] == b"PK\x06\x06" and len(rec) == 40:
+                count = struct.unpack("<Q", rec[32:40])[0]
+    return count
+
+
 def _check_entries(zf: zipfile.ZipFile, src: str, max_total_bytes: int, max_files: int,
                    max_ratio: float) -> list[zipfile.ZipInfo]:
     infos = zf.infolist()
     if len(infos) > max_files:
         raise ArchiveError(f"{src}: {len(infos):,} entries, more than the limit of {max_files:,}")
-    total = 0
+    total = packed = 0
     seen: set[tuple[str, ...]] = set()
     for info in infos:
         parts = _safe_parts(info.filename, src)
@@ -50,15 +78,19 @@ def _check_entries(zf: zipfile.ZipFile, src: str, max_total_bytes: int, max_file
                 raise ArchiveError(f"{src}: entry {info.filename!r} appears twice")
             seen.add(parts)
         total += info.file_size
+        packed += info.compress_size
         if total > max_total_bytes:
             raise ArchiveError(f"{src}: unpacks to more than {max_total_bytes:,} bytes")
         if info.file_size > 2**20 and info.file_size > max_ratio * max(1, info.compress_size):
             raise ArchiveError(f"{src}: entry {info.filename!r} has a compression ratio of "
                                f"{info.file_size / max(1, info.compress_size):,.0f}:1 (zip bomb?)")
+    if total > RATIO_FLOOR and total > max_ratio * max(1, packed):
+        raise ArchiveError(f"{src}: {len(infos):,} entries unpack to {total:,} bytes from {packed:,} compressed, "
+                           f"a ratio of {total / max(1, packed):,.0f}:1 (zip bomb?)")
     return infos
 
 
-def extract_zip(src: Path, dest: Path, *, max_total_bytes: int = 20 * 2**30, max_files: int = 2_000_000,
+def extract_zip(src: Path, dest: Path, *, max_total_bytes: int = 20 * 2**30, max_files: int = 100_000,
                 max_ratio: float = 200.0, display_name: str | None = None) -> list[Path]:
     """Extract ``src`` into ``dest`` (which must not exist yet) and return the files written.
     ``display_name``: what messages call the archive (an upload's own name, not the temporary
@@ -71,6 +103,9 @@ def extract_zip(src: Path, dest: Path, *, max_total_bytes: int = 20 * 2**30, max
         raise ArchiveError(f"{name}: the file is empty")
     if not zipfile.is_zipfile(src):
         raise ArchiveError(f"{name}: not a zip archive")
+    declared = declared_entry_count(src)
+    if declared is not None and declared > max_files:
+        raise ArchiveError(f"{name}: {declared:,} entries, more than the limit of {max_files:,}")
     dest.mkdir(parents=True, exist_ok=False)
     written: list[Path] = []
     try:

@@ -14,10 +14,7 @@ from backend.settings import get_settings
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        # Pool as large as FastAPI's thread pool (40): under a burst every request thread holds
-        # a connection, and a smaller pool fails requests with pool timeouts instead of queueing.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20,
-                               max_overflow=30)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **_pool())
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -29,7 +26,14 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+    return create_engine(url, pool_pre_ping=True, **_pool())
+
+
+def _pool() -> dict:
+    # A connection is held only while a thread runs a query (backend.api.deps.DbRoute), so one
+    # per API thread plus a few for the sweepers suffice; past the timeout the API answers 503.
+    s = get_settings()
+    return {"pool_size": s.api_threads, "max_overflow": 8, "pool_timeout": s.db_pool_timeout_seconds}
 
 
 @lru_cache

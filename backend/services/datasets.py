@@ -66,7 +66,8 @@ def source_from_zip(settings: Settings, upload: Path, display_name: str | None =
     staging = new_staging(settings, create=False)  # extract_zip creates it
     try:
         try:
-            extract_zip(upload, staging, max_total_bytes=settings.max_upload_bytes * 20, display_name=display_name)
+            extract_zip(upload, staging, max_total_bytes=settings.unpacked_limit, max_files=settings.max_zip_entries,
+                        display_name=display_name)
         except ArchiveError as e:
             raise InvalidInput(str(e)) from None
         anns = find_annotations(staging)

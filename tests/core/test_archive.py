@@ -119,3 +119,51 @@ def test_find_annotations_ignores_hidden(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("{}")
     assert [p.relative_to(tmp_path).as_posix() for p in find_annotations(tmp_path)] == ["a.jsonl", "sub/b.jsonl"]
+
+
+# ---------------------------------------------------------------- issue 18: bombs of many entries
+def test_bomb_of_one_mib_entries_is_refused_before_anything_is_written(tmp_path):
+    """Every entry is 1 MiB of zeros (each just under the per-entry ratio check's floor); the
+    archive as a whole unpacks ~1000:1."""
+    src = make_zip(tmp_path / "bomb.zip", [(f"z/{i}.bin", bytes(2**20)) for i in range(64)])
+    assert src.stat().st_size < 2**20
+    refused(tmp_path, src, "zip bomb?", display_name="holiday.zip")
+    refused(tmp_path, src, "holiday.zip: 64 entries unpack to 67,108,864 bytes", display_name="holiday.zip")
+
+
+def _many_empty_entries(path: Path, n: int) -> Path:
+    """A valid zip64 archive of ``n`` empty entries, written directly (zipfile takes minutes)."""
+    names = [f"e{i}".encode() for i in range(n)]
+    local, central, offset = bytearray(), bytearray(), 0
+    for nm in names:
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, 0, 0, 0, len(nm), 0, 0, 0, 0, 0,
+                               offset) + nm
+        entry = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, 0, 0, 0, len(nm), 0) + nm
+        local += entry
+        offset += len(entry)
+    z64 = len(local) + len(central)
+    tail = (struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, len(central), len(local))
+            + struct.pack("<IIQI", 0x07064B50, 0, z64, 1)
+            + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, len(central), len(local), 0))
+    path.write_bytes(bytes(local + central + tail))
+    return path
+
+
+def test_two_hundred_thousand_empty_entries_are_refused_from_the_end_record(tmp_path, monkeypatch):
+    src = _many_empty_entries(tmp_path / "many.zip", 200_000)
+    assert len(zipfile.ZipFile(src).infolist()) == 200_000  # a real archive
+
+    def no_directory_parse(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the central directory was parsed before the count was checked")
+
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", no_directory_parse)
+    refused(tmp_path, src, "up.zip: 200,000 entries, more than the limit of 100,000", display_name="up.zip")
+
+
+def test_messages_name_the_upload_not_the_server_temp_file(tmp_path):
+    src = tmp_path / "tmpk2j3h4.zip"
+    src.write_bytes(b"not a zip at all")
+    refused(tmp_path, src, "my data.zip: not a zip archive", display_name="my data.zip")
+    with pytest.raises(ArchiveError) as e:
+        extract_zip(src, tmp_path / "out", display_name="my data.zip")
+    assert "tmpk2j3h4" not in str(e.value)

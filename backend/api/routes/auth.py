@@ -4,11 +4,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import CurrentUser, bearer_token
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import DbRoute, SessionDep, SettingsDep
 from backend.api.schemas import ORM
 from backend.services import users as svc
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=DbRoute)
 
 
 class LoginIn(BaseModel):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from backend.api.auth import CurrentUser
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import DbRoute, SessionDep, SettingsDep
 from backend.api.schemas import DatasetFromPath, DatasetOut
 from backend.core import demo_data
 from backend.services import dataset_views as views
@@ -17,7 +17,7 @@ from backend.services.dataset_checks import checks_for
 from backend.services.errors import InvalidInput
 from backend.settings import Settings
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=DbRoute)
 
 
 def _save(upload: UploadFile, dest: Path, budget: list[int]) -> int:

@@ -10,16 +10,18 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from backend import live
 from backend.api import streams
 from backend.api.auth import CurrentUser
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import DbRoute, SessionDep, SettingsDep
+from backend.db.models import User
 from backend.db.session import get_sessionmaker
 from backend.queue import make_celery
 from backend.services import evaluations as svc
 
-router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/evaluations", tags=["evaluations"], route_class=DbRoute)
 
 
 class ModelRef(BaseModel):
@@ -121,15 +123,21 @@ def download(evaluation_id: int, session: SessionDep, user: CurrentUser) -> Stre
 
     def lines() -> Iterator[str]:
         yield json.dumps(summary) + "\n"
-        with get_sessionmaker()() as s:
-            for r in svc.samples(s, evaluation_id):
-                yield json.dumps({"model": labels[r.model_index] if r.model_index < len(labels) else r.model_index,
-                                  "index": r.sample_index, "id": r.sample_id, "question": r.question,
-                                  "answers": r.answers, "prediction": r.prediction, "scores": r.scores},
-                                 ensure_ascii=False) + "\n"
+        with get_sessionmaker()() as s:  # loaded at once: no connection held while the client reads
+            rows = svc.samples(s, evaluation_id)
+        for r in rows:
+            yield json.dumps({"model": labels[r.model_index] if r.model_index < len(labels) else r.model_index,
+                              "index": r.sample_index, "id": r.sample_id, "question": r.question,
+                              "answers": r.answers, "prediction": r.prediction, "scores": r.scores},
+                             ensure_ascii=False) + "\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson", headers={
         "Content-Disposition": f'attachment; filename="evaluation-{ev.id}.jsonl"'})
+
+
+def _check_visible(evaluation_id: int, user: User) -> None:
+    with get_sessionmaker()() as s:
+        svc.get_evaluation(s, evaluation_id, user)
 
 
 def _poll(evaluation_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
@@ -143,13 +151,14 @@ def _poll(evaluation_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]
 
 
 @router.get("/{evaluation_id}/events")
-async def evaluation_events(evaluation_id: int, request: Request, session: SessionDep, settings: SettingsDep,
+async def evaluation_events(evaluation_id: int, request: Request, settings: SettingsDep,
                             user: CurrentUser, last_event_id: str | None = Header(None),
                             cursor: str | None = None) -> StreamingResponse:
     """Server-sent events, the same stream as for training jobs (:mod:`backend.api.streams`):
     ``log`` and ``status`` as they happen, then ``end``. The event id is the last log ``seq``;
     reconnect with ``Last-Event-ID`` (or ``?cursor=``)."""
-    svc.get_evaluation(session, evaluation_id, user)
-    session.close()  # do not hold a pooled connection for the life of the stream
+    # In a worker thread with a session of its own: a blocking query on the event loop would
+    # stall every request, and the stream must not hold a pooled connection for its life.
+    await run_in_threadpool(_check_visible, evaluation_id, user)
     feed = streams.Feed("evaluation", evaluation_id, ("log",), lambda c: _poll(evaluation_id, c))
     return streams.stream_response(feed, request, settings.stream_poll_seconds, last_event_id or cursor)

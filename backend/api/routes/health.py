@@ -3,9 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import DbRoute, SessionDep, SettingsDep
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=DbRoute)
 
 
 @router.get("/health")

@@ -5,14 +5,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from backend import live
 from backend.api import streams
 from backend.api.auth import CurrentUser
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import DbRoute, SessionDep, SettingsDep
 from backend.api.schemas import JobCreate, JobOut, LogLineOut, MetricOut
 from backend.core import presets
-from backend.db.models import JobStatus
+from backend.db.models import JobStatus, User
 from backend.db.session import get_sessionmaker
 from backend.queue import wake_workers
 from backend.services import job_compare, memory
@@ -20,7 +21,7 @@ from backend.services import jobs as svc
 from backend.services.errors import InvalidInput, NotFound
 from backend.services.models import get_model
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=DbRoute)
 
 
 class JobDetail(JobOut):
@@ -132,6 +133,11 @@ def get_metrics(job_id: int, session: SessionDep, user: CurrentUser, after: int 
     return svc.metrics_after(session, job_id, after)
 
 
+def _check_visible(job_id: int, user: User) -> None:
+    with get_sessionmaker()() as s:
+        svc.get_job(s, job_id, user)
+
+
 def _poll(job_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
     log_after, metric_after = cursors
     with get_sessionmaker()() as s:
@@ -145,13 +151,14 @@ def _poll(job_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
 
 
 @router.get("/{job_id}/events")
-async def job_events(job_id: int, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser,
+async def job_events(job_id: int, request: Request, settings: SettingsDep, user: CurrentUser,
                      last_event_id: str | None = Header(None), cursor: str | None = None) -> StreamingResponse:
     """Server-sent events: ``log``, ``metric`` and ``status`` as they happen, then ``end``.
 
     Every event id is the cursor ``LOGSEQ:METRICSEQ``; reconnect with ``Last-Event-ID`` (or
-    ``?cursor=``) to resume without gaps. Browsers' EventSource may pass ``?access_token=``."""
-    svc.get_job(session, job_id, user)
-    session.close()  # do not hold a pooled connection for the life of the stream
+    ``?cursor=``) to resume without gaps. A browser's EventSource signs the URL (``?sig=``, POST /api/auth/link)."""
+    # In a worker thread with a session of its own: a blocking query on the event loop would
+    # stall every request, and the stream must not hold a pooled connection for its life.
+    await run_in_threadpool(_check_visible, job_id, user)
     feed = streams.Feed("job", job_id, ("log", "metric"), lambda c: _poll(job_id, c))
     return streams.stream_response(feed, request, settings.stream_poll_seconds, last_event_id or cursor)

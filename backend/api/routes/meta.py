@@ -6,11 +6,11 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from backend.api.auth import CurrentUser
-from backend.api.deps import SessionDep
+from backend.api.deps import DbRoute, SessionDep
 from backend.api.schemas import MetaRequest
 from backend.services import meta as svc
 
-router = APIRouter(prefix="/meta", tags=["datasets"])
+router = APIRouter(prefix="/meta", tags=["datasets"], route_class=DbRoute)
 
 
 @router.post("", responses={422: {"description": "bad repeat_time, duplicate names/annotations, bad mixture"},

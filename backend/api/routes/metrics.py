@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from backend.api.deps import SessionDep
+from backend.api.deps import DbRoute, SessionDep
 from backend.services.scheduling import queue_stats
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], route_class=DbRoute)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -6,11 +6,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import CurrentUser
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import DbRoute, SessionDep, SettingsDep
 from backend.api.schemas import ModelOut
 from backend.services import models as svc
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=DbRoute)
 
 
 @router.get("", response_model=list[ModelOut])

@@ -13,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from backend import live
 from backend.api.auth import CurrentUser
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import DbRoute, SessionDep, SettingsDep
 from backend.db.session import get_sessionmaker
 from backend.services import chat as chat_svc
 from backend.services import playground as svc
 
-router = APIRouter(prefix="/models", tags=["playground"])
+router = APIRouter(prefix="/models", tags=["playground"], route_class=DbRoute)
 
 
 class ChatMessage(BaseModel):

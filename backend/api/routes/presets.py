@@ -5,11 +5,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from backend.api.deps import DbRoute
 from backend.core import presets
 from backend.core.spec import Hyperparameters
 from backend.services.errors import InvalidInput
 
-router = APIRouter(prefix="/presets", tags=["presets"])
+router = APIRouter(prefix="/presets", tags=["presets"], route_class=DbRoute)
 
 
 class ResolveRequest(BaseModel):

@@ -4,11 +4,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import AdminUser
-from backend.api.deps import SessionDep
+from backend.api.deps import DbRoute, SessionDep
 from backend.api.routes.auth import UserOut
 from backend.services import users as svc
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], route_class=DbRoute)
 
 
 class UserCreate(BaseModel):
