@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SECRET = "vlstudio-embedded-default-secret"
+MIN_SECRET = 32
 
 
 class Settings(BaseSettings):
@@ -115,9 +116,15 @@ class Settings(BaseSettings):
         return self.embedded is False if self.auth_enabled is None else self.auth_enabled
 
     def check_secret(self) -> None:
-        """Fail fast: outside the embedded mode, tokens signed with a public default are forgeable."""
-        if not self.embedded and self.secret_key == DEFAULT_SECRET:
+        """Fail fast: outside the embedded mode, tokens signed with a public default (or a short,
+        guessable key) are forgeable."""
+        if self.embedded:
+            return
+        if self.secret_key == DEFAULT_SECRET:
             raise RuntimeError("VLSTUDIO_SECRET_KEY must be set to a private value outside the embedded mode")
+        if len(self.secret_key.strip()) < MIN_SECRET:
+            raise RuntimeError(f"VLSTUDIO_SECRET_KEY must be at least {MIN_SECRET} characters outside the embedded "
+                               "mode (e.g. openssl rand -hex 32)")
 
     @property
     def unpacked_limit(self) -> int:

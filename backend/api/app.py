@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeout
 
+from backend.api.auth import UiUploadLogin
 from backend.api.guards import UPLOAD_ROUTES, Admission, BodyLimit, install_log_redaction
 from backend.api.routes import (
     auth,
@@ -32,11 +33,11 @@ from backend.api.routes import (
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import session_scope
 from backend.queue import wake_workers
-from backend.services.errors import Conflict, DomainError, InvalidInput, NotFound
+from backend.services.errors import Abandoned, Conflict, DomainError, InvalidInput, NotFound
 from backend.services.evaluations import recover_lost_evaluations
 from backend.services.jobs import recover_lost_jobs
 from backend.services.models import ensure_builtin_models
-from backend.services.users import Forbidden, Unauthorized, ensure_first_admin
+from backend.services.users import Forbidden, TooManyAttempts, Unauthorized, ensure_first_admin
 from backend.settings import get_settings
 
 log = logging.getLogger("vlstudio.api")
@@ -115,18 +116,23 @@ def _body_limit(scope: dict) -> int:
 def _add_guards(app: FastAPI) -> None:
     s = get_settings()
     install_log_redaction()
-    # Added last = outermost: refuse at capacity first, then count the body's bytes.
+    # Added last = outermost: refuse at capacity first, then count the body's bytes, then ask
+    # the UI's upload route for a login before it reads anything.
+    app.add_middleware(UiUploadLogin)
     app.add_middleware(BodyLimit, limit_for=_body_limit)
     app.add_middleware(Admission, max_requests=s.max_inflight_requests, max_streams=s.max_event_streams)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    status_of = {NotFound: 404, InvalidInput: 422, Conflict: 409, Unauthorized: 401, Forbidden: 403}
+    status_of = {NotFound: 404, InvalidInput: 422, Conflict: 409, Unauthorized: 401, Forbidden: 403,
+                 TooManyAttempts: 429, Abandoned: 503}
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         code = next((c for t, c in status_of.items() if isinstance(exc, t)), 400)
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        if isinstance(exc, TooManyAttempts | Abandoned):
+            headers = {"Retry-After": str(getattr(exc, "retry_after", 2))}
         return JSONResponse({"detail": exc.message, "errors": exc.details}, status_code=code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+#: scope key: time.monotonic() when the request was admitted (deadlines are counted from it)
+ARRIVED = "vlstudio.arrived"
 #: routes whose body is a file upload (multipart): they get VLSTUDIO_MAX_UPLOAD_BYTES
 UPLOAD_ROUTES = {("POST", "/api/datasets"), ("POST", "/gradio_api/upload")}
 
@@ -111,6 +114,7 @@ class Admission:
             await send_json(send, 503, f"the API is at capacity ({self.limits[kind]} {kind}s at once); "
                             "retry shortly", {"retry-after": self.retry_after})
             return
+        scope[ARRIVED] = time.monotonic()
         self.active[kind] += 1  # one event loop: no lock needed
         try:
             await self.app(scope, receive, send)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
 from pydantic import BaseModel, ConfigDict, Field
+
+#: the database's INTEGER: an id or count beyond it is the client's error (422), not a 500
+MAX_ID = 2**31 - 1
+DbId = Annotated[int, Interval(ge=1, le=MAX_ID)]
+Count = Annotated[int, Interval(ge=0, le=MAX_ID)]  # offsets, cursors, limits
 
 
 class ORM(BaseModel):
@@ -28,12 +34,14 @@ class DatasetOut(ORM):
 class DatasetFromPath(BaseModel):
     """A dataset on shared storage (under ``VLSTUDIO_DATA_ROOTS``), registered where it is."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     root: str
     annotation: str = Field(description="absolute, or relative to root")
     name: str | None = None
-    model_id: int | None = None
-    max_dynamic_patch: int | None = Field(None, ge=1)
-    max_seq_length: int | None = Field(None, ge=1)
+    model_id: DbId | None = None
+    max_dynamic_patch: int | None = Field(None, ge=1, le=40)
+    max_seq_length: int | None = Field(None, ge=1, le=1 << 20)
     truncation: Literal["error", "truncate"] = "error"
     drop_bad_lines: bool = False
     background: bool | None = None
@@ -41,7 +49,9 @@ class DatasetFromPath(BaseModel):
 
 
 class MetaDataset(BaseModel):
-    dataset_id: int
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    dataset_id: DbId
     name: str | None = None
     repeat_time: float = 1
     data_augment: bool = False
@@ -64,10 +74,10 @@ class ModelOut(ORM):
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dataset_id: int
-    model_id: int
+    dataset_id: DbId
+    model_id: DbId
     preset: str = "demo"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset")
     priority: int = Field(0, description="higher runs first (-100..100); equal priorities run in submission order")

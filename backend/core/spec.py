@@ -21,26 +21,33 @@ from backend.core.tiling import DOWNSAMPLE_RATIO, PATCH_SIZE
 
 #: image tokens per tile at 448 px; the problem check below scales it for force_image_size
 TOKENS_PER_TILE_448 = 256
+#: Bounds of what a real run could use (issue 18): beyond them a request is refused with a 422
+#: naming the field, instead of overflowing a column or a seed, or asking for a worker that
+#: cannot exist. MAX_STEPS keeps every step count inside a 32-bit column.
+MAX_STEPS = 10_000_000
+MAX_SEQ_LENGTH = 131_072
+MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds
 
 
 class Hyperparameters(BaseModel):
     """What a user may set for a run. Every field has the default of the ``demo`` preset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # --- schedule
-    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: train for num_train_epochs)")
-    num_train_epochs: float = Field(1.0, gt=0, description="passes over the data (used when max_steps is -1)")
+    max_steps: int = Field(-1, le=MAX_STEPS, description="stop after this many optimizer steps (-1: train for "
+                           "num_train_epochs)")
+    num_train_epochs: float = Field(1.0, gt=0, le=1000, description="passes over the data (used when max_steps is -1)")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate (the seed: 4e-5)")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (the seed: 0.01 for 2B, 0.05 for 4B)")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (the seed: 0.01 for 2B, 0.05 for 4B)")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of the steps spent warming up linearly")
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="learning-rate schedule after the warmup")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping threshold")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e4, description="gradient clipping threshold")
     # --- batch and processes
     per_device_batch_size: int = Field(2, ge=1, le=1024, description="samples per process per forward pass")
     global_batch_size: int | None = Field(
-        None, ge=1, description="samples per optimizer step over all processes; kept when the process count "
+        None, ge=1, le=1 << 20, description="samples per optimizer step over all processes; kept when the process count "
         "changes, gradient accumulation is derived (empty: no accumulation)")
     nproc_per_node: int = Field(1, ge=1, le=64, description="training processes per node (GPUs, or CPU ranks)")
     nnodes: int = Field(1, ge=1, le=128, description="nodes (more than one needs the Slurm backend)")
@@ -54,7 +61,7 @@ class Hyperparameters(BaseModel):
         None, ge=0, le=64, description="data-loading processes per rank (empty: on GPUs one per core of the "
         "rank's share but one, up to 8; on the CPU 0)")
     # --- data
-    max_seq_length: int = Field(4096, ge=64, description="longer samples are truncated (dropped and counted "
+    max_seq_length: int = Field(4096, ge=64, le=MAX_SEQ_LENGTH, description="longer samples are truncated (dropped and counted "
                                 "when the cut would fall inside an image)")
     max_dynamic_patch: int = Field(6, ge=1, le=40, description="most tiles per image (shared by multi-image samples)")
     min_dynamic_patch: int = Field(1, ge=1, le=40, description="fewest tiles per image")
@@ -73,14 +80,14 @@ class Hyperparameters(BaseModel):
     freeze_backbone: bool = Field(False, description="freeze the vision tower (InternViT)")
     freeze_mlp: bool = Field(False, description="freeze the vision-to-language projector (mlp1)")
     freeze_llm: bool = Field(False, description="freeze the language model (and its output head)")
-    unfreeze_vit_layers: int = Field(0, ge=0, description="with freeze_backbone: train the last N ViT layers anyway")
+    unfreeze_vit_layers: int = Field(0, ge=0, le=256, description="with freeze_backbone: train the last N ViT layers anyway")
     unfreeze_lm_head: bool = Field(False, description="with freeze_llm: train the output head anyway")
     use_backbone_lora: int = Field(0, ge=0, le=512, description="LoRA rank on the vision tower (0: off)")
     use_llm_lora: int = Field(0, ge=0, le=512, description="LoRA rank on the language model (0: off)")
-    lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha (empty: 2 x rank, as the reference)")
+    lora_alpha: int | None = Field(None, ge=1, le=1 << 16, description="LoRA alpha (empty: 2 x rank, as the reference)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
     merge_lora: bool = Field(False, description="LoRA runs: also save the model with the adapter merged in")
-    vision_select_layer: int = Field(-1, description="ViT layer whose output feeds the projector (-1: the last)")
+    vision_select_layer: int = Field(-1, ge=-256, le=256, description="ViT layer whose output feeds the projector (-1: the last)")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the ViT, rising linearly to "
                                   "this rate over the layers")
     grad_checkpoint: bool = Field(False, description="recompute activations in the backward pass (less memory)")
@@ -95,11 +102,11 @@ class Hyperparameters(BaseModel):
                                       "materialising the logits (GPU only; needs the liger-kernel package)")
     torch_compile: bool = Field(False, description="torch.compile the language model (dynamic shapes)")
     # --- bookkeeping
-    logging_steps: int = Field(1, ge=1, description="write a metrics row every N optimizer steps")
-    eval_steps: int = Field(0, ge=0, description="loss on the dataset's validation split every N steps (0: never)")
-    save_steps: int = Field(0, ge=0, description="save a checkpoint every N steps (0: only the final model)")
-    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
-    seed: int = Field(42, description="seed of the data order, initialisation of new weights and dropout")
+    logging_steps: int = Field(1, ge=1, le=MAX_STEPS, description="write a metrics row every N optimizer steps")
+    eval_steps: int = Field(0, ge=0, le=MAX_STEPS, description="loss on the dataset's validation split every N steps (0: never)")
+    save_steps: int = Field(0, ge=0, le=MAX_STEPS, description="save a checkpoint every N steps (0: only the final model)")
+    save_total_limit: int = Field(2, ge=1, le=1000, description="checkpoints kept (older ones are deleted)")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="seed of the data order, initialisation of new weights and dropout")
     report_to: Literal["none", "tensorboard"] = Field(
         "none", description="also write TensorBoard event files under the run folder's tensorboard/")
     template: str | None = Field(

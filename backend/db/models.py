@@ -18,6 +18,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,6 +90,8 @@ class Dataset(Base):
     # Issue 3 (migration 0004): background validation of big inputs.
     status: Mapped[str] = mapped_column(String(20), default="ready", server_default="ready")
     progress: Mapped[float] = mapped_column(default=1.0, server_default="1")
+    #: issue 18: beaten while a background validation runs; a stale one is swept
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Model(Base):
@@ -105,9 +108,19 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+_WITH_KEY = text("idempotency_key IS NOT NULL")
+_RESUMES = text("resume_from_checkpoint IS NOT NULL")
+
+
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_queue", "status", "priority", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_queue", "status", "priority", "id"),
+        # Issue 18 (migration 0018): one job per Idempotency-Key and owner; one resume per job.
+        Index("ux_jobs_idempotency", "owner_id", "idempotency_key", unique=True, postgresql_where=_WITH_KEY,
+              sqlite_where=_WITH_KEY),
+        Index("ux_jobs_one_resume", "parent_job_id", unique=True, postgresql_where=_RESUMES, sqlite_where=_RESUMES),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
@@ -120,8 +133,8 @@ class Job(Base):
     run_dir: Mapped[str | None] = mapped_column(Text, default=None)
     celery_task_id: Mapped[str | None] = mapped_column(String(64), default=None)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
-    step: Mapped[int] = mapped_column(Integer, default=0)
-    total_steps: Mapped[int | None] = mapped_column(Integer, default=None)
+    step: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_steps: Mapped[int | None] = mapped_column(BigInteger, default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -146,6 +159,7 @@ class Job(Base):
     # reads what a dead worker left unread from here)
     log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class WorkerNode(Base):
@@ -157,6 +171,7 @@ class WorkerNode(Base):
     node: Mapped[str] = mapped_column(String(200))
     gpus: Mapped[int] = mapped_column(Integer, default=0)
     gpu_memory_mib: Mapped[int | None] = mapped_column(Integer, default=None)
+    cpus: Mapped[int | None] = mapped_column(Integer, default=None)  # the node's CPU count (issue 18)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 

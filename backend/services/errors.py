@@ -22,3 +22,7 @@ class InvalidInput(DomainError):
 
 class Conflict(DomainError):
     pass
+
+
+class Abandoned(DomainError):
+    """The request's client went away or it waited past its deadline: nothing was recorded."""

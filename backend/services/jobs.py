@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.core import presets
@@ -21,7 +22,7 @@ from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus, User
 from backend.services import memory, scheduling
 from backend.services.datasets import get_dataset
-from backend.services.errors import Conflict, InvalidInput, NotFound
+from backend.services.errors import Abandoned, Conflict, InvalidInput, NotFound
 from backend.services.models import get_model
 from backend.services.users import visible_to
 from backend.settings import get_settings
@@ -75,6 +76,9 @@ def _placement_problems(session: Session, hyper: Hyperparameters, estimate: dict
         # Never silently one node: the effective batch would be nnodes times smaller than shown.
         return [{"field": "nnodes", "message": f"nnodes={hyper.nnodes}: the local backend runs a job on one "
                  "node; multi-node training needs the Slurm backend (VLSTUDIO_BACKEND=slurm)"}]
+    if not hyper.gpus and (cpus := scheduling.cpu_capacity(session)) and hyper.nproc_per_node > cpus:
+        return [{"field": "nproc_per_node", "message": f"a CPU job with {hyper.nproc_per_node} processes per node, "
+                 f"but the largest worker node has {cpus} CPUs"}]
     most, mem_mib = scheduling.cluster_capacity(session)
     if most is not None and hyper.gpus > most:
         where = f"the largest node has {most} GPU(s)" if most else "no worker node has a GPU"
@@ -91,8 +95,15 @@ def _placement_problems(session: Session, hyper: Hyperparameters, estimate: dict
 
 
 def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str, overrides: dict[str, Any],
-               send: Send, owner: User | None = None, priority: int = 0, requeue_on_failure: bool = False) -> Job:
-    """Validate the request (every problem at once), record a queued job, then wake a worker."""
+               send: Send, owner: User | None = None, priority: int = 0, requeue_on_failure: bool = False,
+               idempotency_key: str | None = None, still_wanted: Callable[[], str | None] | None = None) -> Job:
+    """Validate the request (every problem at once), record a queued job, then wake a worker.
+
+    ``idempotency_key``: a retried submission with the same key (and owner) gets the job the
+    first one created, never a second. ``still_wanted``: asked just before the commit; a
+    reason (the client went away, the request is past its deadline) records nothing."""
+    if idempotency_key and (earlier := _by_key(session, owner, idempotency_key)) is not None:
+        return _replay(earlier, dataset_id, model_id, preset)
     hyper, problems, model = _resolve(session, owner, dataset_id, model_id, preset, overrides, priority)
     estimate = None
     if hyper is not None and model is not None:
@@ -103,11 +114,33 @@ def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str,
         raise InvalidInput("invalid job", problems)
     job = Job(dataset_id=dataset_id, model_id=model_id, preset=preset, hyper=hyper.model_dump(mode="json"),
               status=S.queued, owner_id=owner.id if owner else None, gpus=hyper.gpus, priority=priority,
-              requeue_on_failure=requeue_on_failure, memory_estimate=estimate)
+              requeue_on_failure=requeue_on_failure, memory_estimate=estimate, idempotency_key=idempotency_key)
+    if still_wanted is not None and (gone := still_wanted()):
+        session.rollback()
+        raise Abandoned(f"job not recorded: {gone}")
     session.add(job)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # the same key, committed by a concurrent retry of this request
+        session.rollback()
+        if idempotency_key and (earlier := _by_key(session, owner, idempotency_key)) is not None:
+            return _replay(earlier, dataset_id, model_id, preset)
+        raise
     _wake(session, job, send)
     return job
+
+
+def _by_key(session: Session, owner: User | None, key: str) -> Job | None:
+    q = select(Job).where(Job.idempotency_key == key)
+    q = q.where(Job.owner_id == owner.id) if owner is not None else q.where(Job.owner_id.is_(None))
+    return session.scalar(q)
+
+
+def _replay(earlier: Job, dataset_id: int, model_id: int, preset: str) -> Job:
+    if (earlier.dataset_id, earlier.model_id, earlier.preset) != (dataset_id, model_id, preset):
+        raise Conflict(f"Idempotency-Key already used for job {earlier.id}, with another dataset, model or preset")
+    earlier.replayed = True  # type: ignore[attr-defined]  # the route answers 200, not 201
+    return earlier
 
 
 def _wake(session: Session, job: Job, send: Send) -> None:
@@ -196,9 +229,24 @@ def _follow_up(session: Session, parent: Job, resume_from: Path | None, send: Se
               requeue_on_failure=parent.requeue_on_failure, memory_estimate=parent.memory_estimate,
               parent_job_id=parent.id, resume_from_checkpoint=str(resume_from) if resume_from else None)
     session.add(job)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # ux_jobs_one_resume: a concurrent resume of the same job won
+        session.rollback()
+        raise Conflict(_already_resumed(session, parent.id)) from None
     _wake(session, job, send)
     return job
+
+
+def _resumed_as(session: Session, job_id: int) -> Job | None:
+    return session.scalar(select(Job).where(Job.parent_job_id == job_id, Job.resume_from_checkpoint.is_not(None)))
+
+
+def _already_resumed(session: Session, job_id: int) -> str:
+    child = _resumed_as(session, job_id)
+    where = f" as job {child.id}" if child is not None else ""
+    return (f"job {job_id} was already resumed{where}: a checkpoint is continued once "
+            "(resume that job instead, or retry from scratch)")
 
 
 def resume_job(session: Session, job_id: int, send: Send, user: User | None = None) -> Job:
@@ -206,14 +254,36 @@ def resume_job(session: Session, job_id: int, send: Send, user: User | None = No
     parent = get_job(session, job_id, user)
     if parent.status not in (S.cancelled, S.failed):
         raise Conflict(f"job {job_id} is {parent.status.value}; only cancelled or failed jobs can be resumed")
+    if _resumed_as(session, job_id) is not None:
+        raise Conflict(_already_resumed(session, job_id))
     ckpt = latest_checkpoint(parent.run_dir)
     if ckpt is None:
         raise Conflict(f"job {job_id} left no checkpoint to resume from; retry it from scratch instead")
     return _follow_up(session, parent, ckpt, send)
 
 
-def requeue(session: Session, job: Job, send: Send) -> Job:
-    """After a failure its owner asked to survive: a new job resuming from the last checkpoint."""
+MAX_REQUEUES = 3  # in a row: a job that fails the same way each time is not requeued forever
+
+
+def _requeue_depth(session: Session, job: Job) -> int:
+    depth, parent_id = 0, job.parent_job_id
+    while parent_id is not None and depth <= MAX_REQUEUES:
+        parent = session.get(Job, parent_id)
+        if parent is None or not parent.requeue_on_failure or parent.status != S.failed:
+            break
+        depth, parent_id = depth + 1, parent.parent_job_id
+    return depth
+
+
+def requeue(session: Session, job: Job, send: Send) -> Job | None:
+    """After a failure its owner asked to survive: a new job resuming from the last checkpoint
+    (none if it was resumed already, or after MAX_REQUEUES failed requeues in a row)."""
+    if _resumed_as(session, job.id) is not None:
+        return None
+    if _requeue_depth(session, job) >= MAX_REQUEUES:
+        append_logs(session, job.id, next_seq(session, JobLog, job.id),
+                    [f"not requeued: it failed {MAX_REQUEUES + 1} times in a row"], stream="system")
+        return None
     child = _follow_up(session, job, latest_checkpoint(job.run_dir), send)
     append_logs(session, job.id, next_seq(session, JobLog, job.id),
                 [f"requeued as job {child.id} (resuming from {child.resume_from_checkpoint or 'scratch'})"],

@@ -8,6 +8,7 @@ one transaction) makes a double start impossible however many workers race for a
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.db.models import GpuLease, Job, JobStatus, WorkerNode
+from backend.settings import get_settings
 
 S = JobStatus
 ACTIVE = (S.starting, S.running, S.stopping)
@@ -35,12 +37,18 @@ class Claim:
     port: int
 
 
-def register_worker(session: Session, name: str, node: str, gpus: int, gpu_memory_mib: int | None) -> None:
+def register_worker(session: Session, name: str, node: str, gpus: int, gpu_memory_mib: int | None,
+                    cpus: int | None = None) -> None:
+    """``cpus``: the CPUs a job of this worker gets, the ceiling of a CPU job's ranks (default: this
+    machine's; with Slurm, VLSTUDIO_SLURM_CPUS_PER_TASK or unknown)."""
+    settings = get_settings()
+    cpus = cpus or (settings.slurm_cpus_per_task if settings.backend == "slurm" else os.cpu_count())
     row = session.get(WorkerNode, name)
     if row is None:
-        session.add(WorkerNode(name=name, node=node, gpus=gpus, gpu_memory_mib=gpu_memory_mib))
+        session.add(WorkerNode(name=name, node=node, gpus=gpus, gpu_memory_mib=gpu_memory_mib, cpus=cpus))
     else:
         row.node, row.gpus, row.gpu_memory_mib, row.started_at, row.heartbeat_at = node, gpus, gpu_memory_mib, now(), now()
+        row.cpus = cpus
     session.commit()
 
 
@@ -66,6 +74,11 @@ def cluster_capacity(session: Session) -> tuple[int | None, int | None]:
     most = max(r[0] for r in rows)
     mems = [r[1] for r in rows if r[0] == most and r[1]]
     return most, max(mems) if mems else None
+
+
+def cpu_capacity(session: Session) -> int | None:
+    """The most CPUs of any registered worker's node; None when none registered one."""
+    return session.scalar(select(func.max(WorkerNode.cpus)))
 
 
 def _used_ports(session: Session, node: str) -> set[int]:

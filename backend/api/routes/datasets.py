@@ -4,12 +4,12 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import DatasetFromPath, DatasetOut
+from backend.api.schemas import Count, DatasetFromPath, DatasetOut, DbId
 from backend.core import demo_data
 from backend.services import dataset_views as views
 from backend.services import datasets as svc
@@ -85,8 +85,9 @@ def upload_dataset(session: SessionDep, settings: SettingsDep, user: CurrentUser
                    file: UploadFile | None = File(None), files: list[UploadFile] | None = File(None),
                    root: str | None = Form(None), annotation: str | None = Form(None),
                    name: str | None = Form(None), val_fraction: float = Form(0.0),
-                   validation: UploadFile | None = File(None), model_id: int | None = Form(None),
-                   max_dynamic_patch: int | None = Form(None, ge=1), max_seq_length: int | None = Form(None, ge=1),
+                   validation: UploadFile | None = File(None), model_id: DbId | None = Form(None),
+                   max_dynamic_patch: int | None = Form(None, ge=1, le=40),
+                   max_seq_length: int | None = Form(None, ge=1, le=1 << 20),
                    truncation: str = Form("error"), drop_bad_lines: bool = Form(False),
                    background: bool | None = Form(None)) -> dict:
     """Register a dataset from exactly one of: ``file`` (a zip of images and one or more
@@ -143,7 +144,7 @@ def register_from_path(body: DatasetFromPath, session: SessionDep, settings: Set
 
 
 @router.post("/demo", response_model=DatasetOut, status_code=201)
-def register_demo(session: SessionDep, settings: SettingsDep, user: CurrentUser, samples: int = 64,
+def register_demo(session: SessionDep, settings: SettingsDep, user: CurrentUser, samples: int = Query(64, ge=1, le=10_000),
                   val_fraction: float = 0.0):  # noqa: ANN201
     """Generate the coloured-shapes demo dataset and register it (one click in the UI);
     ``val_fraction`` holds out that part of it as the validation split."""
@@ -162,28 +163,28 @@ def list_datasets(session: SessionDep, user: CurrentUser) -> list:
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def get_dataset(dataset_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     return svc.get_dataset(session, dataset_id, user)
 
 
 @router.post("/{dataset_id}/cancel-validation", response_model=DatasetOut,
              responses={409: {"description": "not validating"}})
-def cancel_validation(dataset_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def cancel_validation(dataset_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     """Stop a background validation; its staged files are removed, the row stays ``cancelled``."""
     return svc.cancel_validation(session, dataset_id, user)
 
 
 @router.get("/{dataset_id}/report")
-def get_report(dataset_id: int, session: SessionDep, user: CurrentUser, per_sample_offset: int = 0,
-               per_sample_limit: int = 0) -> dict:
+def get_report(dataset_id: DbId, session: SessionDep, user: CurrentUser, per_sample_offset: Count = 0,
+               per_sample_limit: Count = 0) -> dict:
     """The full validation report (counts by kind, first examples, statistics); with
     ``per_sample_limit`` also that many per-sample rows (tiles, token counts) from the offset."""
     return views.report(session, dataset_id, user, per_sample_offset, min(per_sample_limit, 10000))
 
 
 @router.get("/{dataset_id}/samples/{line}")
-def get_sample(dataset_id: int, line: int, session: SessionDep, user: CurrentUser, model_id: int | None = None,
-               max_dynamic_patch: int | None = None, max_seq_length: int | None = None,
+def get_sample(dataset_id: DbId, line: DbId, session: SessionDep, user: CurrentUser, model_id: DbId | None = None,
+               max_dynamic_patch: Count | None = None, max_seq_length: Count | None = None,
                tiles: bool = False) -> dict:
     """Preview line ``line`` (1-based) of the dataset's annotation as the model sees it: images
     (``url``; ``tiles=true`` adds the tiles as base64 JPEGs), tile grid, the prompt rendered by
@@ -192,6 +193,6 @@ def get_sample(dataset_id: int, line: int, session: SessionDep, user: CurrentUse
 
 
 @router.get("/{dataset_id}/files/{path:path}", response_class=FileResponse)
-def get_file(dataset_id: int, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+def get_file(dataset_id: DbId, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
     """An image of the dataset (only inside its root)."""
     return FileResponse(views.image_file(session, dataset_id, path, user))

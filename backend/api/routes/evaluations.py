@@ -16,6 +16,7 @@ from backend import live
 from backend.api import streams
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
+from backend.api.schemas import Count, DbId
 from backend.db.models import User
 from backend.db.session import get_sessionmaker
 from backend.queue import make_celery
@@ -27,15 +28,15 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"], route_class=DbRo
 class ModelRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_id: int | None = Field(None, description="a registered model (base)")
-    job_id: int | None = Field(None, description="what a training job saved")
+    model_id: DbId | None = Field(None, description="a registered model (base)")
+    job_id: DbId | None = Field(None, description="what a training job saved")
     checkpoint: str | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
 
 
 class EvaluationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dataset_id: int
+    dataset_id: DbId
     split: str = Field("validation", description="'validation' (the held-out split) or 'train'")
     models: list[ModelRef]
     metrics: list[str] = Field(default_factory=list, description="empty: chosen from the data")
@@ -86,20 +87,20 @@ def list_evaluations(session: SessionDep, user: CurrentUser) -> list:
 
 
 @router.get("/{evaluation_id}", response_model=EvaluationOut)
-def get_evaluation(evaluation_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def get_evaluation(evaluation_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     return svc.get_evaluation(session, evaluation_id, user)
 
 
 @router.post("/{evaluation_id}/cancel", response_model=EvaluationOut)
-def cancel_evaluation(evaluation_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def cancel_evaluation(evaluation_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     ev = svc.request_cancel(session, evaluation_id, user)
     live.publish(evaluation_id, "evaluation")
     return ev
 
 
 @router.get("/{evaluation_id}/logs")
-def get_logs(evaluation_id: int, session: SessionDep, user: CurrentUser, after: int = 0,
-             limit: int = 1000) -> list[dict]:
+def get_logs(evaluation_id: DbId, session: SessionDep, user: CurrentUser, after: Count = 0,
+             limit: Count = 1000) -> list[dict]:
     """Log lines with ``seq`` greater than ``after`` (a cursor), oldest first."""
     svc.get_evaluation(session, evaluation_id, user)
     return [{"seq": r.seq, "stream": r.stream, "line": r.line}
@@ -107,15 +108,15 @@ def get_logs(evaluation_id: int, session: SessionDep, user: CurrentUser, after: 
 
 
 @router.get("/{evaluation_id}/results")
-def get_results(evaluation_id: int, session: SessionDep, user: CurrentUser, only_differences: bool = False,
-                offset: int = 0, limit: int = 500) -> dict:
+def get_results(evaluation_id: DbId, session: SessionDep, user: CurrentUser, only_differences: bool = False,
+                offset: Count = 0, limit: Count = 500) -> dict:
     """Per-model metrics and, per sample, every model's prediction side by side; with
     ``only_differences`` only the samples where the models' predictions differ."""
     return svc.results(session, evaluation_id, user, only_differences, offset, min(limit, 5000))
 
 
 @router.get("/{evaluation_id}/download")
-def download(evaluation_id: int, session: SessionDep, user: CurrentUser) -> StreamingResponse:
+def download(evaluation_id: DbId, session: SessionDep, user: CurrentUser) -> StreamingResponse:
     """Every per-sample output as JSON lines (one line per model and sample), summary first."""
     ev = svc.get_evaluation(session, evaluation_id, user)
     summary = {"evaluation_id": ev.id, "status": ev.status.value, "summary": ev.summary}
@@ -151,7 +152,7 @@ def _poll(evaluation_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]
 
 
 @router.get("/{evaluation_id}/events")
-async def evaluation_events(evaluation_id: int, request: Request, settings: SettingsDep,
+async def evaluation_events(evaluation_id: DbId, request: Request, settings: SettingsDep,
                             user: CurrentUser, last_event_id: str | None = Header(None),
                             cursor: str | None = None) -> StreamingResponse:
     """Server-sent events, the same stream as for training jobs (:mod:`backend.api.streams`):

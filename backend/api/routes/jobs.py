@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+import anyio.from_thread
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -11,7 +13,8 @@ from backend import live
 from backend.api import streams
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import JobCreate, JobOut, LogLineOut, MetricOut
+from backend.api.guards import ARRIVED
+from backend.api.schemas import Count, DbId, JobCreate, JobOut, LogLineOut, MetricOut
 from backend.core import presets
 from backend.db.models import JobStatus, User
 from backend.db.session import get_sessionmaker
@@ -32,10 +35,30 @@ class JobDetail(JobOut):
 @router.post("", response_model=JobOut, status_code=201,
              responses={422: {"description": "invalid spec, too many GPUs, or cannot fit; `errors` lists every "
                                               "problem"}})
-def create_job(body: JobCreate, session: SessionDep, user: CurrentUser):  # noqa: ANN201
-    return svc.create_job(session, dataset_id=body.dataset_id, model_id=body.model_id, preset=body.preset,
-                          overrides=body.hyperparameters, send=wake_workers, owner=user, priority=body.priority,
-                          requeue_on_failure=body.requeue_on_failure)
+def create_job(body: JobCreate, request: Request, response: Response, session: SessionDep,  # noqa: PLR0913
+               settings: SettingsDep, user: CurrentUser,
+               idempotency_key: str | None = Header(None, max_length=200, description=(
+                   "retrying with the same key returns the job the first attempt created (200), never a second"))):
+    """Submit a job. Nothing is recorded for a request whose client disconnected, or that waited
+    past VLSTUDIO_REQUEST_DEADLINE_SECONDS (503: submit again, with the same Idempotency-Key)."""
+    job = svc.create_job(session, dataset_id=body.dataset_id, model_id=body.model_id, preset=body.preset,
+                         overrides=body.hyperparameters, send=wake_workers, owner=user, priority=body.priority,
+                         requeue_on_failure=body.requeue_on_failure, idempotency_key=idempotency_key,
+                         still_wanted=lambda: _gone(request, settings.request_deadline_seconds))
+    if getattr(job, "replayed", False):
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
+
+
+def _gone(request: Request, deadline_s: float) -> str | None:
+    """Why the submission's client no longer waits for it (None: it does). Runs in the route's thread."""
+    waited = time.monotonic() - request.scope.get(ARRIVED, time.monotonic())
+    if waited > deadline_s:
+        return f"the request waited {waited:.0f} s, past the {deadline_s:.0f} s deadline; submit it again"
+    if anyio.from_thread.run(request.is_disconnected):
+        return "the client disconnected before the job was recorded"
+    return None
 
 
 @router.post("/estimate")
@@ -57,14 +80,14 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None = None, limit: int = 200) -> list:
+def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None = None, limit: Count = 200) -> list:
     jobs = svc.list_jobs(session, user, status, min(max(limit, 1), 1000))
     etas = job_compare.etas(session, jobs)
     return [JobOut.model_validate(j).model_copy(update={"eta_seconds": etas.get(j.id)}) for j in jobs]
 
 
 @router.get("/compare", responses={422: {"description": "not 2 to 8 distinct job ids"}})
-def compare_jobs(session: SessionDep, user: CurrentUser, ids: Annotated[list[int], Query()]) -> dict[str, Any]:
+def compare_jobs(session: SessionDep, user: CurrentUser, ids: Annotated[list[DbId], Query()]) -> dict[str, Any]:
     """Several runs side by side (``?ids=1&ids=2``): each job's curves (loss, eval loss, learning
     rate, throughput by step), the hyperparameters whose values differ, and the evaluation
     scores of every succeeded evaluation that ran one of them."""
@@ -79,7 +102,7 @@ def _run_files(run_dir: str | None) -> list[str]:
 
 
 @router.get("/{job_id}", response_model=JobDetail)
-def get_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobDetail:
+def get_job(job_id: DbId, session: SessionDep, user: CurrentUser) -> JobDetail:
     """The job, its last log lines (why it failed), and the files of its run folder."""
     job = svc.get_job(session, job_id, user)
     return JobDetail.model_validate(job).model_copy(
@@ -88,7 +111,7 @@ def get_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobDetail:
 
 
 @router.get("/{job_id}/files/{path:path}")
-def download_file(job_id: int, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+def download_file(job_id: DbId, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
     """A file of the run folder (spec.json, command.txt, checkpoints, the final model...)."""
     job = svc.get_job(session, job_id, user)
     if not job.run_dir:
@@ -101,7 +124,7 @@ def download_file(job_id: int, path: str, session: SessionDep, user: CurrentUser
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def cancel_job(job_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     """Cooperative cancel: the trainer gets SIGTERM, saves a checkpoint and exits."""
     job = svc.request_cancel(session, job_id, user)
     live.publish(job_id)
@@ -109,26 +132,26 @@ def cancel_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: AN
 
 
 @router.post("/{job_id}/resume", response_model=JobOut, status_code=201)
-def resume_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def resume_job(job_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     """A new job continuing a cancelled or failed one from its last checkpoint."""
     return svc.resume_job(session, job_id, wake_workers, user)
 
 
 @router.post("/{job_id}/retry", response_model=JobOut, status_code=201)
-def retry_job(job_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def retry_job(job_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     """A new job with the same spec, from scratch."""
     return svc.retry_job(session, job_id, wake_workers, user)
 
 
 @router.get("/{job_id}/logs", response_model=list[LogLineOut])
-def get_logs(job_id: int, session: SessionDep, user: CurrentUser, after: int = 0, limit: int = 1000) -> list:
+def get_logs(job_id: DbId, session: SessionDep, user: CurrentUser, after: Count = 0, limit: Count = 1000) -> list:
     """Log lines with ``seq`` greater than ``after`` (a cursor), oldest first."""
     svc.get_job(session, job_id, user)
     return svc.logs_after(session, job_id, after, min(limit, 10000))
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricOut])
-def get_metrics(job_id: int, session: SessionDep, user: CurrentUser, after: int = 0) -> list:
+def get_metrics(job_id: DbId, session: SessionDep, user: CurrentUser, after: Count = 0) -> list:
     svc.get_job(session, job_id, user)
     return svc.metrics_after(session, job_id, after)
 
@@ -151,7 +174,7 @@ def _poll(job_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
 
 
 @router.get("/{job_id}/events")
-async def job_events(job_id: int, request: Request, settings: SettingsDep, user: CurrentUser,
+async def job_events(job_id: DbId, request: Request, settings: SettingsDep, user: CurrentUser,
                      last_event_id: str | None = Header(None), cursor: str | None = None) -> StreamingResponse:
     """Server-sent events: ``log``, ``metric`` and ``status`` as they happen, then ``end``.
 

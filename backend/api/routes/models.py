@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import ModelOut
+from backend.api.schemas import DbId, ModelOut
 from backend.services import models as svc
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=DbRoute)
@@ -19,7 +19,7 @@ def list_models(session: SessionDep, user: CurrentUser) -> list:
 
 
 @router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: int, session: SessionDep, user: CurrentUser):  # noqa: ANN201
+def get_model(model_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: ANN201
     return svc.get_model(session, model_id, user)
 
 

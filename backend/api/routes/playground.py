@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from backend import live
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
+from backend.api.schemas import DbId
 from backend.db.session import get_sessionmaker
 from backend.services import chat as chat_svc
 from backend.services import playground as svc
@@ -27,11 +28,11 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     messages: list[ChatMessage] = Field(min_length=1)
     image: str | None = Field(None, description="base64 (or a data: URL); goes with the first user turn")
-    job_id: int | None = Field(None, description="chat with what this training job of the model saved")
+    job_id: DbId | None = Field(None, description="chat with what this training job of the model saved")
     checkpoint: str | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
     max_new_tokens: int = Field(256, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy")
@@ -43,7 +44,7 @@ class ChatRequest(BaseModel):
                          "({detail}); or JSON {reply} with stream=false"},
     422: {"description": "invalid request; `errors` lists every problem"},
     503: {"description": "stream=false: the model server could not answer (detail says why)"}})
-async def chat(model_id: int, body: ChatRequest, request: Request, session: SessionDep, settings: SettingsDep,
+async def chat(model_id: DbId, body: ChatRequest, request: Request, session: SessionDep, settings: SettingsDep,
                user: CurrentUser):  # noqa: ANN201
     """Multi-turn chat with an image, with the model's training template and tiling. A
     worker's model server generates the reply (several chats batched, the model kept loaded);
