@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     max_zip_entries: int = Field(100_000, ge=1, description="files in an uploaded zip")
     max_unpacked_bytes: int | None = Field(None, description="bytes an uploaded zip may unpack to; default: "
                                            "4 x VLSTUDIO_MAX_UPLOAD_BYTES")
+    scrypt_log_n: int = Field(17, ge=14, le=20, description="password hashes use scrypt N = 2^this (OWASP: 17); "
+                                                        "weaker stored hashes are upgraded at login")
     login_attempts_per_minute: int = Field(10, ge=1, description="failed logins per username and per client "
                                            "address before 429")
     node_name: str | None = Field(None, description="this worker's node; default: the host name")

@@ -25,6 +25,9 @@ ADMIN = ("admin", "admin-password-for-tests")
 os.environ.setdefault("VLSTUDIO_SECRET_KEY", "test-secret-" + uuid.uuid4().hex)
 os.environ.setdefault("VLSTUDIO_FIRST_ADMIN_USERNAME", ADMIN[0])
 os.environ.setdefault("VLSTUDIO_FIRST_ADMIN_PASSWORD", ADMIN[1])
+# Every test logs in at least once: the production cost (scrypt N=2^17, ~1 s on a busy CI core)
+# would dominate the suite. tests/hostile/test_auth_hardening.py checks the default and the upgrade.
+os.environ.setdefault("VLSTUDIO_SCRYPT_LOG_N", "14")
 
 
 def login(base_url: str, username: str = ADMIN[0], password: str = ADMIN[1]) -> dict[str, str]:

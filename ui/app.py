@@ -15,6 +15,13 @@ from ui.theme import CSS, theme
 from ui.widgets import esc
 
 TITLE = "vlstudio"
+# When the UI is mounted in the API process (same origin), the browser's own requests to
+# Gradio's upload route need a login too: the sign-in hands its token to an HttpOnly cookie
+# (POST /api/auth/cookie), which the API checks on that route. Elsewhere it fails harmlessly.
+SESSION_COOKIE_JS = """(t) => { if (t) { fetch('/api/auth/cookie', {method: 'POST',
+  headers: {Authorization: 'Bearer ' + t}, credentials: 'same-origin'}).catch(() => {}); } return []; }"""
+CLEAR_COOKIE_JS = """() => { fetch('/api/auth/cookie', {method: 'DELETE', credentials: 'same-origin'})
+  .catch(() => {}); return []; }"""
 
 
 def appbar(health: dict | None, error: str = "", user: dict | None = None) -> str:
@@ -86,9 +93,11 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
              .then(models_refresh, None, models_html).then(train_page.refresh, None, train_page.pickers))
 
         load_pages(demo.load(restore, token, gated))
-        load_pages(gr.on([go.click, password.submit], on_sign_in, [user, password], [token, login_msg, password])
-                   .then(gate, None, gated))
-        sign_out.click(on_sign_out, None, [token, *gated])
+        demo.load(None, token, None, js=SESSION_COOKIE_JS)
+        signed_in = gr.on([go.click, password.submit], on_sign_in, [user, password], [token, login_msg, password])
+        signed_in.then(None, token, None, js=SESSION_COOKIE_JS)
+        load_pages(signed_in.then(gate, None, gated))
+        sign_out.click(on_sign_out, None, [token, *gated]).then(None, None, None, js=CLEAR_COOKIE_JS)
         ds_tab.select(ds_page.refresh, ds_page.selected, ds_page.list_html)
         models_tab.select(models_refresh, None, models_html)
         train_tab.select(train_page.refresh, None, train_page.pickers)

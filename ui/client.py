@@ -77,6 +77,10 @@ class StudioClient:
     def me(self) -> dict:
         return self._call("GET", "/auth/me")
 
+    def link_signature(self, resource: str) -> dict:
+        """``{sig, expires_in}`` for plain links (``?sig=``) under ``/api/<kind>/<id>/``."""
+        return self._call("POST", "/auth/link", json={"path": resource})
+
     def users(self) -> list[dict]:
         """Admins only."""
         return self._call("GET", "/users")

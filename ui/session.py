@@ -5,6 +5,7 @@ the session's bearer token here (keyed by Gradio's session hash) and every handl
 from __future__ import annotations
 
 import threading
+import time
 from urllib.parse import quote
 
 import gradio as gr
@@ -20,6 +21,7 @@ class Sessions:
         self.browser_api_url = (api_url if browser_api_url is None else browser_api_url).rstrip("/")
         self._tokens: dict[str, str] = {}
         self._clients: dict[str, StudioClient] = {}
+        self._sigs: dict[tuple[str, str], tuple[str, float]] = {}  # (token, resource) -> (sig, expires)
         self._lock = threading.Lock()
 
     def api(self, request: gr.Request | None) -> StudioClient:
@@ -27,19 +29,39 @@ class Sessions:
 
     def api_for(self, session_hash: str | None) -> StudioClient:
         token = self._tokens.get(session_hash or "")
+        return self.api_for_token(token) if token else self.anonymous
+
+    def link(self, request: gr.Request | None, path: str) -> str:
+        """A URL of the API for an ``<a href>`` or ``<img src>``. Links cannot send headers and a
+        bearer token never goes in a URL (access logs, history, Referer): signed-in sessions add
+        a short-lived signature of the resource (``?sig=``, ``POST /api/auth/link``) instead."""
+        url = f"{self.browser_api_url}/api{path}"
+        token = self._tokens.get(getattr(request, "session_hash", None) or "")
         if not token:
-            return self.anonymous
+            return url
+        sep = "&" if "?" in path else "?"
+        return f"{url}{sep}sig={quote(self._signature(token, '/api' + path))}"
+
+    def _signature(self, token: str, api_path: str) -> str:
+        parts = api_path.split("/")
+        resource = "/".join(parts[:4]) + "/"  # /api/<kind>/<id>/: one signature per resource
+        now = time.monotonic()
+        with self._lock:
+            cached = self._sigs.get((token, resource))
+        if cached and cached[1] > now:
+            return cached[0]
+        got = self.api_for_token(token).link_signature(resource)
+        with self._lock:
+            if len(self._sigs) > 10_000:
+                self._sigs.clear()
+            self._sigs[(token, resource)] = (got["sig"], now + got["expires_in"] / 2)  # renewed well before expiry
+        return got["sig"]
+
+    def api_for_token(self, token: str) -> StudioClient:
         with self._lock:
             if token not in self._clients:
                 self._clients[token] = self.anonymous.with_token(token)
             return self._clients[token]
-
-    def link(self, request: gr.Request | None, path: str) -> str:
-        """A URL of the API for an ``<a href>``: links cannot send headers, so the token rides
-        in ``access_token`` (the API accepts it there for downloads and EventSource)."""
-        token = self._tokens.get(getattr(request, "session_hash", None) or "")
-        sep = "&" if "?" in path else "?"
-        return f"{self.browser_api_url}/api{path}" + (f"{sep}access_token={quote(token)}" if token else "")
 
     def sign_in(self, request: gr.Request, token: str | None) -> None:
         with self._lock:

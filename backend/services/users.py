@@ -3,6 +3,7 @@ the deployment's secret (so a leaked database does not yield usable tokens)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -16,11 +17,12 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import ApiToken, User
 from backend.services.errors import Conflict, DomainError, InvalidInput, NotFound
-from backend.settings import Settings
+from backend.settings import Settings, get_settings
 
-#: OWASP's password storage recommendation for scrypt (2024): N=2^17, r=8, p=1 (128 MiB, 1 thread).
-#: Hashes with other parameters are verified with theirs and rehashed at the next login.
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
+#: OWASP's password storage recommendation for scrypt: N=2^17 (VLSTUDIO_SCRYPT_LOG_N), r=8, p=1
+#: (128 MiB, 1 thread). Hashes with weaker parameters are verified with theirs and rehashed at
+#: the next login.
+SCRYPT_R, SCRYPT_P = 8, 1
 MIN_PASSWORD = 8
 # Each hash takes 128 MiB: a burst of logins must not multiply that by the thread count.
 _HASH_SLOTS = threading.BoundedSemaphore(2)
@@ -47,10 +49,14 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
         return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=256 * n * r * p + 2**24)
 
 
+def scrypt_n() -> int:
+    return 2 ** get_settings().scrypt_log_n
+
+
 def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+    salt, n = secrets.token_bytes(16), scrypt_n()
+    digest = _scrypt(password, salt, n, SCRYPT_R, SCRYPT_P)
+    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -65,7 +71,12 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 def needs_rehash(stored: str) -> bool:
-    return not stored.startswith(f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}$")
+    """Weaker than today's parameters (never downgrades a stronger hash)."""
+    try:
+        algo, n, r, p, _, _ = stored.split("$")
+        return algo != "scrypt" or int(n) < scrypt_n() or int(r) < SCRYPT_R or int(p) < SCRYPT_P
+    except ValueError:
+        return True
 
 
 class LoginThrottle:
@@ -109,7 +120,9 @@ class LoginThrottle:
 THROTTLE = LoginThrottle()
 
 
-_DUMMY_HASH = hash_password("not-a-real-password")
+@functools.cache
+def _dummy_hash(n: int) -> str:
+    return hash_password("not-a-real-password")
 
 
 def _token_hash(settings: Settings, token: str) -> str:
@@ -180,7 +193,7 @@ def login(session: Session, settings: Settings, username: str, password: str,
     THROTTLE.check(keys, settings.login_attempts_per_minute)
     user = session.scalar(select(User).where(User.username == username))
     # Verify against a dummy hash for unknown users so timing does not reveal who exists.
-    ok = verify_password(password, user.password_hash if user else _DUMMY_HASH)
+    ok = verify_password(password, user.password_hash if user else _dummy_hash(scrypt_n()))
     if user is None or not ok or not user.is_active:
         THROTTLE.failed(keys)
         raise Unauthorized("wrong username or password")

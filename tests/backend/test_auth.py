@@ -38,7 +38,7 @@ def test_login_me_tokens_and_logout(auth_on, api):
     script = {"Authorization": f"Bearer {new['token']}"}
     assert api.get("/api/auth/me", headers=script).json()["username"] == "alice"
     assert [t["name"] for t in api.get("/api/auth/tokens", headers=alice).json()] == ["ci script"]
-    assert api.get("/api/jobs", params={"access_token": new["token"]}, headers=anon).status_code == 200
+    assert api.get("/api/jobs", params={"access_token": new["token"]}, headers=anon).status_code == 401  # never in a URL
     assert api.delete(f"/api/auth/tokens/{new['id']}", headers=alice).status_code == 204
     assert api.get("/api/auth/me", headers=script).status_code == 401
 
