@@ -10,8 +10,12 @@ import pytest
 from backend.db.models import JobStatus as S
 from backend.db.session import session_scope
 from backend.services import scheduling
-from tests.backend.test_jobs_service import fake_checkpoint, force_status, submit
-from tests.backend.test_jobs_service import ds  # noqa: F401  # a registered demo dataset
+from tests.backend.test_jobs_service import (
+    ds,  # noqa: F401  # a registered demo dataset
+    fake_checkpoint,
+    force_status,
+    submit,
+)
 
 
 def problems(r) -> dict[str, str]:
