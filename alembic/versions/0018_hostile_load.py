@@ -2,7 +2,7 @@
 workers, 64-bit step counters, a heartbeat of background validations
 
 Revision ID: 0018_hostile
-Revises: 0004
+Revises: 0013
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018_hostile"
-down_revision = "0004"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

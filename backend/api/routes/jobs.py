@@ -179,7 +179,8 @@ async def job_events(job_id: DbId, request: Request, settings: SettingsDep, user
     """Server-sent events: ``log``, ``metric`` and ``status`` as they happen, then ``end``.
 
     Every event id is the cursor ``LOGSEQ:METRICSEQ``; reconnect with ``Last-Event-ID`` (or
-    ``?cursor=``) to resume without gaps. A browser's EventSource signs the URL (``?sig=``, POST /api/auth/link)."""
+    ``?cursor=``) to resume without gaps. A browser's EventSource signs its URL instead of a
+    token (``?sig=``, ``POST /api/auth/link``)."""
     # In a worker thread with a session of its own: a blocking query on the event loop would
     # stall every request, and the stream must not hold a pooled connection for its life.
     await run_in_threadpool(_check_visible, job_id, user)
