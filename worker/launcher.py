@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from backend.core import failure
 from backend.core.spec import Hyperparameters, TrainingSpec
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus
@@ -111,11 +112,11 @@ def reattach_claimed(job_id: int, control: RunControl) -> str:
     return supervise(job_id, training_launch(job_id, run_dir, hyper), control=control, reattach=True)
 
 
-def failure_reason(end: End, saved: str) -> str:
-    """Why a trainer failed. Issue 18 adds the extraction of the first real error from the log;
-    it belongs here, the one place the reason is built."""
+def failure_reason(end: End, saved: str, log_path: Path) -> str:
+    """Why a trainer failed: the first real error of its log (type, message, file; not
+    torchrun's banner, :mod:`backend.core.failure`), then its last lines."""
     head = f"trainer exited with code {end.rc}" if end.rc else "trainer exited without writing the final model"
-    return head + saved + "\n" + "\n".join(end.tail)
+    return failure.describe(head + saved, failure.read_log(log_path), end.tail)
 
 
 class TrainingRecord:
@@ -230,7 +231,7 @@ class TrainingRecord:
         if end.rc == 0 and ((final / "config.json").exists() or (final / "adapter" / "adapter_config.json").exists()):
             jobs_svc.transition(s, self.job_id, S.succeeded, exit_code=0)
             return "succeeded", "job succeeded: the final model is in final/"
-        reason = failure_reason(end, saved)
+        reason = failure_reason(end, saved, self.run_dir / LOG_NAME)
         jobs_svc.transition(s, self.job_id, S.failed, exit_code=end.rc, failure_reason=reason)
         return "failed", f"job failed: {reason.splitlines()[0]}"
 
