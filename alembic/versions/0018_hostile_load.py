@@ -2,7 +2,7 @@
 workers, 64-bit step counters, a heartbeat of background validations
 
 Revision ID: 0018_hostile
-Revises: 0013
+Revises: 0013c
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018_hostile"
-down_revision = "0013"
+down_revision = "0013c"
 branch_labels = None
 depends_on = None
 
