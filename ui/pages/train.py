@@ -24,6 +24,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Batch and length", [("per_device_batch_size", "int"), ("global_batch_size", "int"),
                           ("max_seq_length", "int"), ("max_dynamic_patch", "int")]),
     ("Hardware", [("gpus", "int"), ("nproc_per_node", "int"), ("zero_stage", "choice")]),
+    ("Speed", [("packing", "check"), ("liger_kernels", "check"), ("fused_cross_entropy", "check"),
+               ("torch_compile", "check")]),
 ]
 FIELDS = [f for _, group in GROUPS for f in group]
 #: friendlier names than the field names (help text comes from the schema's descriptions)
@@ -33,7 +35,8 @@ LABELS = {"freeze_backbone": "Freeze vision tower", "freeze_mlp": "Freeze MLP pr
           "num_train_epochs": "Epochs", "lr_scheduler_type": "LR schedule",
           "per_device_batch_size": "Batch size per device", "max_seq_length": "Max sequence length",
           "max_dynamic_patch": "Max tiles per image", "gpus": "GPUs", "nproc_per_node": "Processes per node",
-          "zero_stage": "ZeRO stage"}
+          "zero_stage": "ZeRO stage", "packing": "Pack samples (no padding)", "liger_kernels": "Liger kernels (GPU)",
+          "fused_cross_entropy": "Fused cross-entropy (GPU)", "torch_compile": "torch.compile the LLM"}
 
 
 @dataclass

@@ -252,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         save_strategy="steps" if h.save_steps else "no", save_steps=h.save_steps or 500,
         save_total_limit=h.save_total_limit, seed=h.seed, data_seed=h.seed, bf16=bf16, use_cpu=not use_gpu,
         deepspeed=deepspeed_config(h, bf16) if h.zero_stage else None,
-        gradient_checkpointing=False,  # per part, in apply_speed_options
-        remove_unused_columns=False,
+        remove_unused_columns=False,  # gradient checkpointing: per part, in apply_speed_options
         report_to=["tensorboard"] if h.report_to == "tensorboard" else [],
         disable_tqdm=True, dataloader_num_workers=data_workers(h, use_gpu), save_only_model=False,
         ddp_backend=None if use_gpu else "gloo",
