@@ -194,3 +194,48 @@ def test_sample_over_the_tile_budget_gets_a_pack_of_its_own_and_is_counted():
     assert (1,) in plan.packs and plan.over_tile_budget == 1 and len(plan) == 2
     with pytest.raises(ValueError, match="longer than max_seq_length"):
         plan_packs([1001], [0], max_seq_length=1000, max_tiles=4, seed=0)
+
+
+# ------------------------------------------------------------------- the flash-attention path
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A plain-torch stand-in for flash-attention's varlen kernel: causal attention inside each
+    [cu[i], cu[i+1]) segment of the one flattened row, from the lengths the trainer passes."""
+    if "cu_seq_lens_q" not in kwargs:  # the vision tower: bidirectional over one tile
+        assert not module.is_causal
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    cu = kwargs["cu_seq_lens_q"].tolist()
+    assert query.shape[0] == 1 and cu == kwargs["cu_seq_lens_k"].tolist() and cu[-1] == query.shape[2]
+    assert kwargs["max_length_q"] == max(b - a for a, b in zip(cu, cu[1:], strict=False))
+    out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling, enable_gqa=True)
+        for a, b in zip(cu, cu[1:], strict=False)], dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def test_flash_path_runs_the_batch_as_one_row_with_its_sequence_lengths(setup, tmp_path):
+    """The flash-attention 2 inputs (one flattened row, cu_seq_lens, max_length) through a
+    varlen kernel give the padded batch's step and per-sample losses."""
+    from transformers import AttentionInterface, InternVLForConditionalGeneration
+
+    ds, model, collator, pad = setup
+    AttentionInterface.register("vl_test_varlen", varlen_attention)
+    model.save_pretrained(tmp_path / "m")
+    varlen = InternVLForConditionalGeneration.from_pretrained(tmp_path / "m", attn_implementation="vl_test_varlen").eval()
+    packs = [(0, 2, 1), (5, 4), (3,)]
+    batch = PackCollator(pad, collator)([pack_samples([ds[i] for i in p]) for p in packs])
+    num_items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    trainer = SimpleNamespace(stats=BatchStats(), flash=True, fused_ce=False)
+    with torch.no_grad():
+        loss, out = InternVLTrainer.compute_loss(trainer, varlen, dict(batch), return_outputs=True,
+                                                 num_items_in_batch=num_items)
+    assert out.logits.shape[0] == 1  # one row
+    step, per = unpacked_sample_losses(model, ds, collator, list(range(len(RECORDS))))
+    assert float(loss) == pytest.approx(float(step), abs=1e-5)
+    rows = out.logits.reshape(len(packs), -1, out.logits.shape[-1])
+    per_tok = token_losses(rows, batch["labels"])
+    owner = batch["sample_index"][:, 1:]
+    sums = torch.zeros(owner.max() + 1).index_add_(0, owner[owner >= 0], per_tok[owner >= 0])
+    counts = per_sample_token_counts(batch["labels"][:, 1:], owner)
+    for k, i in enumerate(i for p in packs for i in p):
+        assert float(sums[k] / counts[k]) == pytest.approx(per[i], abs=1e-5), i
