@@ -69,8 +69,8 @@ def test_gradient_checkpointing_switches_per_part(demo, over, expect):
 
 
 def test_fused_loss_plumbing_equals_the_models_own_loss(demo):
-    """The trainer's fused-loss path (hidden states, shift, sum over targets / batch count) with
-    a plain-torch stand-in for Liger's kernel gives the model's own loss."""
+    """The fused-loss path (hidden states, shift, per-token losses) with a plain-torch stand-in
+    for Liger's kernel gives the logits path's per-token losses and the model's own loss."""
     model = modeling.load_model(demo, Hyperparameters(), torch.float32, use_gpu=False).eval()
     torch.manual_seed(0)
     ids = torch.randint(10, 500, (2, 24))
@@ -79,14 +79,18 @@ def test_fused_loss_plumbing_equals_the_models_own_loss(demo):
     labels[1, 20:] = -100
     count = int((labels[:, 1:] != -100).sum())
 
-    def summed_ce(weight, h, y):
-        return torch.nn.functional.cross_entropy(h @ weight.T, y, ignore_index=-100, reduction="sum")
+    def token_ce(weight, h, y):  # what Liger's kernel computes with reduction="none"
+        return torch.nn.functional.cross_entropy(h @ weight.T, y, ignore_index=-100, reduction="none")
 
     with torch.no_grad():
-        own = model(input_ids=ids, labels=labels, num_items_in_batch=count).loss
+        out = model(input_ids=ids, labels=labels, num_items_in_batch=count)
         hidden = model.model(input_ids=ids).last_hidden_state
-        fused = speed.fused_linear_cross_entropy(hidden, model.lm_head, labels, count, loss_fn=summed_ce)
-    assert float(fused) == pytest.approx(float(own), abs=1e-5)
+        losses = speed.fused_token_losses(hidden, model.lm_head, labels, loss_fn=token_ce)
+    assert losses.shape == (2, 23) and bool((losses[labels[:, 1:] == -100] == 0).all())
+    reference = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2), labels[:, 1:],
+                                                  ignore_index=-100, reduction="none")
+    assert torch.allclose(losses, reference, atol=1e-5)
+    assert float(losses.sum() / count) == pytest.approx(float(out.loss), abs=1e-5)
 
 
 @pytest.mark.slow

@@ -92,24 +92,23 @@ def apply_liger(model) -> str:
     return f"Liger {', '.join(k for k in ('rope', 'rms_norm', 'swiglu') if k in accepted)} on the {kind} LLM"
 
 
-def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
-                               num_items_in_batch, loss_fn=None) -> torch.Tensor:
-    """The causal-LM loss from the last hidden states, summed over targets and divided by the
-    batch's target count, as transformers' loss does with ``num_items_in_batch``.
+def fused_token_losses(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
+                       loss_fn=None) -> torch.Tensor:
+    """Cross-entropy of every shifted target from the last hidden states and the output head,
+    ``[B, T-1]``, 0 where ignored: what the logits path gives, without the logits. The step's
+    reduction (weights, denominator) is applied by the caller, the same code for both paths.
 
-    ``loss_fn(weight, hidden, targets)`` returns the summed loss; Liger's fused kernel by default.
+    ``loss_fn(weight, hidden, targets)`` returns per-token losses; Liger's fused kernel
+    (``reduction="none"``, which takes a per-token upstream gradient) by default.
     """
     if loss_fn is None:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-        loss_fn = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+        loss_fn = LigerFusedLinearCrossEntropyLoss(reduction="none")
     h = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])
     y = labels[..., 1:].reshape(-1).to(h.device)
-    total = loss_fn(head.weight, h, y) if head.bias is None else loss_fn(head.weight, h, y, head.bias)
-    count = num_items_in_batch if num_items_in_batch is not None else (y != -100).sum()
-    if isinstance(count, torch.Tensor):
-        count = count.to(total.device)
-    return total / count
+    out = loss_fn(head.weight, h, y) if head.bias is None else loss_fn(head.weight, h, y, head.bias)
+    return out.reshape(labels[..., 1:].shape)
 
 
 def apply_compile(model) -> None:

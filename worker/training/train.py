@@ -156,7 +156,10 @@ class InternVLTrainer(Trainer):
         if self.fused_ce:
             labels = kwargs.pop("labels")
             hidden = core(**kwargs).last_hidden_state
-            loss = speed.fused_linear_cross_entropy(hidden, lm_head(model), labels, num_items_in_batch)
+            losses = speed.fused_token_losses(hidden, lm_head(model), labels)
+            # the model's own reduction: the sum over targets / the batch's target count
+            count = num_items_in_batch if num_items_in_batch is not None else (labels[..., 1:] != -100).sum()
+            loss = losses.sum() / (count.to(losses.device) if isinstance(count, torch.Tensor) else count)
             return (loss, {"loss": loss}) if return_outputs else loss
         outputs = model(**kwargs, num_items_in_batch=num_items_in_batch)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     note = speed.packing_note(h, attention, use_gpu)
     if note:
         log(note)
-    log(f"MFU: 6 x {n_params:,} parameters x tokens/s over a measured matmul peak of {peak / 1e12:.2f} "
+    log(f"MFU: 6 x {n_params:,} parameters x tokens/s over a measured matmul peak of {peak / 1e12:.3g} "
         f"TFLOP/s per device")
     resume = spec.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
