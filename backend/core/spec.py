@@ -231,9 +231,11 @@ def _speed_options(h: Hyperparameters, p: list[tuple[str, str]]) -> None:
                   f"tiles of one image at max_dynamic_patch {h.max_dynamic_patch}"))
 
 
-def max_tiles_per_pack(h: Hyperparameters) -> int:
-    """The tile budget of a pack: the setting, or as many tiles as max_seq_length holds."""
-    return h.max_tiles_per_pack or max(1, h.max_seq_length // tokens_per_tile_for(h.force_image_size))
+def max_tiles_per_pack(h: Hyperparameters, tokens_per_tile: int | None = None) -> int:
+    """The tile budget of a pack: the setting, or as many tiles as max_seq_length holds
+    (``tokens_per_tile``: the model's, where known)."""
+    per_tile = tokens_per_tile or tokens_per_tile_for(h.force_image_size)
+    return h.max_tiles_per_pack or max(1, h.max_seq_length // per_tile)
 
 
 def _what_trains(h: Hyperparameters, p: list[tuple[str, str]]) -> None:

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = speed.runtime_problems(h, use_gpu)
     if problems:
         fail(problems)
-    train_data = pack_dataset(dataset, h) if h.packing else dataset
+    train_data = pack_dataset(dataset, h, tokens_per_tile) if h.packing else dataset
     eval_dataset = None
     if h.eval_steps and spec.eval_meta_path:  # issue 8: eval loss on the held-out validation split
         eval_dataset = SupervisedDataset(
@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def pack_dataset(dataset: SupervisedDataset, h: Hyperparameters) -> packing.PackedDataset:
-    budget = max_tiles_per_pack(h)
+def pack_dataset(dataset: SupervisedDataset, h: Hyperparameters, tokens_per_tile: int) -> packing.PackedDataset:
+    budget = max_tiles_per_pack(h, tokens_per_tile)
     plan = packing.plan_packs(dataset.modality_lengths, [sum(x.tiles) for x in dataset.index],
                               max_seq_length=h.max_seq_length, max_tiles=budget, seed=h.seed)
     log(f"packing: {plan.samples} samples into {len(plan)} packs of <= {h.max_seq_length} tokens and <= {budget} "
