@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from backend.core.samples import SampleError, tokenize_sample
+from backend.core.template_match import default_template
 from backend.core.templates import TOKENIZER_TEMPLATE, Template, chat_template_template, get_template
 from backend.core.tiling import IMAGE_SIZE, max_patches_per_image
 from worker.training.data import tile_image, to_tensor
@@ -108,8 +109,11 @@ class Generator:
         self.model = InternVLForConditionalGeneration.from_pretrained(self.path, dtype=dtype).to(self.device)
         self.model.eval()
         cfg = self.model.config
-        self.template = model_template(template or getattr(cfg, "template", None) or "internlm2-chat",
-                                       self.tokenizer)
+        name = template or default_template(cfg.to_dict(), bool(self.tokenizer.chat_template))
+        if name is None:
+            raise SampleError("cannot tell this model's conversation template (no template in its config, no chat "
+                              "template in its tokenizer, no known language-model family); name one")
+        self.template = model_template(name, self.tokenizer)
         size = cfg.vision_config.image_size
         self.image_size = int(size[0] if isinstance(size, list | tuple) else size)
         self.tokens_per_tile = int(cfg.image_seq_length)
