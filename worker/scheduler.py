@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+import traceback
 
 from backend.db.session import session_scope
 from backend.queue import wake_workers
@@ -24,6 +25,14 @@ from worker.launcher import RunControl, reattach_claimed, run_claimed
 from worker.reaper import Reaper
 
 log = logging.getLogger(__name__)
+
+
+def _record_crash(job_id: int, error: Exception) -> None:
+    try:
+        with session_scope() as s:
+            jobs_svc.record_crash(s, job_id, error, traceback.format_exc())
+    except Exception:  # the database is down too: recovery will find the job silent
+        log.exception("job %s: could not record the crash", job_id)
 POLL_SECONDS = 1.0
 
 
@@ -108,8 +117,9 @@ class Scheduler:
         try:
             outcome = run_claimed(claim.job_id, self.name, claim.port, control)
             log.info("job %s: %s", claim.job_id, outcome)
-        except Exception:  # the job's heartbeat stops with this thread; recovery reports it
+        except Exception as e:  # recorded on the job as what it was (issue 18)
             log.exception("job %s: supervisor crashed", claim.job_id)
+            _record_crash(claim.job_id, e)
         finally:
             self.wake()  # leases were released: maybe another job fits now
 

@@ -304,6 +304,20 @@ def retry_job(session: Session, job_id: int, send: Send, user: User | None = Non
     return _follow_up(session, parent, None, send)
 
 
+def record_crash(session: Session, job_id: int, error: BaseException, trace: str) -> bool:
+    """The worker's supervisor of ``job_id`` raised: fail the job saying so (not "worker killed"
+    minutes later, when its heartbeat is found stale), with the traceback in its log. Never
+    requeued: a crash of the supervisor would likely repeat. False if it had finished already."""
+    job = get_job(session, job_id)
+    session.refresh(job)
+    if job.status.finished:
+        return False
+    reason = f"the worker's supervisor crashed: {type(error).__name__}: {error}"
+    append_logs(session, job_id, next_seq(session, JobLog, job_id), [reason, *trace.splitlines()[-40:]],
+                stream="system")
+    return transition(session, job_id, S.failed, failure_reason=reason)
+
+
 def recover_lost_jobs(session: Session, timeout_s: float, send: Send) -> list[int]:
     """Fail jobs whose worker stopped sending heartbeats (killed, node rebooted) and requeue
     those whose owner asked for it, to resume from their last checkpoint."""
