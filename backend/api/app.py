@@ -33,6 +33,7 @@ from backend.api.routes import (
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import session_scope
 from backend.queue import wake_workers
+from backend.services.dataset_sweep import sweep_stale_validations
 from backend.services.errors import Abandoned, Conflict, DomainError, InvalidInput, NotFound
 from backend.services.evaluations import recover_lost_evaluations
 from backend.services.jobs import recover_lost_jobs
@@ -74,6 +75,7 @@ def _sweep_once(timeout_s: float) -> None:
     with session_scope() as s:
         lost = recover_lost_jobs(s, timeout_s, wake_workers)
         lost += [f"evaluation {i}" for i in recover_lost_evaluations(s, timeout_s)]
+        lost += [f"dataset {i} (validation)" for i in sweep_stale_validations(s, get_settings(), timeout_s)]
     if lost:
         log.warning("jobs whose worker went silent were failed: %s", lost)
 

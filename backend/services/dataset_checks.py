@@ -33,6 +33,11 @@ PROGRESS_EVERY_S = 0.5  # the engine calls back after every chunk (up to ~100/s)
 _running: dict[int, threading.Event] = {}  # dataset id -> cancel event, for this process's validations
 
 
+def running_ids() -> list[int]:
+    """The datasets this process is validating now."""
+    return list(_running)
+
+
 @dataclass
 class Checks:
     settings: ValidationSettings
