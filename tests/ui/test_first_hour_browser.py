@@ -162,7 +162,7 @@ def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, scre
     image.write_bytes(generate(1, seed=5)[0][1])
     page.locator("#vl-chat-image input[type=file]").set_input_files(str(image))
     page.locator("#vl-chat-image img").wait_for()
-    box = page.locator("#vl-chat-text textarea")
+    box = page.locator("#vl-chat-text textarea, #vl-chat-text input")
     box.fill("What colour is the shape?")
     page.locator("#vl-chat-send").click()  # no model chosen
     page.locator("#vl-chat-status .vl-notice-error", has_text="Choose a model first").wait_for()
@@ -194,10 +194,10 @@ def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, scre
     # Stop: the reply ends, and a message queued behind it comes back to the box.
     box.fill("Describe the image in detail.")
     box.press("Enter")
-    page.locator("#vl-chat", has_text="Describe the image in detail.").wait_for()
-    box.fill("One more question")
+    page.wait_for_function("document.querySelector('#vl-chat-text textarea').value === ''")
+    box.fill("One more question")  # at once: it waits behind the reply to the first
     box.press("Enter")
-    page.locator("#vl-chat-status", has_text="Queued").wait_for(timeout=10_000)
+    page.locator("#vl-chat-status", has_text="Queued").wait_for(timeout=30_000)
     page.locator("#vl-chat-stop").click()
     page.locator("#vl-chat-status", has_text="Stopped").wait_for()
     assert box.input_value() == "One more question", "the queued message was lost"

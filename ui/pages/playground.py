@@ -184,11 +184,13 @@ def build(sessions: Sessions):  # noqa: ANN201
         """Answer the queued messages one after the other (one drain per session at a time)."""
         conv = convs.get(request)
         with conv.lock:
-            if conv.streaming or not conv.pending or not choice:
-                yield gr.skip(), gr.skip()
-                return
-            conv.streaming = True
-            conv.stop.clear()
+            idle = not conv.streaming and conv.pending and choice
+            if idle:
+                conv.streaming = True
+                conv.stop.clear()
+        if not idle:  # another drain of this session answers the queue (or nothing to do)
+            yield gr.skip(), gr.skip()
+            return
         try:
             b64 = image_b64(img)
             key = hashlib.sha1(b64.encode()).hexdigest() if b64 else None
@@ -200,7 +202,10 @@ def build(sessions: Sessions):  # noqa: ANN201
             while True:
                 with conv.lock:
                     if not conv.pending or conv.stop.is_set():
-                        break
+                        # In the same lock as the check: a message queued after it finds no
+                        # drain running and starts its own, so none is stranded.
+                        conv.streaming = False
+                        return
                     message = conv.pending.popleft()
                 yield from answer(sessions.api(request), conv, model_id, job_id, message, b64)
         finally:
@@ -226,7 +231,8 @@ def build(sessions: Sessions):  # noqa: ANN201
         return [], ""
 
     for trigger in (send.click, text.submit):
-        trigger(submit, [model, text], [text, status]).then(drain, [model, image], [chat, status])
+        # the box empties at once (no queue): text typed right after Enter is not wiped by a late reply
+        trigger(submit, [model, text], [text, status], queue=False).then(drain, [model, image], [chat, status])
     stop.click(on_stop, text, [text, status])
     clear.click(on_clear, None, [chat, status])
     return load, model
