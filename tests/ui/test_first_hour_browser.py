@@ -178,7 +178,7 @@ def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, scre
     page.wait_for_function("document.querySelectorAll('#vl-chat .message-row, #vl-chat .message').length >= 4"
                            " && !document.querySelector('#vl-chat-status').innerText.includes('Queued')",
                            timeout=180_000)
-    box.fill("Thanks. Is it large?")  # a third turn on the same conversation
+    box.fill("Thanks. Is it large?", timeout=90_000)  # a third turn; a loaded CI browser may lag
     box.press("Enter")
     page.locator("#vl-chat", has_text="Is it large?").wait_for()
     page.wait_for_function("(() => { const t = document.querySelector('#vl-chat-status').innerText;"

@@ -29,6 +29,7 @@ from ui.widgets import notice, section
 
 MAX_SESSIONS = 500  # conversations kept (the least recently used browser sessions are forgotten)
 MAX_NEW_TOKENS = 256
+SHOW_EVERY_S = 0.25  # at most four chat updates a second while a reply streams
 
 
 @dataclass
@@ -106,7 +107,7 @@ def answer(api, conv: Conversation, model_id: int, job_id: int | None,  # noqa: 
     pieces: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(api, model_id, asked, b64, job_id, pieces, conv.stop),
                      daemon=True).start()
-    t0, reply = time.monotonic(), ""
+    t0, reply, last_shown = time.monotonic(), "", 0.0
     while True:
         try:
             kind, value = pieces.get(timeout=0.5)
@@ -116,12 +117,17 @@ def answer(api, conv: Conversation, model_id: int, job_id: int | None,  # noqa: 
             elif not reply:
                 yield list(conv.shown), _status(conv, time.monotonic() - t0)
                 continue
-            else:
+            else:  # a pause in the stream: show what came since the last update
+                if conv.shown[-1]["content"] != reply:
+                    conv.shown[-1] = {"role": "assistant", "content": reply}
+                    yield list(conv.shown), _status(conv, None)
                 continue
         if kind == "token":
             reply += value
-            conv.shown[-1] = {"role": "assistant", "content": reply}
-            yield list(conv.shown), _status(conv, None)
+            if time.monotonic() - last_shown >= SHOW_EVERY_S:  # the browser redraws the chat per update
+                conv.shown[-1] = {"role": "assistant", "content": reply}
+                last_shown = time.monotonic()
+                yield list(conv.shown), _status(conv, None)
             continue
         if kind == "error":
             if epoch != conv.epoch:
