@@ -192,6 +192,9 @@ def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, scre
     screenshot(page, "h5-chat-three-turns")
 
     # Stop: the reply ends, and a message queued behind it comes back to the box.
+    longest = page.locator("#vl-chat-max-new input[type=number]")
+    longest.fill("4096")  # a reply long enough to still stream when the next message is sent
+    longest.press("Enter")
     box.fill("Describe the image in detail.")
     box.press("Enter")
     page.wait_for_function("document.querySelector('#vl-chat-text textarea').value === ''")
@@ -202,6 +205,7 @@ def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, scre
     page.locator("#vl-chat-status", has_text="Stopped").wait_for()
     assert box.input_value() == "One more question", "the queued message was lost"
     assert "One more question" not in page.locator("#vl-chat").inner_text()
+    page.locator("#vl-chat", has_text="(stopped)").wait_for()
 
 
 def test_runs_compare_side_by_side(hour, studio_page, screenshot):

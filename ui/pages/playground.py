@@ -73,11 +73,11 @@ def image_b64(img) -> str | None:  # noqa: ANN001
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _pump(api, model_id: int, messages: list[dict], b64: str | None, job_id: int | None,  # noqa: ANN001
-          out: queue.Queue, stop: threading.Event) -> None:
+def _pump(api, model_id: int, messages: list[dict], b64: str | None, job_id: int | None,  # noqa: ANN001, PLR0913
+          max_new_tokens: int, out: queue.Queue, stop: threading.Event) -> None:
     """Read the reply on a thread, so the page can show the wait and honour Stop meanwhile."""
     try:
-        for piece in api.chat_stream(model_id, messages, b64, job_id, MAX_NEW_TOKENS):
+        for piece in api.chat_stream(model_id, messages, b64, job_id, max_new_tokens):
             if stop.is_set():
                 break
             out.put(("token", piece))
@@ -97,15 +97,15 @@ def _status(conv: Conversation, waited: float | None) -> str:
     return notice("info", f"Queued ({queued} waiting)", more) if queued else ""
 
 
-def answer(api, conv: Conversation, model_id: int, job_id: int | None,  # noqa: ANN001
-           message: str, b64: str | None) -> Iterator:
+def answer(api, conv: Conversation, model_id: int, job_id: int | None,  # noqa: ANN001, PLR0913
+           message: str, b64: str | None, max_new_tokens: int = MAX_NEW_TOKENS) -> Iterator:
     """Stream the reply to ``message`` into ``conv``, yielding (chat messages, status HTML). The
     API is sent ``conv.turns`` (plain strings, answered turns only) plus the new message."""
     epoch = conv.epoch
     asked = [*conv.turns, {"role": "user", "content": message}]
     conv.shown += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     pieces: queue.Queue = queue.Queue()
-    threading.Thread(target=_pump, args=(api, model_id, asked, b64, job_id, pieces, conv.stop),
+    threading.Thread(target=_pump, args=(api, model_id, asked, b64, job_id, max_new_tokens, pieces, conv.stop),
                      daemon=True).start()
     t0, reply, last_shown = time.monotonic(), "", 0.0
     while True:
@@ -159,6 +159,7 @@ def build(sessions: Sessions):  # noqa: ANN201
     chat = gr.Chatbot(label="Conversation", elem_id="vl-chat")
     status = gr.HTML(elem_id="vl-chat-status")
     text = gr.Textbox(label="Message", placeholder="What colour is the shape?", elem_id="vl-chat-text")
+    max_new = gr.Slider(16, 4096, value=MAX_NEW_TOKENS, step=16, label="Max new tokens", elem_id="vl-chat-max-new")
     with gr.Row():
         send = gr.Button("Send", variant="primary", elem_id="vl-chat-send")
         stop = gr.Button("Stop", elem_id="vl-chat-stop")
@@ -186,7 +187,7 @@ def build(sessions: Sessions):  # noqa: ANN201
                               "It is sent when the current reply ends; Stop gives it back to the box.")
         return "", ""
 
-    def drain(choice, img, request: gr.Request) -> Iterator:  # noqa: ANN001
+    def drain(choice, img, max_new_tokens, request: gr.Request) -> Iterator:  # noqa: ANN001
         """Answer the queued messages one after the other (one drain per session at a time)."""
         conv = convs.get(request)
         with conv.lock:
@@ -213,7 +214,8 @@ def build(sessions: Sessions):  # noqa: ANN201
                         conv.streaming = False
                         return
                     message = conv.pending.popleft()
-                yield from answer(sessions.api(request), conv, model_id, job_id, message, b64)
+                yield from answer(sessions.api(request), conv, model_id, job_id, message, b64,
+                                  int(max_new_tokens or MAX_NEW_TOKENS))
         finally:
             with conv.lock:
                 conv.streaming = False
@@ -238,7 +240,7 @@ def build(sessions: Sessions):  # noqa: ANN201
 
     for trigger in (send.click, text.submit):
         # the box empties at once (no queue): text typed right after Enter is not wiped by a late reply
-        trigger(submit, [model, text], [text, status], queue=False).then(drain, [model, image], [chat, status])
+        trigger(submit, [model, text], [text, status], queue=False).then(drain, [model, image, max_new], [chat, status])
     stop.click(on_stop, text, [text, status])
     clear.click(on_clear, None, [chat, status])
     return load, model
