@@ -1,6 +1,6 @@
 """The Celery worker application: ``celery -A worker.celery_app worker -Q gpu``.
 
-The worker's scheduler and its model server (playground chats) start with the worker (not
+The worker's scheduler, its model server (playground chats) and its import runner start with the worker (not
 with the first message), so jobs and chats queued while the broker was down or before the
 worker started are found in their tables."""
 
@@ -16,10 +16,13 @@ app.conf.imports = ("worker.tasks", "worker.eval_tasks")
 
 @worker_ready.connect
 def _start_scheduler(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
+    from worker.imports import start_runner
     from worker.scheduler import get_scheduler
     from worker.serving import start_server
 
-    start_server(get_scheduler(getattr(sender, "hostname", None) or "worker"))
+    scheduler = get_scheduler(getattr(sender, "hostname", None) or "worker")
+    start_server(scheduler)
+    start_runner(scheduler.name)
 
 
 @worker_shutting_down.connect

@@ -18,6 +18,7 @@ from backend.queue import wake_workers
 from backend.services import chat as chat_svc
 from backend.services import evaluations as evals_svc
 from backend.services import jobs as jobs_svc
+from backend.services import model_imports as imports_svc
 from backend.services import scheduling
 from backend.settings import Settings, get_settings
 from worker import gpus
@@ -137,6 +138,7 @@ class Scheduler:
                 lost = jobs_svc.recover_lost_jobs(s, timeout, wake_workers)
                 lost += [f"evaluation {i}" for i in evals_svc.recover_lost_evaluations(s, timeout)]
                 lost += [f"chat {i}" for i in chat_svc.recover_stale(s, timeout)]
+                lost += [f"model import {i}" for i in imports_svc.recover_stale(s, timeout)]
                 if lost:
                     log.warning("recovered runs whose worker went silent: %s", lost)
         if self.cluster:

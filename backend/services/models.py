@@ -74,12 +74,8 @@ def register_model(session: Session, *, name: str, path: str, family: str, templ
 MODEL_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"
 
 
-def import_model(session: Session, settings: Settings, src: Path, name: str | None, owner_id: int | None,
-                 convert: Callable[..., Any], progress: Callable[[int, int, str], None] | None = None) -> Model:
-    """Convert ``src`` (an original InternVL or a native -hf folder) into the data folder and
-    register it. ``convert`` is :func:`worker.convert.import_checkpoint`, passed in so the
-    backend needs torch only when a model is actually imported. On any error nothing is left
-    behind: no row, no folder."""
+def check_import(session: Session, settings: Settings, src: Path, name: str | None) -> tuple[str, Path]:
+    """(name, destination folder) of an import of ``src``, or the domain error that refuses it."""
     from backend.services.errors import Conflict, InvalidInput
 
     name = name or src.resolve().name
@@ -93,6 +89,18 @@ def import_model(session: Session, settings: Settings, src: Path, name: str | No
     dst = settings.data_path / "models" / name
     if dst.exists():
         raise Conflict(f"{dst} already exists")
+    return name, dst
+
+
+def import_model(session: Session, settings: Settings, src: Path, name: str | None, owner_id: int | None,
+                 convert: Callable[..., Any], progress: Callable[[int, int, str], None] | None = None) -> Model:
+    """Convert ``src`` (an original InternVL or a native -hf folder) into the data folder and
+    register it. ``convert`` is :func:`worker.convert.import_checkpoint`, passed in so the
+    backend needs torch only when a model is actually imported. On any error nothing is left
+    behind: no row, no folder."""
+    from backend.services.errors import InvalidInput
+
+    name, dst = check_import(session, settings, src, name)
     try:
         info = convert(src, dst, progress)
     except ValueError as e:  # ConversionError: the message names the file, tensor or field

@@ -256,3 +256,32 @@ def test_a_batch_whose_commit_landed_before_the_connection_died_is_not_stored_tw
         record.store(s, Batch([], ["c"], [], 6, 12))
     assert [(r["seq"], r["line"]) for r in stored_lines(api, job_id)] == [(1, "$ launch"), (2, "a"), (3, "b"), (4, "c")]
     assert [m["seq"] for m in api.get(f"/api/jobs/{job_id}/metrics").json()] == [1]
+
+
+def test_the_api_process_needs_no_torch(tmp_path):
+    """Chats and model imports are queued for the workers: the API imports neither torch nor
+    the worker package, also after serving a chat submission and an import submission."""
+    import subprocess
+    import sys
+
+    code = """
+import os, sys, threading
+from fastapi.testclient import TestClient
+from backend.api.app import create_app
+with TestClient(create_app()) as api:
+    api.post("/api/auth/login", json={})
+    model = api.get("/api/models").json()[0]
+    threading.Thread(target=lambda: api.post(f"/api/models/{model['id']}/chat", json={
+        "messages": [{"role": "user", "content": "hi"}], "stream": False}), daemon=True).start()
+    os.makedirs(os.environ["ROOT"] + "/m", exist_ok=True)
+    r = api.post("/api/models/import", json={"path": os.environ["ROOT"] + "/m", "wait": False})
+    assert r.status_code == 202, r.text
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "worker", "deepspeed")))
+"""
+    env = {**__import__("os").environ, "VLSTUDIO_DATA_DIR": str(tmp_path / "data"), "ROOT": str(tmp_path),
+           "VLSTUDIO_DATA_ROOTS": str(tmp_path), "VLSTUDIO_AUTH_ENABLED": "false"}
+    env.pop("VLSTUDIO_DATABASE_URL", None)
+    env.pop("VLSTUDIO_BROKER_URL", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
