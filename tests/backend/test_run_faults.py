@@ -265,14 +265,19 @@ def test_the_api_process_needs_no_torch(tmp_path):
     import sys
 
     code = """
-import os, sys, threading
+import os, sys
 from fastapi.testclient import TestClient
 from backend.api.app import create_app
 with TestClient(create_app()) as api:
     api.post("/api/auth/login", json={})
     model = api.get("/api/models").json()[0]
-    threading.Thread(target=lambda: api.post(f"/api/models/{model['id']}/chat", json={
-        "messages": [{"role": "user", "content": "hi"}], "stream": False}), daemon=True).start()
+    from backend.db.session import session_scope
+    from backend.services import chat, playground
+    from backend.settings import get_settings
+    with session_scope() as s:  # what POST /chat does before it streams
+        fields = playground.prepare_chat(s, get_settings(), None, model["id"], messages=[
+            {"role": "user", "content": "hi"}], image=None, job_id=None, checkpoint=None)
+        chat.submit(s, owner_id=None, max_new_tokens=4, temperature=0.0, **fields)
     os.makedirs(os.environ["ROOT"] + "/m", exist_ok=True)
     r = api.post("/api/models/import", json={"path": os.environ["ROOT"] + "/m", "wait": False})
     assert r.status_code == 202, r.text
