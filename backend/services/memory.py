@@ -1,6 +1,8 @@
 """An estimate of GPU memory per device for a training job, shown at submission and used to
-refuse jobs that cannot fit. The formula is written out in docs/jobs.md; it has not yet been
-checked against measured peaks on a real GPU (none was at hand when it was written).
+refuse jobs that cannot fit. The formula is written out in docs/jobs.md. Its sizes are the
+model's real shapes; its activation constants are measured (bench/activation_bytes.py) on CPU;
+it has not been checked against peaks on a real GPU (none was at hand), so only its exact part
+(weights, gradients, optimizer states) refuses a job and the rest warns.
 
 All sizes in bytes unless the name says GiB. bf16 weights (2 bytes), AdamW with fp32 master
 weights and two fp32 moments (12 bytes per trainable parameter), DeepSpeed ZeRO sharding over
@@ -17,7 +19,12 @@ from typing import Any
 from backend.core.model_shapes import shapes_from_config
 
 GIB = 2**30
-ACT_BYTES_PER_TOKEN_HIDDEN = 34  # Korthikanti et al. 2022, bf16, flash attention (no s^2 term)
+# Bytes autograd keeps per token, per hidden unit, per layer in bf16 with SDPA (no s^2 term), as
+# measured by bench/activation_bytes.py on the native modules at InternViT-300M's and
+# InternLM2-1.8B's shape ratios: the ViT layer (GELU MLP) is near Korthikanti et al.'s 34; the
+# LLM layer's SwiGLU MLP keeps more (gate, up, their product).
+VIT_ACT_BYTES = 36
+LLM_ACT_BYTES = 54
 OVERHEAD_BYTES = int(1.5 * GIB)  # CUDA context, NCCL buffers, allocator slack
 FRAGMENTATION = 1.10
 
@@ -95,16 +102,17 @@ def estimate(arch: Arch, h: Any) -> dict[str, Any]:
     batch = int(getattr(h, "per_device_batch_size", 1))
     ckpt = bool(getattr(h, "grad_checkpoint", False))
 
-    def acts(tokens: int, hidden: int, layers: int, trains: bool) -> float:
+    def acts(tokens: int, hidden: int, layers: int, trains: bool, per: int) -> float:
         if not trains:  # no backward through it: one layer's activations at a time
-            return ACT_BYTES_PER_TOKEN_HIDDEN * tokens * hidden
+            return per * tokens * hidden
         if ckpt:  # layer inputs kept, one layer recomputed at a time
-            return 2 * tokens * hidden * layers + ACT_BYTES_PER_TOKEN_HIDDEN * tokens * hidden
-        return ACT_BYTES_PER_TOKEN_HIDDEN * tokens * hidden * layers
+            return 2 * tokens * hidden * layers + per * tokens * hidden
+        return per * tokens * hidden * layers
 
     # Gradients flow through the LLM whenever anything before or in it trains.
-    activations = batch * (acts(vit_seq, arch.vit_hidden, arch.vit_layers, not frozen_vit or bool(vit_lora))
-                           + acts(seq, arch.llm_hidden, arch.llm_layers, True))
+    activations = batch * (acts(vit_seq, arch.vit_hidden, arch.vit_layers, not frozen_vit or bool(vit_lora),
+                                VIT_ACT_BYTES)
+                           + acts(seq, arch.llm_hidden, arch.llm_layers, True, LLM_ACT_BYTES))
     logits = batch * seq * arch.vocab * (2 + 4)  # bf16 logits and their fp32 copy for the loss
     parts = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
              "logits": logits, "overhead": OVERHEAD_BYTES}
