@@ -9,6 +9,9 @@ Issue kinds (``code``) and severities are listed in ``docs/datasets.md``.
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from array import array
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -354,6 +357,21 @@ _STATE: WorkerState | None = None
 def init_worker(tokenizer: Any) -> None:
     global _STATE
     _STATE = WorkerState(tokenizer)
+    _exit_with_parent()
+
+
+def _exit_with_parent(every_s: float = 1.0) -> None:
+    """A validation worker ends when the process that started it is gone (an API killed in the
+    middle of a background validation), instead of living on as an orphan."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def pool_check_chunk(lines: list[bytes], first_line: int, cfg: CheckConfig) -> ChunkResult:
