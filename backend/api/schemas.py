@@ -114,6 +114,8 @@ class JobOut(ORM):
     memory_estimate: dict[str, Any] | None = None
     command: str | None = Field(None, description="the exact launch command (set when the job starts)")
     last_checkpoint: str | None = None
+    warnings: list[str] = Field(default_factory=list, description="a succeeded job with warnings (e.g. samples "
+                                "dropped for missing images): the UI shows 'succeeded with warnings'")
     eta_seconds: float | None = Field(None, description="seconds left by the trainer's own ETA (running jobs)")
 
 

@@ -397,6 +397,22 @@ def last_lines(session: Session, job_id: int, n: int = 20) -> list[str]:
     return list(reversed(list(rows)))
 
 
+def warnings_of(session: Session, jobs: Sequence[Job]) -> dict[int, list[str]]:
+    """Why a succeeded job is "succeeded with warnings": samples the trainer dropped (images
+    missing or unreadable, too long, invalid), from its last metrics row's counts."""
+    out: dict[int, list[str]] = {}
+    for job in jobs:
+        if job.status != S.succeeded:
+            continue
+        values = session.scalar(select(JobMetric.values).where(JobMetric.job_id == job.id)
+                                .order_by(JobMetric.seq.desc()).limit(1))
+        dropped = {k: int(v) for k, v in ((values or {}).get("dropped") or {}).items() if v}
+        if dropped:
+            out[job.id] = [f"{sum(dropped.values())} sample(s) dropped during training: "
+                           + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()))]
+    return out
+
+
 def metrics_after(session: Session, job_id: int, after: int = 0, limit: int = 10000) -> list[JobMetric]:
     return list(session.scalars(select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.seq > after)
                                 .order_by(JobMetric.seq).limit(limit)))

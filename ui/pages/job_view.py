@@ -120,7 +120,12 @@ def header_html(job: dict, model: str, dataset: str, users: dict[int, str] | Non
     if job.get("failure_reason") and job["status"] in ("failed", "cancelled"):
         first = job["failure_reason"].strip().splitlines()[0] if job["failure_reason"].strip() else ""
         failure = f"<div class='vl-notice vl-notice-error' style='margin-top:8px'><div>{esc(first)}</div></div>"
-    return (f"<div class='vl-jobhead'><h2>Job #{job['id']}</h2>{badge(job['status'])}</div>"
+    warned = job["status"] == "succeeded" and job.get("warnings")
+    if warned:  # e.g. samples dropped for missing images
+        failure = ("<div class='vl-notice vl-notice-warn' style='margin-top:8px'>"
+                   + "".join(f"<div>{esc(w)}</div>" for w in job["warnings"]) + "</div>")
+    state = badge("succeeded", "Succeeded with warnings") if warned else badge(job["status"])
+    return (f"<div class='vl-jobhead'><h2>Job #{job['id']}</h2>{state}</div>"
             f"<div class='vl-jobmeta'>{' · '.join(meta)}</div>{failure}")
 
 
@@ -170,7 +175,9 @@ def jobs_table(jobs: list[dict], model_names: dict[int, str], dataset_names: dic
     for j in jobs:
         frac = fraction(j)
         eta = eta_seconds(j, None)
-        rows.append([f"<b>#{j['id']}</b>", badge(j["status"]), esc(model_names.get(j["model_id"], j["model_id"])),
+        warned = j["status"] == "succeeded" and j.get("warnings")
+        state = badge(j["status"], "Succeeded with warnings" if warned else None)
+        rows.append([f"<b>#{j['id']}</b>", state, esc(model_names.get(j["model_id"], j["model_id"])),
                      esc(dataset_names.get(j["dataset_id"], j["dataset_id"])), esc(j["preset"]),
                      progress_bar(frac, f"{j.get('step') or 0:,} / {j.get('total_steps') or '?'}", j["status"]),
                      esc(duration(eta)) if eta is not None else "<span class='vl-muted'>–</span>",

@@ -82,8 +82,9 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
 @router.get("", response_model=list[JobOut])
 def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None = None, limit: Count = 200) -> list:
     jobs = svc.list_jobs(session, user, status, min(max(limit, 1), 1000))
-    etas = job_compare.etas(session, jobs)
-    return [JobOut.model_validate(j).model_copy(update={"eta_seconds": etas.get(j.id)}) for j in jobs]
+    etas, warned = job_compare.etas(session, jobs), svc.warnings_of(session, jobs)
+    return [JobOut.model_validate(j).model_copy(update={"eta_seconds": etas.get(j.id), "warnings": warned.get(j.id, [])})
+            for j in jobs]
 
 
 @router.get("/compare", responses={422: {"description": "not 2 to 8 distinct job ids"}})
@@ -107,7 +108,8 @@ def get_job(job_id: DbId, session: SessionDep, user: CurrentUser) -> JobDetail:
     job = svc.get_job(session, job_id, user)
     return JobDetail.model_validate(job).model_copy(
         update={"last_lines": svc.last_lines(session, job_id), "run_files": _run_files(job.run_dir),
-                "eta_seconds": job_compare.etas(session, [job]).get(job.id)})
+                "eta_seconds": job_compare.etas(session, [job]).get(job.id),
+                "warnings": svc.warnings_of(session, [job]).get(job.id, [])})
 
 
 @router.get("/{job_id}/files/{path:path}")
