@@ -168,10 +168,14 @@ def print_table(results: dict[str, dict]) -> None:
         print(f"tuned / naive tokens/s: {results['tuned']['tokens_per_second'] / results['naive']['tokens_per_second']:.2f}x")
 
 
-def run_anchor(path: Path, out: Path) -> str:
-    """The shared baseline in the same call, as the common reference (its own output, verbatim)."""
+def run_anchor(path: Path, out: Path, cpu: bool) -> str:
+    """The shared baseline in the same call, as the common reference (its own output, verbatim;
+    on the CPU its TINY=1 smoke shapes)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29733", str(path)]
-    done = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+    env = {**os.environ, **({"TINY": "1"} if cpu else {})}
+    done = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"the anchor failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
     return (done.stdout + done.stderr)[-3000:]
 
 
@@ -219,7 +223,7 @@ def main() -> None:
         results[name] = {**figures(run, rss, n, time.monotonic() - t0), "options": over}
         print(f"{name}: done in {results[name]['wall_seconds_including_start']} s", flush=True)
     print_table(results)
-    anchor = run_anchor(args.anchor.resolve(), args.out) if args.anchor else None
+    anchor = run_anchor(args.anchor.resolve(), args.out, cpu) if args.anchor else None
     if anchor:
         print("anchor (shared/baselines/gpu_trainer_anchor.py):\n" + anchor)
     print(json.dumps({"device": "cpu" if cpu else device_name(), "date": time.strftime("%Y-%m-%d"),

@@ -92,6 +92,13 @@ def test_fused_loss_plumbing_equals_the_models_own_loss(demo):
     assert torch.allclose(losses, reference, atol=1e-5)
     assert float(losses.sum() / count) == pytest.approx(float(out.loss), abs=1e-5)
 
+    def summed_ce(weight, h, y):  # reduction="sum", the trainer's token-mean path
+        return token_ce(weight, h, y).sum()
+
+    with torch.no_grad():
+        fused = speed.fused_linear_cross_entropy(hidden, model.lm_head, labels, count, loss_fn=summed_ce)
+    assert float(fused) == pytest.approx(float(out.loss), abs=1e-5)
+
 
 @pytest.mark.slow
 def test_torch_compile_keeps_the_loss_and_the_parameter_names(demo):

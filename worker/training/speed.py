@@ -111,6 +111,22 @@ def fused_token_losses(hidden: torch.Tensor, head: torch.nn.Linear, labels: torc
     return out.reshape(labels[..., 1:].shape)
 
 
+def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
+                               num_items_in_batch, loss_fn=None) -> torch.Tensor:
+    """The summed loss over the targets divided by ``num_items_in_batch`` (uniform weights),
+    with Liger's ``reduction="sum"``: cheaper than the per-token losses, whose backward
+    recomputes the chunks. ``loss_fn(weight, hidden, targets)`` returns the sum."""
+    if loss_fn is None:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        loss_fn = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+    h = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])
+    y = labels[..., 1:].reshape(-1).to(h.device)
+    total = loss_fn(head.weight, h, y) if head.bias is None else loss_fn(head.weight, h, y, head.bias)
+    count = num_items_in_batch if num_items_in_batch is not None else (y != -100).sum()
+    return total / (count.to(total.device) if isinstance(count, torch.Tensor) else count)
+
+
 def apply_compile(model) -> None:
     model.model.language_model.compile(dynamic=True)
 

@@ -156,10 +156,8 @@ class InternVLTrainer(Trainer):
         if self.fused_ce:
             labels = kwargs.pop("labels")
             hidden = core(**kwargs).last_hidden_state
-            losses = speed.fused_token_losses(hidden, lm_head(model), labels)
             # the model's own reduction: the sum over targets / the batch's target count
-            count = num_items_in_batch if num_items_in_batch is not None else (labels[..., 1:] != -100).sum()
-            loss = losses.sum() / (count.to(losses.device) if isinstance(count, torch.Tensor) else count)
+            loss = speed.fused_linear_cross_entropy(hidden, lm_head(model), labels, num_items_in_batch)
             return (loss, {"loss": loss}) if return_outputs else loss
         outputs = model(**kwargs, num_items_in_batch=num_items_in_batch)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
