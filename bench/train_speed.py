@@ -12,8 +12,8 @@ Both configurations train one epoch over the same synthetic samples (``bench/mix
   ``torch.compile`` with ``--compile``.
 
 It first measures the data path alone (image decode + tiling + normalisation in one process
-and one thread: tiles/s per core), then prints one table: tokens/s, samples/s, MFU (6 x
-parameters x tokens/s over the measured matmul peak), packing efficiency (real tokens / token
+and one thread: tiles/s per core), then prints one table: tokens/s, samples/s, MFU (model
+FLOPs/s over the measured matmul peak, see ``worker.training.speed.model_flops``), packing efficiency (real tokens / token
 slots fed to the model; for naive that is 1 - padding), the pack fill (real tokens / packs x
 max_seq_length, from the plan), data-loader wait, peak memory (GPU allocated, or on the
 CPU the trainer's peak RSS), and one JSON line with every figure.

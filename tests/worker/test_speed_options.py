@@ -113,3 +113,11 @@ def test_torch_compile_keeps_the_loss_and_the_parameter_names(demo):
     assert float(compiled) == pytest.approx(float(eager), abs=1e-5)
     assert list(model.state_dict()) == names  # checkpoints and the final model load as before
     assert model.model.language_model._compiled_call_impl is not None
+
+
+def test_model_flops_count_the_llm_per_token_and_the_vit_per_patch(demo):
+    model = modeling.load_model(demo, Hyperparameters(), torch.float32, use_gpu=False)
+    n_vit = sum(p.numel() for p in model.model.vision_tower.parameters())
+    n_rest = sum(p.numel() for p in model.parameters()) - n_vit
+    per_token, per_tile = speed.model_flops(model)
+    assert per_token == 6 * n_rest and per_tile == 6 * n_vit * (32 * 32 + 1)  # 448 px / 14 px patches + CLS

@@ -63,12 +63,13 @@ class MetricsCallback(TrainerCallback):
     """One JSON line per logging step in metrics.jsonl, and a readable ``step N/M | loss`` line."""
 
     def __init__(self, path: Path, stats: BatchStats, device: torch.device, dropped: dict[str, int],
-                 flops_per_token: float = 0.0, peak_flops: float = 0.0) -> None:
+                 flops: tuple[float, float] = (0.0, 0.0), peak_flops: float = 0.0) -> None:
         self.path = path
         self.stats = stats
         self.device = device
         self.dropped = dropped
-        self.flops_per_token = flops_per_token  # 6 x parameters (forward + backward)
+        # model FLOPs per LLM token and per real tile (see speed.model_flops)
+        self.flops_per_token, self.flops_per_tile = flops
         self.peak_flops = peak_flops  # measured dense matmul FLOP/s of one device
         self.last_t = time.monotonic()
         self.last_step = 0
@@ -107,7 +108,8 @@ class MetricsCallback(TrainerCallback):
             "dropped": self.dropped, "time": time.time(),
         }
         if self.peak_flops:
-            row["mfu"] = self.flops_per_token * row["tokens_per_second"] / (self.peak_flops * max(s["ranks"], 1))
+            done = self.flops_per_token * s["tokens"] + self.flops_per_tile * s["tiles"]
+            row["mfu"] = done / dt / (self.peak_flops * max(s["ranks"], 1))
         if torch.cuda.is_available():
             row["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         with open(self.path, "a") as f:

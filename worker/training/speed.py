@@ -8,8 +8,8 @@
   output head and never holds the ``tokens x vocab`` logits;
 - ``torch.compile`` of the language model, in place (``Module.compile``), so parameter names,
   checkpoints and the saved model are unchanged;
-- the measured dense matmul peak of the device, which MFU (6 x parameters x tokens/s / peak)
-  is relative to, as the baselines in ``shared/baselines`` are.
+- the model FLOPs of a step (:func:`model_flops`) and the measured dense matmul peak of the
+  device, which MFU is relative to, as the baselines in ``shared/baselines`` count them.
 
 What cannot run here is refused, never skipped: the spec already refuses GPU-only options for
 a CPU job (``backend.core.spec``); :func:`runtime_problems` adds what only the node knows (the
@@ -129,6 +129,19 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labe
 
 def apply_compile(model) -> None:
     model.model.language_model.compile(dynamic=True)
+
+
+def model_flops(model) -> tuple[float, float]:
+    """(FLOPs per LLM token, FLOPs per tile) of a training step, 6 x parameters x tokens with
+    each part's own tokens: the LLM, projector and head see the sequence, the ViT the patches of
+    each tile (plus its class token), as the shared baselines count them."""
+    vision = model.model.vision_tower
+    n_vit = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in vision.parameters())
+    n_all = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    size = model.config.vision_config.image_size
+    patch = model.config.vision_config.patch_size
+    side = (size[0] if isinstance(size, list | tuple) else size) // (patch[0] if isinstance(patch, list | tuple) else patch)
+    return 6.0 * (n_all - n_vit), 6.0 * n_vit * (side * side + 1)
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:

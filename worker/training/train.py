@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     model = modeling.load_model(spec.model_path, h, dtype, use_gpu)
     modeling.apply_freezing(model, h)
     kernels = apply_speed_options(model, h)
-    n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    flops = speed.model_flops(model)  # after the tile resize, before LoRA (adapters are negligible)
     if h.uses_lora:
         model = lora.add_lora(model, h)
     trainable, total = modeling.trainable_report(model)
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         data_collator=packing.PackCollator(tokenizer.pad_token_id, collator) if h.packing else collator,
         processing_class=tokenizer, sampler=sampler, stats=stats, flash=attention == "flash_attention_2",
         fused_ce=h.fused_cross_entropy,
-        callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, 6 * n_params, peak), stop])
+        callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop])
     quiet_trainer(trainer)
     if notice := compile_notice(h.zero_stage, h.offload, use_gpu):
         log(notice)
@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     note = speed.packing_note(h, attention, use_gpu)
     if note:
         log(note)
-    log(f"MFU: 6 x {n_params:,} parameters x tokens/s over a measured matmul peak of {peak / 1e12:.3g} "
-        f"TFLOP/s per device")
+    log(f"MFU: model FLOPs ({flops[0]:.3g} per token, {flops[1]:.3g} per tile: 6 x parameters x tokens, the "
+        f"ViT's tokens being its patches) per second over a measured matmul peak of {peak / 1e12:.3g} TFLOP/s "
+        "per device")
     resume = spec.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
 
