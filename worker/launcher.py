@@ -10,14 +10,13 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend.core import failure
+from backend.core import failure, mixture
 from backend.core.spec import Hyperparameters, TrainingSpec
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus
 from backend.db.session import session_scope
 from backend.queue import wake_workers
 from backend.services import jobs as jobs_svc
-from backend.services.datasets import get_dataset
 from backend.services.models import get_model
 from backend.services.scheduling import free_port as _free_port
 from backend.settings import get_settings
@@ -59,6 +58,30 @@ def _build_demo_model_once(models_dir: Path) -> Path:
         return ensure_demo_model(models_dir)
 
 
+def _mixture_rows(job: Job) -> list[dict]:
+    """The job's resolved mixture; a job recorded before mixtures existed is its one dataset."""
+    if job.mixture and job.mixture.get("datasets"):
+        return job.mixture["datasets"]
+    from backend.core.mixture import MixtureDataset, MixtureSpec
+    from backend.services.meta import resolve_mixture
+
+    with session_scope() as s:
+        spec = MixtureSpec(datasets=[MixtureDataset(dataset_id=job.dataset_id)])
+        return resolve_mixture(s, None, spec, get_settings().data_roots)["datasets"]
+
+
+def write_meta_files(job: Job, hyper: Hyperparameters, run_dir: Path) -> Path | None:
+    """meta.json (every dataset of the mixture, absolute paths) and, when the job evaluates,
+    eval_meta.json (their held-out validation parts); returns the latter's path or None."""
+    rows = _mixture_rows(job)
+    (run_dir / "meta.json").write_text(json.dumps(mixture.run_meta(rows), indent=2))
+    held_out = mixture.eval_meta(rows)
+    if not (hyper.eval_steps and held_out):  # issue 8: eval loss on the held-out validation splits
+        return None
+    (run_dir / "eval_meta.json").write_text(json.dumps(held_out, indent=2))
+    return run_dir / "eval_meta.json"
+
+
 def prepare_run(job: Job, run_dir: Path, port: int | None = None,
                 gpu_ids: list[int] | None = None) -> Launch:
     """Write everything needed to rerun the job by hand into ``run_dir`` (spec.json, meta.json,
@@ -66,23 +89,13 @@ def prepare_run(job: Job, run_dir: Path, port: int | None = None,
     prepared: what the training program reads comes from here only."""
     settings = get_settings()
     with session_scope() as s:
-        ds = get_dataset(s, job.dataset_id)
         model = get_model(s, job.model_id)
         model_path, model_template, builtin = Path(model.path), model.template, model.builtin
-        ds_name, ds_root, ds_ann, ds_len = ds.name, ds.root, ds.annotation, ds.num_samples
-        val_ann, val_len = ds.val_annotation, ds.num_val_samples
     if builtin and not (model_path / "config.json").exists():
         model_path = _build_demo_model_once(settings.data_path / "models")
     hyper = Hyperparameters.model_validate(job.hyper)
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {f"{ds_name}-{job.dataset_id}": {"root": ds_root, "annotation": ds_ann, "data_augment": False,
-                                            "repeat_time": 1, "length": ds_len}}
-    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-    eval_meta = None
-    if hyper.eval_steps and val_ann:  # issue 8: eval loss on the held-out validation split
-        eval_meta = run_dir / "eval_meta.json"
-        eval_meta.write_text(json.dumps({f"{ds_name}-{job.dataset_id}-val": {
-            "root": ds_root, "annotation": val_ann, "data_augment": False, "repeat_time": 1, "length": val_len}}))
+    eval_meta = write_meta_files(job, hyper, run_dir)
     spec = TrainingSpec(job_id=job.id, model_path=str(model_path), template=hyper.template or model_template,
                         meta_path=str(run_dir / "meta.json"), output_dir=str(run_dir), hyper=hyper,
                         eval_meta_path=str(eval_meta) if eval_meta else None,
@@ -100,7 +113,10 @@ def training_launch(job_id: int, run_dir: Path, hyper: Hyperparameters, port: in
     return Launch(name=f"vlstudio-job-{job_id}", module=TRAIN_MODULE, spec_path=run_dir / "spec.json",
                   run_dir=run_dir, log_path=run_dir / LOG_NAME, nnodes=hyper.nnodes,
                   nproc_per_node=hyper.nproc_per_node, gpus_per_node=hyper.gpus,
-                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids), port=port or free_port(), resumable=True)
+                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids), port=port or free_port(), resumable=True,
+                  # the trainer writes into the job's run folder; a rerun of command.txt by hand, without
+                  # this, writes to a fresh RUN/rerun-N (worker.training.train.output_folder)
+                  env={"VLSTUDIO_IN_PLACE": "1"})
 
 
 def reattach_claimed(job_id: int, control: RunControl) -> str:
@@ -161,8 +177,9 @@ class TrainingRecord:
         self.unsure = True
         self._lines(s, [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines])
         s.add_all(JobMetric(job_id=self.job_id, seq=self.metric_seq + i, step=int(r.get("step", self.step)),
-                            loss=jobs_svc._finite(r.get("loss")), values=r) for i, r in enumerate(batch.rows))
-        train_rows = [r for r in batch.rows if r.get("kind") != "gpu"]
+                            loss=jobs_svc._finite(r.get("loss")), values=r)
+                  for i, r in jobs_svc.take_data_rows(s, self.job_id, batch.rows))  # issue 17: the data report
+        train_rows = [r for r in batch.rows if r.get("kind") not in ("gpu", "data")]
         values: dict = {"log_offset": batch.log_offset, "metrics_offset": batch.rows_offset}
         if train_rows:
             values.update(step=int(train_rows[-1].get("step", self.step)),

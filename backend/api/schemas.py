@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from annotated_types import Interval
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.core.mixture import MixtureSpec
+
 #: the database's INTEGER: an id or count beyond it is the client's error (422), not a 500
 MAX_ID = 2**31 - 1
 DbId = Annotated[int, Interval(ge=1, le=MAX_ID)]
@@ -76,7 +78,9 @@ class ModelOut(ORM):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dataset_id: DbId
+    dataset_id: DbId | None = Field(None, description="one registered dataset (the one-dataset mixture)")
+    mixture: MixtureSpec | None = Field(None, description="several datasets with their own repeat_time, "
+                                        "data_augment, max_dynamic_patch, and/or a meta file on shared storage")
     model_id: DbId
     preset: str = "demo"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset")
@@ -88,7 +92,7 @@ class JobCreate(BaseModel):
 class JobOut(ORM):
     id: int
     status: str
-    dataset_id: int
+    dataset_id: int | None
     model_id: int
     preset: str
     hyper: dict[str, Any]
@@ -117,6 +121,9 @@ class JobOut(ORM):
     warnings: list[str] = Field(default_factory=list, description="a succeeded job with warnings (e.g. samples "
                                 "dropped for missing images): the UI shows 'succeeded with warnings'")
     eta_seconds: float | None = Field(None, description="seconds left by the trainer's own ETA (running jobs)")
+    mixture: dict[str, Any] | None = Field(None, description="the resolved mixture: per dataset its paths, "
+                                           "repeat_time, samples per epoch, and (once training started) "
+                                           "`trained`: samples kept, dropped, tokens")
 
 
 class LogLineOut(ORM):

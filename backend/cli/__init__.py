@@ -86,9 +86,29 @@ def ui(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(7861)) ->
     launch(get_settings().api_base_url, host, port)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:  # noqa: ARG001
+    # uvicorn handles SIGTERM itself, then restores this handler and raises the signal again:
+    # with the default handler the process would die there, before stopping the worker.
+    raise SystemExit(128 + signum)
+
+
+def stop_worker(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM: the worker's scheduler asks running jobs to checkpoint and stop, and waits for
+    them; after ``grace`` seconds, SIGKILL to its whole process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        typer.echo(f"vlstudio: the worker did not stop in {grace:.0f} s; killing it", err=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @app.command()
 def up(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
-    """The embedded all-in-one mode: API + UI + one worker, SQLite and a filesystem broker."""
+    """The embedded all-in-one mode: API + UI + one worker, SQLite and a filesystem broker.
+    SIGTERM and SIGINT (Ctrl-C) stop the worker (its jobs checkpoint first), then the server."""
     import uvicorn
 
     s = get_settings()
@@ -96,19 +116,18 @@ def up(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
     from backend.db.migrate import upgrade_to_head
 
     upgrade_to_head()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     env = {**os.environ, "VLSTUDIO_DATA_DIR": str(s.data_path)}
-    worker_proc = subprocess.Popen(worker_command(hostname="embedded@%h"), env=env,
+    # A session of its own: a terminal's Ctrl-C reaches this process only, which stops the
+    # worker in order (and a leftover of the worker's group can be killed as a whole).
+    worker_proc = subprocess.Popen(worker_command(hostname="embedded@%h"), env=env, start_new_session=True,
                                    stdout=open(s.data_path / "worker.log", "a"), stderr=subprocess.STDOUT)
     typer.echo(f"vlstudio: data in {s.data_path}; worker log {s.data_path / 'worker.log'}")
     typer.echo(f"vlstudio: open http://{host or s.host}:{port or s.port}/  (API docs at /docs)")
     try:
         uvicorn.run(_build_app(True), host=host or s.host, port=port or s.port, log_level="info")
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+        stop_worker(worker_proc, s.cancel_grace_seconds + 60)
 
 
 def main() -> None:  # pragma: no cover

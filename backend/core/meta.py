@@ -222,10 +222,43 @@ def summarize(meta: Mapping[str, MetaEntry]) -> dict[str, Any]:
             "effective": sum(r["effective"] for r in rows)}
 
 
+def meta_base(meta_path: Path, base: Path | None = None) -> Path:
+    """THE folder relative ``root`` and ``annotation`` paths of a meta file resolve from, in the
+    validator, at registration and in the trainer: ``base`` when given (``--root``, ``meta_base``;
+    the reference scripts' working directory ``internvl_chat/`` for the released files), else the
+    folder of the meta file itself. Never the current folder: a server's is meaningless, and a
+    file that validates from one folder would fail to train from another."""
+    return Path(base).absolute() if base is not None else Path(meta_path).absolute().parent
+
+
 def resolve_entry(entry: MetaEntry, base: Path) -> tuple[Path, Path]:
-    """(root, annotation) with relative paths taken from ``base`` (the reference scripts
-    resolve them from their working directory, ``internvl_chat/``)."""
+    """(root, annotation) with relative paths taken from ``base`` (see :func:`meta_base`);
+    absolute ones are kept as they are."""
     return Path(base) / entry.root, Path(base) / entry.annotation
+
+
+def locate_entry(name: str, entry: MetaEntry, base: Path) -> tuple[Path, Path]:
+    """:func:`resolve_entry`, checked: :class:`MetaError` naming the entry and the path when the
+    annotation or the root does not exist."""
+    root, ann = resolve_entry(entry, base)
+    problems = []
+    if not ann.is_file():
+        problems.append(f"{name}: annotation {ann} not found" + _from(entry.annotation, base))
+    if not root.is_dir():
+        problems.append(f"{name}: root {root} is not a folder" + _from(entry.root, base))
+    if problems:
+        raise MetaError(problems)
+    return root, ann
+
+
+def _from(path: str, base: Path) -> str:
+    return "" if Path(path).is_absolute() else f" (relative paths resolve from {base})"
+
+
+def count_lines(annotation: Path) -> int:
+    """Sample lines of an annotation (blank lines are skipped, as the validator and trainer do)."""
+    with open(annotation, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def check_allowed(path: Path, allowed_roots: Iterable[Path]) -> Path:
@@ -238,3 +271,25 @@ def check_allowed(path: Path, allowed_roots: Iterable[Path]) -> Path:
             return real
     where = ", ".join(str(r) for r in roots) or "none configured"
     raise MetaError([f"{path} is not under an allowed data folder ({where})"])
+
+
+def meta_names(path: Path, max_bytes: int = 16 << 20) -> list[str] | None:
+    """The dataset names if ``path`` holds a meta file (a JSON object of objects with an
+    ``annotation``, whatever the file is called), else None. Files over ``max_bytes`` are not read."""
+    try:
+        if Path(path).stat().st_size > max_bytes:
+            return None
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and "annotation" in v for v in data.values()):
+        return list(data)
+    return None
+
+
+def meta_hint(name: str, names: list[str]) -> str:
+    """What to say when a meta file is handed in as a dataset."""
+    listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"{name} is a meta file (a mixture of {len(names)} dataset(s): {listed}), not a dataset annotation: "
+            "train on it as a mixture (POST /api/jobs with mixture.meta_path, or the meta file field of the Train "
+            "page), or register its annotations one by one; `vlstudio datasets validate` checks a meta file")

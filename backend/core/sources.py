@@ -2,7 +2,8 @@
 more ``.jsonl``), a single ``.jsonl``, or a meta JSON in the seed's format.
 
 Image paths resolve from the folder of their ``.jsonl`` (in a zip too) unless a root is
-given; a meta file's entries carry their own ``root``, relative ones resolved from ``base``.
+given; a meta file's entries carry their own ``root``; relative ones resolve by the one rule of
+:func:`backend.core.meta.meta_base` (``base`` if given, else the meta file's folder).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.core.archive import ArchiveError, extract_zip, find_annotations
-from backend.core.meta import MetaError, check_allowed, load_meta, resolve_entry
+from backend.core.meta import MetaError, check_allowed, load_meta, locate_entry, meta_base, resolve_entry
 from backend.core.report import BundleReport, Issue
 from backend.core.validation import ProgressFn, ValidationSettings, Validator
 
@@ -50,7 +51,7 @@ def validate_meta(meta_path: Path, validator: Validator, *, base: Path | None = 
         for p in e.problems:
             bundle.issues.append(Issue("error", "meta", fname, 0, None, p))
         return bundle
-    base = Path(base) if base is not None else Path.cwd()
+    base = meta_base(meta_path, base)
     todo = []
     for name, entry in entries.items():
         root, ann = resolve_entry(entry, base)
@@ -60,8 +61,10 @@ def validate_meta(meta_path: Path, validator: Validator, *, base: Path | None = 
         except MetaError as e:
             bundle.issues.append(Issue("error", "meta_path", fname, 0, name, f"{name}: {e.problems[0]}"))
             continue
-        if not ann.is_file():
-            bundle.issues.append(Issue("error", "meta_path", fname, 0, name, f"{name}: annotation {ann} not found"))
+        try:
+            locate_entry(name, entry, base)
+        except MetaError as e:
+            bundle.issues += [Issue("error", "meta_path", fname, 0, name, p) for p in e.problems]
             continue
         todo.append((name, entry, root, ann))
         validator.expect_bytes(ann.stat().st_size)

@@ -126,7 +126,8 @@ class Job(Base):
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, native_enum=False, length=20), default=JobStatus.queued, index=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    # The first registered dataset of the mixture; None when it is only a meta file (migration 0017).
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), default=None)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     preset: Mapped[str] = mapped_column(String(50))
     hyper: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -160,6 +161,9 @@ class Job(Base):
     log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    # Issue 17 (migration 0017): the resolved mixture (backend.core.mixture) and, once the trainer
+    # has indexed it, what each dataset contributed (samples, tokens).
+    mixture: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class WorkerNode(Base):

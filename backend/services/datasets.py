@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core.archive import ArchiveError, extract_zip, find_annotations
-from backend.core.meta import MetaError, check_allowed
+from backend.core.meta import MetaError, check_allowed, meta_hint, meta_names
 from backend.core.report import Report
 from backend.core.splits import VAL_NAME, SplitError, write_fraction_split
 from backend.core.validation import ValidationCancelled, ValidationFailed, drop_bad_lines, validate_annotation
@@ -69,6 +69,8 @@ def source_from_zip(settings: Settings, upload: Path, display_name: str | None =
             extract_zip(upload, staging, max_total_bytes=settings.unpacked_limit, max_files=settings.max_zip_entries,
                         display_name=display_name)
         except ArchiveError as e:
+            if (names := meta_names(upload)) is not None:
+                raise InvalidInput(meta_hint("the upload", names)) from None
             raise InvalidInput(str(e)) from None
         anns = find_annotations(staging)
         if not anns:
@@ -82,6 +84,10 @@ def source_from_zip(settings: Settings, upload: Path, display_name: str | None =
 def source_from_folder(staging: Path) -> Source:
     """Uploaded files already written into ``staging``: exactly one ``.jsonl``."""
     anns = find_annotations(staging)
+    metas = [(p, n) for p in staging.rglob("*.json") if (n := meta_names(p)) is not None]
+    if metas and not anns:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InvalidInput(meta_hint(metas[0][0].name, metas[0][1]))
     if len(anns) != 1:
         shutil.rmtree(staging, ignore_errors=True)
         raise InvalidInput(f"upload images with exactly one .jsonl annotation ({len(anns)} given)",
@@ -236,6 +242,9 @@ def register(session: Session, settings: Settings, src: Source, name: str, opts:
     """Validate ``src`` and record one dataset per annotation; see the module docstring."""
     final: Path | None = None
     try:
+        for ann, _ in src.pairs:  # a meta file given as an annotation would fail on every line as bad JSON
+            if (names := meta_names(ann)) is not None:
+                raise InvalidInput(meta_hint(ann.name, names))
         size = sum(a.stat().st_size for a, _ in src.pairs)
         background = opts.background if opts.background is not None else size > SYNC_MAX_BYTES
         if not background:  # small: list every error, not just the first 20 of each kind

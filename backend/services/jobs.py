@@ -17,11 +17,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.core import presets
+from backend.core.mixture import MixtureDataset, MixtureSpec, with_trained
 from backend.core.spec import Hyperparameters
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus, User
 from backend.services import memory, scheduling
-from backend.services.datasets import get_dataset
+from backend.services import meta as meta_svc
 from backend.services.errors import Abandoned, Conflict, InvalidInput, NotFound
 from backend.services.models import get_model
 from backend.services.users import visible_to
@@ -46,20 +47,20 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int, preset: str,
-             overrides: dict[str, Any], priority: int) -> tuple[Hyperparameters, list[dict[str, Any]], Any]:
+def _resolve(session: Session, user: User | None, data: MixtureSpec, model_id: int, preset: str,
+             overrides: dict[str, Any], priority: int) -> tuple[Hyperparameters, list[dict[str, Any]], Any, Any]:
     problems: list[dict[str, Any]] = []
-    hyper = model = None
+    hyper = model = mixture = None
     try:
         hyper = presets.resolve(preset, overrides)
     except KeyError as e:
         problems.append({"field": "preset", "message": str(e.args[0])})
     except ValidationError:
         problems += presets.problems(preset, overrides)  # field and combination problems together
-    try:
-        get_dataset(session, dataset_id, user, ready=True)  # not while validating, failed or cancelled
-    except (NotFound, Conflict) as e:
-        problems.append({"field": "dataset_id", "message": e.message})
+    try:  # registered datasets must be ready (not validating, failed or cancelled)
+        mixture = meta_svc.resolve_mixture(session, user, data, get_settings().data_roots)
+    except InvalidInput as e:
+        problems += e.details
     try:
         model = get_model(session, model_id, user)
     except NotFound as e:
@@ -68,7 +69,17 @@ def _resolve(session: Session, user: User | None, dataset_id: int, model_id: int
         problems.append({"field": "priority", "message": f"must be within {PRIORITY_RANGE}"})
     elif priority > 0 and user is not None and not user.is_admin:
         problems.append({"field": "priority", "message": "only admins can raise a job's priority above 0"})
-    return hyper, problems, model  # type: ignore[return-value]
+    return hyper, problems, model, mixture  # type: ignore[return-value]
+
+
+def mixture_of(dataset_id: int | None, mixture: MixtureSpec | dict | None) -> MixtureSpec:
+    """The request's data as a mixture: ``dataset_id`` alone is the one-dataset mixture."""
+    if (dataset_id is None) == (mixture is None):
+        raise InvalidInput("invalid job", [{"field": "dataset_id", "message": "give dataset_id or mixture (not "
+                                            "both): what the job trains on"}])
+    if mixture is None:
+        return MixtureSpec(datasets=[MixtureDataset(dataset_id=dataset_id)])
+    return mixture if isinstance(mixture, MixtureSpec) else MixtureSpec.model_validate(mixture)
 
 
 def _placement_problems(session: Session, hyper: Hyperparameters, estimate: dict | None) -> list[dict[str, Any]]:
@@ -94,17 +105,23 @@ def _placement_problems(session: Session, hyper: Hyperparameters, estimate: dict
     return []
 
 
-def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str, overrides: dict[str, Any],
-               send: Send, owner: User | None = None, priority: int = 0, requeue_on_failure: bool = False,
+def create_job(session: Session, *, dataset_id: int | None = None, model_id: int, preset: str,
+               overrides: dict[str, Any], send: Send, owner: User | None = None, priority: int = 0,
+               requeue_on_failure: bool = False, mixture: MixtureSpec | dict | None = None,
                idempotency_key: str | None = None, still_wanted: Callable[[], str | None] | None = None) -> Job:
-    """Validate the request (every problem at once), record a queued job, then wake a worker.
+    """Validate the request (every problem at once), record a queued job with its resolved
+    mixture, then wake a worker.
 
     ``idempotency_key``: a retried submission with the same key (and owner) gets the job the
     first one created, never a second. ``still_wanted``: asked just before the commit; a
     reason (the client went away, the request is past its deadline) records nothing."""
+    data = mixture_of(dataset_id, mixture)
     if idempotency_key and (earlier := _by_key(session, owner, idempotency_key)) is not None:
-        return _replay(earlier, dataset_id, model_id, preset)
-    hyper, problems, model = _resolve(session, owner, dataset_id, model_id, preset, overrides, priority)
+        return _replay(earlier, data.model_dump(mode="json"), model_id, preset)
+    hyper, problems, model, resolved = _resolve(session, owner, data, model_id, preset, overrides, priority)
+    if mixture is None:  # the request named one dataset_id: report its problems under that name
+        problems = [{**p, "field": "dataset_id"} if str(p.get("field", "")).startswith("mixture") else p
+                    for p in problems]
     estimate = None
     if hyper is not None and model is not None:
         arch = memory.arch_for(model.info or {}, model.path)
@@ -112,9 +129,11 @@ def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str,
         problems += _placement_problems(session, hyper, estimate)
     if problems or hyper is None:
         raise InvalidInput("invalid job", problems)
-    job = Job(dataset_id=dataset_id, model_id=model_id, preset=preset, hyper=hyper.model_dump(mode="json"),
+    first = next((r["dataset_id"] for r in resolved["datasets"] if r["dataset_id"] is not None), None)
+    job = Job(dataset_id=first, model_id=model_id, preset=preset, hyper=hyper.model_dump(mode="json"),
               status=S.queued, owner_id=owner.id if owner else None, gpus=hyper.gpus, priority=priority,
-              requeue_on_failure=requeue_on_failure, memory_estimate=estimate, idempotency_key=idempotency_key)
+              requeue_on_failure=requeue_on_failure, memory_estimate=estimate, idempotency_key=idempotency_key,
+              mixture={**resolved, "request": data.model_dump(mode="json")})
     if still_wanted is not None and (gone := still_wanted()):
         session.rollback()
         raise Abandoned(f"job not recorded: {gone}")
@@ -124,7 +143,7 @@ def create_job(session: Session, *, dataset_id: int, model_id: int, preset: str,
     except IntegrityError:  # the same key, committed by a concurrent retry of this request
         session.rollback()
         if idempotency_key and (earlier := _by_key(session, owner, idempotency_key)) is not None:
-            return _replay(earlier, dataset_id, model_id, preset)
+            return _replay(earlier, data.model_dump(mode="json"), model_id, preset)
         raise
     _wake(session, job, send)
     return job
@@ -136,8 +155,8 @@ def _by_key(session: Session, owner: User | None, key: str) -> Job | None:
     return session.scalar(q)
 
 
-def _replay(earlier: Job, dataset_id: int, model_id: int, preset: str) -> Job:
-    if (earlier.dataset_id, earlier.model_id, earlier.preset) != (dataset_id, model_id, preset):
+def _replay(earlier: Job, request: dict, model_id: int, preset: str) -> Job:
+    if ((earlier.mixture or {}).get("request"), earlier.model_id, earlier.preset) != (request, model_id, preset):
         raise Conflict(f"Idempotency-Key already used for job {earlier.id}, with another dataset, model or preset")
     earlier.replayed = True  # type: ignore[attr-defined]  # the route answers 200, not 201
     return earlier
@@ -224,8 +243,11 @@ def latest_checkpoint(run_dir: str | None) -> Path | None:
 
 
 def _follow_up(session: Session, parent: Job, resume_from: Path | None, send: Send) -> Job:
+    mixture = {k: v for k, v in parent.mixture.items() if k != "trained"} if parent.mixture else None
+    if mixture:  # the child reports what it trained on itself
+        mixture["datasets"] = [{k: v for k, v in r.items() if k != "trained"} for r in mixture["datasets"]]
     job = Job(dataset_id=parent.dataset_id, model_id=parent.model_id, preset=parent.preset, hyper=parent.hyper,
-              status=S.queued, owner_id=parent.owner_id, gpus=parent.gpus, priority=parent.priority,
+              mixture=mixture, status=S.queued, owner_id=parent.owner_id, gpus=parent.gpus, priority=parent.priority,
               requeue_on_failure=parent.requeue_on_failure, memory_estimate=parent.memory_estimate,
               parent_job_id=parent.id, resume_from_checkpoint=str(resume_from) if resume_from else None)
     session.add(job)
@@ -358,7 +380,7 @@ def recover_run_output(session: Session, job: Job) -> int:
     session.add_all(JobLog(job_id=job.id, seq=first_line + i, stream="stdout", line=line)
                     for i, line in enumerate(lines))
     session.add_all(JobMetric(job_id=job.id, seq=first + i, step=int(r.get("step", 0)), loss=_finite(r.get("loss")),
-                              values=r) for i, r in enumerate(metrics))
+                              values=r) for i, r in take_data_rows(session, job.id, metrics))
     session.execute(update(Job).where(Job.id == job.id).values(log_offset=logs.offset, metrics_offset=rows.offset))
     session.commit()
     return len(lines)
@@ -381,10 +403,25 @@ def _finite(x: Any) -> float | None:
 
 
 def append_metrics(session: Session, job_id: int, first_seq: int, rows: Sequence[dict[str, Any]]) -> int:
+    """Store metrics rows (see :func:`take_data_rows` for the trainer's data report)."""
     session.add_all(JobMetric(job_id=job_id, seq=first_seq + i, step=int(r.get("step", 0)),
-                              loss=_finite(r.get("loss")), values=r) for i, r in enumerate(rows))
+                              loss=_finite(r.get("loss")), values=r) for i, r in take_data_rows(session, job_id, rows))
     session.commit()
     return first_seq + len(rows)
+
+
+def take_data_rows(session: Session, job_id: int, rows: Sequence[dict[str, Any]]) -> list[tuple[int, dict]]:
+    """The trainer's ``kind: "data"`` row (what each dataset of the mixture contributed:
+    samples, kept, tokens) goes into the job's ``mixture`` (in the caller's transaction), not
+    into its metrics: it describes the run, not a step. Returns the other rows with their
+    position in ``rows`` (their sequence offset)."""
+    for r in rows:
+        if r.get("kind") == "data":
+            job = session.get(Job, job_id)
+            if job is not None:
+                base = job.mixture or {"datasets": [{"name": n} for n in r.get("datasets") or {}]}
+                job.mixture = with_trained(base, r.get("datasets") or {})
+    return [(i, r) for i, r in enumerate(rows) if r.get("kind") != "data"]
 
 
 def logs_after(session: Session, job_id: int, after: int = 0, limit: int = 1000) -> list[JobLog]:

@@ -59,6 +59,18 @@ def stop_everywhere(local_stop: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def eval_loss_of(logs: dict) -> tuple[str | None, float | None]:
+    """``("eval_loss", v)`` for the whole held-out set (a single one, or a mixture's ``overall``),
+    ``("eval_loss/NAME", v)`` for one dataset of a mixture (HF prefixes ``eval_NAME_``)."""
+    if "eval_loss" in logs:
+        return "eval_loss", logs["eval_loss"]
+    for k, v in logs.items():
+        if k.startswith("eval_") and k.endswith("_loss"):
+            name = k[len("eval_"):-len("_loss")]
+            return ("eval_loss" if name == "overall" else f"eval_loss/{name}"), v
+    return None, None
+
+
 class MetricsCallback(TrainerCallback):
     """One JSON line per logging step in metrics.jsonl, and a readable ``step N/M | loss`` line."""
 
@@ -78,12 +90,13 @@ class MetricsCallback(TrainerCallback):
         self.last_t, self.last_step = time.monotonic(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "eval_loss" in logs:  # issue 8: eval loss on the validation split, its own row
+        key, value = eval_loss_of(logs or {})
+        if key:  # issue 8: eval loss on the validation split (issue 17: per dataset of a mixture), its own row
             if state.is_world_process_zero:
                 with open(self.path, "a") as f:
                     f.write(json.dumps({"step": state.global_step, "total_steps": state.max_steps,
-                                        "eval_loss": logs["eval_loss"], "time": time.time()}) + "\n")
-                print(f"eval step {state.global_step}/{state.max_steps} | eval_loss {logs['eval_loss']:.4f}", flush=True)
+                                        key: value, "time": time.time()}) + "\n")
+                print(f"eval step {state.global_step}/{state.max_steps} | {key} {value:.4f}", flush=True)
             return
         if not logs or "loss" not in logs:
             return

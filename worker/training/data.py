@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from backend.core.meta import load_meta, resolve_entry, subsample_indices
+from backend.core.meta import MetaError, load_meta, locate_entry, meta_base, subsample_indices
 from backend.core.samples import IGNORE_INDEX, SampleError, TokenizedSample, image_paths, tokenize_sample
 from backend.core.templates import Template, TemplateError
 from backend.core.tiling import IMAGE_SIZE, max_patches_per_image, plan_tiles
@@ -107,22 +107,55 @@ class SupervisedDataset(Dataset):
         self.items: list[Item] = []
         #: samples per dataset after repeat_time, before drops
         self.lengths: dict[str, int] = {}
-        for name, entry in load_meta(Path(meta_path)).items():
-            root, annotation = resolve_entry(entry, Path(meta_path).parent)
-            records = read_annotation(annotation)
-            order = subsample_indices(len(records), entry.repeat_time, name=name)
-            self.lengths[name] = len(order)
-            mdp = entry.max_dynamic_patch or max_dynamic_patch
-            self.items += [Item(root, records[i], entry.data_augment, mdp, name) for i in order]
+        self._load(Path(meta_path), max_dynamic_patch)
         self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
+        self.dropped_by_dataset: Counter[str] = Counter()
         self.drop_examples: list[str] = []
         self.index: list[Indexed] = []
         for i in range(len(self.items)):
             self._index_one(i)
 
+    def _load(self, meta_path: Path, max_dynamic_patch: int) -> None:
+        entries = load_meta(meta_path)
+        base = meta_base(meta_path)  # the validator's rule (no base given: the meta file's folder)
+        problems: list[str] = []
+        located = {}
+        for name, entry in entries.items():
+            try:
+                located[name] = locate_entry(name, entry, base)
+            except MetaError as e:
+                problems += e.problems
+        if problems:  # every missing file at once, each named with its entry
+            raise MetaError(problems)
+        for name, entry in entries.items():
+            root, annotation = located[name]
+            records = read_annotation(annotation)
+            order = subsample_indices(len(records), entry.repeat_time, name=name)
+            self.lengths[name] = len(order)
+            mdp = entry.max_dynamic_patch or max_dynamic_patch
+            self.items += [Item(root, records[i], entry.data_augment, mdp, name) for i in order]
+
+    def per_dataset(self) -> dict[str, dict[str, int]]:
+        """What each dataset contributes to an epoch: samples after ``repeat_time``, kept after
+        the drops, and the kept samples' tokens (after truncation), images and tiles."""
+        out = {name: {"samples": n, "kept": 0, "dropped": self.dropped_by_dataset[name], "tokens": 0, "images": 0,
+                      "tiles": 0} for name, n in self.lengths.items()}
+        for x in self.index:
+            row = out[self.items[x.item].dataset]
+            row["kept"] += 1
+            row["tokens"] += x.length
+            row["images"] += len(x.tiles)
+            row["tiles"] += sum(x.tiles)
+        return out
+
+    def subset(self, name: str) -> Subset:
+        """The kept samples of one dataset of the meta file (per-dataset evaluation)."""
+        return Subset(self, [k for k, x in enumerate(self.index) if self.items[x.item].dataset == name])
+
     # ---------------------------------------------------------------------------- the index
     def _drop(self, reason: str, i: int, why: str) -> None:
         self.dropped[reason] += 1
+        self.dropped_by_dataset[self.items[i].dataset] += 1
         if len(self.drop_examples) < 10:
             item = self.items[i]
             self.drop_examples.append(f"{item.dataset} sample {item.record.get('id', i)!r}: {why}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
+from backend.core.meta import MetaError
 from backend.core.model_folder import read_config
 from backend.core.model_shapes import tile_geometry
 from backend.core.spec import Hyperparameters, TrainingSpec, max_tiles_per_pack
@@ -174,13 +175,20 @@ def lm_head(model):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="write here instead of the spec's output_dir (or a fresh rerun-N folder in it)")
+    parser.add_argument("--in-place", action="store_true",
+                        help="write into the spec's output_dir even if an earlier run's outputs are there")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     # -- the spec and the machine
     spec = TrainingSpec.read(args.spec)
     h = spec.hyper
-    out = Path(spec.output_dir)
+    out = output_folder(spec, args.output_dir, args.in_place or os.environ.get(IN_PLACE_ENV) == "1")
+    if out != Path(spec.output_dir) and args.output_dir is None:
+        log(f"writing to {out}: {spec.output_dir} already holds the outputs of a run (pass --in-place to write "
+            "there, --output-dir DIR to choose)")
     use_gpu = h.gpus > 0 and torch.cuda.is_available()
     if h.gpus > 0 and not use_gpu:
         fail(["the job asks for GPUs but CUDA is not available on this node"])
@@ -194,13 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     template = conversation_template(spec.template, tokenizer)
     # the model's own tiles (448 px for every released InternVL, other sizes for tiny test models)
     image_size, tokens_per_tile = tile_geometry(read_config(Path(spec.model_path)), h.force_image_size)
-    dataset = SupervisedDataset(
-        Path(spec.meta_path), tokenizer, template, max_seq_length=h.max_seq_length,
-        max_dynamic_patch=h.max_dynamic_patch, min_dynamic_patch=h.min_dynamic_patch,
-        use_thumbnail=h.use_thumbnail, dynamic_image_size=h.dynamic_image_size, image_size=image_size,
-        tokens_per_tile=tokens_per_tile, seed=h.seed)
-    for name, n in dataset.lengths.items():
-        log(f"dataset {name}: {n} samples")
+    data_args = dict(max_seq_length=h.max_seq_length, max_dynamic_patch=h.max_dynamic_patch,
+                     min_dynamic_patch=h.min_dynamic_patch, use_thumbnail=h.use_thumbnail,
+                     dynamic_image_size=h.dynamic_image_size, image_size=image_size, tokens_per_tile=tokens_per_tile,
+                     seed=h.seed)
+    try:
+        dataset = SupervisedDataset(Path(spec.meta_path), tokenizer, template, **data_args)
+    except MetaError as e:
+        fail([f"meta file {spec.meta_path}: {p}" for p in e.problems])
+    for name, row in dataset.per_dataset().items():
+        log(f"dataset {name}: {row['samples']} samples ({row['kept']} kept, {row['tokens']:,} tokens)")
     log(f"tiling: {image_size} px tiles, {tokens_per_tile} image tokens per tile, dynamic={h.dynamic_image_size} "
         f"min_dynamic_patch={h.min_dynamic_patch} max_dynamic_patch={h.max_dynamic_patch} "
         f"use_thumbnail={h.use_thumbnail}; template {template.name}")
@@ -220,13 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         fail(problems)
     train_data = pack_dataset(dataset, h, tokens_per_tile) if h.packing else dataset
     eval_dataset = None
-    if h.eval_steps and spec.eval_meta_path:  # issue 8: eval loss on the held-out validation split
-        eval_dataset = SupervisedDataset(
-            Path(spec.eval_meta_path), tokenizer, template, max_seq_length=h.max_seq_length,
-            max_dynamic_patch=h.max_dynamic_patch, min_dynamic_patch=h.min_dynamic_patch,
-            use_thumbnail=h.use_thumbnail, dynamic_image_size=h.dynamic_image_size, image_size=image_size,
-            tokens_per_tile=tokens_per_tile, seed=h.seed)
-        log(f"validation: {len(eval_dataset)} samples, eval loss every {h.eval_steps} steps")
+    if h.eval_steps and spec.eval_meta_path:  # issue 8: eval loss on the held-out validation split(s)
+        eval_dataset = held_out_sets(SupervisedDataset(Path(spec.eval_meta_path), tokenizer, template, **data_args))
+        parts = ", ".join(f"{k} {len(v)}" for k, v in eval_dataset.items() if k != "overall")
+        log(f"validation: {len(eval_dataset['overall'])} samples" + (f" ({parts})" if parts else "")
+            + f", eval loss every {h.eval_steps} steps")
 
     # -- model: load, freeze, LoRA
     model = modeling.load_model(spec.model_path, h, dtype, use_gpu)
@@ -260,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         eval_strategy="steps" if eval_dataset is not None else "no", eval_steps=h.eval_steps or None,
         per_device_eval_batch_size=h.per_device_batch_size, prediction_loss_only=True,
     )
-    world = targs.world_size
+    world = targs.world_size  # the rendezvous: every rank has chosen ``out`` before anything is written to it
+    if targs.process_index == 0:
+        write_data_report(out / "metrics.jsonl", dataset)
     # Packs are not length-grouped: they are all about max_seq_length long.
     grouped = h.group_by_length and not h.packing
     lengths = train_data.pack_lengths if h.packing else dataset.modality_lengths
@@ -271,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = speed.measured_peak_flops(device, dtype)
     attention = modeling.attention_kernel(h, use_gpu)
     trainer = InternVLTrainer(
-        model=model, args=targs, train_dataset=train_data, eval_dataset=eval_dataset,
+        model=model, args=targs, train_dataset=train_data,
+        eval_dataset=eval_dataset["overall"] if eval_dataset and len(eval_dataset) == 1 else eval_dataset,
         data_collator=packing.PackCollator(tokenizer.pad_token_id, collator) if h.packing else collator,
         processing_class=tokenizer, sampler=sampler, stats=stats, flash=attention == "flash_attention_2",
         fused_ce=h.fused_cross_entropy,
@@ -341,11 +353,60 @@ def data_workers(h: Hyperparameters, use_gpu: bool) -> int:
     return max(1, min(8, cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) - 1))
 
 
+IN_PLACE_ENV = "VLSTUDIO_IN_PLACE"  # set by the worker's launch: the run folder is the job's own
+
+
+def output_folder(spec: TrainingSpec, override: Path | None, in_place: bool) -> Path:
+    """Where this run writes. The worker's launch writes into the job's run folder. Rerunning
+    ``command.txt`` by hand there finds the earlier run's outputs and writes to a fresh
+    ``RUN/rerun-N`` (the job's metrics, checkpoints and ``final/`` stay as they were), unless
+    ``--in-place`` or ``--output-dir`` says otherwise; a resume from a checkpoint of the folder
+    itself (``latest``, Slurm's requeue) continues in place.
+    Every rank decides before the rendezvous and nothing is written before it, so all agree."""
+    out = Path(spec.output_dir)
+    if override is not None:
+        return override
+    earlier = any((out / name).exists() for name in ("metrics.jsonl", "final", "checkpoints"))
+    resume = spec.resume_from_checkpoint
+    continues = resume == "latest" or (resume is not None and Path(resume).absolute().is_relative_to(out.absolute()))
+    if in_place or continues or not earlier:
+        return out
+    k = 1
+    while (out / f"rerun-{k}").exists():
+        k += 1
+    return out / f"rerun-{k}"
+
+
+def held_out_sets(ds: SupervisedDataset) -> dict:
+    """Eval loss on the whole held-out set and, for a mixture, on each dataset's part."""
+    sets: dict = {"overall": ds}
+    if len(ds.lengths) > 1:
+        sets.update({name: ds.subset(name) for name in ds.lengths})
+    return sets
+
+
+def write_data_report(path: Path, dataset: SupervisedDataset) -> None:
+    """What each dataset of the mixture contributes (the worker stores it with the job)."""
+    import json
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"kind": "data", "step": 0, "datasets": dataset.per_dataset(), "time": time.time()}) + "\n")
+
+
 def describe_format(model, spec: TrainingSpec, tokenizer, template) -> None:
     """Template name in the config, a chat template on the tokenizer, generation stopping at the
     template's separator: checkpoints and the final model then chat the way they were trained."""
     base = model.get_base_model() if spec.hyper.uses_lora else model
     base.config.template = spec.template
+    h = spec.hyper
+    # The tiling it was trained with, not the base model's: an export or an evaluation of the
+    # result then cuts images as training did.
+    base.config.max_dynamic_patch, base.config.min_dynamic_patch = h.max_dynamic_patch, h.min_dynamic_patch
+    base.config.use_thumbnail, base.config.dynamic_image_size = h.use_thumbnail, h.dynamic_image_size
+    if h.force_image_size:
+        base.config.force_image_size = h.force_image_size
     if tokenizer.chat_template is None and spec.template != TOKENIZER_TEMPLATE:
         tokenizer.chat_template = to_jinja(template)
     sep_id = tokenizer.get_vocab().get(template.sep.strip())

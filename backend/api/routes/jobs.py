@@ -41,7 +41,7 @@ def create_job(body: JobCreate, request: Request, response: Response, session: S
                    "retrying with the same key returns the job the first attempt created (200), never a second"))):
     """Submit a job. Nothing is recorded for a request whose client disconnected, or that waited
     past VLSTUDIO_REQUEST_DEADLINE_SECONDS (503: submit again, with the same Idempotency-Key)."""
-    job = svc.create_job(session, dataset_id=body.dataset_id, model_id=body.model_id, preset=body.preset,
+    job = svc.create_job(session, dataset_id=body.dataset_id, mixture=body.mixture, model_id=body.model_id, preset=body.preset,
                          overrides=body.hyperparameters, send=wake_workers, owner=user, priority=body.priority,
                          requeue_on_failure=body.requeue_on_failure, idempotency_key=idempotency_key,
                          still_wanted=lambda: _gone(request, settings.request_deadline_seconds))

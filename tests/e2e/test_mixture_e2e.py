@@ -1,0 +1,168 @@
+"""Training on mixtures through the product (issue 17): a studio (API + worker, embedded mode)
+runs real torchrun + DeepSpeed jobs on the tiny demo model.
+
+- two registered datasets with ``repeat_time`` 2 and 0.5: the job trains on the recipe's counts,
+  shows them per dataset, evaluates each held-out part and the whole, and its export carries
+  the tiling it trained with; rerunning its ``command.txt`` by hand writes to a fresh folder;
+- a seed-style meta file with relative paths on shared storage: ``vlstudio datasets validate``
+  (run from another folder) and the job resolve them the same way, and a missing file is named
+  with its entry and path by both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backend.core.demo_data import write_folder, write_zip
+from tests.conftest import REPO, start_studio, stop_studio
+
+pytestmark = pytest.mark.slow
+LEAN = {"nproc_per_node": 1, "zero_stage": 2, "per_device_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1,
+        "max_steps": 2, "max_dynamic_patch": 2}
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mixture")
+    (tmp / "shared").mkdir()
+    s = start_studio(tmp, extra_env={"VLSTUDIO_DATA_ROOTS": str(tmp / "shared")})
+    s.shared = tmp / "shared"  # type: ignore[attr-defined]
+    yield s
+    stop_studio(s)
+
+
+def register(studio, tmp: Path, name: str, n: int, seed: int, val_fraction: float = 0.0) -> dict:
+    path = write_zip(tmp / f"{name}.zip", n=n, seed=seed)
+    with open(path, "rb") as f, studio.api as api:
+        r = api.post("/datasets", files={"file": (path.name, f, "application/zip")},
+                     data={"name": name, "val_fraction": str(val_fraction)})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def submit(studio, mixture: dict, **hyper) -> dict:
+    with studio.api as api:
+        r = api.post("/jobs", json={"mixture": mixture, "model_id": 1, "preset": "demo",
+                                    "hyperparameters": {**LEAN, **hyper}})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def metrics(studio, job_id: int) -> list[dict]:
+    with studio.api as api:
+        return [m["values"] for m in api.get(f"/jobs/{job_id}/metrics").json()]
+
+
+@pytest.fixture(scope="module")
+def two_datasets(studio, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("two")
+    dots = register(studio, tmp, "dots", n=10, seed=1, val_fraction=0.2)
+    bars = register(studio, tmp, "bars", n=8, seed=2, val_fraction=0.25)
+    job = submit(studio, {"datasets": [{"dataset_id": dots["id"], "repeat_time": 2},
+                                       {"dataset_id": bars["id"], "repeat_time": 0.5, "data_augment": True}]},
+                 eval_steps=2)
+    done = studio.wait_job(job["id"], timeout=600)
+    assert done["status"] == "succeeded", (done, studio.worker_log())
+    return dots, bars, done
+
+
+def test_two_dataset_mixture_trains_on_the_recipe_counts(two_datasets):
+    dots, bars, job = two_datasets
+    n_dots, n_bars = dots["num_samples"], bars["num_samples"]
+    assert (n_dots, n_bars) == (8, 6)  # after the held-out parts
+    rows = {r["name"]: r for r in job["mixture"]["datasets"]}
+    expected = {"dots": 2 * n_dots, "bars": int(n_bars * 0.5)}  # 16 and 3
+    assert {k: rows[k]["samples"] for k in expected} == expected
+    # what the trainer really indexed, per dataset, stored with the job
+    assert {k: rows[k]["trained"]["samples"] for k in expected} == expected
+    assert {k: rows[k]["trained"]["kept"] for k in expected} == expected
+    assert all(rows[k]["trained"]["tokens"] > 0 and rows[k]["trained"]["images"] == expected[k] for k in expected)
+    assert job["mixture"]["trained"]["samples"] == sum(expected.values())
+    meta = json.loads((Path(job["run_dir"]) / "meta.json").read_text())
+    assert [(k, v["repeat_time"], v["data_augment"]) for k, v in meta.items()] == [("dots", 2, False),
+                                                                                  ("bars", 0.5, True)]
+
+
+def test_mixture_evaluates_each_held_out_part_and_the_whole(studio, two_datasets):
+    _, _, job = two_datasets
+    evals = {k for m in metrics(studio, job["id"]) for k in m if k.startswith("eval_loss")}
+    assert evals == {"eval_loss", "eval_loss/dots", "eval_loss/bars"}
+    held_out = json.loads((Path(job["run_dir"]) / "eval_meta.json").read_text())
+    assert {k: v["length"] for k, v in held_out.items()} == {"dots": 2, "bars": 2}
+
+
+def test_export_carries_the_tiling_it_trained_with(two_datasets, tmp_path):
+    from worker.convert.exporter import export_model
+
+    _, _, job = two_datasets
+    final = Path(job["run_dir"]) / "final"
+    assert json.loads((final / "config.json").read_text())["max_dynamic_patch"] == 2  # the base model has 6
+    export_model(final, tmp_path / "original", "original")
+    exported = json.loads((tmp_path / "original" / "config.json").read_text())
+    assert (exported["max_dynamic_patch"], exported["min_dynamic_patch"]) == (2, 1)
+
+
+def test_rerunning_command_txt_by_hand_writes_to_a_fresh_folder(studio, two_datasets):
+    _, _, job = two_datasets
+    run = Path(job["run_dir"])
+    before = {p: p.read_bytes() for p in (run / "metrics.jsonl", run / "final" / "model.safetensors")}
+    cmd = shlex.split((run / "command.txt").read_text())
+    env = {k: v for k, v in os.environ.items() if k != "VLSTUDIO_IN_PLACE"}
+    out = subprocess.run(cmd, cwd=run, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"writing to {run / 'rerun-1'}" in out.stdout
+    assert all(p.read_bytes() == data for p, data in before.items()), "the job's own outputs were overwritten"
+    assert (run / "rerun-1" / "final" / "config.json").exists()
+    assert [m["step"] for m in map(json.loads, (run / "rerun-1" / "metrics.jsonl").read_text().splitlines())
+            if "loss" in m] == [1, 2]
+
+
+def seed_meta(shared: Path) -> Path:
+    """The seed's layout: the meta file in shell/data/, data under playground/, paths relative
+    to the meta file's folder."""
+    write_folder(shared / "playground" / "dots", n=8, seed=3)
+    (shared / "shell" / "data").mkdir(parents=True)
+    meta = {"dots_train": {"root": "../../playground/dots", "annotation": "../../playground/dots/annotations.jsonl",
+                           "data_augment": False, "repeat_time": 0.5, "length": 8, "max_dynamic_patch": 1}}
+    path = shared / "shell" / "data" / "mixture.json"
+    path.write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def validate(meta: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend.cli", "datasets", "validate", str(meta), "--workers", "1"],
+                          cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_seed_style_meta_file_on_shared_storage_validates_and_trains(studio, tmp_path):
+    meta = seed_meta(studio.shared)
+    checked = validate(meta, cwd=tmp_path)  # another folder: relative paths are not taken from it
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    job = submit(studio, {"meta_path": str(meta)})
+    assert job["dataset_id"] is None
+    done = studio.wait_job(job["id"], timeout=600)
+    assert done["status"] == "succeeded", (done, studio.worker_log())
+    (row,) = done["mixture"]["datasets"]
+    assert (row["name"], row["samples"], row["trained"]["kept"], row["max_dynamic_patch"]) == ("dots_train", 4, 4, 1)
+
+    # one missing file: the validator and the job name the same entry and the same path
+    gone = meta.parent / "../../playground/dots/gone.jsonl"
+    data = json.loads(meta.read_text())
+    data["dots_train"]["annotation"] = "../../playground/dots/gone.jsonl"
+    meta.write_text(json.dumps(data))
+    checked = validate(meta, cwd=tmp_path)
+    assert checked.returncode == 1 and "dots_train" in checked.stdout and str(gone) in checked.stdout, checked.stdout
+    with studio.api as api:
+        r = api.post("/jobs", json={"mixture": {"meta_path": str(meta)}, "model_id": 1, "preset": "demo",
+                                    "hyperparameters": LEAN})
+    assert r.status_code == 422
+    assert any("dots_train" in e["message"] and str(gone) in e["message"] for e in r.json()["errors"]), r.text
