@@ -55,7 +55,7 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
                 with gr.Tab("Jobs", id="jobs", elem_id="vl-tab-jobs") as jobs_tab:
                     jobs_page = jobs.build(sessions)
                 with gr.Tab("Train", id="train", elem_id="vl-tab-train") as train_tab:
-                    train_page = train.build(sessions, jobs_page, tabs)
+                    train_page = train.build(sessions, jobs_page, tabs, mixture_grid=ds_page.pickers[1])
                 with gr.Tab("Compare", id="compare", elem_id="vl-tab-compare") as compare_tab:
                     compare_load, compare_pick = compare.build(sessions)
                 with gr.Tab("Evaluate", id="evaluate", elem_id="vl-tab-evaluate") as eval_tab:

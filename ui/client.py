@@ -148,9 +148,12 @@ class StudioClient:
         return self._call("POST", "/presets/resolve", json={"preset": preset, "hyperparameters": hyperparameters})
 
     # -- jobs ----------------------------------------------------------------------------
-    def create_job(self, dataset_id: int, model_id: int, preset: str, hyperparameters: dict) -> dict:
-        return self._call("POST", "/jobs", json={"dataset_id": dataset_id, "model_id": model_id, "preset": preset,
-                                                 "hyperparameters": hyperparameters})
+    def create_job(self, dataset_id: int | None, model_id: int, preset: str, hyperparameters: dict,
+                   mixture: dict | None = None) -> dict:
+        """One dataset (``dataset_id``) or a ``mixture`` (``{datasets: [...], meta_path?, meta_base?}``)."""
+        body = {"model_id": model_id, "preset": preset, "hyperparameters": hyperparameters}
+        body.update({"mixture": mixture} if mixture is not None else {"dataset_id": dataset_id})
+        return self._call("POST", "/jobs", json=body)
 
     def estimate(self, dataset_id: int, model_id: int, preset: str, hyperparameters: dict) -> dict:
         """GPU memory per device for a spec, without submitting it."""

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
+from ui.pages.mixture_view import data_label, mixture_html
 from ui.widgets import ACTIVE, ago, badge, cards, duration, esc, number, parse_time, progress_bar, table
 
 #: weight of the exponential moving average drawn over the raw loss (TensorBoard's default look)
@@ -166,7 +167,7 @@ def spec_html(job: dict) -> str:
         extra += f"<div class='vl-h3'>Equivalent command line</div><div class='vl-cmd'>{esc(job['command'])}</div>"
     if job.get("run_dir"):
         extra += f"<div class='vl-h3'>Run folder</div><div class='vl-mono'>{esc(job['run_dir'])}</div>"
-    return f"<dl class='vl-kv'>{rows}</dl>{extra}"
+    return f"{mixture_html(job)}<dl class='vl-kv'>{rows}</dl>{extra}"
 
 
 def jobs_table(jobs: list[dict], model_names: dict[int, str], dataset_names: dict[int, str],
@@ -178,7 +179,7 @@ def jobs_table(jobs: list[dict], model_names: dict[int, str], dataset_names: dic
         warned = j["status"] == "succeeded" and j.get("warnings")
         state = badge(j["status"], "Succeeded with warnings" if warned else None)
         rows.append([f"<b>#{j['id']}</b>", state, esc(model_names.get(j["model_id"], j["model_id"])),
-                     esc(dataset_names.get(j["dataset_id"], j["dataset_id"])), esc(j["preset"]),
+                     esc(data_label(j, dataset_names)), esc(j["preset"]),
                      progress_bar(frac, f"{j.get('step') or 0:,} / {j.get('total_steps') or '?'}", j["status"]),
                      esc(duration(eta)) if eta is not None else "<span class='vl-muted'>–</span>",
                      esc(owner_of(j, users) or "–"), esc(ago(j.get("created_at")))])

@@ -15,6 +15,7 @@ import gradio as gr
 from ui.client import ApiError, StudioClient
 from ui.logview import batch, log_viewer
 from ui.pages import job_view as view
+from ui.pages.mixture_view import data_label
 from ui.session import Sessions
 from ui.widgets import ACTIVE, notice, section
 
@@ -122,7 +123,7 @@ def build(sessions: Sessions) -> JobsPage:
         try:
             jobs = api.jobs()
             models, datasets, users = _names(api)
-            if any(j["model_id"] not in models or j["dataset_id"] not in datasets for j in jobs):
+            if any(j["model_id"] not in models or j["dataset_id"] not in (*datasets, None) for j in jobs):
                 _NAMES.pop(id(api), None)  # something new since the names were read
                 models, datasets, users = _names(api)
             return view.jobs_table(jobs, models, datasets, st.get("job"), users)
@@ -204,7 +205,8 @@ def _render(sessions: Sessions, request: gr.Request, st: dict, reset: bool, v: d
     if reset or changed or job["status"] in ACTIVE:
         names = st.get("names") or {}
         out[v["header"]] = view.header_html(job, names.get("model") or f"#{job['model_id']}",
-                                            names.get("dataset") or f"#{job['dataset_id']}", names.get("users"))
+                                            data_label(job, {job["dataset_id"]: names.get("dataset")}
+                                                       if names.get("dataset") else {}), names.get("users"))
         cancel, resume, retry = v["buttons"]
         out[cancel] = gr.Button(interactive=job["status"] in ACTIVE)
         out[resume] = gr.Button(interactive=job["status"] in ("failed", "cancelled"))

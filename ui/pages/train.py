@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ui.client import ApiError
+from ui.pages import meta_builder
 from ui.pages.jobs import JobsPage
 from ui.session import Sessions
 from ui.widgets import cards, esc, notice, number, section
@@ -73,13 +74,42 @@ def resolved(presets: dict, preset: str) -> dict:
     return {**presets["defaults"], **presets["presets"].get(preset, {})}
 
 
-def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
+DATA_CHOICES = ["One dataset", "Mixture (meta file builder on the Datasets page)"]
+
+
+def mixture_request(frame, meta_path: str | None, meta_base: str | None) -> dict:  # noqa: ANN001
+    """The job's ``mixture`` from the meta builder's table and an optional meta file on the server."""
+    out: dict = {"datasets": meta_builder.request_from(frame) if frame is not None else []}
+    if (meta_path or "").strip():
+        out["meta_path"] = meta_path.strip()
+        if (meta_base or "").strip():
+            out["meta_base"] = meta_base.strip()
+    return out
+
+
+def _data_picker(mixture_grid) -> tuple:  # noqa: ANN001
+    """Where the job's data comes from: the dataset picker, or the meta builder (plus a meta file)."""
+    with gr.Row():
+        source = gr.Radio(DATA_CHOICES, value=DATA_CHOICES[0], label="Train on", elem_id="vl-data-source",
+                          visible=mixture_grid is not None)
+        meta_path = gr.Textbox(label="Meta file on shared storage (optional)", elem_id="vl-meta-path",
+                               placeholder="/shared/internvl_chat/shell/data/internvl_1_2_finetune.json",
+                               visible=False)
+        meta_base = gr.Textbox(label="Its relative paths resolve from (empty: its folder)", elem_id="vl-meta-base",
+                               visible=False)
+    shown = [meta_path, meta_base]
+    source.change(lambda v: [gr.update(visible=v == DATA_CHOICES[1])] * 2, source, shown)
+    return source, meta_path, meta_base
+
+
+def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs, mixture_grid=None) -> TrainPage:  # noqa: ANN001
     gr.HTML(section("New fine-tune", "Pick a model, a dataset and a preset (the seed's recipes); change any "
                                      "switch. Defaults come from the server."))
     with gr.Row():
         model = gr.Dropdown(label="Model", elem_id="vl-model-dd")
         dataset = gr.Dropdown(label="Dataset", elem_id="vl-ds-dd")
         preset = gr.Dropdown(label="Preset", elem_id="vl-preset-dd")
+    source, meta_path, meta_base = _data_picker(mixture_grid)
     widgets: dict[str, gr.components.Component] = {}
     with gr.Row(equal_height=False):
         for title, group in GROUPS:
@@ -119,13 +149,20 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
     def on_start(data: dict, request: gr.Request) -> dict:
         p, model_id, ds_id, name = data[presets_state], data[model], data[dataset], data[preset]
         values = [data[widgets[f]] for f, _ in FIELDS]
-        if model_id is None or ds_id is None:
+        mixture = None
+        if data[source] == DATA_CHOICES[1] and mixture_grid is not None:
+            mixture = mixture_request(data[mixture_grid], data[meta_path], data[meta_base])
+            if not mixture["datasets"] and "meta_path" not in mixture:
+                return {msg: notice("info", "The mixture is empty", "<div>Tick datasets in the meta file builder "
+                                    "(Datasets page) or give a meta file.</div>")}
+            ds_id = None
+        if model_id is None or (mixture is None and ds_id is None):
             return {msg: notice("info", "Pick a model and a dataset first",
                                 "<div>No dataset yet? Use the demo dataset on the Datasets page.</div>")}
         overrides = _overrides(p, name, values)
         api = sessions.api(request)
         try:
-            job = api.create_job(int(ds_id), int(model_id), name, overrides)
+            job = api.create_job(int(ds_id) if ds_id is not None else None, int(model_id), name, overrides, mixture)
         except ApiError as e:
             return {msg: notice("error", "The job was not created", _problems(e))}
         return {msg: notice("ok", f"Job #{job['id']} queued", "<div>Opening it on the Jobs page.</div>"),
@@ -154,7 +191,10 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs) -> TrainPage:
           trigger_mode="always_last", show_progress="hidden")
     pickers = [presets_state, model, dataset, preset, *widgets.values(), msg]
     preset.input(on_preset, [presets_state, preset], list(widgets.values()))
-    start.click(on_start, {presets_state, model, dataset, preset, *widgets.values()}, [msg, tabs, *jobs.outputs])
+    start_inputs = {presets_state, model, dataset, preset, source, meta_path, meta_base, *widgets.values()}
+    if mixture_grid is not None:
+        start_inputs.add(mixture_grid)
+    start.click(on_start, start_inputs, [msg, tabs, *jobs.outputs])
     return TrainPage(refresh, pickers)
 
 
