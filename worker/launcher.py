@@ -113,10 +113,7 @@ def training_launch(job_id: int, run_dir: Path, hyper: Hyperparameters, port: in
     return Launch(name=f"vlstudio-job-{job_id}", module=TRAIN_MODULE, spec_path=run_dir / "spec.json",
                   run_dir=run_dir, log_path=run_dir / LOG_NAME, nnodes=hyper.nnodes,
                   nproc_per_node=hyper.nproc_per_node, gpus_per_node=hyper.gpus,
-                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids), port=port or free_port(), resumable=True,
-                  # the trainer writes into the job's run folder; a rerun of command.txt by hand, without
-                  # this, writes to a fresh RUN/rerun-N (worker.training.train.output_folder)
-                  env={"VLSTUDIO_IN_PLACE": "1"})
+                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids), port=port or free_port(), resumable=True)
 
 
 def reattach_claimed(job_id: int, control: RunControl) -> str:

@@ -55,6 +55,18 @@ def all_processes() -> list[Proc]:
     return [p for p in map(_read, entries) if p is not None]
 
 
+def launched_by_worker(p: Proc) -> bool:
+    """Whether a worker launched it (``WORKER_RUN_ENV`` in its environment): a user rerunning a
+    run's command.txt by hand starts the same command line, and that run is theirs."""
+    from backend.core.spec import WORKER_RUN_ENV
+
+    try:
+        env = (PROC / str(p.pid) / "environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False  # exited meanwhile, or not ours
+    return f"{WORKER_RUN_ENV}=1".encode() in env.split(b"\0")
+
+
 def spec_processes(spec_path: Path | str) -> list[Proc]:
     """Every live process whose command line has ``--spec <spec_path>``."""
     target = str(Path(spec_path).resolve())

@@ -47,7 +47,7 @@ class Reaper:
         by_run: dict[tuple[str, int], list[processes.Proc]] = {}
         for p in processes.all_processes():
             key = run_of(p, self.data)
-            if key is not None:
+            if key is not None and processes.launched_by_worker(p):  # never a rerun by hand (issue 17)
                 by_run.setdefault(key, []).append(p)
         if not by_run:
             return {}

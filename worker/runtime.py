@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from backend.core.spec import WORKER_RUN_ENV
 from backend.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ class Launch:
         every GPU from a CPU run); unset when a cluster scheduler places the run."""
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path,
-               **self.env}
+               WORKER_RUN_ENV: "1", **self.env}  # issue 17: marks the worker's own launches
         if self.gpu_ids is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpu_ids))
         return env

@@ -293,3 +293,9 @@ class TrainingSpec(BaseModel):
     @classmethod
     def read(cls, path: Path) -> TrainingSpec:
         return cls.model_validate_json(path.read_text())
+
+
+#: Set (to "1") in the environment of every program a worker launches for a job or an evaluation.
+#: The trainer writes into the job's run folder only then (a rerun of command.txt by hand writes to
+#: a fresh RUN/rerun-N), and the worker's reaper ends only such processes, never a user's own rerun.
+WORKER_RUN_ENV = "VLSTUDIO_WORKER_RUN"

@@ -114,11 +114,14 @@ def test_rerunning_command_txt_by_hand_writes_to_a_fresh_folder(studio, two_data
     run = Path(job["run_dir"])
     before = {p: p.read_bytes() for p in (run / "metrics.jsonl", run / "final" / "model.safetensors")}
     cmd = shlex.split((run / "command.txt").read_text())
-    env = {k: v for k, v in os.environ.items() if k != "VLSTUDIO_IN_PLACE"}
-    out = subprocess.run(cmd, cwd=run, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert f"writing to {run / 'rerun-1'}" in out.stdout
+    env = {k: v for k, v in os.environ.items() if k != "VLSTUDIO_WORKER_RUN"}
+    # As a user would, while the studio's worker runs (its reaper must leave a rerun by hand alone).
+    # A session of its own: whatever signals the rerun's process group cannot reach this test.
+    proc = subprocess.Popen(cmd, cwd=run, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    stdout, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout[-4000:]
+    assert f"writing to {run / 'rerun-1'}" in stdout
     assert all(p.read_bytes() == data for p, data in before.items()), "the job's own outputs were overwritten"
     assert (run / "rerun-1" / "final" / "config.json").exists()
     assert [m["step"] for m in map(json.loads, (run / "rerun-1" / "metrics.jsonl").read_text().splitlines())

@@ -266,6 +266,7 @@ def test_lora_adapter_merges_into_the_model_it_trained(lora_run, demo_model):
     assert (final / "adapter" / "adapter_model.safetensors").exists()
     assert "trainable" in lora_run[1] and "llm (LoRA)" in lora_run[1]
     merged = InternVLForConditionalGeneration.from_pretrained(final).eval()
+    assert merged.config.max_dynamic_patch == 2  # the run's tiling (issue 17), not the base model's 6
     with_adapter = PeftModel.from_pretrained(InternVLForConditionalGeneration.from_pretrained(demo_model),
                                              str(final / "adapter")).eval()
     base = state_dict(demo_model)

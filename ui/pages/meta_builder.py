@@ -42,7 +42,8 @@ def build(sessions: Sessions) -> tuple[gr.Dataframe, object]:
     with gr.Accordion("Meta file builder: mix datasets for training", open=False, elem_id="vl-meta"):
         gr.HTML("<div class='vl-muted' style='font-size:13px'>Tick the datasets to mix, set how often each is "
                 "repeated per epoch (<code>repeat_time</code>, below 1 samples a part) and whether its images "
-                "are augmented. Optionally merge a mixture you already have.</div>")
+                "are augmented. Optionally merge a mixture you already have. To train on the ticked datasets, "
+                "choose <b>Mixture</b> on the Train page.</div>")
         grid = gr.Dataframe(headers=COLUMNS, datatype=["bool", "number", "str", "number", "bool"],
                             interactive=True, elem_id="vl-meta-grid", column_count=(5, "fixed"))
         with gr.Row():

@@ -28,7 +28,7 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments
 from backend.core.meta import MetaError
 from backend.core.model_folder import read_config
 from backend.core.model_shapes import tile_geometry
-from backend.core.spec import Hyperparameters, TrainingSpec, max_tiles_per_pack
+from backend.core.spec import WORKER_RUN_ENV, Hyperparameters, TrainingSpec, max_tiles_per_pack
 from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
 from worker.training import lora, modeling, packing, speed
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     # -- the spec and the machine
     spec = TrainingSpec.read(args.spec)
     h = spec.hyper
-    out = output_folder(spec, args.output_dir, args.in_place or os.environ.get(IN_PLACE_ENV) == "1")
+    out = output_folder(spec, args.output_dir, args.in_place or os.environ.get(WORKER_RUN_ENV) == "1")
     if out != Path(spec.output_dir) and args.output_dir is None:
         log(f"writing to {out}: {spec.output_dir} already holds the outputs of a run (pass --in-place to write "
             "there, --output-dir DIR to choose)")
@@ -353,9 +353,6 @@ def data_workers(h: Hyperparameters, use_gpu: bool) -> int:
     return max(1, min(8, cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) - 1))
 
 
-IN_PLACE_ENV = "VLSTUDIO_IN_PLACE"  # set by the worker's launch: the run folder is the job's own
-
-
 def output_folder(spec: TrainingSpec, override: Path | None, in_place: bool) -> Path:
     """Where this run writes. The worker's launch writes into the job's run folder. Rerunning
     ``command.txt`` by hand there finds the earlier run's outputs and writes to a fresh
@@ -395,18 +392,21 @@ def write_data_report(path: Path, dataset: SupervisedDataset) -> None:
         f.write(json.dumps({"kind": "data", "step": 0, "datasets": dataset.per_dataset(), "time": time.time()}) + "\n")
 
 
+def stamp_tiling(config, h: Hyperparameters) -> None:
+    """The tiling it was trained with, not the base model's, in the saved config: an export, a
+    re-import or an evaluation of the result then cuts images as training did."""
+    config.max_dynamic_patch, config.min_dynamic_patch = h.max_dynamic_patch, h.min_dynamic_patch
+    config.use_thumbnail, config.dynamic_image_size = h.use_thumbnail, h.dynamic_image_size
+    if h.force_image_size:
+        config.force_image_size = h.force_image_size
+
+
 def describe_format(model, spec: TrainingSpec, tokenizer, template) -> None:
     """Template name in the config, a chat template on the tokenizer, generation stopping at the
     template's separator: checkpoints and the final model then chat the way they were trained."""
     base = model.get_base_model() if spec.hyper.uses_lora else model
     base.config.template = spec.template
-    h = spec.hyper
-    # The tiling it was trained with, not the base model's: an export or an evaluation of the
-    # result then cuts images as training did.
-    base.config.max_dynamic_patch, base.config.min_dynamic_patch = h.max_dynamic_patch, h.min_dynamic_patch
-    base.config.use_thumbnail, base.config.dynamic_image_size = h.use_thumbnail, h.dynamic_image_size
-    if h.force_image_size:
-        base.config.force_image_size = h.force_image_size
+    stamp_tiling(base.config, spec.hyper)
     if tokenizer.chat_template is None and spec.template != TOKENIZER_TEMPLATE:
         tokenizer.chat_template = to_jinja(template)
     sep_id = tokenizer.get_vocab().get(template.sep.strip())
@@ -433,6 +433,7 @@ def save_final(trainer: Trainer, spec: TrainingSpec, tokenizer, template, final:
         def prepare(path: str):
             m = modeling.load_model(path, h, dtype, use_gpu=False)  # merged in the training precision
             m.config.template = spec.template
+            stamp_tiling(m.config, h)
             m.config.text_config.use_cache = True
             m.generation_config.eos_token_id = base.generation_config.eos_token_id
             return m
