@@ -51,11 +51,14 @@ def descendants(root: int) -> set[int]:
 def with_data_dir(data: Path) -> list[int]:
     """Live processes whose environment names this studio's data folder."""
     needle = f"VLSTUDIO_DATA_DIR={data}".encode()
+    assert Path(f"/proc/{os.getpid()}/environ").read_bytes(), "cannot read environments from /proc"
     out = []
     for pid, (_, state) in processes().items():
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
+            continue
+        except PermissionError:  # not ours (the sandbox's init): nothing this studio started
             continue
         if state != "Z" and needle in env.split(b"\0"):
             out.append(pid)
