@@ -1,7 +1,7 @@
 """jobs: the resolved training mixture; dataset_id optional (a job on a meta file only) (issue 17)
 
 Revision ID: 0017
-Revises: 0018_hostile
+Revises: 0013d
 """
 
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0018_hostile"
+down_revision = "0013d"
 branch_labels = None
 depends_on = None
 
