@@ -176,7 +176,7 @@ def run_anchor(path: Path, out: Path, cpu: bool) -> str:
     done = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"the anchor failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    return (done.stdout + done.stderr)[-3000:]
+    return done.stderr[-1500:] + "\n" + done.stdout[-1500:]  # its JSON figures (stdout) last, whole
 
 
 def main() -> None:
