@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     api_threads: int = Field(40, ge=1, description="worker threads of the API process; the database pool is "
                                                   "sized from it")
     db_pool_timeout_seconds: float = Field(10.0, gt=0, description="wait for a pooled connection, then 503")
-    max_inflight_requests: int = Field(64, ge=1, description="API requests served at once; more get 503 + "
+    max_inflight_requests: int = Field(128, ge=1, description="API requests served at once; more get 503 + "
                                                              "Retry-After instead of piling up")
     max_event_streams: int = Field(256, ge=1, description="open SSE streams at once; more get 503")
     request_deadline_seconds: float = Field(

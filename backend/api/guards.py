@@ -98,7 +98,7 @@ class Admission:
     ones get 503 with ``Retry-After`` at once rather than waiting for a thread or a database
     connection. Only the API's own paths are counted (the Gradio UI queues its events itself)."""
 
-    def __init__(self, app: ASGIApp, max_requests: int, max_streams: int, retry_after_s: int = 2) -> None:
+    def __init__(self, app: ASGIApp, max_requests: int, max_streams: int, retry_after_s: int = 1) -> None:
         self.app = app
         self.limits = {"request": max_requests, "stream": max_streams}
         self.active = {"request": 0, "stream": 0}

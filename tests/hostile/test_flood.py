@@ -68,7 +68,7 @@ def test_concurrent_flood_gets_no_500_and_health_stays_up(pg_api):
         if r.status_code == 503:
             assert int(r.headers["retry-after"]) >= 1
     served = [c for c in codes if c != 503]
-    # At least a full admission window was served (VLSTUDIO_MAX_INFLIGHT_REQUESTS, default 64),
+    # At least half an admission window was served (VLSTUDIO_MAX_INFLIGHT_REQUESTS, default 128),
     # each with its real answer: 200, or 404/422 for the bogus job and submission.
     assert len(served) >= 64, Counter(codes)
     assert elapsed < DEADLINE_S
