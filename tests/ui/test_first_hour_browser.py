@@ -175,14 +175,13 @@ def test_multi_turn_chat_queues_messages_while_streaming(hour, studio_page, scre
     box.press("Enter")
     page.locator("#vl-chat-status", has_text="Queued").wait_for(timeout=10_000)
     assert box.input_value() == ""
-    page.wait_for_function("document.querySelectorAll('#vl-chat .message-row, #vl-chat .message').length >= 4"
-                           " && !document.querySelector('#vl-chat-status').innerText.includes('Queued')",
-                           timeout=180_000)
+    answered = ("(() => { const t = document.querySelector('#vl-chat-status').innerText.toLowerCase();"
+                " return t.includes('answered in') && !t.includes('queued'); })()")
+    page.wait_for_function(answered, timeout=300_000)  # both replies, in order
     box.fill("Thanks. Is it large?", timeout=90_000)  # a third turn; a loaded CI browser may lag
     box.press("Enter")
     page.locator("#vl-chat", has_text="Is it large?").wait_for()
-    page.wait_for_function("(() => { const t = document.querySelector('#vl-chat-status').innerText;"
-                           " return t.includes('Answered') || t.trim() === ''; })()", timeout=180_000)
+    page.wait_for_function(answered, timeout=300_000)
     page.wait_for_timeout(1500)
     chat = page.locator("#vl-chat").inner_text()
     for asked in ("What colour is the shape?", "And what shape is it?", "Is it large?"):

@@ -143,8 +143,9 @@ def answer(api, conv: Conversation, model_id: int, job_id: int | None,  # noqa: 
         conv.turns = [*asked, {"role": "assistant", "content": reply.strip()}]
     conv.shown[-1] = {"role": "assistant", "content": reply + (" … (stopped)" if stopped else "")}
     waiting = len(conv.pending)
-    yield list(conv.shown), (notice("info", f"Answered in {time.monotonic() - t0:.1f} s; "
-                                            f"{waiting} queued message(s) next") if waiting else "")
+    done = "Stopped after" if stopped else "Answered in"
+    yield list(conv.shown), notice("ok", f"{done} {time.monotonic() - t0:.1f} s"
+                                         + (f"; {waiting} queued message(s) next" if waiting else ""))
 
 
 def build(sessions: Sessions):  # noqa: ANN201
