@@ -169,6 +169,8 @@ def test_chats_that_arrive_together_are_generated_in_one_batch_with_unchanged_an
             time.sleep(0.1)
     model_server.stopping.clear()
     assert model_server.serve_once()  # one pass: all three claimed and generated together
+    model_server.thread = threading.Thread(target=model_server._loop, daemon=True)  # whatever is left
+    model_server.thread.start()
     for t in threads:
         t.join(60)
     for i, (_, png, r) in enumerate(samples):
