@@ -16,6 +16,8 @@ _SEED: dict[str, Any] = {
     "dynamic_image_size": True, "drop_path_rate": 0.1, "grad_checkpoint": True, "group_by_length": True,
     "zero_stage": 1, "save_steps": 200, "save_total_limit": 3, "logging_steps": 1, "report_to": "tensorboard",
     "dataloader_num_workers": 4, "gpus": 8, "nproc_per_node": 8,
+    # The V1.5 scripts' loss: HF Trainer's per-micro-batch token mean, averaged over micro-batches and ranks.
+    "loss_reduction": "micro_batch_mean",
 }
 _WD = {"2b": 0.01, "4b": 0.05}  # the 2B (InternLM2) and 4B (Phi-3) scripts differ only here
 

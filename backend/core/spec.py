@@ -90,6 +90,10 @@ class Hyperparameters(BaseModel):
     vision_select_layer: int = Field(-1, ge=-256, le=256, description="ViT layer whose output feeds the projector (-1: the last)")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the ViT, rising linearly to "
                                   "this rate over the layers")
+    loss_reduction: Literal["token", "micro_batch_mean", "sample", "square"] = Field(
+        "token", description="how token losses make the step loss: token (mean over the step's trained tokens), "
+        "micro_batch_mean (the V1.5 recipe: token mean per micro-batch, averaged), sample or square (InternVL 2.5: "
+        "each sample weighted 1/n or 1/sqrt(n) of its n trained tokens); see docs/training.md")
     grad_checkpoint: bool = Field(False, description="recompute activations in the backward pass (less memory)")
     grad_checkpoint_vision: bool | None = Field(
         None, description="gradient checkpointing in the vision tower (empty: as grad_checkpoint)")

@@ -16,6 +16,7 @@ child with a traceback), 2 the spec does not fit the model or data.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ from backend.core.spec import WORKER_RUN_ENV, Hyperparameters, TrainingSpec, max
 from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
 from worker.training import lora, modeling, packing, speed
+from worker.training import loss as loss_fn
 from worker.training.callbacks import BatchStats, MetricsCallback, StopCallback, compile_notice, quiet_trainer
 from worker.training.data import Collator, SupervisedDataset
 from worker.training.sampler import SeededSampler
@@ -116,31 +118,52 @@ def core_model(model):
 
 class InternVLTrainer(Trainer):
     """Merges image features into the text embeddings with ``image_flags`` (the reference's
-    approach), so a dummy tile keeps the vision tower in every rank's graph."""
+    approach), so a dummy tile keeps the vision tower in every rank's graph, and owns the loss
+    normalisation (:mod:`worker.training.loss`): one step's loss, gradients and eval loss do not
+    depend on how the global batch is split over processes and accumulation steps."""
+
+    #: compute_loss returns its exact share of the step loss: the Trainer must not rescale it
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args, sampler: SeededSampler, stats: BatchStats, flash: bool = False,
-                 fused_ce: bool = False, **kwargs) -> None:
+                 fused_ce: bool = False, loss_reduction: str = "token", eval_collator=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
         self.stats = stats
         self.flash = flash  # flash-attention 2: packed batches run as one row through the varlen kernel
         self.fused_ce = fused_ce  # Liger fused linear cross-entropy from the hidden states
+        self.loss_reduction = loss_reduction
+        self.eval_collator = eval_collator or self.data_collator  # evaluation batches are never packed
+        self.micro_batches = 1
 
     def _get_train_sampler(self, train_dataset=None):
         return self.sampler
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        # The time the training loop waits for its next batches: the dataloader wait fraction.
+        """The micro-batches of one optimizer step and the step's weight sum over all ranks
+        (passed on to :meth:`compute_loss` as ``num_items_in_batch``)."""
         t0 = time.perf_counter()
-        out = super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        # The time the training loop waits for its next batches: the dataloader wait fraction.
         self.stats.add_data_wait(time.perf_counter() - t0)
-        return out
+        self.micro_batches = max(len(batches), 1)
+        if self.loss_reduction == "micro_batch_mean":
+            return batches, None
+        return batches, loss_fn.step_denominator([b["labels"] for b in batches], self.loss_reduction, device,
+                                                 [b.get("sample_index") for b in batches])
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def token_losses(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, object]:
+        """Forward one batch: per-target losses ``[B, T-1]`` (fp32; with the fused kernel, their sum),
+        the labels, the packed sample index (None unpacked) and the model outputs."""
         flags = inputs.pop("image_flags")
         pixel_values = inputs.pop("pixel_values")
         pack = packing.pop_pack_inputs(inputs)  # None for a padded batch
-        input_ids = inputs["input_ids"]
+        input_ids, labels = inputs["input_ids"], inputs["labels"]
         if model.training:  # evaluation batches are not training throughput
             self.stats.add(input_ids, inputs["attention_mask"], flags, samples=pack.samples if pack else None)
         core = core_model(model)
@@ -153,15 +176,56 @@ class InternVLTrainer(Trainer):
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), real)
         # Zero-weighted dummy features keep the vision parameters in the graph on a text-only rank.
         embeds = embeds + 0.0 * feats[flags == 0].sum().to(embeds.dtype)
-        kwargs = packing.forward_inputs(pack, embeds, inputs["labels"], inputs["attention_mask"], self.flash)
+        kwargs = packing.forward_inputs(pack, embeds, labels, inputs["attention_mask"], self.flash)
+        # No labels to the model: its own loss would be a per-call mean; the reduction is ours.
+        labels = kwargs.pop("labels")
+        index = pack.sample_index.reshape(labels.shape) if pack is not None else None
         if self.fused_ce:
-            labels = kwargs.pop("labels")
             hidden = core(**kwargs).last_hidden_state
-            # the model's own reduction: the sum over targets / the batch's target count
-            loss = speed.fused_linear_cross_entropy(hidden, lm_head(model), labels, num_items_in_batch)
-            return (loss, {"loss": loss}) if return_outputs else loss
-        outputs = model(**kwargs, num_items_in_batch=num_items_in_batch)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+            losses = speed.fused_token_losses(hidden, lm_head(model), labels)  # the logits path's, without logits
+            return losses, labels, index, {"loss": losses.sum()}
+        outputs = model(**kwargs)
+        return loss_fn.token_losses(outputs.logits, labels), labels, index, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        losses, labels, index, outputs = self.token_losses(model, inputs)
+        weights = loss_fn.token_weights(labels, self.loss_reduction, index).to(losses.device)
+        loss = loss_fn.micro_batch_loss(losses, weights, reduction=self.loss_reduction,
+                                        denominator=num_items_in_batch, micro_batches=self.micro_batches,
+                                        world_size=self.args.world_size)
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """Eval loss: the training's weighting normalised over the whole eval set (``micro_batch_mean``:
+        the token mean), each sample once. Ranks take every W-th sample and run the same number of
+        forwards (ZeRO-3 gathers parameters collectively); a rank short of samples runs one with no
+        trained token. The Trainer's own loop would pad with repeated samples and average per batch."""
+        from transformers.trainer_utils import EvalLoopOutput
+
+        # the dataset of this evaluation (one of several when eval_dataset is a dict of them)
+        ds = getattr(dataloader, "dataset", None)
+        ds = self.eval_dataset if ds is None else ds
+        world, bs = self.args.world_size, self.args.per_device_eval_batch_size
+        mine = list(range(self.args.process_index, len(ds), world))
+        batches = math.ceil(math.ceil(len(ds) / world) / bs)
+        reduction = "token" if self.loss_reduction == "micro_batch_mean" else self.loss_reduction
+        model = self.model_wrapped
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        with torch.no_grad():
+            for b in range(batches):
+                idx = mine[b * bs:(b + 1) * bs]
+                batch = self.eval_collator([ds[i] for i in idx or [0]])
+                if not idx:
+                    batch["labels"].fill_(loss_fn.IGNORE_INDEX)
+                with self.compute_loss_context_manager():
+                    losses, labels, index, _ = self.token_losses(model, self._prepare_inputs(batch))
+                weights = loss_fn.token_weights(labels, reduction, index).to(losses.device)
+                sums += torch.stack([(losses * weights).sum(), weights.sum()]).to(sums)
+        loss_fn.all_reduce_sum(sums)
+        metrics = {f"{metric_key_prefix}_loss": (sums[0] / sums[1].clamp(min=1e-12)).item()}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(ds))
 
 
 def lm_head(model):
@@ -286,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_dataset["overall"] if eval_dataset and len(eval_dataset) == 1 else eval_dataset,
         data_collator=packing.PackCollator(tokenizer.pad_token_id, collator) if h.packing else collator,
         processing_class=tokenizer, sampler=sampler, stats=stats, flash=attention == "flash_attention_2",
-        fused_ce=h.fused_cross_entropy,
+        fused_ce=h.fused_cross_entropy, loss_reduction=h.loss_reduction, eval_collator=collator,
         callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop])
     quiet_trainer(trainer)
     if notice := compile_notice(h.zero_stage, h.offload, use_gpu):
@@ -295,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"training: {len(train_data)} {unit}, world size {world}, per device {h.per_device_batch_size} {unit}, "
         f"accumulation {ga}, global batch {h.per_device_batch_size * world * ga} {unit}, "
         f"{-(-len(train_data) // (h.per_device_batch_size * world * ga))} steps per epoch, "
-        f"{'bf16' if bf16 else 'fp32'}, ZeRO-{h.zero_stage}, attention {attention}, {kernels}, "
+        f"{'bf16' if bf16 else 'fp32'}, ZeRO-{h.zero_stage}, loss_reduction {h.loss_reduction}, attention {attention}, {kernels}, "
         f"{targs.dataloader_num_workers} data workers per rank")
     note = speed.packing_note(h, attention, use_gpu)
     if note:
