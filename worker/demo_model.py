@@ -26,8 +26,8 @@ CHAT_TEMPLATE = (
     "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
     "{% set msgs = messages[1:] %}{% else %}{% set sys = default_system %}{% set msgs = messages %}{% endif %}"
     "<|im_start|>system\n{{ sys }}<|im_end|>"
-    "{% for m in msgs %}{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}<|im_end|>"
-    "{% else %}<|im_start|>assistant\n{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    "{% for m in msgs %}{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] | trim }}<|im_end|>"
+    "{% else %}<|im_start|>assistant\n{{ m['content'] | trim }}<|im_end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 

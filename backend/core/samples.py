@@ -112,6 +112,22 @@ def _encode_chunk(tokenizer: Tokenizer, text: str, start: int, span_starts: list
     return ids, labels
 
 
+def _untrain_last_tokens(labels: list[int]) -> None:
+    """Leave the last token of every run of trained tokens (one run per reply) untrained."""
+    for i, x in enumerate(labels):
+        if x != IGNORE_INDEX and (i + 1 == len(labels) or labels[i + 1] == IGNORE_INDEX):
+            labels[i] = IGNORE_INDEX
+
+
+def tokenizer_bos(tokenizer: Tokenizer) -> int | None:
+    """The BOS id when the tokenizer puts one first by itself (its ``add_bos_token``), else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
 def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tiles_per_image: list[int],
                     tokens_per_tile: int = 256, *, with_offsets: bool = False) -> TokenizedSample:
     """Render a record with ``template`` and tokenize it, expanding each ``<image>`` into
@@ -130,6 +146,11 @@ def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tile
     ctx_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     ids: list[int] = []
     labels: list[int] = []
+    bos = tokenizer_bos(tokenizer) if template.bos_from_tokenizer else None
+    if bos is not None:
+        ids, labels = [bos], [IGNORE_INDEX]
+        if offsets is not None:
+            offsets.append((0, 0))
     image_spans: list[tuple[int, int]] = []
     image_tokens = 0
     pos = 0
@@ -149,6 +170,8 @@ def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tile
     chunk_ids, chunk_labels = _encode_chunk(tokenizer, text[pos:], pos, starts, ends, offsets, pos > 0)
     ids += chunk_ids
     labels += chunk_labels
+    if template.untrained_last_token:
+        _untrain_last_tokens(labels)
     return TokenizedSample(
         input_ids=ids,
         labels=labels,

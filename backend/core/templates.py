@@ -14,6 +14,10 @@ INTERNVL_SYSTEM_MESSAGE = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
     "是一个有用无害的人工智能助手。"
 )
+#: InternVL 2.5's own default (the reference's ``internvl2_5`` template in conversation.py)
+INTERNVL2_5_SYSTEM_MESSAGE = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
 
 
 #: pseudo template name: render with the tokenizer's own chat template (transformers ``-hf``
@@ -35,6 +39,13 @@ class Template:
     bos: str | None
     system_message: str = INTERNVL_SYSTEM_MESSAGE
     supports_system: bool = True
+    #: the reference strips each message (``value.strip()``) before rendering (internlm2-chat)
+    strip: bool = False
+    #: the reference's internvl2_5 preprocessing leaves the last token of each reply (the newline
+    #: of ``<|im_end|>\n``) untrained; the reply's span still covers the whole separator
+    untrained_last_token: bool = False
+    #: a BOS token id first exactly when the tokenizer adds one by itself (internvl2_5 on InternLM2)
+    bos_from_tokenizer: bool = False
     #: a replacement for :func:`render` (the tokenizer's chat template); None: the fields above
     renderer: Callable[..., Rendered] | None = field(default=None, compare=False, repr=False)
 
@@ -51,6 +62,7 @@ TEMPLATES: dict[str, Template] = {
         assistant_role="<|im_start|>assistant\n",
         sep="<|im_end|>",
         bos="<s>",
+        strip=True,
     ),
     "Hermes-2": Template(
         name="Hermes-2",
@@ -67,6 +79,9 @@ TEMPLATES: dict[str, Template] = {
         assistant_role="<|im_start|>assistant\n",
         sep="<|im_end|>\n",
         bos=None,
+        system_message=INTERNVL2_5_SYSTEM_MESSAGE,
+        untrained_last_token=True,
+        bos_from_tokenizer=True,
     ),
     "phi3-chat": Template(
         name="phi3-chat",
@@ -74,7 +89,11 @@ TEMPLATES: dict[str, Template] = {
         user_role="<|user|>\n",
         assistant_role="<|assistant|>\n",
         sep="<|end|>",
-        bos="<s>",
+        # The reference tokenizes with the tokenizer's own special tokens: a BOS only where its
+        # add_bos_token says so (false in Phi-3's config); its non-legacy prefix then puts a lone "▁"
+        # token before <|system|>, which the converted tokenizer reproduces
+        bos=None,
+        bos_from_tokenizer=True,
     ),
 }
 
@@ -130,12 +149,13 @@ def render(conversations: list[dict], template: Template, *, system_message: str
         role = turn.get("from")
         if role != expected:
             raise TemplateError(f"turn {i}: expected role {expected!r}, got {role!r}")
+        value = turn["value"].strip() if template.strip else turn["value"]
         if role == "human":
-            add(template.user_role + turn["value"] + template.sep)
+            add(template.user_role + value + template.sep)
             expected = "gpt"
         else:
             add(template.assistant_role)
-            add(turn["value"] + template.sep, trained=True)
+            add(value + template.sep, trained=True)
             expected = "human"
     if add_generation_prompt:
         add(template.assistant_role)
@@ -207,13 +227,14 @@ def to_jinja(template: Template) -> str:
     the final model so ``tokenizer.apply_chat_template`` reproduces the training format."""
     sys_prefix, sys_suffix = template.system_template.split("{system_message}")
     sep, user, assistant = (_jinja_str(x) for x in (template.sep, template.user_role, template.assistant_role))
+    trim = " | trim" if template.strip else ""  # Jinja's trim is Python's str.strip()
     return (
         ("{{ bos_token }}" if template.bos else "")
         + "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
         "{% set msgs = messages[1:] %}{% else %}{% set sys = " + _jinja_str(template.system_message)
         + " %}{% set msgs = messages %}{% endif %}"
         "{{ " + _jinja_str(sys_prefix) + " + sys + " + _jinja_str(sys_suffix) + " + " + sep + " }}"
-        "{% for m in msgs %}{% if m['role'] == 'user' %}{{ " + user + " + m['content'] + " + sep + " }}"
-        "{% else %}{{ " + assistant + " + m['content'] + " + sep + " }}{% endif %}{% endfor %}"
+        "{% for m in msgs %}{% if m['role'] == 'user' %}{{ " + user + " + m['content']" + trim + " + " + sep + " }}"
+        "{% else %}{{ " + assistant + " + m['content']" + trim + " + " + sep + " }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ " + assistant + " }}{% endif %}"
     )

@@ -43,7 +43,7 @@ def test_preview_adds_the_image_tag_and_shows_limits(dataset, tokenizer):
     assert p["conversations"][0]["value"].startswith("<image>\n")
     assert {i["code"] for i in p["issues"]} == {"image_tag_added"}
     assert p["tokens"]["counts"]["over_limit"] and p["tokens"]["counts"]["truncation_cuts_image"] == 1
-    assert p["text"].startswith("<s><|system|>\n")
+    assert p["text"].startswith("<|system|>\n")  # no BOS text: Phi-3 adds none
 
 
 def test_preview_without_tokenizer_and_with_problems(tmp_path):

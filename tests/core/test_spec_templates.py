@@ -19,9 +19,12 @@ EXPECTED = {
     "internlm2-chat": ("<s>" + IM.format(s="<|im_end|>"), ["Red.<|im_end|>", "A circle.<|im_end|>"]),
     "Hermes-2": (IM.format(s="<|im_end|>"), ["Red.<|im_end|>", "A circle.<|im_end|>"]),
     "internvl2_5": (IM.format(s="<|im_end|>\n"), ["Red.<|im_end|>\n", "A circle.<|im_end|>\n"]),
-    "phi3-chat": ("<s><|system|>\nBe brief.<|end|><|user|>\n<image>\nWhat colour?<|end|><|assistant|>\nRed.<|end|>"
+    "phi3-chat": ("<|system|>\nBe brief.<|end|><|user|>\n<image>\nWhat colour?<|end|><|assistant|>\nRed.<|end|>"
                   "<|user|>\nAnd the shape?<|end|><|assistant|>\nA circle.<|end|>", ["Red.<|end|>", "A circle.<|end|>"]),
 }
+#: trained tokens where they differ from the trained characters: internvl2_5 leaves the last token of
+#: each reply (the newline) untrained, as the reference's preprocess_internvl2_5 does
+TRAINED_TOKENS = {"internvl2_5": ["Red.<|im_end|>", "A circle.<|im_end|>"]}
 QWEN_LIKE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
              "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
@@ -54,7 +57,7 @@ def test_prompt_and_label_mask_per_template(name, tokenizer):
     assert rendered.text == text
     assert [rendered.text[a:b] for a, b in rendered.trained_spans] == trained
     sample = tokenize_sample({"image": "a.png", "conversations": CONV}, get_template(name), tokenizer, [2])
-    assert label_runs(sample, tokenizer) == trained
+    assert label_runs(sample, tokenizer) == TRAINED_TOKENS.get(name, trained)
     assert sample.image_tokens == 2 * 256 + 2
     start, end = sample.image_spans[0]
     assert all(x == IGNORE_INDEX for x in sample.labels[start:end])
@@ -102,7 +105,7 @@ def test_matching_template_passes(tmp_path):
     from worker.demo_model import build_tokenizer
 
     tok = build_tokenizer(tmp_path)
-    assert markers(get_template("phi3-chat")) == ["<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    assert markers(get_template("phi3-chat")) == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
     assert template_problems("internlm2-chat", DEMO_CONFIG, tok.get_vocab().get, tok.chat_template) == []
     assert default_template(DEMO_CONFIG, True) == "internlm2-chat"
 

@@ -28,7 +28,7 @@ EXPECTED = {
         "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>\n",
         ["A1<|im_end|>\n", "A2<|im_end|>\n"]),
     "phi3-chat": (
-        "<s><|system|>\nSYS<|end|>"
+        "<|system|>\nSYS<|end|>"
         "<|user|>\n<image>\nQ1<|end|><|assistant|>\nA1<|end|>"
         "<|user|>\nQ2<|end|><|assistant|>\nA2<|end|>",
         ["A1<|end|>", "A2<|end|>"]),
@@ -70,7 +70,10 @@ def test_token_labels_cover_exactly_the_answers(name, tokenizer):
     record = {"id": 1, "image": "a.png", "conversations": CONV}
     ts = tokenize_sample(record, get_template(name), tokenizer, [2], tokens_per_tile=4, with_offsets=True)
     trained = [t for t in ts.labels if t != IGNORE_INDEX]
-    assert tokenizer.decode(trained) == "".join(EXPECTED[name][1])
+    answers = EXPECTED[name][1]
+    if get_template(name).untrained_last_token:  # internvl2_5: the newline after <|im_end|> is not trained
+        answers = [a.removesuffix("\n") for a in answers]
+    assert tokenizer.decode(trained) == "".join(answers)
     assert ts.image_tokens == 2 * 4 + 2 and ts.image_spans[0][1] - ts.image_spans[0][0] == 10
     start, end = ts.image_spans[0]
     assert ts.input_ids[start] == tokenizer.convert_tokens_to_ids("<img>")
@@ -84,7 +87,7 @@ def test_labels_equal_the_naive_rule(tokenizer):
     """The bisect-based label rule equals 'a token is trained iff it lies inside a span'."""
     record = {"id": 1, "conversations": [{"from": "human", "value": "colour?"}, {"from": "gpt", "value": "red  \tgreen"},
                                          {"from": "human", "value": "shape?"}, {"from": "gpt", "value": "你是 star"}]}
-    ts = tokenize_sample(record, get_template("internvl2_5"), tokenizer, [], with_offsets=True)
+    ts = tokenize_sample(record, get_template("Hermes-2"), tokenizer, [], with_offsets=True)
     for tok, lab, (a, b) in zip(ts.input_ids, ts.labels, ts.offsets, strict=True):
         inside = b > a and any(s <= a and b <= e for s, e in ts.trained_spans)
         assert lab == (tok if inside else IGNORE_INDEX)

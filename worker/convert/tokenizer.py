@@ -133,12 +133,39 @@ def _backend(src: Path, family: str, added: list[AddedTok], tokenizer_config: di
     raise ConversionError(f"{src}: no tokenizer (tokenizer.model, tokenizer.json, or vocab.json + merges.txt)")
 
 
-def _add_tokens(tok: Any, added: list[AddedTok]) -> None:
+def non_legacy_start(tok: Any, added: list[str], all_special: list[str]) -> None:
+    """Make a ``legacy: false`` sentencepiece tokenizer treat the start of the text as
+    ``LlamaTokenizer(legacy=False)`` does: it prepends "▁" to the *whole* text before splitting on
+    added tokens, so the text's first piece keeps the prefix even when it starts with a space
+    (" a" -> "▁", "▁a") and a lone "▁" token stays before an added token that starts the text,
+    except before one of its "all special" tokens (bos, eos, unk, pad, additional), where it is
+    dropped. tokenizers' Metaspace cannot do either (it prepends only to text that does not start
+    with "▁", and after the added tokens are split off); a normaliser over the whole text can, when
+    the added tokens are matched on normalised text (``normalized=True``, see :func:`_add_tokens`).
+    """
+    import re
+
+    from tokenizers import Regex, normalizers, pre_tokenizers
+
+    def alternatives(tokens: list[str]) -> str:
+        return "|".join(re.escape(s) for s in sorted(set(tokens), key=len, reverse=True))
+
+    # The normaliser also runs over each added token's own text when it is matched: an added
+    # token alone gets no prefix, or it would no longer match itself.
+    alone = f"(?!(?:{alternatives(added)})\\z)" if added else ""
+    steps = [normalizers.Replace(" ", "\u2581"), normalizers.Replace(Regex(f"\\A{alone}"), "\u2581")]
+    if all_special:
+        steps.append(normalizers.Replace(Regex(f"\\A\u2581(?=(?:{alternatives(all_special)}))"), ""))
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
+
+
+def _add_tokens(tok: Any, added: list[AddedTok], normalized: bool = False) -> None:
     from tokenizers import AddedToken
 
     for t in added:
         token = AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
-                           normalized=False, special=t.special)
+                           normalized=normalized, special=t.special)
         have = tok.token_to_id(t.content)
         if have is None and t.id != tok.get_vocab_size(with_added_tokens=True):
             raise ConversionError(f"tokenizer: added token {t.content!r} has id {t.id}, but the next free id is "
@@ -158,6 +185,7 @@ def chat_template(t: Template) -> str:
     """
     sys_prefix, sys_suffix = t.system_template.split("{system_message}")
     q = json.dumps
+    trim = " | trim" if t.strip else ""  # the reference strips every message (internlm2-chat)
     return (
         "{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
         "{%- for part in content -%}{%- if part['type'] == 'image' -%}{{ " + q(IMG_CONTEXT + "\n") + " }}"
@@ -170,9 +198,9 @@ def chat_template(t: Template) -> str:
         + ("{{ " + q(t.bos) + " }}" if t.bos else "")
         + "{{ " + q(sys_prefix) + " + system_message + " + q(sys_suffix + t.sep) + " }}"
         "{%- for message in loop_messages -%}"
-        "{%- if message['role'] == 'user' -%}{{ " + q(t.user_role) + " + render(message['content']) + " + q(t.sep)
-        + " }}{%- elif message['role'] == 'assistant' -%}{{ " + q(t.assistant_role)
-        + " + render(message['content']) + " + q(t.sep) + " }}"
+        "{%- if message['role'] == 'user' -%}{{ " + q(t.user_role) + " + render(message['content'])" + trim + " + "
+        + q(t.sep) + " }}{%- elif message['role'] == 'assistant' -%}{{ " + q(t.assistant_role)
+        + " + render(message['content'])" + trim + " + " + q(t.sep) + " }}"
         "{%- else -%}{{ raise_exception('roles must be system (first), user or assistant') }}{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{ " + q(t.assistant_role) + " }}{%- endif -%}"
@@ -188,8 +216,12 @@ def build_tokenizer(src: Path, family: str, template: Template) -> Any:
     config = read_optional_json(src / "tokenizer_config.json")
     added = read_added_tokens(src)
     tok = _backend(src, family, added, config)
-    _add_tokens(tok, added)
     roles = special_roles(src)
+    non_legacy = (src / "tokenizer.model").exists() and not uses_legacy_prefix(config)
+    if non_legacy:
+        extra = [_content(x) for x in config.get("additional_special_tokens") or []]
+        non_legacy_start(tok, [t.content for t in added], [*roles.values(), *(x for x in extra if x)])
+    _add_tokens(tok, added, normalized=non_legacy)
     for needed in (IMG_START, IMG_END, IMG_CONTEXT):
         if tok.token_to_id(needed) is None:
             raise ConversionError(f"tokenizer: the InternVL token {needed} is missing from this checkpoint's tokenizer")
