@@ -70,10 +70,13 @@ def run_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     inputs = dict(batch)
     num_items = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
     pack_keys = {k: inputs[k] for k in ("sample_index",) if k in inputs}
-    trainer = SimpleNamespace(stats=BatchStats(), flash=False, fused_ce=False)
+    # One rank, one micro-batch, the token mean: the step's weight sum is its target count.
+    trainer = SimpleNamespace(stats=BatchStats(), flash=False, fused_ce=False, loss_reduction="token",
+                              micro_batches=1, args=SimpleNamespace(world_size=1))
+    trainer.token_losses = lambda m, i: InternVLTrainer.token_losses(trainer, m, i)
     with torch.no_grad():
         loss, out = InternVLTrainer.compute_loss(trainer, model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items)
+                                                 num_items_in_batch=torch.tensor(float(num_items)))
     return loss, out.logits, pack_keys
 
 
