@@ -11,19 +11,16 @@ Format (the seed's, key order kept)::
 
 - ``r == 1``: every line once;
 - ``r > 1``: must be a whole number; the list of lines is repeated ``r`` times;
-- ``0 < r < 1``: ``int(N * r)`` lines are kept. The reference keeps the *first* lines of the
-  file (its July-2024 version shuffled with a seeded RNG per dataset first). vlstudio keeps a
-  seeded random subset by default, because annotation files are often sorted (by source,
-  by image, by length) and the head of a sorted file is a biased sample: the seed is the
-  CRC32 of the dataset name, so the subset does not change when datasets are reordered or
-  merged; the kept lines stay in file order. ``shuffle=False`` gives the reference's head.
+- ``0 < r < 1``: the first ``int(N * r)`` lines are kept, as the reference does (N counts the
+  non-blank lines). The dataset counts (:func:`effective_length`) and the trainer
+  (:func:`subsample_indices`) both follow this one rule, so they name the same lines. A sorted
+  annotation file gives a biased head: shuffle the file itself if a random part is wanted.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,22 +81,15 @@ def effective_length(length: int, repeat_time: float) -> int:
     return length * int(repeat_time)
 
 
-def subsample_indices(n: int, repeat_time: float, *, name: str = "", shuffle: bool = True) -> np.ndarray:
-    """The line indices (0-based) a dataset of ``n`` lines contributes, in order of use.
-
-    See the module docstring: fractional values keep a seeded subset (or the head with
-    ``shuffle=False``), whole values repeat every line.
-    """
+def subsample_indices(n: int, repeat_time: float) -> np.ndarray:
+    """The line indices (0-based, of the non-blank lines) a dataset of ``n`` lines contributes,
+    in order of use: the head for fractional values, every line ``repeat_time`` times for whole ones."""
     problem = repeat_time_problem(repeat_time)
     if problem:
         raise ValueError(problem)
     if repeat_time >= 1:
         return np.tile(np.arange(n, dtype=np.int64), int(repeat_time))
-    k = int(n * repeat_time)
-    if not shuffle:
-        return np.arange(k, dtype=np.int64)
-    rng = np.random.default_rng(zlib.crc32(name.encode("utf-8")))
-    return np.sort(rng.permutation(n)[:k])
+    return np.arange(effective_length(n, repeat_time), dtype=np.int64)
 
 
 def _entry(name: str, raw: Any, problems: list[str]) -> MetaEntry | None:

@@ -80,7 +80,9 @@ class Hyperparameters(BaseModel):
     freeze_backbone: bool = Field(False, description="freeze the vision tower (InternViT)")
     freeze_mlp: bool = Field(False, description="freeze the vision-to-language projector (mlp1)")
     freeze_llm: bool = Field(False, description="freeze the language model (and its output head)")
-    unfreeze_vit_layers: int = Field(0, ge=0, le=256, description="with freeze_backbone: train the last N ViT layers anyway")
+    unfreeze_vit_layers: int = Field(0, ge=-256, le=256, description="with freeze_backbone: train the ViT layers "
+                                     "from this slice start on, as the reference (-2: the last two; 20: layer 20 and "
+                                     "later; 0: none)")
     unfreeze_lm_head: bool = Field(False, description="with freeze_llm: train the output head anyway")
     use_backbone_lora: int = Field(0, ge=0, le=512, description="LoRA rank on the vision tower (0: off)")
     use_llm_lora: int = Field(0, ge=0, le=512, description="LoRA rank on the language model (0: off)")

@@ -65,15 +65,21 @@ def setup(tmp_path_factory):
     return ds, model, Collator(tok.pad_token_id), tok.pad_token_id
 
 
+def fake_trainer(flash: bool) -> SimpleNamespace:
+    """What compute_loss reads of the Trainer: one rank, one micro-batch, the token mean (the
+    step's weight sum is then its target count)."""
+    trainer = SimpleNamespace(stats=BatchStats(), flash=flash, fused_ce=False, loss_reduction="token",
+                              micro_batches=1, args=SimpleNamespace(world_size=1))
+    trainer.token_losses = lambda m, i: InternVLTrainer.token_losses(trainer, m, i)
+    return trainer
+
+
 def run_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The training program's own compute_loss on a batch: (step loss, logits, packing keys)."""
     inputs = dict(batch)
     num_items = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
     pack_keys = {k: inputs[k] for k in ("sample_index",) if k in inputs}
-    # One rank, one micro-batch, the token mean: the step's weight sum is its target count.
-    trainer = SimpleNamespace(stats=BatchStats(), flash=False, fused_ce=False, loss_reduction="token",
-                              micro_batches=1, args=SimpleNamespace(world_size=1))
-    trainer.token_losses = lambda m, i: InternVLTrainer.token_losses(trainer, m, i)
+    trainer = fake_trainer(flash=False)
     with torch.no_grad():
         loss, out = InternVLTrainer.compute_loss(trainer, model, inputs, return_outputs=True,
                                                  num_items_in_batch=torch.tensor(float(num_items)))
@@ -228,10 +234,10 @@ def test_flash_path_runs_the_batch_as_one_row_with_its_sequence_lengths(setup, t
     packs = [(0, 2, 1), (5, 4), (3,)]
     batch = PackCollator(pad, collator)([pack_samples([ds[i] for i in p]) for p in packs])
     num_items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    trainer = SimpleNamespace(stats=BatchStats(), flash=True, fused_ce=False)
+    trainer = fake_trainer(flash=True)
     with torch.no_grad():
         loss, out = InternVLTrainer.compute_loss(trainer, varlen, dict(batch), return_outputs=True,
-                                                 num_items_in_batch=num_items)
+                                                 num_items_in_batch=torch.tensor(float(num_items)))
     assert out.logits.shape[0] == 1  # one row
     step, per = unpacked_sample_losses(model, ds, collator, list(range(len(RECORDS))))
     assert float(loss) == pytest.approx(float(step), abs=1e-5)

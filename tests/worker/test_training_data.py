@@ -167,6 +167,31 @@ def test_jpeg_augmentation_only_where_set(dataset, meta):
     assert torch.equal(augmented, dataset[ids[aug_id]]["pixel_values"][0])  # same sample, same JPEG quality
 
 
+def test_jpeg_augmentation_per_tile_with_its_own_quality(meta, tokenizer, tmp_path):
+    """The reference re-encodes each tile (thumbnail included) at a quality of its own: every tile
+    is exactly its crop JPEG-encoded at some quality in 75..100, and the qualities differ."""
+    import io
+
+    root = meta.parent
+    rec = {"id": "w", "image": "wide.png", "conversations": conv("What is it?", "Noise.")}
+    (tmp_path / "one.jsonl").write_text(json.dumps(rec) + "\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"one": {"root": str(root), "annotation": str(tmp_path / "one.jsonl"),
+                                                            "data_augment": True, "repeat_time": 1, "length": 1}}))
+    ds = SupervisedDataset(tmp_path / "meta.json", tokenizer, get_template("internlm2-chat"), max_seq_length=1800,
+                           max_dynamic_patch=4, seed=7)
+    got = ds[0]["pixel_values"]
+    crops = tile_image(Image.open(root / "wide.png").convert("RGB"), max_num=4)
+    assert len(crops) == got.shape[0] == 4  # 3 tiles + thumbnail
+
+    def jpeg(img, q):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=q)
+        return to_tensor(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+    qualities = [next(q for q in range(75, 101) if torch.equal(jpeg(c, q), got[k])) for k, c in enumerate(crops)]
+    assert len(set(qualities)) > 1, qualities
+
+
 def test_long_text_is_truncated_not_dropped(dataset):
     s = dataset[by_id(dataset)["long-answer"]]
     assert len(s["input_ids"]) == len(s["labels"]) == 1800
@@ -199,8 +224,33 @@ def test_length_grouped_order_is_seeded_and_sorted_per_megabatch():
     assert sorted(first) == list(range(12))
     for k in range(0, 12, 4):
         mb = [lengths[i] for i in first[k:k + 4]]
-        assert mb == sorted(mb, reverse=True)
+        assert mb == sorted(mb, reverse=True)  # one micro-batch per mega-batch: sorted, longest first
     assert SeededSampler(lengths, seed=3, megabatch_size=4).order() == first
     s.set_epoch(1)
     assert s.order() != first
     assert SeededSampler(lengths, seed=3).order() != first
+
+
+def test_length_grouping_balances_the_micro_batches_of_a_step():
+    """2 ranks x 2 samples: each step's 4 samples (of similar length) are dealt so that the two
+    micro-batches carry balanced totals, not the two longest to rank 0 every step."""
+    lengths = [100, 10, 90, 20, 80, 30, 70, 40, 60, 50, 55, 45]
+    s = SeededSampler(lengths, seed=0, megabatch_size=4, chunks=2)
+    order = s.order()
+    assert sorted(order) == list(range(12))
+    for k in range(0, 12, 4):
+        mega = sorted((lengths[i] for i in order[k:k + 4]), reverse=True)
+        a, b = [lengths[i] for i in order[k:k + 2]], [lengths[i] for i in order[k + 2:k + 4]]
+        assert sorted(a + b, reverse=True) == mega
+        # the greedy deal: longest and shortest together, the two middle ones together
+        assert sorted([sorted(a), sorted(b)]) == sorted([sorted([mega[0], mega[3]]), sorted([mega[1], mega[2]])])
+    assert SeededSampler(lengths, seed=0, megabatch_size=4, chunks=2).order() == order  # seeded
+
+
+def test_balanced_chunks_golden():
+    from worker.training.sampler import balanced_chunks
+
+    lengths = {0: 9, 1: 8, 2: 5, 3: 4, 4: 2, 5: 1}
+    assert balanced_chunks([0, 1, 2, 3, 4, 5], lengths, 2) == [[0, 3, 4], [1, 2, 5]]
+    assert balanced_chunks([0, 1, 2, 3, 4, 5], lengths, 3) == [[0, 5], [1, 4], [2, 3]]
+    assert balanced_chunks([0, 1, 2, 3, 4], lengths, 2) == [[0, 2, 4], [1, 3]]  # uneven: round-robin

@@ -39,6 +39,20 @@ def test_freezing_switches_select_what_trains(demo):
     assert report["lm_head"] == total["lm_head"] and "llm" not in report
 
 
+def test_unfreeze_vit_layers_is_the_references_slice_start(tmp_path):
+    """``layers[unfreeze_vit_layers:]`` as the reference: on 3 layers, 1 trains layers 1 and 2 (not
+    "the last one"), -1 the last one, -3 all; a start outside the ViT is refused."""
+    from worker.demo_model import build_demo_model
+
+    three = str(build_demo_model(tmp_path / "demo3", vision_layers=3))
+    for start, layers in ((1, {1, 2}), (-1, {2}), (-3, {0, 1, 2})):
+        model, _ = load(three, freeze_backbone=True, unfreeze_vit_layers=start)
+        got = {int(n.split("encoder.layer.")[1].split(".")[0]) for n in trainable(model) if "encoder.layer." in n}
+        assert got == layers, start
+    with pytest.raises(SystemExit, match="outside the ViT's 3 layers"):
+        load(three, freeze_backbone=True, unfreeze_vit_layers=3)
+
+
 def test_vision_select_layer_and_tile_size(demo):
     x = torch.randn(1, 3, 448, 448)
     last, _ = load(demo)

@@ -65,7 +65,8 @@ def tile_image(img: Image.Image, *, max_num: int, min_num: int = 1, use_thumbnai
 
 
 def jpeg_augment(img: Image.Image, rng: random.Random) -> Image.Image:
-    """The recipe's only augmentation: a JPEG re-encode at quality 75-100."""
+    """The recipe's only augmentation: a JPEG re-encode at quality 75-100 (applied to each tile,
+    thumbnail included, each with a quality of its own, as the reference's per-tile transform)."""
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=rng.randint(75, 100))
     buf.seek(0)
@@ -130,7 +131,7 @@ class SupervisedDataset(Dataset):
         for name, entry in entries.items():
             root, annotation = located[name]
             records = read_annotation(annotation)
-            order = subsample_indices(len(records), entry.repeat_time, name=name)
+            order = subsample_indices(len(records), entry.repeat_time)
             self.lengths[name] = len(order)
             mdp = entry.max_dynamic_patch or max_dynamic_patch
             self.items += [Item(root, records[i], entry.data_augment, mdp, name) for i in order]
@@ -214,10 +215,9 @@ class SupervisedDataset(Dataset):
         for rel in image_paths(item.record):
             with Image.open(item.root / rel) as im:
                 img = im.convert("RGB")
-            if item.data_augment:
-                img = jpeg_augment(img, rng)
-            tiles += tile_image(img, max_num=per_image, min_num=self.min_dynamic_patch,
-                                use_thumbnail=self.use_thumbnail, dynamic=self.dynamic, size=self.image_size)
+            crops = tile_image(img, max_num=per_image, min_num=self.min_dynamic_patch,
+                               use_thumbnail=self.use_thumbnail, dynamic=self.dynamic, size=self.image_size)
+            tiles += [jpeg_augment(t, rng) for t in crops] if item.data_augment else crops
         if len(tiles) != sum(entry.tiles):
             raise RuntimeError(f"{item.dataset} sample {item.record.get('id')!r}: the image changed since indexing")
         sample = tokenize_sample(item.record, self.template, self.tokenizer, entry.tiles, self.tokens_per_tile)

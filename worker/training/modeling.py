@@ -103,7 +103,11 @@ def apply_freezing(model, h: Hyperparameters) -> None:
     if h.freeze_backbone:
         core.vision_tower.requires_grad_(False)
         if h.unfreeze_vit_layers:
-            for layer in core.vision_tower.encoder.layer[-h.unfreeze_vit_layers:]:
+            # The reference's slice start: layers[unfreeze_vit_layers:] (-2: the last two; 20: from layer 20 on).
+            layers = core.vision_tower.encoder.layer
+            if not -len(layers) <= h.unfreeze_vit_layers < len(layers):
+                raise SystemExit(f"unfreeze_vit_layers {h.unfreeze_vit_layers} is outside the ViT's {len(layers)} layers")
+            for layer in layers[h.unfreeze_vit_layers:]:
                 layer.requires_grad_(True)
     if h.freeze_mlp:
         core.multi_modal_projector.requires_grad_(False)

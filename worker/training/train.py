@@ -302,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             + f", eval loss every {h.eval_steps} steps")
 
     # -- model: load, freeze, LoRA
-    model = modeling.load_model(spec.model_path, h, dtype, use_gpu)
+    # fp32 master weights at every ZeRO stage: DeepSpeed's bf16 mode keeps them in its optimizer;
+    # without DeepSpeed (zero_stage 0) the weights stay fp32 and the Trainer's autocast computes in bf16.
+    model = modeling.load_model(spec.model_path, h, dtype if h.zero_stage else torch.float32, use_gpu)
     modeling.apply_freezing(model, h)
     kernels = apply_speed_options(model, h)
     flops = speed.model_flops(model)  # after the tile resize, before LoRA (adapters are negligible)
@@ -339,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     # Packs are not length-grouped: they are all about max_seq_length long.
     grouped = h.group_by_length and not h.packing
     lengths = train_data.pack_lengths if h.packing else dataset.modality_lengths
-    sampler = SeededSampler(lengths, seed=h.seed, megabatch_size=h.per_device_batch_size * world * ga if grouped else 0)
+    sampler = SeededSampler(lengths, seed=h.seed, megabatch_size=h.per_device_batch_size * world * ga if grouped else 0,
+                            chunks=world * ga)
     stats = BatchStats()
     stop = StopCallback(lambda: STOP_REQUESTED, device)
     collator = Collator(tokenizer.pad_token_id, image_size)
