@@ -234,11 +234,12 @@ def test_resumed_run_reproduces_the_uninterrupted_loss_curve(resume_runs):
 @pytest.fixture(scope="module")
 def lora_run(demo_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
-    recs_meta = write_data(root / "data", with_text=2)
-    # Keep two image samples and the two text samples: length grouping then gives one rank
-    # the two (long) image samples and the other the two (short) text samples at every step.
+    recs_meta = write_data(root / "data", with_text=3)
+    # One image sample and three text samples, all four in each step: length grouping deals the
+    # (long) image sample and the shortest text to one rank and balances the other two texts onto
+    # the other rank, which then holds only text at every step.
     lines = (root / "data" / "ann.jsonl").read_text().splitlines()
-    (root / "data" / "ann.jsonl").write_text("\n".join(lines[:2] + lines[4:]) + "\n")
+    (root / "data" / "ann.jsonl").write_text("\n".join(lines[:1] + lines[4:]) + "\n")
     spec = write_spec(root / "run", demo_model, recs_meta, zero_stage=3, max_steps=4, group_by_length=True,
                       freeze_backbone=True, freeze_llm=True, use_llm_lora=8, use_backbone_lora=4, merge_lora=True,
                       learning_rate=5e-3, report_to="tensorboard")
