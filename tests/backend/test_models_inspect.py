@@ -68,7 +68,18 @@ def test_inspect_api_and_page(shared, api):
     assert r.status_code == 422 and "no config.json" in r.json()["detail"]
 
 
-def test_imported_model_under_any_name_gets_its_estimate(shared, api):
+@pytest.fixture
+def import_runner(shared, api):
+    """A worker's import runner, in this process (imports run on the workers)."""
+    from worker.imports import ImportRunner
+
+    runner = ImportRunner("test-worker")
+    runner.start()
+    yield runner
+    runner.stop()
+
+
+def test_imported_model_under_any_name_gets_its_estimate(shared, api, import_runner):
     shutil.copytree(DATA / "qwen2", shared / "src")
     r = api.post("/api/models/import", json={"path": str(shared / "src"), "name": "whatever-i-like"})
     assert r.status_code == 201, r.text
