@@ -22,9 +22,8 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "families"
 REF = DATA / "reference"
 
 
-#: docs/models.md, Known limits: the fast non-legacy (Phi-3) tokenizer gives a text that *starts* with
-#: a space one "▁" less than the slow one. Every vlstudio prompt starts with BOS, where both agree.
-KNOWN_DIFFERENCES = {"phi3": {" leading space"}}
+#: texts whose ids may differ from the original tokenizer's (docs/models.md, Known limits); none now
+KNOWN_DIFFERENCES: dict[str, set[str]] = {}
 
 
 def reference(name: str) -> tuple[dict, dict]:
