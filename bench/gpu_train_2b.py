@@ -122,7 +122,8 @@ def main() -> None:
     with open(run / "training_log.txt", "wb") as log:
         rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     wall = time.monotonic() - t0
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if rc == 0 else []
+    # step rows only: the trainer also writes a "data" row (what each dataset contributed) and "gpu" rows
+    rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r] if rc == 0 else []
     if not rows:
         print((run / "training_log.txt").read_text()[-5000:])
         raise SystemExit(f"training failed (exit {rc})")

@@ -86,7 +86,10 @@ def run(spec: Path, timeout: float = 300) -> tuple[int, str]:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The per-step rows of metrics.jsonl (the trainer's one ``{"kind": "data"}`` row, what each
+    dataset contributed, is not a step)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind") != "data"]
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
