@@ -4,13 +4,9 @@ reproduces the uninterrupted run's loss curve and weights."""
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-
 import pytest
 import torch
-from test_training_runs import metrics, run, start, state_dict, write_data, write_spec
+from test_training_runs import metrics, state_dict, straight_then_cut_and_resume, write_data
 
 # 8 samples (4 image, 4 text) pack into 3 packs of <= 900 tokens and 3 tiles: 2 steps per epoch of
 # 2 ranks x 1 pack, so 6 steps are 3 epochs (each with its own order of the packs)
@@ -25,20 +21,7 @@ def packed_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("packed")
     model = build_demo_model(root / "demo")
     meta = write_data(root / "data", with_text=4)
-    rc, log = run(write_spec(root / "straight", model, meta, **PACKED))
-    assert rc == 0, log[-4000:]
-    spec = write_spec(root / "cut", model, meta, **PACKED)
-    proc = start(spec)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (root / "cut" / "metrics.jsonl").exists() and len(metrics(root / "cut")) >= 3:
-            break
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=120)
-    stopped_at = len(metrics(root / "cut"))
-    rc, resumed_log = run(write_spec(root / "cut", model, meta, resume="latest", **PACKED))
-    assert rc == 0, resumed_log[-4000:]
+    stopped_at, log, _ = straight_then_cut_and_resume(root, model, meta, PACKED)
     return root, stopped_at, log
 
 

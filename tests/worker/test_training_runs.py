@@ -195,10 +195,17 @@ RESUME = {"zero_stage": 1, "max_steps": 8, "drop_path_rate": 0.1, "group_by_leng
 def resume_runs(demo_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     meta = write_data(root / "data", with_text=4)
-    rc, log = run(write_spec(root / "straight", demo_model, meta, **RESUME))
-    assert rc == 0, log[-4000:]
-    spec = write_spec(root / "cut", demo_model, meta, **RESUME)
-    proc = start(spec)
+    stopped_at, _, resumed_log = straight_then_cut_and_resume(root, demo_model, meta, RESUME)
+    return root, stopped_at, resumed_log
+
+
+def straight_then_cut_and_resume(root: Path, model: Path, meta: Path, settings: dict) -> tuple[int, str, str]:
+    """A straight run in ``root/straight``; in ``root/cut`` the same run stopped by SIGTERM after
+    three steps, then resumed from its latest checkpoint. Returns the step it stopped at, the
+    straight run's log and the resumed run's log."""
+    rc, straight_log = run(write_spec(root / "straight", model, meta, **settings))
+    assert rc == 0, straight_log[-4000:]
+    proc = start(write_spec(root / "cut", model, meta, **settings))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if (root / "cut" / "metrics.jsonl").exists() and len(metrics(root / "cut")) >= 3:
@@ -207,9 +214,9 @@ def resume_runs(demo_model, tmp_path_factory):
     os.killpg(proc.pid, signal.SIGTERM)  # what the worker does on cancel
     proc.wait(timeout=120)
     stopped_at = len(metrics(root / "cut"))
-    rc, log = run(write_spec(root / "cut", demo_model, meta, resume="latest", **RESUME))
-    assert rc == 0, log[-4000:]
-    return root, stopped_at, log
+    rc, resumed_log = run(write_spec(root / "cut", model, meta, resume="latest", **settings))
+    assert rc == 0, resumed_log[-4000:]
+    return stopped_at, straight_log, resumed_log
 
 
 @pytest.mark.slow
