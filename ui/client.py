@@ -195,9 +195,13 @@ class StudioClient:
         return self._call("POST", f"/jobs/{job_id}/retry")
 
     # -- evaluations and playground (issue 8) -----------------------------------------------
-    def create_evaluation(self, dataset_id: int, models: list[dict], split: str = "validation",
-                          metrics: list[str] | None = None, params: dict | None = None) -> dict:
-        return self._call("POST", "/evaluations", json={"dataset_id": dataset_id, "split": split, "models": models,
+    def create_evaluation(self, dataset_id: int | None, models: list[dict], split: str = "validation",
+                          metrics: list[str] | None = None, params: dict | None = None,
+                          mixture: dict | None = None) -> dict:
+        """On one dataset's split, or (``mixture``: ``{"job_id": N}`` or ``{"datasets": [...]}``)
+        on every held-out part of a mixture."""
+        data = {"mixture": mixture} if mixture is not None else {"dataset_id": dataset_id}
+        return self._call("POST", "/evaluations", json={**data, "split": split, "models": models,
                                                         "metrics": metrics or [], "params": params or {}})
 
     def evaluations(self) -> list[dict]:

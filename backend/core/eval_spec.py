@@ -20,12 +20,28 @@ class EvalModel(BaseModel):
     tiling: dict | None = None
 
 
+class EvalPart(BaseModel):
+    """One dataset of a mixture evaluation: its held-out JSONL, image root and tile budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    annotation: str
+    root: str
+    #: the dataset's own ``max_dynamic_patch`` in the mixture (None: the model's tiling)
+    max_dynamic_patch: int | None = None
+
+
 class EvaluationSpec(BaseModel):
+    """One dataset split (``annotation`` + ``root``) or, with ``parts``, a mixture's held-out
+    parts, evaluated one after the other; ``limit`` applies to each part."""
+
     model_config = ConfigDict(extra="forbid")
 
     evaluation_id: int
-    annotation: str
-    root: str
+    annotation: str = ""
+    root: str = ""
+    parts: list[EvalPart] = Field(default_factory=list, description="a mixture's parts (then annotation is unused)")
     output_dir: str
     models: list[EvalModel]
     metrics: list[str] = Field(default_factory=list, description="empty: chosen from the data")
@@ -33,6 +49,10 @@ class EvaluationSpec(BaseModel):
     batch_size: int = 8
     max_dynamic_patch: int | None = None
     limit: int | None = None
+
+    def data_parts(self) -> list[EvalPart]:
+        """The parts to evaluate: the mixture's, or the one split (named ``""``)."""
+        return self.parts or [EvalPart(name="", annotation=self.annotation, root=self.root)]
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2))

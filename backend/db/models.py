@@ -224,7 +224,8 @@ class JobMetric(Base):
 
 
 class Evaluation(Base):
-    """An evaluation job: one or more models generating on one dataset split (issue 8)."""
+    """An evaluation job: one or more models generating on one dataset split (issue 8), or on
+    the held-out parts of a mixture, per dataset and overall (issue 17)."""
 
     __tablename__ = "evaluations"
 
@@ -232,8 +233,12 @@ class Evaluation(Base):
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, native_enum=False, length=20), default=JobStatus.queued, index=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    #: None for a mixture evaluation (its datasets are in ``mixture``)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), default=None)
     split: Mapped[str] = mapped_column(String(20), default="validation")
+    #: a mixture evaluation's resolved parts: {request, datasets: [{name, dataset_id, root,
+    #: annotation, lines, max_dynamic_patch}], lines}
+    mixture: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     #: resolved model references: [{label, model_id, job_id, checkpoint}]
     models: Mapped[list[Any]] = mapped_column(JSON, default=list)
     metrics: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -281,6 +286,8 @@ class EvaluationSample(Base):
     model_index: Mapped[int] = mapped_column(Integer)
     sample_index: Mapped[int] = mapped_column(Integer)
     sample_id: Mapped[str] = mapped_column(String(200))
+    #: its dataset's name in a mixture evaluation (None: one split)
+    dataset: Mapped[str | None] = mapped_column(String(200), default=None)
     question: Mapped[str] = mapped_column(Text)
     answers: Mapped[list[Any]] = mapped_column(JSON, default=list)
     prediction: Mapped[str] = mapped_column(Text)

@@ -1,4 +1,6 @@
-"""Evaluations: compare models (base, fine-tuned, checkpoints of a job) on a dataset split.
+"""Evaluations: compare models (base, fine-tuned, checkpoints of a job) on a dataset split, or
+on the held-out parts of a mixture (a training job's, or registered datasets named in the
+request), per dataset and overall.
 
 An evaluation is a job of its own kind on the same Celery queue as training
 (task ``vlstudio.evaluate``); it has the same status machine, live logs and heartbeat as a
@@ -98,6 +100,59 @@ def training_tiling(session: Session, ref: dict[str, Any]) -> dict[str, Any] | N
     return {k: h[k] for k in keys if k in h} or None
 
 
+# -------------------------------------------------------------------------------- mixtures
+def _data_key(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "dataset"
+
+
+def job_mixture_datasets(session: Session, user: User | None, job_id: int) -> list[dict[str, Any]]:
+    """The datasets a training job trained on, as a mixture evaluation's request; a meta-file
+    entry (no registered dataset, so no held-out part) is refused, naming it."""
+    job = session.get(Job, job_id)
+    if job is None or not visible_to(user, job.owner_id):
+        raise InvalidInput("invalid mixture", [{"field": "mixture.job_id", "message": f"job {job_id} not found"}])
+    rows = (job.mixture or {}).get("datasets") or ([{"dataset_id": job.dataset_id}] if job.dataset_id else [])
+    meta_rows = [r["name"] for r in rows if r.get("dataset_id") is None]
+    if meta_rows:
+        raise InvalidInput("invalid mixture", [{"field": "mixture.job_id", "message": (
+            f"job {job_id}'s dataset(s) {meta_rows} come from a meta file and have no held-out part; evaluate "
+            "an explicit mixture of its registered datasets instead (mixture.datasets)")}])
+    return [{"dataset_id": r["dataset_id"], "name": r.get("name"), "max_dynamic_patch": r.get("max_dynamic_patch")}
+            for r in rows]
+
+
+def resolve_eval_mixture(session: Session, user: User | None, request: dict[str, Any]) -> dict[str, Any]:
+    """``{"job_id": N}`` or ``{"datasets": [{dataset_id, name?, max_dynamic_patch?}]}`` -> the
+    held-out part of every dataset (absolute paths, line counts, tile budget). InvalidInput
+    lists every problem with its field, naming each dataset without a held-out part."""
+    if (request.get("job_id") is None) == (not request.get("datasets")):
+        raise InvalidInput("invalid mixture", [{"field": "mixture", "message": "give job_id (the mixture a training "
+                                                "job trained on) or datasets (not both)"}])
+    from_job = request.get("job_id") is not None
+    wanted = job_mixture_datasets(session, user, int(request["job_id"])) if from_job else request["datasets"]
+    problems: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for k, d in enumerate(wanted):
+        field = "mixture.job_id" if from_job else f"mixture.datasets.{k}"
+        try:
+            ds = get_dataset(session, int(d["dataset_id"]), user, ready=True)
+        except (NotFound, Conflict) as e:
+            problems.append({"field": field, "message": e.message})
+            continue
+        name = d.get("name") or _data_key(ds.name)
+        if not ds.val_annotation:
+            problems.append({"field": field, "message": f"dataset {name!r} (#{ds.id}) has no held-out part: register "
+                             "it with a validation fraction or a validation JSONL"})
+        elif any(p["name"] == name for p in parts):
+            problems.append({"field": field, "message": f"dataset name {name!r} is used twice (give a distinct name)"})
+        else:
+            parts.append({"name": name, "dataset_id": ds.id, "root": ds.root, "annotation": ds.val_annotation,
+                          "lines": ds.num_val_samples, "max_dynamic_patch": d.get("max_dynamic_patch")})
+    if problems:
+        raise InvalidInput("invalid mixture", problems)
+    return {"request": request, "datasets": parts, "lines": sum(p["lines"] or 0 for p in parts)}
+
+
 # ----------------------------------------------------------------------------- create/read
 def split_annotation(ds: Dataset, split: str) -> str:
     if split == "train":
@@ -110,16 +165,30 @@ def split_annotation(ds: Dataset, split: str) -> str:
     raise InvalidInput(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
 
 
-def create_evaluation(session: Session, user: User | None, *, dataset_id: int, split: str,
+def create_evaluation(session: Session, user: User | None, *, dataset_id: int | None, split: str,
                       models: Sequence[dict[str, Any]], metrics: Sequence[str] | None,
-                      params: dict[str, Any], send: Callable[[int], str]) -> Evaluation:
-    """Validate the request (every problem at once), record a queued evaluation, queue it."""
+                      params: dict[str, Any], send: Callable[[int], str],
+                      mixture: dict[str, Any] | None = None) -> Evaluation:
+    """Validate the request (every problem at once), record a queued evaluation, queue it.
+    ``mixture`` instead of ``dataset_id``: its held-out parts (:func:`resolve_eval_mixture`)."""
     problems: list[dict[str, Any]] = []
     refs: list[dict[str, Any]] = []
-    try:
-        split_annotation(get_dataset(session, dataset_id, user, ready=True), split)
-    except (NotFound, Conflict, InvalidInput) as e:
-        problems.append({"field": "split" if isinstance(e, InvalidInput) else "dataset_id", "message": e.message})
+    resolved = None
+    if (dataset_id is None) == (mixture is None):
+        problems.append({"field": "dataset_id", "message": "give dataset_id (one split) or mixture (not both)"})
+    elif mixture is not None:
+        if split != "validation":
+            problems.append({"field": "split", "message": "a mixture is evaluated on its held-out parts: split "
+                             "'validation'"})
+        try:
+            resolved = resolve_eval_mixture(session, user, mixture)
+        except InvalidInput as e:
+            problems += e.details
+    else:
+        try:
+            split_annotation(get_dataset(session, dataset_id, user, ready=True), split)
+        except (NotFound, Conflict, InvalidInput) as e:
+            problems.append({"field": "split" if isinstance(e, InvalidInput) else "dataset_id", "message": e.message})
     if not models:
         problems.append({"field": "models", "message": "at least one model to evaluate"})
     for i, ref in enumerate(models):
@@ -140,6 +209,7 @@ def create_evaluation(session: Session, user: User | None, *, dataset_id: int, s
     if problems:
         raise InvalidInput("invalid evaluation", problems)
     ev = Evaluation(owner_id=user.id if user else None, dataset_id=dataset_id, split=split, models=refs,
+                    mixture=resolved,
                     metrics=list(metrics or []), params={**DEFAULT_PARAMS, **params}, status=S.queued)
     session.add(ev)
     session.commit()
@@ -274,7 +344,7 @@ def add_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str, A
     """The rows of :func:`append_samples`, in the caller's transaction."""
     session.add_all(EvaluationSample(
         evaluation_id=evaluation_id, model_index=int(r["model"]), sample_index=int(r["index"]),
-        sample_id=str(r.get("id", r["index"]))[:200], question=r.get("question", ""),
+        sample_id=str(r.get("id", r["index"]))[:200], dataset=r.get("dataset"), question=r.get("question", ""),
         answers=list(r.get("answers", [])), prediction=r.get("prediction", ""), scores=r.get("scores", {}))
         for r in rows)
 
@@ -292,7 +362,8 @@ def side_by_side(ev: Evaluation, rows: Sequence[EvaluationSample]) -> list[dict[
     n_models = len(ev.models)
     for r in rows:
         e = by_index.setdefault(r.sample_index, {
-            "index": r.sample_index, "id": r.sample_id, "question": r.question, "answers": r.answers,
+            "index": r.sample_index, "id": r.sample_id, "dataset": r.dataset, "question": r.question,
+            "answers": r.answers,
             "predictions": [None] * n_models, "scores": [None] * n_models})
         if 0 <= r.model_index < n_models:
             e["predictions"][r.model_index] = r.prediction

@@ -16,14 +16,16 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from backend.core.demo_data import write_folder, write_zip
+from backend.core.demo_data import generate, write_folder, write_zip
 from tests.conftest import REPO, start_studio, stop_studio
 
 pytestmark = pytest.mark.slow
+FINISHED = ("succeeded", "failed", "cancelled")
 LEAN = {"nproc_per_node": 1, "zero_stage": 2, "per_device_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1,
         "max_steps": 2, "max_dynamic_patch": 2}
 
@@ -38,11 +40,14 @@ def studio(tmp_path_factory):
     stop_studio(s)
 
 
-def register(studio, tmp: Path, name: str, n: int, seed: int, val_fraction: float = 0.0) -> dict:
+def register(studio, tmp: Path, name: str, n: int, seed: int, val_fraction: float = 0.0,
+             validation: list[dict] | None = None) -> dict:
     path = write_zip(tmp / f"{name}.zip", n=n, seed=seed)
+    extra = {"validation": ("val.jsonl", "".join(json.dumps(r) + "\n" for r in validation).encode(),
+                            "application/jsonl")} if validation else {}
     with open(path, "rb") as f, studio.api as api:
-        r = api.post("/datasets", files={"file": (path.name, f, "application/zip")},
-                     data={"name": name, "val_fraction": str(val_fraction)})
+        r = api.post("/datasets", files={"file": (path.name, f, "application/zip"), **extra},
+                     data={"name": name, **({} if validation else {"val_fraction": str(val_fraction)})})
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -63,7 +68,7 @@ def metrics(studio, job_id: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_datasets(studio, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two")
-    dots = register(studio, tmp, "dots", n=10, seed=1, val_fraction=0.2)
+    dots = register(studio, tmp, "dots", n=10, seed=1, val_fraction=0.3)  # held out: 3 and 2 (unequal)
     bars = register(studio, tmp, "bars", n=8, seed=2, val_fraction=0.25)
     job = submit(studio, {"datasets": [{"dataset_id": dots["id"], "repeat_time": 2},
                                        {"dataset_id": bars["id"], "repeat_time": 0.5, "data_augment": True}]},
@@ -76,9 +81,9 @@ def two_datasets(studio, tmp_path_factory):
 def test_two_dataset_mixture_trains_on_the_recipe_counts(two_datasets):
     dots, bars, job = two_datasets
     n_dots, n_bars = dots["num_samples"], bars["num_samples"]
-    assert (n_dots, n_bars) == (8, 6)  # after the held-out parts
+    assert (n_dots, n_bars) == (7, 6)  # after the held-out parts
     rows = {r["name"]: r for r in job["mixture"]["datasets"]}
-    expected = {"dots": 2 * n_dots, "bars": int(n_bars * 0.5)}  # 16 and 3
+    expected = {"dots": 2 * n_dots, "bars": int(n_bars * 0.5)}  # 14 and 3
     assert {k: rows[k]["samples"] for k in expected} == expected
     # what the trainer really indexed, per dataset, stored with the job
     assert {k: rows[k]["trained"]["samples"] for k in expected} == expected
@@ -95,7 +100,51 @@ def test_mixture_evaluates_each_held_out_part_and_the_whole(studio, two_datasets
     evals = {k for m in metrics(studio, job["id"]) for k in m if k.startswith("eval_loss")}
     assert evals == {"eval_loss", "eval_loss/dots", "eval_loss/bars"}
     held_out = json.loads((Path(job["run_dir"]) / "eval_meta.json").read_text())
-    assert {k: v["length"] for k, v in held_out.items()} == {"dots": 2, "bars": 2}
+    assert {k: v["length"] for k, v in held_out.items()} == {"dots": 3, "bars": 2}
+
+
+def evaluate(studio, body: dict) -> dict:
+    with studio.api as api:
+        r = api.post("/evaluations", json={"params": {"max_new_tokens": 6}, **body})
+        assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 300
+        while (ev := api.get(f"/evaluations/{r.json()['id']}").json())["status"] not in FINISHED:
+            assert time.monotonic() < deadline, (ev, studio.worker_log())
+            time.sleep(0.5)
+        assert ev["status"] == "succeeded", (ev, studio.worker_log())
+        return {**ev, "items": api.get(f"/evaluations/{ev['id']}/results").json()["items"]}
+
+
+def test_evaluation_on_the_mixtures_held_out_parts_per_dataset_and_overall(studio, two_datasets, tmp_path):
+    """A job's mixture evaluated on its held-out parts; then golden values: the same samples,
+    registered again with the base model's own answer as the reference of the first 2 of dots'
+    3 and 1 of bars' 2, must score exactly 2/3 and 1/2 per dataset and 3/5 overall (every sample
+    counts once, not the mean of the datasets' scores, 7/12)."""
+    _, _, job = two_datasets
+    mixed = evaluate(studio, {"mixture": {"job_id": job["id"]}, "models": [{"model_id": 1}, {"job_id": job["id"]}]})
+    assert [(p["name"], p["lines"]) for p in mixed["mixture"]["datasets"]] == [("dots", 3), ("bars", 2)]
+    assert mixed["total"] == mixed["done"] == 2 * 5
+    for model in mixed["summary"]:
+        assert [(d["name"], d["n"]) for d in model["datasets"]] == [("dots", 3), ("bars", 2)] and model["n"] == 5
+    assert [i["dataset"] for i in mixed["items"]] == ["dots"] * 3 + ["bars"] * 2
+
+    known = {}
+    for name, n, seed, hits in (("dots", 10, 1, 2), ("bars", 8, 2, 1)):
+        records = {str(r["id"]): r for _, _, r in generate(n, seed)}
+        items = [i for i in mixed["items"] if i["dataset"] == name]
+        val = [{**records[i["id"]], **({"answers": [i["predictions"][0]]} if j < hits else {})}
+               for j, i in enumerate(items)]
+        known[name] = register(studio, tmp_path, f"{name}-known", n=n, seed=seed, validation=val)
+    golden = evaluate(studio, {"mixture": {"datasets": [{"dataset_id": known["dots"]["id"]},
+                                                         {"dataset_id": known["bars"]["id"]}]},
+                               "models": [{"model_id": 1}], "metrics": ["exact_match", "anls"]})
+    # the same sample gets the same answer in either mixture
+    assert [i["predictions"][0] for i in golden["items"]] == [i["predictions"][0] for i in mixed["items"]]
+    (base,) = golden["summary"]
+    assert {d["name"]: d["metrics"] for d in base["datasets"]} == {
+        "dots-known": {"exact_match": pytest.approx(2 / 3), "anls": pytest.approx(2 / 3)},
+        "bars-known": {"exact_match": 0.5, "anls": 0.5}}, base
+    assert base["metrics"] == {"exact_match": pytest.approx(3 / 5), "anls": pytest.approx(3 / 5)}, base
 
 
 def test_export_carries_the_tiling_it_trained_with(two_datasets, tmp_path):

@@ -94,3 +94,56 @@ def test_chat_rejects_bad_requests_before_loading_anything(api):
                             "image": base64.b64encode(b"plain text").decode()})
     assert r.status_code == 422 and "not a readable image" in r.json()["detail"]
     assert api.post("/api/models/999/chat", json={"messages": [{"role": "user", "content": "x"}]}).status_code == 404
+
+
+def test_mixture_evaluation_takes_every_held_out_part_or_names_the_one_without(api):
+    """A mixture evaluation (issue 17): a training job's mixture or registered datasets, each
+    with its held-out part; refusals name the dataset and leave nothing registered."""
+    model = api.get("/api/models").json()[0]
+    dots = api.post("/api/datasets/demo", params={"samples": 10, "val_fraction": 0.2}).json()
+    bars = api.post("/api/datasets/demo", params={"samples": 8, "val_fraction": 0.25}).json()
+    bare = api.post("/api/datasets/demo", params={"samples": 4}).json()  # nothing held out
+    job = api.post("/api/jobs", json={"model_id": model["id"], "preset": "demo", "mixture": {"datasets": [
+        {"dataset_id": dots["id"], "name": "dots", "repeat_time": 2},
+        {"dataset_id": bars["id"], "name": "bars", "repeat_time": 0.5, "max_dynamic_patch": 2}]}})
+    assert job.status_code == 201, job.text
+
+    r = api.post("/api/evaluations", json={"mixture": {"job_id": job.json()["id"]}, "models": [{"model_id": 1}]})
+    assert r.status_code == 201, r.text
+    ev = r.json()
+    assert ev["dataset_id"] is None and ev["split"] == "validation"
+    parts = ev["mixture"]["datasets"]
+    assert [(p["name"], p["dataset_id"], p["lines"], p["max_dynamic_patch"]) for p in parts] == [
+        ("dots", dots["id"], 2, None), ("bars", bars["id"], 2, 2)]
+    assert all(p["annotation"].endswith("val_split.jsonl") for p in parts) and ev["mixture"]["lines"] == 4
+    assert api.get(f"/api/evaluations/{ev['id']}").json()["mixture"] == ev["mixture"]  # stored as resolved
+
+    r = api.post("/api/evaluations", json={"mixture": {"datasets": [
+        {"dataset_id": dots["id"], "name": "d"}, {"dataset_id": bare["id"]}, {"dataset_id": 999},
+        {"dataset_id": bars["id"], "name": "d"}]}, "split": "train", "models": [{"model_id": 1}]})
+    assert r.status_code == 422
+    fields = {e["field"]: e["message"] for e in r.json()["errors"]}
+    assert "no held-out part" in fields["mixture.datasets.1"] and "'shapes-demo'" in fields["mixture.datasets.1"]
+    assert fields["mixture.datasets.2"] == "dataset 999 not found"
+    assert "'d' is used twice" in fields["mixture.datasets.3"]
+    assert "held-out parts" in fields["split"]
+    r = api.post("/api/evaluations", json={"dataset_id": dots["id"], "mixture": {"job_id": job.json()["id"]},
+                                           "models": [{"model_id": 1}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset_id"
+    r = api.post("/api/evaluations", json={"mixture": {"job_id": 999}, "models": [{"model_id": 1}]})
+    assert r.status_code == 422 and r.json()["errors"][0] == {"field": "mixture.job_id", "message": "job 999 not found"}
+    assert [e["id"] for e in api.get("/api/evaluations").json()] == [ev["id"]]  # no refusal left a row
+
+
+def test_a_mixtures_overall_score_weighs_every_sample_once():
+    """The evaluation program's summary of a mixture (``worker/evaluation/run.py``): per dataset,
+    and overall over all samples together (3/5 here, not the datasets' mean 7/12)."""
+    from worker.evaluation.run import model_summary
+
+    rows = [{"dataset": d, "scores": {"exact_match": s}} for d, s in
+            (("dots", 1.0), ("dots", 1.0), ("dots", 0.0), ("bars", 1.0), ("bars", 0.0))]
+    out = model_summary("base", rows, ["exact_match"], ["dots", "bars"])
+    assert out["n"] == 5 and out["metrics"] == {"exact_match": 0.6}
+    assert out["datasets"] == [{"name": "dots", "n": 3, "metrics": {"exact_match": 2 / 3}},
+                               {"name": "bars", "n": 2, "metrics": {"exact_match": 0.5}}]
+    assert "datasets" not in model_summary("base", rows, ["exact_match"], [""])  # one split: no parts

@@ -4,7 +4,15 @@ side by side with the user's text escaped."""
 from __future__ import annotations
 
 from ui.app import build_ui
-from ui.pages.evaluate import model_choices, running_scores, samples_table, summary_table, to_ref
+from ui.pages.evaluate import (
+    data_choices,
+    data_request,
+    model_choices,
+    running_scores,
+    samples_table,
+    summary_table,
+    to_ref,
+)
 
 
 class FakeApi:
@@ -12,13 +20,46 @@ class FakeApi:
         return [{"id": 1, "name": "internvl-tiny-demo"}]
 
     def jobs(self):
-        return [{"id": 7, "model_id": 1, "status": "succeeded"}, {"id": 8, "model_id": 1, "status": "failed"}]
+        return [{"id": 7, "model_id": 1, "status": "succeeded", "mixture": {"datasets": [{"name": "dots"},
+                                                                                         {"name": "bars"}]}},
+                {"id": 8, "model_id": 1, "status": "failed", "mixture": {"datasets": [{"name": "dots"}]}}]
+
+    def datasets(self):
+        return [{"id": 2, "name": "dots", "num_val_samples": 3}]
 
 
 def test_choices_cover_base_models_and_succeeded_jobs():
     choices = model_choices(FakeApi())
     assert choices == [("internvl-tiny-demo (base)", "model:1"), ("job 7 fine-tune", "job:7:1")]
     assert [to_ref(v) for _, v in choices] == [{"model_id": 1}, {"job_id": 7}]
+
+
+def test_data_choices_offer_datasets_and_job_mixtures():
+    choices = data_choices(FakeApi())
+    assert choices == [("dots #2 (3 held out)", "dataset:2"), ("mixture of job 7: dots, bars", "mixture:7")]
+    assert [data_request(v) for _, v in choices] == [{"dataset_id": 2}, {"mixture": {"job_id": 7}}]
+
+
+def test_mixture_results_show_every_dataset_and_the_overall_score():
+    ev = {"id": 4, "status": "succeeded", "done": 10, "total": 10, "summary": [
+        {"label": "base", "n": 5, "metrics": {"exact_match": 0.6}, "datasets": [
+            {"name": "dots", "n": 3, "metrics": {"exact_match": 2 / 3}},
+            {"name": "<bars>", "n": 2, "metrics": {"exact_match": 0.5}}]}]}
+    html = summary_table(ev)
+    assert "overall (every sample once)" in html and "0.600" in html
+    assert "exact_match · dots" in html and "(n=3)" in html and "0.667" in html
+    assert "&lt;bars&gt;" in html and "0.500" in html and "<bars>" not in html
+    res = {"models": ["base"], "items": [
+        {"dataset": "dots", "scores": [{"exact_match": 1.0}]}, {"dataset": "bars", "scores": [{"exact_match": 0.0}]},
+        {"dataset": "dots", "scores": [{"exact_match": 0.0}]}]}
+    (live,) = running_scores(res)
+    assert live["metrics"] == {"exact_match": 1 / 3}
+    assert live["datasets"] == [{"name": "dots", "n": 2, "metrics": {"exact_match": 0.5}},
+                                {"name": "bars", "n": 1, "metrics": {"exact_match": 0.0}}]
+    table = samples_table({**res, "samples": 3, "differing": 0, "items": [
+        {"id": "0", "dataset": "dots", "question": "q", "answers": ["a"], "predictions": ["a"]}]},
+        only_differences=False)
+    assert "<th>Dataset</th>" in table and "<td>dots</td>" in table
 
 
 def test_results_render_side_by_side_and_escaped():

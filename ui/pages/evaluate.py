@@ -26,6 +26,25 @@ def model_choices(api) -> list[tuple[str, str]]:  # noqa: ANN001
     return out
 
 
+def data_choices(api) -> list[tuple[str, str]]:  # noqa: ANN001
+    """(label, value) for the data to evaluate on: a dataset (``dataset:ID``) or the mixture a
+    training job trained on (``mixture:JOB_ID``: every held-out part, per dataset and overall)."""
+    out = [(f"{d['name']} #{d['id']} ({d.get('num_val_samples', 0)} held out)", f"dataset:{d['id']}")
+           for d in api.datasets()]
+    for j in api.jobs():
+        rows = (j.get("mixture") or {}).get("datasets") or []
+        if len(rows) > 1:
+            names = ", ".join(r["name"] for r in rows[:4]) + (", …" if len(rows) > 4 else "")
+            out.append((f"mixture of job {j['id']}: {names}", f"mixture:{j['id']}"))
+    return out
+
+
+def data_request(value: str) -> dict:
+    """A data choice as the request's ``dataset_id`` or ``mixture``."""
+    kind, _, ident = str(value).partition(":")
+    return {"mixture": {"job_id": int(ident)}} if kind == "mixture" else {"dataset_id": int(ident or kind)}
+
+
 def to_ref(value: str) -> dict:
     kind, *ids = value.split(":")
     return {"model_id": int(ids[0])} if kind == "model" else {"job_id": int(ids[0])}
@@ -34,27 +53,57 @@ def to_ref(value: str) -> dict:
 ACTIVE = ("queued", "starting", "running", "stopping")
 
 
+def _means(items: list[dict], k: int) -> tuple[int, dict[str, float]]:
+    sums: dict[str, float] = {}
+    n = 0
+    for item in items:
+        scores = (item.get("scores") or [None] * (k + 1))[k]
+        if isinstance(scores, dict):
+            n += 1
+            for name, v in scores.items():
+                if isinstance(v, int | float):
+                    sums[name] = sums.get(name, 0.0) + v
+    return n, ({m: v / n for m, v in sums.items()} if n else {})
+
+
 def running_scores(res: dict) -> list[dict]:
-    """Per model, the mean of each metric over the samples scored so far (the final summary
-    replaces it when the run ends)."""
+    """Per model (and per dataset of a mixture), the mean of each metric over the samples scored
+    so far (the final summary replaces it when the run ends)."""
+    items = res.get("items") or []
+    parts = list(dict.fromkeys(i["dataset"] for i in items if i.get("dataset")))
     out = []
     for k, label in enumerate(res.get("models") or []):
-        sums: dict[str, float] = {}
-        n = 0
-        for item in res.get("items") or []:
-            scores = (item.get("scores") or [None] * (k + 1))[k]
-            if isinstance(scores, dict):
-                n += 1
-                for name, v in scores.items():
-                    if isinstance(v, int | float):
-                        sums[name] = sums.get(name, 0.0) + v
-        out.append({"label": label, "n": n, "metrics": {m: v / n for m, v in sums.items()} if n else {}})
+        n, metrics = _means(items, k)
+        entry = {"label": label, "n": n, "metrics": metrics}
+        if parts:
+            entry["datasets"] = [{"name": p, **dict(zip(("n", "metrics"), _means(
+                [i for i in items if i.get("dataset") == p], k), strict=True))} for p in parts]
+        out.append(entry)
+    return out
+
+
+def _score_rows(summary: list[dict]) -> list[tuple[str, list]]:
+    """(row label HTML, value per model): per metric the overall score, then (a mixture) each
+    dataset's."""
+    names = list(dict.fromkeys(m for s in summary for m in s.get("metrics", {})))
+    parts = list(dict.fromkeys(d["name"] for s in summary for d in s.get("datasets") or []))
+    out = []
+    for name in names:
+        label = f"<b>{esc(name)}</b>" + (" <span class='vl-muted'>overall (every sample once)</span>" if parts else "")
+        out.append((label, [s.get("metrics", {}).get(name) for s in summary]))
+        for p in parts:
+            vals = []
+            for s in summary:
+                d = next((d for d in s.get("datasets") or [] if d["name"] == p), {})
+                vals.append(d.get("metrics", {}).get(name))
+            n = next((d.get("n") for s in summary for d in s.get("datasets") or [] if d["name"] == p), None)
+            out.append((f"&nbsp;&nbsp;{esc(name)} · {esc(p)} <span class='vl-muted'>(n={n})</span>", vals))
     return out
 
 
 def summary_table(ev: dict, live: list[dict] | None = None) -> str:
-    """Metrics as rows, models as columns (base next to fine-tune), with the change from the
-    first model (the reference) to each other one."""
+    """Metrics as rows (for a mixture: overall, then per dataset), models as columns (base next
+    to fine-tune), with the change from the first model (the reference) to each other one."""
     summary = ev.get("summary") or live or []
     done, total = ev.get("done", 0), ev.get("total")
     status = ev["status"]
@@ -65,16 +114,14 @@ def summary_table(ev: dict, live: list[dict] | None = None) -> str:
         head += notice("error", "The evaluation failed", f"<div>{esc(ev.get('failure_reason') or '')}</div>")
     if not summary:
         return head + table(["Metric"], [], "No results yet." if status in ACTIVE else "No results.")
-    names = list(dict.fromkeys(m for s in summary for m in s.get("metrics", {})))
     models = [f"{s['label']} (n={s['n']})" for s in summary]
     rows = []
-    for name in names:
-        vals = [s.get("metrics", {}).get(name) for s in summary]
+    for label, vals in _score_rows(summary):
         cells = [f"{v:.3f}" if isinstance(v, int | float) else "–" for v in vals]
         ref = vals[0]
         deltas = [f"{v - ref:+.3f}" if isinstance(v, int | float) and isinstance(ref, int | float) else "–"
                   for v in vals[1:]]
-        rows.append([f"<b>{esc(name)}</b>", *cells, *deltas])
+        rows.append([label, *cells, *deltas])
     delta_heads = [f"Δ {s['label']}" for s in summary[1:]]
     note = "" if ev.get("summary") else "<p class='vl-muted'>Scores so far (final when the run ends).</p>"
     return head + note + table(["Metric", *models, *delta_heads], rows)
@@ -82,10 +129,13 @@ def summary_table(ev: dict, live: list[dict] | None = None) -> str:
 
 def samples_table(res: dict, only_differences: bool = True) -> str:
     items = [i for i in res["items"] if i.get("differ")] if only_differences else res["items"]
-    rows = [[esc(i["id"]), esc(i["question"]), esc(" | ".join(i["answers"]))]
+    mixed = any(i.get("dataset") for i in res["items"])
+    rows = [[esc(i["id"])] + ([esc(i.get("dataset") or "")] if mixed else [])
+            + [esc(i["question"]), esc(" | ".join(i["answers"]))]
             + [esc(p if p is not None else "–") for p in i["predictions"]] for i in items[:200]]
     head = f"<p>{res['differing']} of {res['samples']} samples differ between the models.</p>"
-    return head + table(["Sample", "Question", "Answer", *res["models"]], rows, "No samples.")
+    cols = ["Sample", *(["Dataset"] if mixed else []), "Question", "Answer", *res["models"]]
+    return head + table(cols, rows, "No samples.")
 
 
 @dataclass
@@ -100,10 +150,11 @@ def _eval_choices(api) -> list[tuple[str, int]]:  # noqa: ANN001
 
 
 def build_evaluate(sessions: Sessions) -> EvaluatePage:
-    gr.HTML(section("Evaluate", "Run base and fine-tuned models on a dataset's held-out split and compare "
-                                "them per metric and sample by sample."))
+    gr.HTML(section("Evaluate", "Run base and fine-tuned models on a dataset's held-out split, or on every "
+                                "held-out part of a job's training mixture (scored per dataset and overall), "
+                                "and compare them per metric and sample by sample."))
     with gr.Row():
-        dataset = gr.Dropdown(label="Dataset", choices=[], elem_id="vl-eval-dataset")
+        dataset = gr.Dropdown(label="Dataset or a job's mixture", choices=[], elem_id="vl-eval-dataset")
         split = gr.Radio(["validation", "train"], value="validation", label="Split", elem_id="vl-eval-split")
     models = gr.CheckboxGroup(label="Models", choices=[], elem_id="vl-eval-models")
     metrics = gr.CheckboxGroup(METRICS, value=["exact_match", "vqa_accuracy"], label="Metrics")
@@ -121,8 +172,7 @@ def build_evaluate(sessions: Sessions) -> EvaluatePage:
     def load(request: gr.Request):  # noqa: ANN202
         api = sessions.api(request)
         try:
-            ds = [(f"{d['name']} #{d['id']} ({d.get('num_val_samples', 0)} held out)", d["id"]) for d in api.datasets()]
-            return gr.update(choices=ds), gr.update(choices=model_choices(api)), gr.update(choices=_eval_choices(api))
+            return gr.update(choices=data_choices(api)), gr.update(choices=model_choices(api)), gr.update(choices=_eval_choices(api))
         except ApiError:
             return gr.skip(), gr.skip(), gr.skip()
 
@@ -133,7 +183,9 @@ def build_evaluate(sessions: Sessions) -> EvaluatePage:
             return notice("error", "Cannot start the evaluation", f"<div>Choose {esc(missing)}.</div>"), gr.skip()
         api = sessions.api(request)
         try:
-            ev = api.create_evaluation(int(ds_id), [to_ref(v) for v in chosen], split_name, metric_names)
+            data = data_request(ds_id)
+            ev = api.create_evaluation(data.get("dataset_id"), [to_ref(v) for v in chosen], split_name,
+                                       metric_names, mixture=data.get("mixture"))
         except ApiError as e:
             return error_html("Cannot start the evaluation", e), gr.skip()
         return (notice("ok", f"Evaluation #{ev['id']} queued",

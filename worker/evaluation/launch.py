@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend import live
-from backend.core.eval_spec import EvalModel, EvaluationSpec
+from backend.core.eval_spec import EvalModel, EvalPart, EvaluationSpec
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Evaluation, EvaluationLog, JobStatus
 from backend.db.session import session_scope
@@ -35,9 +35,13 @@ def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = N
     settings = get_settings()
     with session_scope() as s:
         ev = svc.get_evaluation(s, evaluation_id)
-        ds = get_dataset(s, ev.dataset_id)
-        annotation = svc.split_annotation(ds, ev.split)
-        root = str(Path(ds.root))
+        if ev.mixture:  # a mixture's held-out parts, resolved at submission
+            parts = [EvalPart(name=p["name"], annotation=p["annotation"], root=p["root"],
+                              max_dynamic_patch=p.get("max_dynamic_patch")) for p in ev.mixture["datasets"]]
+            annotation = root = ""
+        else:
+            ds = get_dataset(s, ev.dataset_id)
+            parts, annotation, root = [], svc.split_annotation(ds, ev.split), str(Path(ds.root))
         models = []
         for ref in ev.models:
             path, template, builtin = svc.model_location(s, ref)
@@ -53,7 +57,8 @@ def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = N
             raise FileNotFoundError(f"{label}: no model at {path}")
         resolved.append(EvalModel(label=label, path=str(path), template=template, tiling=tiling))
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = EvaluationSpec(evaluation_id=evaluation_id, annotation=annotation, root=root, output_dir=str(run_dir),
+    spec = EvaluationSpec(evaluation_id=evaluation_id, annotation=annotation, root=root, parts=parts,
+                          output_dir=str(run_dir),
                           models=resolved, metrics=metrics, **{k: v for k, v in params.items() if v is not None})
     spec_path = run_dir / "spec.json"
     spec.write(spec_path)
@@ -67,9 +72,12 @@ def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = N
 
 def _total(spec_path: Path) -> int | None:
     spec = EvaluationSpec.read(spec_path)
-    with open(spec.annotation, encoding="utf-8-sig") as f:
-        n = sum(1 for line in f if line.strip())
-    return min(n, spec.limit or n) * len(spec.models)
+    n = 0
+    for part in spec.data_parts():
+        with open(part.annotation, encoding="utf-8-sig") as f:
+            lines = sum(1 for line in f if line.strip())
+        n += min(lines, spec.limit or lines)
+    return n * len(spec.models)
 
 
 class EvaluationRecord:

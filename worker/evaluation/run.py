@@ -33,15 +33,18 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     STOP_REQUESTED = True
 
 
-def load_records(spec: EvaluationSpec) -> list[dict]:
-    with open(spec.annotation, encoding="utf-8-sig") as f:
+def load_records(annotation: str, limit: int | None) -> list[dict]:
+    with open(annotation, encoding="utf-8-sig") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    return records[: spec.limit] if spec.limit else records
+    return records[:limit] if limit else records
 
 
 def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, metrics: list[str],
-                   model_index: int, out) -> list[dict]:
+                   model_index: int, out, first_index: int = 0, dataset: str = "") -> list[dict]:
+    """Generate and score ``records`` (numbered from ``first_index``: a mixture's parts follow
+    each other); rows carry ``dataset`` (the part's name) in a mixture evaluation."""
     rows: list[dict] = []
+    where = f"{gen_label(spec, model_index)}" + (f" · {dataset}" if dataset else "")
     t0 = time.monotonic()
     for start in range(0, len(records), spec.batch_size):
         if STOP_REQUESTED:
@@ -54,18 +57,20 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
                 with Image.open(root / rel) as im:
                     images.append(im.convert("RGB"))
             prompts.append(gen.prompt(turns, images))
-            metas.append((start + k, rec, turns, answers, options))
+            metas.append((first_index + start + k, rec, turns, answers, options))
         preds = gen.generate(prompts, max_new_tokens=spec.max_new_tokens)
         for (index, rec, turns, answers, options), pred in zip(metas, preds, strict=True):
             row = {"model": model_index, "index": index, "id": str(rec.get("id", index)),
                    "question": question_text(turns), "answers": answers, "prediction": pred,
                    "scores": {m: score(m, pred, answers, options) for m in metrics}}
+            if dataset:
+                row["dataset"] = dataset
             rows.append(row)
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         out.flush()
         done = start + len(batch)
         rate = done / max(time.monotonic() - t0, 1e-9)
-        print(f"[{gen_label(spec, model_index)}] {done}/{len(records)} samples | {rate:.1f} samples/s | "
+        print(f"[{where}] {done}/{len(records)} samples | {rate:.1f} samples/s | "
               f"exact match so far {mean([r['scores'].get('exact_match', 0) for r in rows]):.3f}", flush=True)
     return rows
 
@@ -85,6 +90,20 @@ def gen_label(spec: EvaluationSpec, i: int) -> str:
     return spec.models[i].label
 
 
+def scores_of(rows: list[dict], metrics: list[str]) -> dict[str, float]:
+    return {name: mean([r["scores"][name] for r in rows]) for name in metrics}
+
+
+def model_summary(label: str, rows: list[dict], metrics: list[str], parts: list[str]) -> dict:
+    """Per model: the metrics over every sample (a mixture's overall score is sample-weighted:
+    each sample counts once, whatever its dataset) and, for a mixture, per dataset."""
+    out = {"label": label, "n": len(rows), "metrics": scores_of(rows, metrics)}
+    if any(parts):
+        out["datasets"] = [{"name": p, "n": len(mine), "metrics": scores_of(mine, metrics)}
+                           for p in parts for mine in [[r for r in rows if r.get("dataset") == p]]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, required=True)
@@ -92,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     spec = EvaluationSpec.read(args.spec)
     out_dir = Path(spec.output_dir)
-    records = load_records(spec)
+    parts = [(p, load_records(p.annotation, spec.limit)) for p in spec.data_parts()]
+    records = [r for _, recs in parts for r in recs]
     metrics = spec.metrics or default_metrics(records)
-    print(f"evaluation {spec.evaluation_id}: {len(records)} samples from {spec.annotation}; "
+    source = ", ".join(f"{p.name} ({len(recs)})" for p, recs in parts) if spec.parts else spec.annotation
+    print(f"evaluation {spec.evaluation_id}: {len(records)} samples from {source}; "
           f"metrics {', '.join(metrics)}; {len(spec.models)} model(s)", flush=True)
 
     from worker.evaluation.generation import Generator
@@ -103,14 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     with open(out_dir / "outputs.jsonl", "w", encoding="utf-8") as out:
         for i, m in enumerate(spec.models):
             gen = Generator(Path(m.path), template=m.template)
-            gen.tiling = trained_tiling(gen.tiling, m.tiling, spec.max_dynamic_patch)
-            print(f"model {i + 1}/{len(spec.models)}: {m.label} ({m.path}), template {gen.template.name}, "
-                  f"tiling max {gen.tiling.max_dynamic_patch} tiles, greedy, max {spec.max_new_tokens} new tokens",
+            config_tiling = gen.tiling
+            rows: list[dict] = []
+            for part, recs in parts:
+                # the evaluation's override, then the dataset's own budget in the mixture
+                gen.tiling = trained_tiling(config_tiling, m.tiling, spec.max_dynamic_patch or part.max_dynamic_patch)
+                print(f"model {i + 1}/{len(spec.models)}: {m.label} ({m.path})" + (f" on {part.name}" if part.name
+                      else "") + f", template {gen.template.name}, tiling max {gen.tiling.max_dynamic_patch} tiles, "
+                      f"greedy, max {spec.max_new_tokens} new tokens", flush=True)
+                rows += evaluate_model(gen, recs, Path(part.root), spec, metrics, i, out, len(rows), part.name)
+                if STOP_REQUESTED:
+                    break
+            summary.append(model_summary(m.label, rows, metrics, [p.name for p, _ in parts]))
+            print(f"model {m.label}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[-1]["metrics"].items()),
                   flush=True)
-            rows = evaluate_model(gen, records, Path(spec.root), spec, metrics, i, out)
-            values = {name: mean([r["scores"][name] for r in rows]) for name in metrics}
-            summary.append({"label": m.label, "n": len(rows), "metrics": values})
-            print(f"model {m.label}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+            for d in summary[-1].get("datasets", []):
+                print(f"model {m.label} on {d['name']} ({d['n']} samples): "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in d["metrics"].items()), flush=True)
             del gen
             if STOP_REQUESTED:
                 print("stopped on request", flush=True)

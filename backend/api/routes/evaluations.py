@@ -33,10 +33,27 @@ class ModelRef(BaseModel):
     checkpoint: str | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
 
 
+class MixturePart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: DbId
+    name: str | None = Field(None, description="its name in the results (default: the dataset's name)")
+    max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="its tile budget (empty: the model's)")
+
+
+class EvalMixture(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: DbId | None = Field(None, description="the mixture this training job trained on")
+    datasets: list[MixturePart] = Field(default_factory=list, description="or registered datasets")
+
+
 class EvaluationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dataset_id: DbId
+    dataset_id: DbId | None = Field(None, description="one dataset's split")
+    mixture: EvalMixture | None = Field(None, description="or a mixture: every dataset's held-out part, scored "
+                                        "per dataset and overall")
     split: str = Field("validation", description="'validation' (the held-out split) or 'train'")
     models: list[ModelRef]
     metrics: list[str] = Field(default_factory=list, description="empty: chosen from the data")
@@ -50,8 +67,9 @@ class EvaluationOut(BaseModel):
     id: int
     owner_id: int | None
     status: str
-    dataset_id: int
+    dataset_id: int | None
     split: str
+    mixture: dict[str, Any] | None
     models: list[dict[str, Any]]
     metrics: list[str]
     params: dict[str, Any]
@@ -70,15 +88,17 @@ class EvaluationOut(BaseModel):
              responses={422: {"description": "invalid request; `errors` lists every problem"}})
 def create_evaluation(body: EvaluationCreate, session: SessionDep, settings: SettingsDep,
                       user: CurrentUser):  # noqa: ANN201
-    """Queue an evaluation of one or more models on a dataset split (same queue as training)."""
+    """Queue an evaluation of one or more models on a dataset split, or on every held-out part of
+    a mixture (scored per dataset and overall), on the same queue as training."""
     celery = make_celery(settings)
 
     def send(evaluation_id: int) -> str:
         return celery.send_task(svc.EVAL_TASK, args=[evaluation_id]).id
 
     refs = [r.model_dump(exclude_none=True) for r in body.models]
+    mixture = body.mixture.model_dump(exclude_none=True) if body.mixture else None
     return svc.create_evaluation(session, user, dataset_id=body.dataset_id, split=body.split, models=refs,
-                                 metrics=body.metrics, params=body.params, send=send)
+                                 metrics=body.metrics, params=body.params, send=send, mixture=mixture)
 
 
 @router.get("", response_model=list[EvaluationOut])
@@ -128,7 +148,8 @@ def download(evaluation_id: DbId, session: SessionDep, user: CurrentUser) -> Str
             rows = svc.samples(s, evaluation_id)
         for r in rows:
             yield json.dumps({"model": labels[r.model_index] if r.model_index < len(labels) else r.model_index,
-                              "index": r.sample_index, "id": r.sample_id, "question": r.question,
+                              "index": r.sample_index, "id": r.sample_id, "dataset": r.dataset,
+                              "question": r.question,
                               "answers": r.answers, "prediction": r.prediction, "scores": r.scores},
                              ensure_ascii=False) + "\n"
 
