@@ -19,12 +19,15 @@ JOB = {"id": 3, "dataset_id": 1, "mixture": {
 
 
 def test_the_meta_builder_table_becomes_the_jobs_mixture():
-    frame = pd.DataFrame([[True, 1, "dots", 2.0, False], [False, 2, "skip", 1.0, False], [True, 3, "bars", 0.5, True]],
-                         columns=COLUMNS)
+    frame = pd.DataFrame([[True, 1, "dots", 2.0, False, None], [False, 2, "skip", 1.0, False, 3],
+                          [True, 3, "bars", 0.5, True, 2.0], [True, 4, "cats", 1.0, False, float("nan")],
+                          [True, 5, "owls", 1.0, False, ""]], columns=COLUMNS)
     assert mixture_request(frame, " /shared/m.json ", "") == {
         "datasets": [{"dataset_id": 1, "name": "dots", "repeat_time": 2.0, "data_augment": False},
-                     {"dataset_id": 3, "name": "bars", "repeat_time": 0.5, "data_augment": True}],
-        "meta_path": "/shared/m.json"}
+                     {"dataset_id": 3, "name": "bars", "repeat_time": 0.5, "data_augment": True, "max_dynamic_patch": 2},
+                     {"dataset_id": 4, "name": "cats", "repeat_time": 1.0, "data_augment": False},
+                     {"dataset_id": 5, "name": "owls", "repeat_time": 1.0, "data_augment": False}],
+        "meta_path": "/shared/m.json"}  # an empty max_dynamic_patch is the job's
     assert mixture_request(frame.iloc[:0], None, None) == {"datasets": []}
 
 

@@ -128,6 +128,69 @@ def test_sample_preview(studio, page, screenshot, tmp_path: Path):
     screenshot(page.locator("#vl-meta"), "08-meta-builder")
 
 
+def _grid_row(page, name: str) -> int:
+    """The index of the meta builder's row for a dataset (Gradio's dataframe: ``cell-ROW-COL``)."""
+    rows = page.locator("#vl-meta-grid div[role=row][data-index]")
+    rows.first.wait_for()
+    names = [page.locator(f"#vl-meta-grid [data-testid='cell-{i}-2']").inner_text().strip()
+             for i in range(rows.count())]
+    assert name in names, names
+    return names.index(name)
+
+
+def _edit_cell(page, row: int, column: int, value: str) -> None:
+    """Type a value into one cell, as a user does (double-click, type, Enter)."""
+    cell = page.locator(f"#vl-meta-grid [data-testid='cell-{row}-{column}']")
+    cell.dblclick()
+    box = cell.locator("textarea[aria-label='Edit cell']")
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_function(f"document.querySelector(\"#vl-meta-grid [data-testid='cell-{row}-{column}']\")"
+                           f".innerText.includes('{value}')")
+
+
+def test_train_page_trains_on_the_meta_builders_mixture(studio, page, screenshot, tmp_path: Path):
+    """The meta builder feeds the Train page (issue 17): two datasets, one repeated twice with its
+    own tile budget, the other sampled at half; the job records that mixture and shows it."""
+    for name, n in (("dots", 6), ("bars", 4)):
+        with open(write_zip(tmp_path / f"{name}.zip", n=n, seed=n), "rb") as f:
+            r = studio.api.post("/datasets", files={"file": (f"{name}.zip", f, "application/zip")}, data={"name": name})
+        assert r.status_code == 201, r.text
+    page.goto(studio.url)
+    page.locator("#vl-ds-list tr[data-ds]", has_text="bars").wait_for()
+    page.locator("#vl-meta").get_by_text("Meta file builder").click()
+    for name, repeat, tiles in (("dots", "2", "1"), ("bars", "0.5", None)):
+        row = _grid_row(page, name)
+        page.locator(f"#vl-meta-grid [data-testid='cell-{row}-0'] input[type=checkbox]").check()
+        _edit_cell(page, row, 3, repeat)
+        if tiles:
+            _edit_cell(page, row, 5, tiles)
+    page.locator("#vl-meta-btn").click()
+    page.locator("#vl-meta-out", has_text="total").wait_for()
+    meta = json.loads(page.locator("#vl-meta-json .cm-content").text_content())
+    assert {k: (v["repeat_time"], v.get("max_dynamic_patch")) for k, v in meta.items()} == {
+        "dots": (2, 1), "bars": (0.5, None)}, meta
+    screenshot(page.locator("#vl-meta"), "09-meta-builder-mixture")
+
+    open_tab(page, "Train")
+    page.locator("#vl-hp-learning_rate input").wait_for()
+    page.locator("#vl-data-source").get_by_text("Mixture").click()
+    steps = page.locator("#vl-hp-max_steps input")
+    steps.fill("1")
+    steps.press("Tab")
+    page.locator("#vl-start").click()
+    page.locator("#vl-job-header", has_text="Job #1").wait_for(timeout=60_000)
+    job = studio.api.get("/jobs/1").json()
+    rows = {r["name"]: r for r in job["mixture"]["datasets"]}
+    assert {k: (r["repeat_time"], r["max_dynamic_patch"], r["samples"]) for k, r in rows.items()} == {
+        "dots": (2, 1, 12), "bars": (0.5, None, 2)}, job["mixture"]
+    page.get_by_text("Spec, command line and run folder").click()
+    shown = page.locator("#vl-job-mixture").text_content()
+    assert "dots" in shown and "bars" in shown and "12" in shown, shown
+    screenshot(page, "10-job-mixture")
+    assert studio.api.post("/jobs/1/cancel").status_code == 200  # its training is not what this checks
+
+
 def _step_shown(page) -> int:
     m = re.search(r"step (\d+)", page.locator("#vl-job-cards").inner_text())
     assert m, page.locator("#vl-job-cards").inner_text()

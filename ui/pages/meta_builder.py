@@ -1,10 +1,11 @@
 """The meta file builder on the Datasets page (``POST /api/meta``): choose registered datasets,
-set ``repeat_time`` and ``data_augment`` per dataset, optionally merge an uploaded mixture (a meta
+set ``repeat_time``, ``data_augment`` and ``max_dynamic_patch`` (empty: the job's) per dataset, optionally merge an uploaded mixture (a meta
 JSON in the seed's format), see the effective sample counts, download the JSON."""
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -15,19 +16,35 @@ from ui.client import ApiError
 from ui.session import Sessions
 from ui.widgets import esc, notice, number, table
 
-COLUMNS = ["use", "id", "name", "repeat_time", "data_augment"]
+COLUMNS = ["use", "id", "name", "repeat_time", "data_augment", "max_dynamic_patch"]
 
 
 def rows_for(datasets: list[dict]) -> pd.DataFrame:
-    """One editable row per dataset that is ready to train on."""
+    """One editable row per dataset that is ready to train on (``max_dynamic_patch`` empty: the
+    job's tile budget)."""
     ready = [d for d in datasets if d.get("status", "ready") == "ready"]
-    return pd.DataFrame([[False, d["id"], d["name"], 1.0, False] for d in ready], columns=COLUMNS)
+    return pd.DataFrame([[False, d["id"], d["name"], 1.0, False, None] for d in ready], columns=COLUMNS)
+
+
+def _tiles(value: object) -> int | None:
+    """A cell of the ``max_dynamic_patch`` column: empty (or 0) is the job's budget."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return None if math.isnan(number) or number == 0 else int(number)
 
 
 def request_from(frame: pd.DataFrame) -> list[dict]:
     chosen = frame[frame["use"].astype(bool)] if not frame.empty else frame
-    return [{"dataset_id": int(r["id"]), "name": str(r["name"]), "repeat_time": float(r["repeat_time"]),
-             "data_augment": bool(r["data_augment"])} for _, r in chosen.iterrows()]
+    out = []
+    for _, r in chosen.iterrows():
+        d = {"dataset_id": int(r["id"]), "name": str(r["name"]), "repeat_time": float(r["repeat_time"]),
+             "data_augment": bool(r["data_augment"])}
+        tiles = _tiles(r.get("max_dynamic_patch"))
+        if tiles is not None:
+            d["max_dynamic_patch"] = tiles
+        out.append(d)
+    return out
 
 
 def summary_html(summary: dict) -> str:
@@ -41,11 +58,11 @@ def build(sessions: Sessions) -> tuple[gr.Dataframe, object]:
     """The builder inside an accordion; returns the table and its (request) -> rows loader."""
     with gr.Accordion("Meta file builder: mix datasets for training", open=False, elem_id="vl-meta"):
         gr.HTML("<div class='vl-muted' style='font-size:13px'>Tick the datasets to mix, set how often each is "
-                "repeated per epoch (<code>repeat_time</code>, below 1 samples a part) and whether its images "
-                "are augmented. Optionally merge a mixture you already have. To train on the ticked datasets, "
+                "repeated per epoch (<code>repeat_time</code>, below 1 samples a part), whether its images "
+                "are augmented and its own tile budget (<code>max_dynamic_patch</code>, empty: the job's). Optionally merge a mixture you already have. To train on the ticked datasets, "
                 "choose <b>Mixture</b> on the Train page.</div>")
-        grid = gr.Dataframe(headers=COLUMNS, datatype=["bool", "number", "str", "number", "bool"],
-                            interactive=True, elem_id="vl-meta-grid", column_count=(5, "fixed"))
+        grid = gr.Dataframe(headers=COLUMNS, datatype=["bool", "number", "str", "number", "bool", "number"],
+                            interactive=True, elem_id="vl-meta-grid", column_count=(6, "fixed"))
         with gr.Row():
             mixture = gr.File(label="Merge with a mixture (meta .json, optional)", file_types=[".json"],
                               elem_id="vl-meta-mixture", height=90)
