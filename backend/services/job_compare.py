@@ -85,7 +85,9 @@ def _scores(session: Session, user: Any, ids: Sequence[int]) -> list[dict[str, A
         models = [{"label": r.get("label"), "job_id": r.get("job_id"), "model_id": r.get("model_id"),
                    "n": s.get("n"), "metrics": s.get("metrics") or {}}
                   for r, s in zip(refs, ev.summary or [], strict=False)]
-        out.append({"evaluation_id": ev.id, "dataset_id": ev.dataset_id, "split": ev.split, "models": models})
+        parts = [d["name"] for d in (ev.mixture or {}).get("datasets") or []]  # a mixture evaluation's
+        out.append({"evaluation_id": ev.id, "dataset_id": ev.dataset_id, "split": ev.split, "models": models,
+                    "mixture": parts or None})
     return out
 
 

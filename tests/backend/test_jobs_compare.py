@@ -31,6 +31,10 @@ def test_compare_overlays_curves_lists_differences_and_scores(api, ds):  # noqa:
             {"label": f"job {a}", "model_id": 1, "job_id": a}],
             summary=[{"label": "internvl-tiny-demo", "n": 2, "metrics": {"exact_match": 0.0}},
                      {"label": f"job {a}", "n": 2, "metrics": {"exact_match": 0.5}}]))
+        s.add(Evaluation(dataset_id=None, split="validation", status=S.succeeded,  # on a mixture's held-out parts
+                         mixture={"datasets": [{"name": "dots"}, {"name": "bars"}]},
+                         models=[{"label": f"job {b}", "model_id": 1, "job_id": b}],
+                         summary=[{"label": f"job {b}", "n": 5, "metrics": {"exact_match": 0.6}}]))
         s.commit()
 
     r = api.get("/api/jobs/compare", params=[("ids", a), ("ids", b)])
@@ -43,9 +47,10 @@ def test_compare_overlays_curves_lists_differences_and_scores(api, ds):  # noqa:
     differing = {d["field"]: d["values"] for d in body["differing"]}
     assert set(differing) == {"learning_rate", "max_steps"}, differing
     assert differing["learning_rate"] == [1e-4, 3e-4] and differing["max_steps"][1] == 7
-    [ev] = body["evaluations"]
+    [ev, mixed] = body["evaluations"]
     assert [(m["label"], m["metrics"]["exact_match"]) for m in ev["models"]] == [
         ("internvl-tiny-demo", 0.0), (f"job {a}", 0.5)]
+    assert ev["mixture"] is None and (mixed["dataset_id"], mixed["mixture"]) == (None, ["dots", "bars"])
 
 
 @pytest.mark.parametrize("ids", [[], [1], [1, 1]])

@@ -162,6 +162,11 @@ def test_compare_overlays_one_series_per_job_and_escapes_settings():
     html = compare.differing_table(cmp)
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "null" in html and "<b>x</b>" not in html
     assert "No evaluation has scored these runs" in compare.scores_table(cmp)
+    ev = {"evaluation_id": 4, "dataset_id": None, "split": "validation", "mixture": ["dots", "<bars>"],
+          "models": [{"label": "job 1", "n": 5, "metrics": {"exact_match": 0.6}}]}
+    html = compare.scores_table({**cmp, "evaluations": [ev]})
+    assert "mixture of dots, &lt;bars&gt; (held-out parts, overall)" in html and "0.600" in html
+    assert "dataset #None" not in html
 
 
 def test_problems_notice_lists_every_field_and_line():

@@ -45,8 +45,9 @@ def scores_table(cmp: dict) -> str:
         names = list(dict.fromkeys(m for x in models for m in x["metrics"]))
         rows = [[f"<b>{esc(n)}</b>", *(f"{x['metrics'][n]:.3f}" if isinstance(x["metrics"].get(n), int | float)
                                        else "–" for x in models)] for n in names]
-        parts.append(f"<div class='vl-h3'>Evaluation #{ev['evaluation_id']} · dataset #{ev['dataset_id']} · "
-                     f"{esc(ev['split'])} split</div>"
+        data = (f"mixture of {esc(', '.join(ev['mixture']))} (held-out parts, overall)" if ev.get("mixture")
+                else f"dataset #{ev['dataset_id']} · {esc(ev['split'])} split")
+        parts.append(f"<div class='vl-h3'>Evaluation #{ev['evaluation_id']} · {data}</div>"
                      + table(["Metric", *(f"{x['label']} (n={x['n']})" for x in models)], rows))
     return "".join(parts) or ("<div class='vl-empty'>No evaluation has scored these runs yet: run one on the "
                               "Evaluate page.</div>")
