@@ -96,15 +96,29 @@ def build_demo_model(out_dir: Path, *, vision_hidden: int = 64, vision_layers: i
 
 
 def ensure_demo_model(models_dir: Path) -> Path:
-    """Build the demo model under ``models_dir`` once; later calls return the existing folder."""
+    """Build the demo model under ``models_dir`` once; later calls return the existing folder.
+
+    Under a file lock: a worker's first demo job, first evaluation and first chat may all ask
+    at once (threads of one process, or several workers on a node); without it they built into
+    the same temporary folder, and a second thread importing transformers while the first was
+    still importing it failed with "cannot import name 'GenerationConfig'"."""
+    import fcntl
+
     out = models_dir / DEMO_MODEL_NAME
     if (out / "config.json").exists() and (out / "tokenizer.json").exists():
         return out
-    tmp = models_dir / f".{DEMO_MODEL_NAME}.tmp"
-    if tmp.exists():
-        import shutil
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # flock is per open file, so it holds threads apart too (not the launcher's .demo-model.lock: that
+    # one is held around this call, and a second flock of it here would wait for ever)
+    with open(models_dir / ".demo-model.build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+            return out  # built meanwhile by whoever held the lock
+        tmp = models_dir / f".{DEMO_MODEL_NAME}.tmp"
+        if tmp.exists():
+            import shutil
 
-        shutil.rmtree(tmp)
-    build_demo_model(tmp)
-    tmp.rename(out)
+            shutil.rmtree(tmp)
+        build_demo_model(tmp)
+        tmp.rename(out)
     return out

@@ -151,10 +151,12 @@ def _edit_cell(page, row: int, column: int, value: str) -> None:
 
 def test_train_page_trains_on_the_meta_builders_mixture(studio, page, screenshot, tmp_path: Path):
     """The meta builder feeds the Train page (issue 17): two datasets, one repeated twice with its
-    own tile budget, the other sampled at half; the job records that mixture and shows it."""
-    for name, n in (("dots", 6), ("bars", 4)):
+    own tile budget, the other sampled at half; the job records that mixture and shows it; the
+    Evaluate tab scores the base model on that mixture's held-out parts, per dataset and overall."""
+    for name, n, held_out in (("dots", 6, "0.34"), ("bars", 4, "0.25")):  # 4 + 2 and 3 + 1
         with open(write_zip(tmp_path / f"{name}.zip", n=n, seed=n), "rb") as f:
-            r = studio.api.post("/datasets", files={"file": (f"{name}.zip", f, "application/zip")}, data={"name": name})
+            r = studio.api.post("/datasets", files={"file": (f"{name}.zip", f, "application/zip")},
+                                data={"name": name, "val_fraction": held_out})
         assert r.status_code == 201, r.text
     page.goto(studio.url)
     page.locator("#vl-ds-list tr[data-ds]", has_text="bars").wait_for()
@@ -183,12 +185,30 @@ def test_train_page_trains_on_the_meta_builders_mixture(studio, page, screenshot
     job = studio.api.get("/jobs/1").json()
     rows = {r["name"]: r for r in job["mixture"]["datasets"]}
     assert {k: (r["repeat_time"], r["max_dynamic_patch"], r["samples"]) for k, r in rows.items()} == {
-        "dots": (2, 1, 12), "bars": (0.5, None, 2)}, job["mixture"]
+        "dots": (2, 1, 8), "bars": (0.5, None, 1)}, job["mixture"]
     page.get_by_text("Spec, command line and run folder").click()
     shown = page.locator("#vl-job-mixture").text_content()
-    assert "dots" in shown and "bars" in shown and "12" in shown, shown
+    assert "dots" in shown and "bars" in shown and "8" in shown, shown
     screenshot(page, "10-job-mixture")
     assert studio.api.post("/jobs/1/cancel").status_code == 200  # its training is not what this checks
+
+    open_tab(page, "Evaluate")
+    page.locator("#vl-eval-refresh").click()
+    page.locator("#vl-eval-dataset input").click()
+    page.get_by_role("option", name="mixture of job 1:").click()
+    page.locator("#vl-eval-models").get_by_text("internvl-tiny-demo (base)").click()
+    page.locator("#vl-eval-run").click()
+    page.locator("#vl-eval-msg .vl-notice-ok", has_text="queued").wait_for()
+    page.locator("#vl-eval-summary .vl-badge", has_text=re.compile("Succeeded|Failed")).wait_for(timeout=300_000)
+    summary = page.locator("#vl-eval-summary").inner_text()
+    assert "Succeeded" in summary, summary
+    for text in ("overall (every sample once)", "exact_match · dots", "(n=2)", "exact_match · bars", "(n=1)",
+                 "INTERNVL-TINY-DEMO (N=3)"):  # the header is upper-cased by the theme
+        assert text in summary, (text, summary)
+    page.get_by_text("Only samples where the models differ").click()  # one model: no differences
+    page.locator("#vl-eval-samples th", has_text="Dataset").wait_for()
+    assert page.locator("#vl-eval-samples tbody tr").count() == 3
+    screenshot(page, "11-eval-mixture")
 
 
 def _step_shown(page) -> int:
