@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend.core import failure, mixture
+from backend.core import failure, mixture, run_outcome
 from backend.core.spec import Hyperparameters, TrainingSpec
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus
@@ -132,6 +132,11 @@ def failure_reason(end: End, saved: str, log_path: Path) -> str:
     return failure.describe(head + saved, failure.read_log(log_path), end.tail)
 
 
+def metric_rows(batch: Batch) -> list[dict]:
+    """The rows of a batch that become ``job_metrics`` rows (not the trainer's data report)."""
+    return [r for r in batch.rows if r.get("kind") != "data"]
+
+
 class TrainingRecord:
     """A training job's rows: ``job_logs``, ``job_metrics``, progress, offsets, the verdict."""
 
@@ -159,7 +164,7 @@ class TrainingRecord:
         """After a failed attempt: did its commit land anyway (the connection died after the
         server committed)? Only this supervisor numbers this job's rows, so the next free
         numbers tell."""
-        n, m = len(batch.system) + len(batch.lines), len(batch.rows)
+        n, m = len(batch.system) + len(batch.lines), len(metric_rows(batch))
         return bool(n or m) and (jobs_svc.next_seq(s, JobLog, self.job_id),
                                  jobs_svc.next_seq(s, JobMetric, self.job_id)) == (self.log_seq + n, self.metric_seq + m)
 
@@ -175,8 +180,8 @@ class TrainingRecord:
         self._lines(s, [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines])
         s.add_all(JobMetric(job_id=self.job_id, seq=self.metric_seq + i, step=int(r.get("step", self.step)),
                             loss=jobs_svc._finite(r.get("loss")), values=r)
-                  for i, r in jobs_svc.take_data_rows(s, self.job_id, batch.rows))  # issue 17: the data report
-        train_rows = [r for r in batch.rows if r.get("kind") not in ("gpu", "data")]
+                  for i, r in enumerate(jobs_svc.take_data_rows(s, self.job_id, batch.rows)))  # the data report
+        train_rows = [r for r in metric_rows(batch) if r.get("kind") != "gpu"]
         values: dict = {"log_offset": batch.log_offset, "metrics_offset": batch.rows_offset}
         if train_rows:
             values.update(step=int(train_rows[-1].get("step", self.step)),
@@ -184,9 +189,10 @@ class TrainingRecord:
         s.execute(update(Job).where(Job.id == self.job_id).values(**values))
         # compare-and-set: a cancel that came meanwhile (starting -> stopping) is kept
         s.execute(update(Job).where(Job.id == self.job_id, Job.status == S.starting).values(status=S.running))
-        s.commit()
+        status = s.scalar(select(Job.status).where(Job.id == self.job_id))
+        s.commit()  # nothing after it may fail the batch: a retry would store it twice
         self._stored(batch)
-        return s.scalar(select(Job.status).where(Job.id == self.job_id))
+        return status
 
     def _stored(self, batch: Batch) -> None:
         """Counters move only once the transaction is in: a failed one is retried whole."""
@@ -194,8 +200,9 @@ class TrainingRecord:
 
         self.unsure = False
         self.log_seq += len(batch.system) + len(batch.lines)
-        self.metric_seq += len(batch.rows)
-        train_rows = [r for r in batch.rows if r.get("kind") != "gpu"]
+        steps = metric_rows(batch)
+        self.metric_seq += len(steps)
+        train_rows = [r for r in steps if r.get("kind") != "gpu"]
         if train_rows:
             self.step = int(train_rows[-1].get("step", self.step))
             for r in self.reporters:
@@ -240,9 +247,9 @@ class TrainingRecord:
             if job.requeue_on_failure:
                 jobs_svc.requeue(s, job, wake_workers)
             return "failed (worker shut down)", f"job failed: {reason}"
-        final = self.run_dir / "final"
-        # A full model, or a LoRA adapter saved without merging (merge_lora off).
-        if end.rc == 0 and ((final / "config.json").exists() or (final / "adapter" / "adapter_config.json").exists()):
+        # The trainer's last act is RUN/outcome.json "done", once final/ is whole (a full model,
+        # or a LoRA adapter saved without merging): a save that was cut is a failure.
+        if end.rc == 0 and run_outcome.finished(self.run_dir):
             jobs_svc.transition(s, self.job_id, S.succeeded, exit_code=0)
             return "succeeded", "job succeeded: the final model is in final/"
         reason = failure_reason(end, saved, self.run_dir / LOG_NAME)

@@ -150,10 +150,12 @@ class Supervision:
             self.killed = True
 
     def follow(self) -> int:
+        read_after_exit = False  # the pending batch was read after the run ended: it is the last
         while True:
             rc = self.executor.poll()
             if self.pending is None:
-                self.pending = self._read(final=rc is not None)
+                read_after_exit = rc is not None
+                self.pending = self._read(final=read_after_exit)
             batch = self.pending
             status = self._db(lambda s, b=batch: self.record.store(s, b))
             if status is not None:
@@ -161,7 +163,7 @@ class Supervision:
             elif rc is not None and self._outage_too_long():
                 raise RuntimeError(f"{self.record.label}: database unreachable for "
                                    f"{self.settings.db_outage_seconds:.0f}s after the run ended")
-            if rc is not None and self.pending is None:
+            if rc is not None and self.pending is None and read_after_exit:
                 return rc
             if rc is None:
                 self._steer(status)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.core import presets
+from backend.core import presets, run_outcome
 from backend.core.mixture import MixtureDataset, MixtureSpec, with_trained
 from backend.core.spec import Hyperparameters
 from backend.core.tails import LogTail, MetricsTail
@@ -350,14 +350,18 @@ def recover_lost_jobs(session: Session, timeout_s: float, send: Send) -> list[in
         was = job.status
         reason = (f"worker {job.worker} stopped sending heartbeats (last at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} "
                   "UTC): it was killed or its node went down")
-        target = S.cancelled if was == S.stopping else S.failed
+        done = was == S.running and run_outcome.finished(job.run_dir)
+        if done:  # the trainer wrote its final model before the worker was lost: nothing to retrain
+            target, line, fields = S.succeeded, f"{reason}, after the trainer had finished; the final model is in final/", {}
+        else:
+            target, line, fields = S.cancelled if was == S.stopping else S.failed, reason, {"failure_reason": reason}
         try:
-            if not transition(session, job.id, target, failure_reason=reason):
+            if not transition(session, job.id, target, **fields):
                 continue  # another sweeper got there first
         except Conflict:
             continue
         recover_run_output(session, job)
-        append_logs(session, job.id, next_seq(session, JobLog, job.id), [reason], stream="system")
+        append_logs(session, job.id, next_seq(session, JobLog, job.id), [line], stream="system")
         recovered.append(job.id)
         if target == S.failed and job.requeue_on_failure:
             requeue(session, job, send)
@@ -380,7 +384,7 @@ def recover_run_output(session: Session, job: Job) -> int:
     session.add_all(JobLog(job_id=job.id, seq=first_line + i, stream="stdout", line=line)
                     for i, line in enumerate(lines))
     session.add_all(JobMetric(job_id=job.id, seq=first + i, step=int(r.get("step", 0)), loss=_finite(r.get("loss")),
-                              values=r) for i, r in take_data_rows(session, job.id, metrics))
+                              values=r) for i, r in enumerate(take_data_rows(session, job.id, metrics)))
     session.execute(update(Job).where(Job.id == job.id).values(log_offset=logs.offset, metrics_offset=rows.offset))
     session.commit()
     return len(lines)
@@ -403,25 +407,27 @@ def _finite(x: Any) -> float | None:
 
 
 def append_metrics(session: Session, job_id: int, first_seq: int, rows: Sequence[dict[str, Any]]) -> int:
-    """Store metrics rows (see :func:`take_data_rows` for the trainer's data report)."""
+    """Store metrics rows (see :func:`take_data_rows` for the trainer's data report);
+    returns the next free number."""
+    steps = take_data_rows(session, job_id, rows)
     session.add_all(JobMetric(job_id=job_id, seq=first_seq + i, step=int(r.get("step", 0)),
-                              loss=_finite(r.get("loss")), values=r) for i, r in take_data_rows(session, job_id, rows))
+                              loss=_finite(r.get("loss")), values=r) for i, r in enumerate(steps))
     session.commit()
-    return first_seq + len(rows)
+    return first_seq + len(steps)
 
 
-def take_data_rows(session: Session, job_id: int, rows: Sequence[dict[str, Any]]) -> list[tuple[int, dict]]:
+def take_data_rows(session: Session, job_id: int, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trainer's ``kind: "data"`` row (what each dataset of the mixture contributed:
     samples, kept, tokens) goes into the job's ``mixture`` (in the caller's transaction), not
-    into its metrics: it describes the run, not a step. Returns the other rows with their
-    position in ``rows`` (their sequence offset)."""
+    into its metrics: it describes the run, not a step. Returns the other rows, in order (the
+    caller numbers them consecutively)."""
     for r in rows:
         if r.get("kind") == "data":
             job = session.get(Job, job_id)
             if job is not None:
                 base = job.mixture or {"datasets": [{"name": n} for n in r.get("datasets") or {}]}
                 job.mixture = with_trained(base, r.get("datasets") or {})
-    return [(i, r) for i, r in enumerate(rows) if r.get("kind") != "data"]
+    return [r for r in rows if r.get("kind") != "data"]
 
 
 def logs_after(session: Session, job_id: int, after: int = 0, limit: int = 1000) -> list[JobLog]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from backend.core import run_outcome
 from backend.db.models import Job, JobStatus, Model
 from backend.db.session import session_scope
 from backend.services import jobs, scheduling
@@ -167,6 +168,28 @@ def test_lost_worker_fails_its_job_and_requeues_it_when_asked(api, ds, tmp_path)
     assert [(c["parent_job_id"], c["status"], c["resume_from_checkpoint"]) for c in children] == [
         (keep, "queued", str(ckpt))]
     assert any("requeued as job" in line for line in api.get(f"/api/jobs/{keep}").json()["last_lines"])
+
+
+def test_a_worker_lost_after_its_trainer_finished_leaves_the_job_succeeded(api, ds, tmp_path):
+    """The trainer's outcome.json tells a finished run from a cut one: a worker killed between
+    the trainer's last write and its own verdict neither fails the job nor retrains it."""
+    done, cut = (submit(api, ds, requeue_on_failure=True)["id"] for _ in range(2))
+    old = datetime.now(UTC) - timedelta(seconds=120)
+    for j, outcome in ((done, run_outcome.DONE), (cut, run_outcome.STOPPED)):
+        with session_scope() as s:
+            assert jobs.claim_job(s, j, "w-dead")
+        run = tmp_path / f"run-{j}"
+        fake_checkpoint(run, 12)
+        run_outcome.write(run, outcome, 12)
+        force_status(j, S.running, heartbeat_at=old, run_dir=str(run))
+    with session_scope() as s:
+        assert sorted(jobs.recover_lost_jobs(s, 60, lambda _: None)) == [done, cut]
+    finished = api.get(f"/api/jobs/{done}").json()
+    assert finished["status"] == "succeeded" and finished["failure_reason"] is None
+    assert "after the trainer had finished; the final model is in final/" in finished["last_lines"][-1]
+    assert api.get(f"/api/jobs/{cut}").json()["status"] == "failed"
+    children = [j["parent_job_id"] for j in api.get("/api/jobs").json() if j["parent_job_id"] is not None]
+    assert children == [cut]  # only the run that did not finish is resumed
 
 
 def test_resume_and_retry(api, ds, tmp_path):

@@ -27,7 +27,8 @@ from worker.launcher import supervise
 from worker.reporting import ReporterPump
 
 N = 60
-# A stand-in trainer: N numbered lines over ~6 s, a metrics row every 10, then a final model.
+# A stand-in trainer: N numbered lines over ~6 s, a metrics row every 10, then a final model and,
+# last, the outcome a trainer writes (backend/core/run_outcome.py).
 PROGRAM = f"""import json, os, time
 run = os.path.dirname(os.environ["SPEC"])
 for i in range({N}):
@@ -38,6 +39,7 @@ for i in range({N}):
     time.sleep(0.1)
 os.makedirs(os.path.join(run, "final"), exist_ok=True)
 open(os.path.join(run, "final", "config.json"), "w").write("{{}}")
+open(os.path.join(run, "outcome.json"), "w").write(json.dumps({{"outcome": "done", "step": {N}}}))
 """
 
 
@@ -81,7 +83,7 @@ def test_a_database_outage_mid_run_loses_no_line_and_kills_nothing(api, tmp_path
         time.sleep(0.05)
     outage(kind, 3.0)
     t.join(120)
-    assert outcome == ["succeeded"]
+    assert outcome == ["succeeded"], api.get(f"/api/jobs/{job_id}").json()
     assert any("database write failed" in r.message for r in caplog.records), "the outage never hit the worker"
     rows = stored_lines(api, job_id)
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
@@ -91,6 +93,38 @@ def test_a_database_outage_mid_run_loses_no_line_and_kills_nothing(api, tmp_path
     job = api.get(f"/api/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["step"] == N
     assert processes.spec_processes(launch.spec_path) == []
+
+
+def test_an_error_right_after_a_commit_stores_no_batch_twice(api, tmp_path):
+    """The statement after each of the supervisor's first commits fails (a connection lost just
+    after the commit landed). A batch whose commit landed must not be stored again on retry."""
+    job_id = started_job(api)
+    launch = script(tmp_path, PROGRAM)
+    launch = dataclasses.replace(launch, env={**launch.env, "SPEC": str(launch.spec_path)})
+    engine, armed, hits = get_engine(), threading.Event(), []
+
+    def arm(_conn):  # noqa: ANN001 - from the first stored batch on (the run has started)
+        if len(hits) < 8 and launch.log_path.exists():
+            armed.set()
+
+    def fail_once(*_a, **_k):  # noqa: ANN002, ANN003
+        if armed.is_set():
+            armed.clear()
+            hits.append(1)
+            raise OperationalError("statement", {}, sqlite3.OperationalError("connection lost after commit"))
+
+    event.listen(engine, "commit", arm)
+    event.listen(engine, "before_cursor_execute", fail_once)
+    try:
+        assert supervise(job_id, launch) == "succeeded"
+    finally:
+        event.remove(engine, "commit", arm)
+        event.remove(engine, "before_cursor_execute", fail_once)
+    assert len(hits) == 8
+    rows = stored_lines(api, job_id)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["line"] for r in rows if r["stream"] == "stdout"] == [f"line {i}" for i in range(N)]
+    assert [m["step"] for m in api.get(f"/api/jobs/{job_id}/metrics").json()] == list(range(10, N + 1, 10))
 
 
 def test_recovery_stores_what_a_dead_worker_left_unread_once(api, tmp_path):

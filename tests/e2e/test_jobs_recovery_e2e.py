@@ -4,6 +4,7 @@ worker); a Redis restart while jobs are queued loses none; two workers never run
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,8 +35,10 @@ def test_kill_9_of_a_worker_fails_and_requeues_its_job(mode, tmp_path, request):
                           extra_env=FAST_RECOVERY)
     try:
         ds = upload_demo(studio, tmp_path)
-        kept = submit(studio, ds, requeue=True, max_steps=12, save_steps=2)
-        running = wait_until(studio, kept["id"], lambda j: j["step"] >= 3, "step 3")
+        # Many steps after the kill point: the studio sees a step a second or two after the
+        # trainer made it (0.2 s a step here), and the trainer must not reach the end meanwhile.
+        kept = submit(studio, ds, requeue=True, max_steps=60, save_steps=20)
+        running = wait_until(studio, kept["id"], lambda j: j["step"] >= 2, "step 2")
         os.kill(studio.procs[1].pid, signal.SIGKILL)  # the worker, mid-run, no goodbye
         failed = wait_until(studio, kept["id"], lambda j: j["status"] == "failed", "failure", timeout=60)
         assert "stopped sending heartbeats" in failed["failure_reason"]
@@ -43,6 +46,9 @@ def test_kill_9_of_a_worker_fails_and_requeues_its_job(mode, tmp_path, request):
         while trainer_pids(running["run_dir"]) and time.monotonic() < deadline:
             time.sleep(1)
         assert trainer_pids(running["run_dir"]) == [], "trainers of the dead worker are still running"
+        # ... and, before exiting, saved a checkpoint where they were and said so (outcome.json)
+        said = json.loads((Path(running["run_dir"]) / "outcome.json").read_text())
+        assert said["outcome"] == "stopped" and 2 <= said["step"] < 60, said
         # The sweep stored what the dead worker left unread in the run folder: the job's log is
         # the trainer's whole output, in order, once (no gap, no duplicate).
         with studio.api as api:
@@ -57,11 +63,11 @@ def test_kill_9_of_a_worker_fails_and_requeues_its_job(mode, tmp_path, request):
             child = next(j for j in api.get("/jobs").json() if j["parent_job_id"] == kept["id"])
         assert child["status"] == "queued" and child["resume_from_checkpoint"]
         resumed_at = int(Path(child["resume_from_checkpoint"]).name.split("-")[1])
-        assert resumed_at >= 2
+        assert resumed_at == said["step"]  # from the checkpoint saved on the dead parent's SIGTERM
         studio.procs.append(start_worker(studio.env, studio.data_dir, f"rescue-{mode}"))
         final = studio.wait_job(child["id"], timeout=400)
         assert final["status"] == "succeeded", (final, studio.worker_log())
-        assert metric_steps(studio, child["id"])[0] == resumed_at + 1
+        assert metric_steps(studio, child["id"]) == list(range(resumed_at + 1, 61))
     finally:
         stop_studio(studio)
 

@@ -114,9 +114,10 @@ class EvaluationRecord:
             log_offset=batch.log_offset, outputs_offset=batch.rows_offset))
         s.execute(update(Evaluation).where(Evaluation.id == self.id, Evaluation.status == S.starting)
                   .values(status=S.running))
-        s.commit()
+        status = s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
+        s.commit()  # nothing after it may fail the batch: a retry would store it twice
         self._stored(len(lines), len(batch.rows))
-        return s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
+        return status
 
     def _stored(self, lines: int, rows: int) -> None:
         self.unsure = False

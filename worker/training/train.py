@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
+from backend.core import run_outcome
 from backend.core.meta import MetaError
 from backend.core.model_folder import read_config
 from backend.core.model_shapes import tile_geometry
@@ -337,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     world = targs.world_size  # the rendezvous: every rank has chosen ``out`` before anything is written to it
     if targs.process_index == 0:
+        run_outcome.clear(out)  # an earlier attempt's word in this folder (a requeue continues in place)
         write_data_report(out / "metrics.jsonl", dataset)
     # Packs are not length-grouped: they are all about max_seq_length long.
     grouped = h.group_by_length and not h.packing
@@ -375,11 +377,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if stop.stopped:
         log(f"stopped on request; checkpoint saved at step {trainer.state.global_step}")
+        if trainer.is_world_process_zero():
+            run_outcome.write(out, run_outcome.STOPPED, trainer.state.global_step)
         return 0
 
     # -- save: a Hugging Face folder that from_pretrained + generate use directly
     final = out / "final"
     save_final(trainer, spec, tokenizer, template, final, dtype)
+    if trainer.is_world_process_zero():  # the last act: final/ is whole (rank 0 wrote last, after the barrier)
+        run_outcome.write(out, run_outcome.DONE, trainer.state.global_step)
     return 0
 
 
