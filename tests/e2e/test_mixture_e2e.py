@@ -119,7 +119,7 @@ def test_evaluation_on_the_mixtures_held_out_parts_per_dataset_and_overall(studi
     """A job's mixture evaluated on its held-out parts; then golden values: the same samples,
     registered again with the base model's own answer as the reference of the first 2 of dots'
     3 and 1 of bars' 2, must score exactly 2/3 and 1/2 per dataset and 3/5 overall (every sample
-    counts once, not the mean of the datasets' scores, 7/12)."""
+    counts once, not the mean of the datasets' scores, 7/12), and dots alone scores as its part."""
     _, _, job = two_datasets
     mixed = evaluate(studio, {"mixture": {"job_id": job["id"]}, "models": [{"model_id": 1}, {"job_id": job["id"]}]})
     assert [(p["name"], p["lines"]) for p in mixed["mixture"]["datasets"]] == [("dots", 3), ("bars", 2)]
@@ -135,9 +135,13 @@ def test_evaluation_on_the_mixtures_held_out_parts_per_dataset_and_overall(studi
         val = [{**records[i["id"]], **({"answers": [i["predictions"][0]]} if j < hits else {})}
                for j, i in enumerate(items)]
         known[name] = register(studio, tmp_path, f"{name}-known", n=n, seed=seed, validation=val)
-    golden = evaluate(studio, {"mixture": {"datasets": [{"dataset_id": known["dots"]["id"]},
+    golden = evaluate(studio, {"mixture": {"datasets": [{"dataset_id": known["dots"]["id"], "max_dynamic_patch": 1},
                                                          {"dataset_id": known["bars"]["id"]}]},
                                "models": [{"model_id": 1}], "metrics": ["exact_match", "anls"]})
+    with studio.api as api:  # each part is tiled with its own budget (1 tile: a square image's tiling anyway)
+        lines = [x["line"] for x in api.get(f"/evaluations/{golden['id']}/logs").json()]
+    tiling = {p: next(x for x in lines if f" on {p}, " in x) for p in ("dots-known", "bars-known")}
+    assert "tiling max 1 tiles" in tiling["dots-known"] and "tiling max 1 tiles" not in tiling["bars-known"], tiling
     # the same sample gets the same answer in either mixture
     assert [i["predictions"][0] for i in golden["items"]] == [i["predictions"][0] for i in mixed["items"]]
     (base,) = golden["summary"]
@@ -145,6 +149,11 @@ def test_evaluation_on_the_mixtures_held_out_parts_per_dataset_and_overall(studi
         "dots-known": {"exact_match": pytest.approx(2 / 3), "anls": pytest.approx(2 / 3)},
         "bars-known": {"exact_match": 0.5, "anls": 0.5}}, base
     assert base["metrics"] == {"exact_match": pytest.approx(3 / 5), "anls": pytest.approx(3 / 5)}, base
+    # one dataset evaluated alone (the one-split path) scores as its part of the mixture
+    alone = evaluate(studio, {"dataset_id": known["dots"]["id"], "models": [{"model_id": 1}],
+                              "metrics": ["exact_match", "anls"]})
+    assert alone["summary"][0]["metrics"] == base["datasets"][0]["metrics"] and alone["summary"][0]["n"] == 3
+    assert [i["predictions"][0] for i in alone["items"]] == [i["predictions"][0] for i in golden["items"][:3]]
 
 
 def test_export_carries_the_tiling_it_trained_with(two_datasets, tmp_path):
