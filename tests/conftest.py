@@ -4,6 +4,7 @@ processes (API + Celery worker) for end-to-end tests."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -133,10 +134,11 @@ def start_studio(tmp_path: Path, database_url: str | None = None, broker_url: st
     raise RuntimeError("the API did not start:\n" + (data / "api.log").read_text()[-3000:])
 
 
-def restart_api(studio: Studio) -> None:
-    """Stop the API process and start a new one on the same port (workers keep running)."""
+def restart_api(studio: Studio, sig: int = signal.SIGTERM) -> None:
+    """Stop the API process (``sig``: SIGKILL for a crash, no goodbye) and start a new one on
+    the same port (workers keep running)."""
     api = studio.procs[0]
-    api.terminate()
+    api.send_signal(sig)
     api.wait(timeout=30)
     studio.procs[0] = subprocess.Popen([sys.executable, "-m", "backend.cli", "api"], env=studio.env, cwd=REPO,
                                        stdout=open(studio.data_dir / "api.log", "ab"), stderr=subprocess.STDOUT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.core import presets, run_outcome
+from backend.core import checkpoints, presets, run_outcome
 from backend.core.mixture import MixtureDataset, MixtureSpec, with_trained
 from backend.core.spec import Hyperparameters
 from backend.core.tails import LogTail, MetricsTail
@@ -230,16 +229,9 @@ def request_cancel(session: Session, job_id: int, user: User | None = None) -> J
     return job
 
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
 def latest_checkpoint(run_dir: str | None) -> Path | None:
-    """The newest complete Trainer checkpoint (it has trainer_state.json) under RUN/checkpoints."""
-    if not run_dir or not (root := Path(run_dir) / "checkpoints").is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name))
-             and (p / "trainer_state.json").exists()]
-    return max(found)[1] if found else None
+    """The newest complete (sealed, :mod:`backend.core.checkpoints`) checkpoint under RUN/checkpoints."""
+    return checkpoints.latest_complete(Path(run_dir) / "checkpoints") if run_dir else None
 
 
 def _follow_up(session: Session, parent: Job, resume_from: Path | None, send: Send) -> Job:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from backend.core import run_outcome
+from backend.core import checkpoints, run_outcome
 from backend.db.models import Job, JobStatus, Model
 from backend.db.session import session_scope
 from backend.services import jobs, scheduling
@@ -139,10 +139,12 @@ def test_job_that_cannot_fit_is_refused_with_estimate_and_suggestions(api, ds):
     assert "warning" not in job["memory_estimate"]
 
 
-def fake_checkpoint(run_dir: Path, step: int) -> Path:
+def fake_checkpoint(run_dir: Path, step: int, sealed: bool = True) -> Path:
     ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
+    if sealed:
+        checkpoints.seal(ckpt, step)
     return ckpt
 
 
@@ -156,6 +158,7 @@ def test_lost_worker_fails_its_job_and_requeues_it_when_asked(api, ds, tmp_path)
     old = datetime.now(UTC) - timedelta(seconds=120)
     fake_checkpoint(tmp_path / "run", 2)
     ckpt = fake_checkpoint(tmp_path / "run", 4)
+    fake_checkpoint(tmp_path / "run", 6, sealed=False)  # killed mid-save: never resumed from
     force_status(keep, S.running, heartbeat_at=old, run_dir=str(tmp_path / "run"))
     force_status(drop, S.running, heartbeat_at=old)
     with session_scope() as s:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from backend.core.checkpoints import latest_complete, seal
 from backend.core.spec import Hyperparameters, TrainingSpec
 from backend.settings import Settings
 from worker.runtime import Launch
 from worker.slurm import SlurmExecutor
 from worker.slurm import state as slurm_state
-from worker.slurm.requeue import latest_checkpoint, requeue_spec
+from worker.slurm.requeue import requeue_spec
 from worker.slurm.script import SlurmConfigError, SlurmJobRequest, render_sbatch
 
 
@@ -261,8 +262,9 @@ def test_requeued_run_resumes_from_the_newest_complete_checkpoint(tmp_path):
     for step, complete in ((5, True), (10, True), (15, False)):
         ckpt = tmp_path / "checkpoints" / f"checkpoint-{step}"
         ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text("{}")  # rank 0's last file: other ranks may still write
         if complete:
-            (ckpt / "trainer_state.json").write_text("{}")
-    assert latest_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "checkpoint-10"
+            seal(ckpt, step)
+    assert latest_complete(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "checkpoint-10"
     resumed = TrainingSpec.read(requeue_spec(spec_path))
     assert resumed.resume_from_checkpoint == str(tmp_path / "checkpoints" / "checkpoint-10")

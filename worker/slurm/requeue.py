@@ -11,22 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from backend.core.checkpoints import latest_complete
 from backend.core.spec import TrainingSpec
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The highest ``checkpoint-N`` whose trainer state was written (a half-written one has none)."""
-    done = [
-        p
-        for p in checkpoints.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()
-    ]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def requeue_spec(spec_path: Path) -> Path:
     spec = TrainingSpec.read(spec_path)
-    ckpt = latest_checkpoint(Path(spec.output_dir) / "checkpoints")
+    ckpt = latest_complete(Path(spec.output_dir) / "checkpoints")
     if ckpt is not None:
         spec.resume_from_checkpoint = str(ckpt)
     out = spec_path.with_name("spec.requeue.json")

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from backend.core.checkpoints import seal
+
 STATS = ("tokens", "padded_tokens", "tiles", "samples", "micro_batches", "text_only_batches", "data_wait_seconds",
          "ranks")
 
@@ -151,6 +153,21 @@ class StopCallback(TrainerCallback):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
+
+
+class SealCallback(TrainerCallback):
+    """Seal each checkpoint once every rank has finished writing it (:mod:`backend.core.checkpoints`).
+
+    ``on_save`` runs on every rank after its part of the save; the barrier waits for the
+    slowest, then rank 0 writes the marker. A run killed before that leaves an unsealed folder
+    that resume and Slurm's requeue skip. A SIGTERM (cancel) during the save only sets the stop
+    flag: the save completes, is sealed, and the trainer stops after its next step."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if state.is_world_process_zero:
+            seal(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
 
 
 def quiet_trainer(trainer) -> None:

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from backend.core import run_outcome
+from backend.core.checkpoints import latest_complete
 from backend.core.meta import MetaError
 from backend.core.model_folder import read_config
 from backend.core.model_shapes import tile_geometry
@@ -35,7 +36,14 @@ from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
 from worker.training import lora, modeling, packing, speed
 from worker.training import loss as loss_fn
-from worker.training.callbacks import BatchStats, MetricsCallback, StopCallback, compile_notice, quiet_trainer
+from worker.training.callbacks import (
+    BatchStats,
+    MetricsCallback,
+    SealCallback,
+    StopCallback,
+    compile_notice,
+    quiet_trainer,
+)
 from worker.training.data import Collator, SupervisedDataset
 from worker.training.sampler import SeededSampler
 
@@ -356,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         data_collator=packing.PackCollator(tokenizer.pad_token_id, collator) if h.packing else collator,
         processing_class=tokenizer, sampler=sampler, stats=stats, flash=attention == "flash_attention_2",
         fused_ce=h.fused_cross_entropy, loss_reduction=h.loss_reduction, eval_collator=collator,
-        callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop])
+        callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop, SealCallback()])
     quiet_trainer(trainer)
     if notice := compile_notice(h.zero_stage, h.offload, use_gpu):
         log(notice)
@@ -373,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         f"ViT's tokens being its patches) per second over a measured matmul peak of {peak / 1e12:.3g} TFLOP/s "
         "per device")
     resume = spec.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+    if resume == "latest":  # the newest sealed one: HF's own pick would take a half-written folder
+        resume = str(latest_complete(out / "checkpoints") or "") or None
+        log(f"resuming from {resume}" if resume else "no complete checkpoint to resume from: training from step 0")
+    trainer.train(resume_from_checkpoint=resume)
 
     if stop.stopped:
         log(f"stopped on request; checkpoint saved at step {trainer.state.global_step}")

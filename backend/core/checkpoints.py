@@ -1,0 +1,43 @@
+"""Which checkpoints of a run are complete: the one rule that resume, Slurm's requeue and the
+trainer's own ``resume_from_checkpoint: latest`` share.
+
+The Hugging Face Trainer writes ``checkpoint-N/`` piece by piece (weights, each rank's optimizer
+shard and RNG state, then rank 0's ``trainer_state.json``) with no barrier before the last file,
+so neither the folder nor ``trainer_state.json`` says that every rank finished. The trainer
+(:class:`worker.training.callbacks.SealCallback`) writes :data:`COMPLETE` into the folder once
+every rank has returned from the save; a folder without it (the run was killed mid-save) is
+never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+COMPLETE = "vlstudio_complete.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete(ckpt: Path) -> bool:
+    return (ckpt / COMPLETE).is_file()
+
+
+def latest_complete(checkpoints: Path) -> Path | None:
+    """The highest ``checkpoint-N`` under ``checkpoints`` that was sealed; None if there is none."""
+    if not checkpoints.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in checkpoints.iterdir()
+             if (m := CHECKPOINT_RE.match(p.name)) and is_complete(p)]
+    return max(found)[1] if found else None
+
+
+def seal(ckpt: Path, step: int) -> None:
+    """Mark ``ckpt`` complete (atomically: a reader sees the whole marker or none)."""
+    tmp = ckpt / (COMPLETE + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"step": step}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt / COMPLETE)
