@@ -321,12 +321,20 @@ def retry_job(session: Session, job_id: int, send: Send, user: User | None = Non
 def record_crash(session: Session, job_id: int, error: BaseException, trace: str) -> bool:
     """The worker's supervisor of ``job_id`` raised: fail the job saying so (not "worker killed"
     minutes later, when its heartbeat is found stale), with the traceback in its log. Never
-    requeued: a crash of the supervisor would likely repeat. False if it had finished already."""
+    requeued: a crash of the supervisor would likely repeat. False if it had finished already, or
+    if it runs on a cluster (left running there, to be adopted: never failed nor submitted twice)."""
     job = get_job(session, job_id)
     session.refresh(job)
     if job.status.finished:
         return False
     reason = f"the worker's supervisor crashed: {type(error).__name__}: {error}"
+    if scheduling.on_cluster(job):
+        # The cluster runs it on: failing it would leave that run unfollowed while
+        # requeue_on_failure submits a second one. A worker adopts it again (this one, next tick).
+        append_logs(session, job_id, next_seq(session, JobLog, job_id),
+                    [f"{reason}; its cluster job runs on and a worker reattaches to it", *trace.splitlines()[-40:]],
+                    stream="system")
+        return False
     append_logs(session, job_id, next_seq(session, JobLog, job_id), [reason, *trace.splitlines()[-40:]],
                 stream="system")
     return transition(session, job_id, S.failed, failure_reason=reason)

@@ -195,6 +195,30 @@ def test_a_worker_lost_after_its_trainer_finished_leaves_the_job_succeeded(api, 
     assert children == [cut]  # only the run that did not finish is resumed
 
 
+def test_a_supervisor_crash_on_a_cluster_run_leaves_it_to_be_adopted_never_submitted_twice(api, ds, tmp_path):
+    job_id = submit(api, ds, requeue_on_failure=True)["id"]
+    with session_scope() as s:
+        assert jobs.claim_job(s, job_id, "w-slurm")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / scheduling.CLUSTER_JOB_FILE).write_text("4242\n")  # Slurm runs it on
+    force_status(job_id, S.running, run_dir=str(run))
+    with session_scope() as s:
+        assert not jobs.record_crash(s, job_id, RuntimeError("boom"), "Traceback ...\nRuntimeError: boom")
+    job = api.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "running" and any("its cluster job runs on" in x for x in job["last_lines"])
+    assert not [j for j in api.get("/api/jobs").json() if j["parent_job_id"] == job_id]
+    with session_scope() as s:  # its worker follows it again at once, and only once
+        assert scheduling.adopt_cluster_jobs(s, "w-slurm", 60, set()) == [job_id]
+        assert scheduling.adopt_cluster_jobs(s, "w-slurm", 60, {job_id}) == []
+        assert scheduling.adopt_cluster_jobs(s, "w-other", 60, set()) == []  # its heartbeat is fresh
+    (run / scheduling.CLUSTER_JOB_FILE).unlink()  # a local run: failed, as before
+    with session_scope() as s:
+        assert jobs.record_crash(s, job_id, RuntimeError("boom"), "Traceback ...")
+    assert api.get(f"/api/jobs/{job_id}").json()["status"] == "failed"
+    assert not [j for j in api.get("/api/jobs").json() if j["parent_job_id"] == job_id]
+
+
 def test_resume_and_retry(api, ds, tmp_path):
     job_id = submit(api, ds)["id"]
     assert api.post(f"/api/jobs/{job_id}/resume").status_code == 409  # still queued
