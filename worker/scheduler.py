@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 
+from backend.db.models import Evaluation
 from backend.db.session import session_scope
 from backend.queue import wake_workers
 from backend.services import chat as chat_svc
@@ -22,6 +23,7 @@ from backend.services import model_imports as imports_svc
 from backend.services import scheduling
 from backend.settings import Settings, get_settings
 from worker import gpus
+from worker.evaluation.launch import reattach_claimed as reattach_evaluation
 from worker.launcher import RunControl, reattach_claimed, run_claimed
 from worker.reaper import Reaper
 
@@ -105,6 +107,19 @@ class Scheduler:
             with self.lock:
                 self.runs[job_id] = (t, control, 0)
             t.start()
+        # Evaluations the same way, through the same supervisor (worker.evaluation.launch)
+        with self.lock:
+            followed = set(self.evaluations)
+        with session_scope() as s:
+            ids = scheduling.adopt_cluster_jobs(s, self.name, self.settings.heartbeat_timeout_seconds, followed,
+                                                table=Evaluation)
+        for evaluation_id in ids:
+            log.warning("evaluation %s: reattaching to its cluster job", evaluation_id)
+            control = RunControl(None)
+            with self.lock:
+                self.evaluations[evaluation_id] = control  # heartbeats and drains it like a claimed one
+            threading.Thread(target=self._follow_evaluation, args=(evaluation_id, control),
+                             name=f"evaluation-{evaluation_id}", daemon=True).start()
 
     def _follow(self, job_id: int, control: RunControl) -> None:
         try:
@@ -113,6 +128,14 @@ class Scheduler:
             log.exception("job %s: supervisor crashed", job_id)
         finally:
             self.wake()
+
+    def _follow_evaluation(self, evaluation_id: int, control: RunControl) -> None:
+        try:
+            log.info("evaluation %s: %s", evaluation_id, reattach_evaluation(evaluation_id, control))
+        except Exception:  # as for a job: no heartbeat any more, adopted again
+            log.exception("evaluation %s: supervisor crashed", evaluation_id)
+        finally:
+            self.evaluation_done(evaluation_id)
 
     def _run(self, claim: scheduling.Claim, control: RunControl) -> None:
         try:

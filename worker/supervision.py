@@ -173,8 +173,8 @@ class Supervision:
         """Start (or follow again) ``launch`` and supervise it to its verdict."""
         try:
             if not (reattach and self.executor.reattach(launch)):
-                self.executor.start(launch)
-            self.system.append(f"$ {' '.join(launch.local_command())}")
+                self.executor.start(launch)  # the command line once, when it starts, not per worker that follows it
+                self.system.append(f"$ {' '.join(launch.local_command())}")
             rc = self.follow()
             end = End(rc, self.killed, self.settings.cancel_grace_seconds, self.control.drain_reason,
                       tail=self.tail)

@@ -283,12 +283,15 @@ def heartbeat(session: Session, evaluation_id: int, **fields: Any) -> None:
 
 def recover_lost_evaluations(session: Session, timeout_s: float) -> list[int]:
     """Fail evaluations whose worker stopped sending heartbeats, after storing what it left
-    unread in the run folder (from the stored offsets)."""
+    unread in the run folder (from the stored offsets). One on a cluster (Slurm) runs on without
+    its worker: a worker of the cluster backend adopts it instead (as a training job)."""
     cutoff = now() - timedelta(seconds=timeout_s)
     stale = session.scalars(select(Evaluation).where(
         Evaluation.status.in_((S.starting, S.running, S.stopping)), Evaluation.heartbeat_at < cutoff))
     out = []
     for ev in list(stale):
+        if scheduling.on_cluster(ev):
+            continue
         reason = (f"worker {ev.worker} stopped sending heartbeats (last at {ev.heartbeat_at:%Y-%m-%d %H:%M:%S} "
                   "UTC): it was killed or its node went down")
         try:

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db.models import GpuLease, Job, JobStatus, WorkerNode
+from backend.db.models import Evaluation, GpuLease, Job, JobStatus, WorkerNode
 from backend.settings import get_settings
 
 S = JobStatus
@@ -177,28 +177,30 @@ def release_evaluation_leases(session: Session, evaluation_id: int) -> None:
 CLUSTER_JOB_FILE = "slurm_job_id"
 
 
-def on_cluster(job: Job) -> bool:
-    return bool(job.run_dir) and (Path(job.run_dir) / CLUSTER_JOB_FILE).exists()
+def on_cluster(run: Job | Evaluation) -> bool:
+    return bool(run.run_dir) and (Path(run.run_dir) / CLUSTER_JOB_FILE).exists()
 
 
-def adopt_cluster_jobs(session: Session, worker: str, timeout_s: float, followed: set[int]) -> list[int]:
-    """Take over active cluster runs that nobody follows: this worker's own from before a
-    restart, or any whose worker went silent. Compare-and-set on (worker, heartbeat), so two
-    workers never adopt the same job."""
+def adopt_cluster_jobs(session: Session, worker: str, timeout_s: float, followed: set[int],
+                       table: type[Job] | type[Evaluation] = Job) -> list[int]:
+    """Take over active cluster runs (training jobs, or evaluations with ``table=Evaluation``)
+    that nobody follows: this worker's own from before a restart, or any whose worker went
+    silent. Compare-and-set on (worker, heartbeat), so two workers never adopt the same run."""
     cutoff = now() - timedelta(seconds=timeout_s)
-    rows = session.execute(select(Job.id, Job.worker, Job.heartbeat_at, Job.run_dir).where(
-        Job.status.in_(ACTIVE), Job.run_dir.is_not(None))).all()
+    rows = session.execute(select(table.id, table.worker, table.heartbeat_at, table.run_dir).where(
+        table.status.in_(ACTIVE), table.run_dir.is_not(None))).all()
     adopted = []
-    for job_id, owner, beat, run_dir in rows:
-        if job_id in followed or not (Path(run_dir) / CLUSTER_JOB_FILE).exists():
+    for run_id, owner, beat, run_dir in rows:
+        if run_id in followed or not (Path(run_dir) / CLUSTER_JOB_FILE).exists():
             continue
         if owner != worker and (beat is None or beat.replace(tzinfo=beat.tzinfo or UTC) >= cutoff):
             continue
-        res = session.execute(update(Job).where(Job.id == job_id, Job.worker == owner, Job.heartbeat_at == beat)
+        res = session.execute(update(table).where(table.id == run_id, table.worker == owner,
+                                                  table.heartbeat_at == beat)
                               .values(worker=worker, heartbeat_at=now()))
         session.commit()
         if res.rowcount == 1:
-            adopted.append(job_id)
+            adopted.append(run_id)
     return adopted
 
 

@@ -248,22 +248,30 @@ def test_time_limit_stops_with_a_checkpoint(slurm_studio, tmp_path):
 
 
 def test_a_restarted_worker_reattaches_to_its_slurm_job_and_never_submits_twice(slurm_studio, tmp_path):
-    """kill -9 of the worker while Slurm runs the job: the Slurm job runs on; the restarted worker
-    follows it again (no second sbatch, not even with requeue_on_failure) to its end, with the
-    whole log and every metric once."""
+    """kill -9 of the worker while Slurm runs a training job and an evaluation: both Slurm jobs
+    run on; the restarted worker follows them again through the one supervisor (no second
+    sbatch, not even with requeue_on_failure) to their end, with the whole log (the command line
+    once), every metric and every evaluated sample once."""
     import os
     import signal
 
     from tests.conftest import start_worker
 
     ds, model = upload_demo(slurm_studio, tmp_path)
+    api = slurm_studio.api
+    r = api.post("/evaluations", json={"dataset_id": ds, "split": "train", "models": [{"model_id": model}],
+                                       "metrics": ["exact_match"], "params": {"batch_size": 1, "max_new_tokens": 48}})
+    assert r.status_code == 201, r.text
+    ev_id = r.json()["id"]
     body = {"dataset_id": ds, "model_id": model, "preset": "demo", "requeue_on_failure": True,
             "hyperparameters": {"max_steps": 10, "nproc_per_node": 2, "zero_stage": 2, "per_device_batch_size": 2,
                                 "learning_rate": 1e-3}}
-    r = slurm_studio.api.post("/jobs", json=body)
+    r = api.post("/jobs", json=body)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     watch(slurm_studio, job_id, lambda job, m: len(m) >= 2)
+    ev = api.get(f"/evaluations/{ev_id}").json()
+    assert ev["status"] == "running" and 1 <= ev["done"] < 16, ev  # mid-evaluation, on Slurm
     worker = slurm_studio.procs[1]
     name = next(a for a in worker.args if "@" in a).split("@")[0]
     os.kill(worker.pid, signal.SIGKILL)
@@ -286,3 +294,24 @@ def test_a_restarted_worker_reattaches_to_its_slurm_job_and_never_submits_twice(
                          capture_output=True, text=True)
     submitted = {x for x in out.stdout.split() if x}
     assert submitted <= {sid}, f"Slurm has more than one job for this run: {submitted}"
+    assert sum(x.startswith("$ ") for x in lines) == 1, "the command line was logged again on reattach"
+
+    ev = api.get(f"/evaluations/{ev_id}").json()
+    deadline = time.monotonic() + 300
+    while ev["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(1)
+        ev = api.get(f"/evaluations/{ev_id}").json()
+    assert ev["status"] == "succeeded", (ev, slurm_studio.worker_log())
+    assert ev["done"] == ev["total"] == 16 and ev["summary"][0]["n"] == 16
+    rows = api.get(f"/evaluations/{ev_id}/logs", params={"limit": 10000}).json()
+    assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))
+    ev_lines = [row["line"] for row in rows]
+    ev_sid = slurm_job_id(ev_lines)
+    assert ev_lines.count(f"slurm: worker reattached to batch job {ev_sid}") == 1, ev_lines[-40:]
+    assert sum(x.startswith("$ ") for x in ev_lines) == 1
+    written = (Path(ev["run_dir"]) / "evaluation_log.txt").read_text().splitlines()
+    assert [row["line"] for row in rows if row["stream"] == "stdout"] == written  # no gap, no duplicate
+    assert api.get(f"/evaluations/{ev_id}/results").json()["samples"] == 16
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", f"vlstudio-eval-{ev_id}", "-o", "JobID"],
+                         capture_output=True, text=True)
+    assert {x for x in out.stdout.split() if x} <= {ev_sid}

@@ -60,14 +60,27 @@ def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = N
     spec = EvaluationSpec(evaluation_id=evaluation_id, annotation=annotation, root=root, parts=parts,
                           output_dir=str(run_dir),
                           models=resolved, metrics=metrics, **{k: v for k, v in params.items() if v is not None})
-    spec_path = run_dir / "spec.json"
-    spec.write(spec_path)
-    launch = Launch(name=f"vlstudio-eval-{evaluation_id}", module=EVAL_MODULE, spec_path=spec_path,
-                    run_dir=run_dir, log_path=run_dir / LOG_NAME, distributed=False, nnodes=1, nproc_per_node=1,
-                    gpus_per_node=len(gpu_ids) if gpu_ids is not None else (1 if settings.slurm_gpus_per_node else 0),
-                    gpu_ids=None if gpu_ids is None else tuple(gpu_ids))
+    spec.write(run_dir / "spec.json")
+    launch = evaluation_launch(evaluation_id, run_dir, gpu_ids)
     launch.write_command()
     return launch
+
+
+def evaluation_launch(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = None) -> Launch:
+    """One plain process (no torchrun) on the leased GPU, or on one GPU the cluster places."""
+    gpus = len(gpu_ids) if gpu_ids is not None else (1 if get_settings().slurm_gpus_per_node else 0)
+    return Launch(name=f"vlstudio-eval-{evaluation_id}", module=EVAL_MODULE, spec_path=run_dir / "spec.json",
+                  run_dir=run_dir, log_path=run_dir / LOG_NAME, distributed=False, nnodes=1, nproc_per_node=1,
+                  gpus_per_node=gpus, gpu_ids=None if gpu_ids is None else tuple(gpu_ids))
+
+
+def reattach_claimed(evaluation_id: int, control: RunControl) -> str:
+    """Follow again an evaluation whose run an earlier worker process submitted to the cluster
+    (the scheduler adopted it): same run folder, nothing submitted again, the log and outputs
+    read on from the offsets stored with the last batch."""
+    with session_scope() as s:
+        run_dir = Path(svc.get_evaluation(s, evaluation_id).run_dir or "")
+    return supervise(evaluation_id, evaluation_launch(evaluation_id, run_dir), control=control, reattach=True)
 
 
 def _total(spec_path: Path) -> int | None:
