@@ -24,7 +24,7 @@ from worker import processes
 
 pytestmark = pytest.mark.slow
 STEPS = 14
-SAVE_STEPS = 2
+SAVE_STEPS = 5  # few saves (each costs ~1 s here); the first one in progress gets the SIGTERM
 
 
 def big_text_zip() -> bytes:
