@@ -3,8 +3,9 @@ workers running torchrun + DeepSpeed: embedded (SQLite + filesystem broker) and 
 (PostgreSQL + Redis, where the API is also killed with -9 mid-run and started again).
 
 The cancel's SIGTERM lands while a checkpoint is being written (its folder exists, not yet
-sealed): that save completes, the trainer stops after its next step with a second checkpoint,
-and the job ends ``cancelled`` with a clean log."""
+sealed; the trainers are held there with SIGSTOP while the job is cancelled): that save
+completes, the trainer stops after its next step with a second checkpoint, and the job ends
+``cancelled`` with a clean log."""
 
 from __future__ import annotations
 
@@ -34,10 +35,19 @@ def big_text_zip() -> bytes:
         for i in range(60000))})
 
 
+def freeze(pids: list[int]) -> None:
+    """SIGSTOP, and wait until the kernel shows every one stopped (state T)."""
+    processes.send(pids, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T" for p in pids):
+        assert time.monotonic() < deadline, "the trainers did not stop"
+        time.sleep(0.001)
+
+
 def cancel_inside_a_save(studio, job_id: int, run_dir: Path) -> int:
-    """Wait for a periodic checkpoint whose folder is there but not yet sealed, send SIGTERM to
-    every trainer then (as the worker's cancel does) and cancel the job; the step of that
-    checkpoint. Raises if the save finished before the signal was sent."""
+    """Catch a periodic checkpoint being written (its folder there, not yet sealed), freeze the
+    trainers there (SIGSTOP), cancel the job, send them the cancel's SIGTERM and let them go on:
+    the signal lands inside the save whatever the machine's load. The step of that checkpoint."""
     trainers = [p.pid for p in processes.trainers(processes.spec_processes(run_dir / "spec.json"))]
     assert len(trainers) == 2, trainers
     seen: set[Path] = set()
@@ -49,11 +59,14 @@ def cancel_inside_a_save(studio, job_id: int, run_dir: Path) -> int:
             seen.add(ckpt)
             if checkpoints.is_complete(ckpt):
                 continue  # saved between two looks: wait for the next one
-            processes.send(trainers, signal.SIGTERM)
-            inside = not checkpoints.is_complete(ckpt)
+            freeze(trainers)
+            if checkpoints.is_complete(ckpt):  # sealed just before they stopped
+                processes.send(trainers, signal.SIGCONT)
+                continue
             with studio.api as api:
                 assert api.post(f"/jobs/{job_id}/cancel").json()["status"] in ("stopping", "cancelled")
-            assert inside, f"{ckpt.name} was sealed before the SIGTERM was sent"
+            processes.send(trainers, signal.SIGTERM)  # pending until they continue, mid-save
+            processes.send(trainers, signal.SIGCONT)
             return int(ckpt.name.split("-")[1])
         time.sleep(0.002)
     raise AssertionError(f"no checkpoint save seen in progress in {run_dir}")
