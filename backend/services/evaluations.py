@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from backend.core import checkpoints
 from backend.core.eval_metrics import METRICS
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import (
@@ -68,6 +69,8 @@ def resolve_model_ref(session: Session, ref: dict[str, Any], user: User | None) 
         raise InvalidInput(f"job {job.id} is {job.status.value}; only a succeeded job has a final model")
     if ckpt != "final" and not job.run_dir:
         raise InvalidInput(f"job {job.id} has not started; it has no checkpoints")
+    if ckpt != "final" and not checkpoints.is_complete(Path(job.run_dir) / "checkpoints" / ckpt):
+        raise InvalidInput(f"job {job.id} has no complete {ckpt} (never saved, rotated away, or cut mid-save)")
     label = f"job {job.id}" + ("" if ckpt == "final" else f" {ckpt}")
     return {"label": label, "model_id": job.model_id, "job_id": job.id, "checkpoint": ckpt}
 

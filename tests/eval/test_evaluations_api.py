@@ -83,6 +83,29 @@ def test_invalid_evaluation_lists_every_problem(api):
     assert api.get("/api/evaluations").json() == []
 
 
+def test_a_checkpoint_cut_mid_save_is_not_evaluated(api, tmp_path):
+    from sqlalchemy import update
+
+    from backend.core import checkpoints
+    from backend.db.models import Job
+    from backend.db.session import session_scope
+
+    ds = api.post("/api/datasets/demo", params={"samples": 4}).json()
+    job = api.post("/api/jobs", json={"dataset_id": ds["id"], "model_id": 1, "preset": "demo"}).json()
+    run = tmp_path / "run"
+    for step, sealed in ((2, True), (4, False)):  # checkpoint-4: the trainer was killed while writing it
+        (run / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        if sealed:
+            checkpoints.seal(run / "checkpoints" / f"checkpoint-{step}", step)
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job["id"]).values(run_dir=str(run)))
+    body = {"dataset_id": ds["id"], "split": "train"}
+    r = api.post("/api/evaluations", json={**body, "models": [{"job_id": job["id"], "checkpoint": "checkpoint-4"}]})
+    assert r.status_code == 422 and "no complete checkpoint-4" in r.text, r.text
+    r = api.post("/api/evaluations", json={**body, "models": [{"job_id": job["id"], "checkpoint": "checkpoint-2"}]})
+    assert r.status_code == 201, r.text
+
+
 def test_chat_rejects_bad_requests_before_loading_anything(api):
     model = api.get("/api/models").json()[0]
     url = f"/api/models/{model['id']}/chat"
