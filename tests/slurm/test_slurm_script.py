@@ -146,6 +146,11 @@ def test_an_evaluation_is_one_plain_process_without_requeue_logic(tmp_path):
     assert 'srun --kill-on-bad-exit=1 --nodes=1 --ntasks-per-node=1 /venv/bin/python -m worker.evaluation.run ' \
         '--spec "$SPEC" &' in script
     assert "torch.distributed.run" not in script and "worker.slurm.requeue" not in script
+    assert "#SBATCH --no-requeue\n" in script
+    # not even with VLSTUDIO_SLURM_REQUEUE: a restart would begin again from the first sample
+    req = request(tmp_path, Settings(slurm_requeue=True), module="worker.evaluation.run", distributed=False,
+                  resumable=False)
+    assert "#SBATCH --no-requeue\n" in render_sbatch(req)
 
 
 def test_a_run_is_never_submitted_twice_and_a_restarted_worker_reattaches(tmp_path):

@@ -59,10 +59,12 @@ class SlurmJobRequest:
             cpus_per_task=settings.slurm_cpus_per_task,
             extra_options=shlex.split(settings.slurm_extra_options),
             setup=settings.slurm_setup,
-            requeue=settings.slurm_requeue,
             signal_seconds=settings.slurm_signal_seconds,
             **job,
         )  # type: ignore[arg-type]
+        # Only a run that resumes from its checkpoint may be restarted by Slurm: an evaluation
+        # would start again from its first sample, rewriting the outputs the studio has read.
+        req.requeue = settings.slurm_requeue and req.resumable
         if settings.slurm_python:
             req.python = settings.slurm_python
         limit = settings.slurm_gpus_per_node
