@@ -120,9 +120,32 @@ def test_job_runs_through_sbatch_and_srun(slurm_studio, tmp_path):
     assert Path(st["StdOut"]) == run_dir / "training_log.txt"
 
 
+def wait_evaluation(api, ev_id: int, until, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while not until(ev := api.get(f"/evaluations/{ev_id}").json()):
+        assert time.monotonic() < deadline and ev["status"] not in ("succeeded", "failed", "cancelled"), ev
+        time.sleep(0.5)
+    return ev
+
+
 def test_cancel_saves_checkpoint_then_resume_finishes(slurm_studio, tmp_path):
+    """Cancel of a training job (checkpoint, then resume to the end) and, meanwhile, of an
+    evaluation running on Slurm (its Slurm job ends, nothing of it runs on)."""
     ds, model = upload_demo(slurm_studio, tmp_path)
+    api = slurm_studio.api
+    r = api.post("/evaluations", json={"dataset_id": ds, "split": "train", "models": [{"model_id": model}],
+                                       "metrics": ["exact_match"], "params": {"batch_size": 1, "max_new_tokens": 48}})
+    assert r.status_code == 201, r.text
+    ev_id = r.json()["id"]
     job_id = submit(slurm_studio, ds, model, max_steps=12)
+    wait_evaluation(api, ev_id, lambda ev: ev["done"] >= 1)
+    assert api.post(f"/evaluations/{ev_id}/cancel").status_code == 200
+    ev = wait_evaluation(api, ev_id, lambda ev: ev["status"] in ("succeeded", "failed", "cancelled"))
+    assert ev["status"] == "cancelled" and ev["done"] < 16, ev
+    ev_lines = [row["line"] for row in api.get(f"/evaluations/{ev_id}/logs", params={"limit": 10000}).json()]
+    ev_sid = slurm_job_id(ev_lines)
+    assert any(x.startswith(f"slurm: asked job {ev_sid} to stop (scancel --signal=TERM)") for x in ev_lines)
+    assert scontrol_state(ev_sid)["JobState"] in ("CANCELLED", "FAILED", "COMPLETED"), "the evaluation runs on"
     watch(slurm_studio, job_id, lambda job, m: len(m) >= 2)
     assert slurm_studio.api.post(f"/jobs/{job_id}/cancel").status_code == 200
     final = slurm_studio.wait_job(job_id)
