@@ -5,7 +5,6 @@ Revises: 0018_hostile
 """
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision = "0013d"

@@ -9,7 +9,6 @@ Revises: 0004
 """
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision = "0013"

@@ -5,7 +5,6 @@ Revises: 0013d
 """
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision = "0017"

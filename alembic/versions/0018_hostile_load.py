@@ -6,7 +6,6 @@ Revises: 0013c
 """
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision = "0018_hostile"

@@ -6,7 +6,6 @@ Revises: 0017
 """
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision = "0019_eval_mixture"
