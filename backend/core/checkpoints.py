@@ -7,6 +7,10 @@ so neither the folder nor ``trainer_state.json`` says that every rank finished. 
 (:class:`worker.training.callbacks.SealCallback`) writes :data:`COMPLETE` into the folder once
 every rank has returned from the save; a folder without it (the run was killed mid-save) is
 never resumed from.
+
+Rotation (``save_total_limit``) is ours too, run right after a seal: the Trainer's own deletes
+the older checkpoints *before* the new one is sealed, so with a limit of 1 a kill in between
+would leave nothing to resume from.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 COMPLETE = "vlstudio_complete.json"
@@ -41,3 +46,22 @@ def seal(ckpt: Path, step: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, ckpt / COMPLETE)
+
+
+def rotate(checkpoints: Path, keep: int) -> list[Path]:
+    """After a seal: keep the ``keep`` newest sealed checkpoints and delete the older ones, and
+    any unsealed one older than the newest sealed (what a cut save left). A folder newer than
+    the newest sealed one may still be being written and is never touched. Returns what was
+    deleted, oldest first."""
+    if not checkpoints.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
+    sealed = [(n, p) for n, p in found if is_complete(p)]
+    if not sealed:
+        return []
+    kept = {p for _, p in sealed[-max(keep, 1):]}
+    newest = sealed[-1][0]
+    gone = [p for n, p in found if n < newest and p not in kept]
+    for p in gone:
+        shutil.rmtree(p)
+    return gone

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from backend.core.checkpoints import seal
+from backend.core.checkpoints import rotate, seal
 
 STATS = ("tokens", "padded_tokens", "tiles", "samples", "micro_batches", "text_only_batches", "data_wait_seconds",
          "ranks")
@@ -163,11 +163,15 @@ class SealCallback(TrainerCallback):
     that resume and Slurm's requeue skip. A SIGTERM (cancel) during the save only sets the stop
     flag: the save completes, is sealed, and the trainer stops after its next step."""
 
+    def __init__(self, keep: int) -> None:
+        self.keep = keep  # save_total_limit: rotation runs here, after the seal (checkpoints.rotate)
+
     def on_save(self, args, state, control, **kwargs):
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         if state.is_world_process_zero:
             seal(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+            rotate(Path(args.output_dir), self.keep)
 
 
 def quiet_trainer(trainer) -> None:

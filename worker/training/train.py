@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=h.warmup_ratio, lr_scheduler_type=h.lr_scheduler_type, num_train_epochs=h.num_train_epochs,
         max_steps=h.max_steps, max_grad_norm=h.max_grad_norm, logging_steps=h.logging_steps,
         save_strategy="steps" if h.save_steps else "no", save_steps=h.save_steps or 500,
-        save_total_limit=h.save_total_limit, seed=h.seed, data_seed=h.seed, bf16=bf16, use_cpu=not use_gpu,
+        save_total_limit=None, seed=h.seed, data_seed=h.seed, bf16=bf16, use_cpu=not use_gpu,
         deepspeed=deepspeed_config(h, bf16) if h.zero_stage else None,
         remove_unused_columns=False,  # gradient checkpointing: per part, in apply_speed_options
         report_to=["tensorboard"] if h.report_to == "tensorboard" else [],
@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         data_collator=packing.PackCollator(tokenizer.pad_token_id, collator) if h.packing else collator,
         processing_class=tokenizer, sampler=sampler, stats=stats, flash=attention == "flash_attention_2",
         fused_ce=h.fused_cross_entropy, loss_reduction=h.loss_reduction, eval_collator=collator,
-        callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop, SealCallback()])
+        callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop,
+                   SealCallback(h.save_total_limit)])
     quiet_trainer(trainer)
     if notice := compile_notice(h.zero_stage, h.offload, use_gpu):
         log(notice)
