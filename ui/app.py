@@ -15,9 +15,9 @@ from ui.theme import CSS, theme
 from ui.widgets import esc
 
 TITLE = "vlstudio"
-# When the UI is mounted in the API process (same origin), the browser's own requests to
-# Gradio's upload route need a login too: the sign-in hands its token to an HttpOnly cookie
-# (POST /api/auth/cookie), which the API checks on that route. Elsewhere it fails harmlessly.
+# The browser's own requests to Gradio's upload route need a login too: the sign-in hands its
+# token to an HttpOnly cookie (POST /api/auth/cookie on the page's origin), checked on that
+# route by the API when the UI is mounted in it, by ui/serve.py when it runs on its own.
 SESSION_COOKIE_JS = """(t) => { if (t) { fetch('/api/auth/cookie', {method: 'POST',
   headers: {Authorization: 'Bearer ' + t}, credentials: 'same-origin'}).catch(() => {}); } return []; }"""
 CLEAR_COOKIE_JS = """() => { fetch('/api/auth/cookie', {method: 'DELETE', credentials: 'same-origin'})
@@ -118,5 +118,13 @@ def mount(app: FastAPI, api_url: str) -> FastAPI:
 
 
 def launch(api_url: str, host: str, port: int) -> None:
-    """Serve the studio on its own, talking to the API at ``api_url``."""
-    build_ui(api_url).launch(server_name=host, server_port=port, css=CSS, theme=theme(), footer_links=["api"])
+    """Serve the studio on its own, talking to the API at ``api_url``; its upload route takes
+    only users the API accepts (``ui/serve.py``), files up to VLSTUDIO_MAX_UPLOAD_BYTES."""
+    import os
+
+    import uvicorn
+
+    from ui.serve import standalone_app
+
+    limit = int(os.environ.get("VLSTUDIO_MAX_UPLOAD_BYTES", 20 * 2**30))
+    uvicorn.run(standalone_app(api_url, max_file_size=limit), host=host, port=port, log_level="warning")

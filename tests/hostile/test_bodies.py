@@ -1,19 +1,22 @@
 """A real API process (with the Gradio UI mounted, login on): bodies are limited on the bytes
 that arrive (chunked and multipart included) without the process growing; Gradio's upload
-route wants a login and has the same limit; the access log carries no credential."""
+route wants a login and has the same limit, also when the UI runs as its own service
+(``vlstudio ui``); the access log carries no credential."""
 
 from __future__ import annotations
 
 import re
 import select
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import start_studio, stop_studio
+from tests.conftest import REPO, free_port, start_studio, stop_studio
 
 UPLOAD_LIMIT = 8 << 20
 
@@ -83,6 +86,50 @@ def test_gradio_upload_needs_a_login_and_has_the_upload_limit(studio):
         assert r.status_code == 200, r.text
         r = c.post("/gradio_api/upload", files={"files": ("big.bin", b"x" * (UPLOAD_LIMIT + 1))})
         assert r.status_code == 413
+        c.delete("/api/auth/cookie")
+        assert "vlstudio_session" not in c.cookies
+        assert c.post("/gradio_api/upload", files={"files": ("a.bin", b"x")}).status_code == 401
+
+
+@pytest.fixture(scope="module")
+def standalone_ui(studio):
+    """``vlstudio ui`` on its own port, in front of the login-on API; yields its URL."""
+    port = free_port()
+    log = open(studio.data_dir / "ui.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
+                            env={**studio.env, "VLSTUDIO_API_URL": studio.url}, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        raise RuntimeError("vlstudio ui did not start:\n" + (studio.data_dir / "ui.log").read_text()[-3000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_the_standalone_uis_upload_route_needs_a_login_the_api_accepts(studio, standalone_ui):
+    upload = standalone_ui + "/gradio_api/upload"
+    assert httpx.post(upload, files={"files": ("a.bin", b"x" * 1000)}, timeout=30).status_code == 401
+    status, _ = chunked_post(int(standalone_ui.rsplit(":", 1)[1]), "/gradio_api/upload", 64 << 20,
+                             "multipart/form-data; boundary=x")
+    assert status == 401  # refused before the body is read
+    bad = {"Authorization": "Bearer not-a-token"}
+    assert httpx.post(upload, headers=bad, files={"files": ("a.bin", b"x")}, timeout=30).status_code == 401
+    with httpx.Client(base_url=standalone_ui, timeout=60) as c:
+        assert c.post("/api/auth/cookie", headers=bad).status_code == 401 and "vlstudio_session" not in c.cookies
+        assert c.post("/api/auth/cookie", headers=studio.headers).status_code == 204
+        assert "vlstudio_session" in c.cookies
+        r = c.post("/gradio_api/upload", files={"files": ("a.bin", b"x" * 1000)})
+        assert r.status_code == 200, r.text
+        r = c.post("/gradio_api/upload", files={"files": ("big.bin", b"x" * (UPLOAD_LIMIT + 1))})
+        assert r.status_code == 413, r.text
         c.delete("/api/auth/cookie")
         assert "vlstudio_session" not in c.cookies
         assert c.post("/gradio_api/upload", files={"files": ("a.bin", b"x")}).status_code == 401
