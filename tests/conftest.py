@@ -159,6 +159,26 @@ def start_worker(env: dict[str, str], data: Path, name: str) -> subprocess.Popen
                             start_new_session=True)
 
 
+def start_ui(studio: Studio) -> tuple[subprocess.Popen, str]:
+    """``vlstudio ui`` as its own process in front of ``studio``'s API, once it answers; returns
+    (process, its URL). The caller terminates the process."""
+    port = free_port()
+    log = open(studio.data_dir / "ui.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
+                            env={**studio.env, "VLSTUDIO_API_URL": studio.url}, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError("vlstudio ui did not start:\n" + (studio.data_dir / "ui.log").read_text()[-3000:])
+
+
 def stop_studio(studio: Studio) -> None:
     for p in studio.procs:
         if p.poll() is None:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import re
 import select
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, start_studio, stop_studio
+from tests.conftest import start_studio, start_ui, stop_studio
 
 UPLOAD_LIMIT = 8 << 20
 
@@ -94,21 +92,7 @@ def test_gradio_upload_needs_a_login_and_has_the_upload_limit(studio):
 @pytest.fixture(scope="module")
 def standalone_ui(studio):
     """``vlstudio ui`` on its own port, in front of the login-on API; yields its URL."""
-    port = free_port()
-    log = open(studio.data_dir / "ui.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
-                            env={**studio.env, "VLSTUDIO_API_URL": studio.url}, cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        raise RuntimeError("vlstudio ui did not start:\n" + (studio.data_dir / "ui.log").read_text()[-3000:])
+    proc, url = start_ui(studio)
     yield url
     proc.terminate()
     proc.wait(timeout=20)

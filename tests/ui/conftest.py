@@ -104,31 +104,14 @@ def screenshot():  # noqa: ANN201
 def standalone_ui(tmp_path: Path) -> Iterator[tuple]:
     """The API (+ worker) without the UI, and ``vlstudio ui`` as its own process talking to it
     over HTTP. Yields (studio, ui_url)."""
-    import subprocess
-    import time
-
-    import httpx
-
     root = _root_conftest()
     s = root.start_studio(tmp_path, with_ui=False)
-    port = root.free_port()
-    env = {**s.env, "VLSTUDIO_API_URL": s.url}
-    log = open(s.data_dir / "ui.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("vlstudio ui did not start:\n" + (s.data_dir / "ui.log").read_text()[-3000:])
-        yield s, url
+        proc, url = root.start_ui(s)
+        try:
+            yield s, url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
         root.stop_studio(s)
