@@ -38,14 +38,20 @@ def latest_complete(checkpoints: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def seal(ckpt: Path, step: int) -> None:
-    """Mark ``ckpt`` complete (atomically: a reader sees the whole marker or none)."""
-    tmp = ckpt / (COMPLETE + ".tmp")
+def write_marker(path: Path, data: dict) -> None:
+    """A small JSON file that a reader sees whole or not at all (written aside, synced, renamed
+    into place): the checkpoint seal and the run's ``outcome.json``."""
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
-        f.write(json.dumps({"step": step}) + "\n")
+        f.write(json.dumps(data) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, ckpt / COMPLETE)
+    os.replace(tmp, path)
+
+
+def seal(ckpt: Path, step: int) -> None:
+    """Mark ``ckpt`` complete."""
+    write_marker(ckpt / COMPLETE, {"step": step})
 
 
 def rotate(checkpoints: Path, keep: int) -> list[Path]:

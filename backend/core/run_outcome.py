@@ -14,18 +14,17 @@ succeeded, nothing is retrained).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from backend.core.checkpoints import write_marker
 
 OUTCOME_NAME = "outcome.json"
 DONE, STOPPED = "done", "stopped"
 
 
 def write(run: Path, outcome: str, step: int) -> None:
-    tmp = run / f".{OUTCOME_NAME}.tmp"
-    tmp.write_text(json.dumps({"outcome": outcome, "step": step, "time": time.time()}))
-    os.replace(tmp, run / OUTCOME_NAME)
+    write_marker(run / OUTCOME_NAME, {"outcome": outcome, "step": step, "time": time.time()})
 
 
 def clear(run: Path) -> None:
