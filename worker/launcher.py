@@ -132,11 +132,6 @@ def failure_reason(end: End, saved: str, log_path: Path) -> str:
     return failure.describe(head + saved, failure.read_log(log_path), end.tail)
 
 
-def metric_rows(batch: Batch) -> list[dict]:
-    """The rows of a batch that become ``job_metrics`` rows (not the trainer's data report)."""
-    return [r for r in batch.rows if r.get("kind") != "data"]
-
-
 class TrainingRecord:
     """A training job's rows: ``job_logs``, ``job_metrics``, progress, offsets, the verdict."""
 
@@ -164,7 +159,7 @@ class TrainingRecord:
         """After a failed attempt: did its commit land anyway (the connection died after the
         server committed)? Only this supervisor numbers this job's rows, so the next free
         numbers tell."""
-        n, m = len(batch.system) + len(batch.lines), len(metric_rows(batch))
+        n, m = len(batch.system) + len(batch.lines), len(jobs_svc.step_rows(batch.rows))
         return bool(n or m) and (jobs_svc.next_seq(s, JobLog, self.job_id),
                                  jobs_svc.next_seq(s, JobMetric, self.job_id)) == (self.log_seq + n, self.metric_seq + m)
 
@@ -178,10 +173,10 @@ class TrainingRecord:
             return status
         self.unsure = True
         self._lines(s, [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines])
+        steps = jobs_svc.take_data_rows(s, self.job_id, batch.rows)  # the data report goes to the job
         s.add_all(JobMetric(job_id=self.job_id, seq=self.metric_seq + i, step=int(r.get("step", self.step)),
-                            loss=jobs_svc._finite(r.get("loss")), values=r)
-                  for i, r in enumerate(jobs_svc.take_data_rows(s, self.job_id, batch.rows)))  # the data report
-        train_rows = [r for r in metric_rows(batch) if r.get("kind") != "gpu"]
+                            loss=jobs_svc._finite(r.get("loss")), values=r) for i, r in enumerate(steps))
+        train_rows = [r for r in steps if r.get("kind") != "gpu"]
         values: dict = {"log_offset": batch.log_offset, "metrics_offset": batch.rows_offset}
         if train_rows:
             values.update(step=int(train_rows[-1].get("step", self.step)),
@@ -200,7 +195,7 @@ class TrainingRecord:
 
         self.unsure = False
         self.log_seq += len(batch.system) + len(batch.lines)
-        steps = metric_rows(batch)
+        steps = jobs_svc.step_rows(batch.rows)
         self.metric_seq += len(steps)
         train_rows = [r for r in steps if r.get("kind") != "gpu"]
         if train_rows:

@@ -427,6 +427,11 @@ def take_data_rows(session: Session, job_id: int, rows: Sequence[dict[str, Any]]
             if job is not None:
                 base = job.mixture or {"datasets": [{"name": n} for n in r.get("datasets") or {}]}
                 job.mixture = with_trained(base, r.get("datasets") or {})
+    return step_rows(rows)
+
+
+def step_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` that become ``job_metrics`` rows: all but the data report."""
     return [r for r in rows if r.get("kind") != "data"]
 
 
