@@ -64,6 +64,23 @@ def outage(kind: str, seconds: float) -> None:
     event.remove(engine, "before_cursor_execute", fail)
 
 
+def stand_in(tmp_path):  # noqa: ANN001, ANN201
+    """A launch of PROGRAM (it finds its run folder through SPEC)."""
+    launch = script(tmp_path, PROGRAM)
+    return dataclasses.replace(launch, env={**launch.env, "SPEC": str(launch.spec_path)})
+
+
+def assert_stored_once(api, job_id: int) -> None:
+    """The stand-in's whole output is in the job, in order, once: every line (the supervisor's
+    own lines too: ``$ command``, the verdict) and metrics row."""
+    rows = stored_lines(api, job_id)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    system = [r["line"] for r in rows if r["stream"] == "system"]
+    assert len(set(system)) == len(system) and system[0].startswith("$ "), system
+    assert [r["line"] for r in rows if r["stream"] == "stdout"] == [f"line {i}" for i in range(N)]
+    assert [m["step"] for m in api.get(f"/api/jobs/{job_id}/metrics").json()] == list(range(10, N + 1, 10))
+
+
 def stored_lines(api, job_id: int) -> list[dict]:
     return api.get(f"/api/jobs/{job_id}/logs", params={"limit": 10000}).json()
 
@@ -71,8 +88,7 @@ def stored_lines(api, job_id: int) -> list[dict]:
 def test_a_database_outage_mid_run_loses_no_line_and_kills_nothing(api, tmp_path, caplog):
     kind = "postgresql" if "postgresql" in str(get_engine().url) else "sqlite"
     job_id = started_job(api)
-    launch = script(tmp_path, PROGRAM)
-    launch = dataclasses.replace(launch, env={**launch.env, "SPEC": str(launch.spec_path)})
+    launch = stand_in(tmp_path)
     outcome: list[str] = []
     caplog.set_level(logging.WARNING, logger="worker.supervision")
     t = threading.Thread(target=lambda: outcome.append(supervise(job_id, launch)))
@@ -85,11 +101,7 @@ def test_a_database_outage_mid_run_loses_no_line_and_kills_nothing(api, tmp_path
     t.join(120)
     assert outcome == ["succeeded"], api.get(f"/api/jobs/{job_id}").json()
     assert any("database write failed" in r.message for r in caplog.records), "the outage never hit the worker"
-    rows = stored_lines(api, job_id)
-    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
-    assert [r["line"] for r in rows if r["stream"] == "stdout"] == [f"line {i}" for i in range(N)]
-    metrics = api.get(f"/api/jobs/{job_id}/metrics").json()
-    assert [m["step"] for m in metrics] == list(range(10, N + 1, 10))
+    assert_stored_once(api, job_id)
     job = api.get(f"/api/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["step"] == N
     assert processes.spec_processes(launch.spec_path) == []
@@ -99,16 +111,16 @@ def test_an_error_right_after_a_commit_stores_no_batch_twice(api, tmp_path):
     """The statement after each of the supervisor's first commits fails (a connection lost just
     after the commit landed). A batch whose commit landed must not be stored again on retry."""
     job_id = started_job(api)
-    launch = script(tmp_path, PROGRAM)
-    launch = dataclasses.replace(launch, env={**launch.env, "SPEC": str(launch.spec_path)})
+    launch = stand_in(tmp_path)
     engine, armed, hits = get_engine(), threading.Event(), []
+    supervisor = threading.get_ident()  # supervise() runs here; the API's own sweeper shares the engine
 
     def arm(_conn):  # noqa: ANN001 - from the first stored batch on (the run has started)
-        if len(hits) < 8 and launch.log_path.exists():
+        if len(hits) < 8 and launch.log_path.exists() and threading.get_ident() == supervisor:
             armed.set()
 
     def fail_once(*_a, **_k):  # noqa: ANN002, ANN003
-        if armed.is_set():
+        if armed.is_set() and threading.get_ident() == supervisor:
             armed.clear()
             hits.append(1)
             raise OperationalError("statement", {}, sqlite3.OperationalError("connection lost after commit"))
@@ -121,10 +133,7 @@ def test_an_error_right_after_a_commit_stores_no_batch_twice(api, tmp_path):
         event.remove(engine, "commit", arm)
         event.remove(engine, "before_cursor_execute", fail_once)
     assert len(hits) == 8
-    rows = stored_lines(api, job_id)
-    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
-    assert [r["line"] for r in rows if r["stream"] == "stdout"] == [f"line {i}" for i in range(N)]
-    assert [m["step"] for m in api.get(f"/api/jobs/{job_id}/metrics").json()] == list(range(10, N + 1, 10))
+    assert_stored_once(api, job_id)
 
 
 def test_recovery_stores_what_a_dead_worker_left_unread_once(api, tmp_path):
