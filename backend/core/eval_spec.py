@@ -82,6 +82,22 @@ def split_record(record: dict) -> tuple[list[dict], list[str], list[str] | None]
     return convs[:last], [str(a) for a in answers], record.get("options")
 
 
+def sample_meta(record: dict) -> dict:
+    """What a benchmark's scoring reads besides the answers: ``category`` (POPE's category, MME's
+    subtask, OCRBench's category), ``image`` (MME's acc+ pairs the questions of an image),
+    ``group`` and ``main`` (MMBench's circular groups: the rotations of one question)."""
+    meta: dict = {}
+    if record.get("category") is not None:
+        meta["category"] = str(record["category"])
+    image = record.get("image")
+    if image:
+        meta["image"] = image if isinstance(image, str) else "|".join(image)
+    if record.get("group") is not None:
+        meta["group"] = record["group"]
+        meta["main"] = bool(record.get("main", True))
+    return meta
+
+
 def question_text(prompt: list[dict]) -> str:
     human = [t["value"] for t in prompt if t.get("from") == "human"]
     return human[-1].replace(IMAGE_PLACEHOLDER, "").strip() if human else ""

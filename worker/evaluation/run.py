@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from backend.core.eval_metrics import mean, score
-from backend.core.eval_spec import EvaluationSpec, default_metrics, question_text, split_record
+from backend.core.eval_metrics import mean, score, summarise
+from backend.core.eval_spec import EvaluationSpec, default_metrics, question_text, sample_meta, split_record
 from backend.core.samples import image_paths
 
 STOP_REQUESTED = False
@@ -60,9 +60,10 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
             metas.append((first_index + start + k, rec, turns, answers, options))
         preds = gen.generate(prompts, max_new_tokens=spec.max_new_tokens)
         for (index, rec, turns, answers, options), pred in zip(metas, preds, strict=True):
+            meta = sample_meta(rec)
             row = {"model": model_index, "index": index, "id": str(rec.get("id", index)),
                    "question": question_text(turns), "answers": answers, "prediction": pred,
-                   "scores": {m: score(m, pred, answers, options) for m in metrics}}
+                   "scores": {m: score(m, pred, answers, options, meta) for m in metrics}, "meta": meta}
             if dataset:
                 row["dataset"] = dataset
             rows.append(row)
@@ -71,7 +72,7 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
         done = start + len(batch)
         rate = done / max(time.monotonic() - t0, 1e-9)
         print(f"[{where}] {done}/{len(records)} samples | {rate:.1f} samples/s | "
-              f"exact match so far {mean([r['scores'].get('exact_match', 0) for r in rows]):.3f}", flush=True)
+              f"{metrics[0]} so far {mean([r['scores'][metrics[0]] for r in rows]):.3f}", flush=True)
     return rows
 
 
@@ -90,16 +91,16 @@ def gen_label(spec: EvaluationSpec, i: int) -> str:
     return spec.models[i].label
 
 
-def scores_of(rows: list[dict], metrics: list[str]) -> dict[str, float]:
-    return {name: mean([r["scores"][name] for r in rows]) for name in metrics}
-
-
 def model_summary(label: str, rows: list[dict], metrics: list[str], parts: list[str]) -> dict:
     """Per model: the metrics over every sample (a mixture's overall score is sample-weighted:
-    each sample counts once, whatever its dataset) and, for a mixture, per dataset."""
-    out = {"label": label, "n": len(rows), "metrics": scores_of(rows, metrics)}
+    each sample counts once, whatever its dataset) and, for a mixture, per dataset; a benchmark
+    metric with categories (POPE, MME, OCRBench) adds them under ``breakdown``."""
+    figures, breakdown = summarise(metrics, rows)
+    out = {"label": label, "n": len(rows), "metrics": figures}
+    if breakdown:
+        out["breakdown"] = breakdown
     if any(parts):
-        out["datasets"] = [{"name": p, "n": len(mine), "metrics": scores_of(mine, metrics)}
+        out["datasets"] = [{"name": p, "n": len(mine), "metrics": summarise(metrics, mine)[0]}
                            for p in parts for mine in [[r for r in rows if r.get("dataset") == p]]]
     return out
 
