@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from backend.cli.benchmarks import benchmarks_app
 from backend.cli.datasets import datasets_app
 from backend.cli.models import models_app
 from backend.settings import get_settings
@@ -17,6 +18,7 @@ app = typer.Typer(help="vlstudio: fine-tune InternVL vision-language models.", n
                   add_completion=False)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.add_typer(benchmarks_app, name="benchmarks")
 
 
 def worker_command(concurrency: int | None = None, hostname: str | None = None) -> list[str]:

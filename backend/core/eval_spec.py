@@ -30,6 +30,12 @@ class EvalPart(BaseModel):
     root: str
     #: the dataset's own ``max_dynamic_patch`` in the mixture (None: the model's tiling)
     max_dynamic_patch: int | None = None
+    #: a registered benchmark's own settings (None: the evaluation's): dynamic tiling on or off,
+    #: generation lengths, its metrics
+    dynamic: bool | None = None
+    max_new_tokens: int | None = None
+    min_new_tokens: int = 0
+    metrics: list[str] | None = None
 
 
 class EvaluationSpec(BaseModel):
@@ -60,6 +66,15 @@ class EvaluationSpec(BaseModel):
     @classmethod
     def read(cls, path: Path) -> EvaluationSpec:
         return cls.model_validate_json(path.read_text())
+
+
+def benchmark_part(folder: str | Path, name: str | None = None) -> EvalPart:
+    """A registered benchmark (``backend.core.benchmarks``) as a part: its samples, its tiling,
+    generation settings and metrics, as InternVL's evaluation guide runs it."""
+    card = json.loads((Path(folder) / "benchmark.json").read_text(encoding="utf-8"))
+    return EvalPart(name=name or card["name"], annotation=str(Path(folder) / "samples.jsonl"), root=str(folder),
+                    max_dynamic_patch=card["max_num"], dynamic=card["dynamic"], max_new_tokens=card["max_new_tokens"],
+                    min_new_tokens=card["min_new_tokens"], metrics=list(card["metrics"]))
 
 
 def default_metrics(records: list[dict]) -> list[str]:

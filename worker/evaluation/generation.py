@@ -129,8 +129,10 @@ class Generator:
         return build_prompt(conversations, images, self.template, self.tokenizer, self.tiling,
                             self.tokens_per_tile, self.image_size)
 
-    def _kwargs(self, max_new_tokens: int, temperature: float) -> dict:
+    def _kwargs(self, max_new_tokens: int, temperature: float, min_new_tokens: int = 0) -> dict:
         kw: dict = {"max_new_tokens": max_new_tokens, "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id}
+        if min_new_tokens:
+            kw["min_new_tokens"] = min_new_tokens
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
         else:
@@ -146,12 +148,13 @@ class Generator:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 32, temperature: float = 0.0) -> list[str]:
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 32, temperature: float = 0.0,
+                 min_new_tokens: int = 0) -> list[str]:
         batch = {k: v.to(self.device) for k, v in collate_left(prompts, self.pad_id).items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
         with self.lock:
-            out = self.model.generate(**batch, **self._kwargs(max_new_tokens, temperature))
+            out = self.model.generate(**batch, **self._kwargs(max_new_tokens, temperature, min_new_tokens))
         n = batch["input_ids"].shape[1]
         return [self.decode(row[n:].tolist()) for row in out]
 

@@ -40,7 +40,8 @@ def load_records(annotation: str, limit: int | None) -> list[dict]:
 
 
 def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, metrics: list[str],
-                   model_index: int, out, first_index: int = 0, dataset: str = "") -> list[dict]:
+                   model_index: int, out, first_index: int = 0, dataset: str = "",
+                   max_new_tokens: int | None = None, min_new_tokens: int = 0) -> list[dict]:
     """Generate and score ``records`` (numbered from ``first_index``: a mixture's parts follow
     each other); rows carry ``dataset`` (the part's name) in a mixture evaluation."""
     rows: list[dict] = []
@@ -58,7 +59,8 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
                     images.append(im.convert("RGB"))
             prompts.append(gen.prompt(turns, images))
             metas.append((first_index + start + k, rec, turns, answers, options))
-        preds = gen.generate(prompts, max_new_tokens=spec.max_new_tokens)
+        preds = gen.generate(prompts, max_new_tokens=max_new_tokens or spec.max_new_tokens,
+                             min_new_tokens=min_new_tokens)
         for (index, rec, turns, answers, options), pred in zip(metas, preds, strict=True):
             meta = sample_meta(rec)
             row = {"model": model_index, "index": index, "id": str(rec.get("id", index)),
@@ -76,32 +78,41 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
     return rows
 
 
-def trained_tiling(default, trained: dict | None, max_dynamic_patch: int | None):  # noqa: ANN001, ANN201
-    """The model config's tiling, then the one it was trained with, then the evaluation's override."""
+def trained_tiling(default, trained: dict | None, max_dynamic_patch: int | None,  # noqa: ANN001, ANN201
+                   dynamic: bool | None = None):
+    """The model config's tiling, then the one it was trained with, then the evaluation's (or a
+    benchmark's) override."""
     from worker.evaluation.generation import Tiling
 
     t = trained or {}
     return Tiling(max_dynamic_patch=max_dynamic_patch or t.get("max_dynamic_patch", default.max_dynamic_patch),
                   min_dynamic_patch=t.get("min_dynamic_patch", default.min_dynamic_patch),
                   use_thumbnail=t.get("use_thumbnail", default.use_thumbnail),
-                  dynamic=t.get("dynamic_image_size", default.dynamic))
+                  dynamic=dynamic if dynamic is not None else t.get("dynamic_image_size", default.dynamic))
 
 
 def gen_label(spec: EvaluationSpec, i: int) -> str:
     return spec.models[i].label
 
 
-def model_summary(label: str, rows: list[dict], metrics: list[str], parts: list[str]) -> dict:
+def model_summary(label: str, rows: list[dict], metrics: list[str], parts: list[str],
+                  part_metrics: dict[str, list[str]] | None = None) -> dict:
     """Per model: the metrics over every sample (a mixture's overall score is sample-weighted:
     each sample counts once, whatever its dataset) and, for a mixture, per dataset; a benchmark
-    metric with categories (POPE, MME, OCRBench) adds them under ``breakdown``."""
-    figures, breakdown = summarise(metrics, rows)
+    metric with categories (POPE, MME, OCRBench) adds them under ``breakdown``. Benchmarks each
+    have their own metrics (``part_metrics``): their figures are per dataset only."""
+    part_metrics = part_metrics or {}
+    overall = [] if part_metrics else metrics
+    figures, breakdown = summarise(overall, rows)
     out = {"label": label, "n": len(rows), "metrics": figures}
     if breakdown:
         out["breakdown"] = breakdown
     if any(parts):
-        out["datasets"] = [{"name": p, "n": len(mine), "metrics": summarise(metrics, mine)[0]}
-                           for p in parts for mine in [[r for r in rows if r.get("dataset") == p]]]
+        out["datasets"] = []
+        for p in parts:
+            mine = [r for r in rows if r.get("dataset") == p]
+            figs, per = summarise(part_metrics.get(p, metrics), mine)
+            out["datasets"].append({"name": p, "n": len(mine), "metrics": figs, **({"breakdown": per} if per else {})})
     return out
 
 
@@ -128,15 +139,20 @@ def main(argv: list[str] | None = None) -> int:
             config_tiling = gen.tiling
             rows: list[dict] = []
             for part, recs in parts:
-                # the evaluation's override, then the dataset's own budget in the mixture
-                gen.tiling = trained_tiling(config_tiling, m.tiling, spec.max_dynamic_patch or part.max_dynamic_patch)
+                # the evaluation's override, then the dataset's own budget in the mixture (or the benchmark's)
+                gen.tiling = trained_tiling(config_tiling, m.tiling, spec.max_dynamic_patch or part.max_dynamic_patch,
+                                            part.dynamic)
+                new_tokens = part.max_new_tokens or spec.max_new_tokens
                 print(f"model {i + 1}/{len(spec.models)}: {m.label} ({m.path})" + (f" on {part.name}" if part.name
-                      else "") + f", template {gen.template.name}, tiling max {gen.tiling.max_dynamic_patch} tiles, "
-                      f"greedy, max {spec.max_new_tokens} new tokens", flush=True)
-                rows += evaluate_model(gen, recs, Path(part.root), spec, metrics, i, out, len(rows), part.name)
+                      else "") + f", template {gen.template.name}, tiling "
+                      f"{'dynamic' if gen.tiling.dynamic else 'one tile'} max {gen.tiling.max_dynamic_patch} tiles, "
+                      f"greedy, {part.min_new_tokens}-{new_tokens} new tokens", flush=True)
+                rows += evaluate_model(gen, recs, Path(part.root), spec, part.metrics or metrics, i, out, len(rows),
+                                       part.name, new_tokens, part.min_new_tokens)
                 if STOP_REQUESTED:
                     break
-            summary.append(model_summary(m.label, rows, metrics, [p.name for p, _ in parts]))
+            summary.append(model_summary(m.label, rows, metrics, [p.name for p, _ in parts],
+                                         {p.name: p.metrics for p, _ in parts if p.metrics}))
             print(f"model {m.label}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[-1]["metrics"].items()),
                   flush=True)
             for d in summary[-1].get("datasets", []):
