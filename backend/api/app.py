@@ -19,6 +19,7 @@ from backend.api.auth import UiUploadLogin
 from backend.api.guards import UPLOAD_ROUTES, Admission, BodyLimit, install_log_redaction
 from backend.api.routes import (
     auth,
+    benchmarks,
     datasets,
     evaluations,
     health,
@@ -99,7 +100,7 @@ def create_app(run_startup: bool = True) -> FastAPI:
                   description="Fine-tuning studio for InternVL vision-language models")
     for r in (health.router, datasets.router, models.router, jobs.router, presets.router, auth.router, users.router):
         app.include_router(r, prefix="/api")
-    for r in (evaluations.router, playground.router):  # issue 8: evaluation and playground
+    for r in (evaluations.router, playground.router, benchmarks.router):  # evaluation, playground, benchmarks
         app.include_router(r, prefix="/api")
     app.include_router(meta.router, prefix="/api")  # issue 3: the meta file
     app.include_router(metrics.router)

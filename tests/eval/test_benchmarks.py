@@ -159,3 +159,30 @@ def test_cli_registers_and_reports_problems(tmp_path, monkeypatch):
         assert "registered, 3 samples" in res.output
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("api", ["sqlite"], indirect=True)
+def test_api_registers_from_shared_storage_and_lists(api, tmp_path, monkeypatch):
+    from backend.settings import get_settings
+
+    shared = tmp_path / "shared"
+    WRITERS["pope"](shared / "pope")
+    monkeypatch.setenv("VLSTUDIO_DATA_ROOTS", str(shared))
+    get_settings.cache_clear()
+    listed = {b["name"]: b for b in api.get("/api/benchmarks").json()}
+    assert listed["pope"]["registered"] is False and listed["pope"]["max_new_tokens"] == 100
+    assert api.get("/api/benchmarks/pope").status_code == 409  # not registered yet
+    # outside the allowed roots: 403; a broken layout: 422 with file, line and field, nothing registered
+    assert api.post("/api/benchmarks", json={"name": "pope", "path": str(tmp_path)}).status_code == 403
+    (shared / "pope" / "coco" / "coco_pope_popular.json").unlink()
+    r = api.post("/api/benchmarks", json={"name": "pope", "path": str(shared / "pope")})
+    assert r.status_code == 422 and {"field": "path", "file": "coco/coco_pope_popular.json", "line": None,
+                                     "layout_field": None, "message": "missing: the layout needs this file"} \
+        in r.json()["errors"]
+    assert api.get("/api/benchmarks/pope").status_code == 409
+    WRITERS["pope"](shared / "pope")
+    r = api.post("/api/benchmarks", json={"name": "pope", "path": str(shared / "pope")})
+    assert r.status_code == 201 and r.json()["samples"] == 6, r.text
+    assert api.get("/api/benchmarks/pope").json()["metrics"] == ["pope"]
+    assert api.post("/api/benchmarks", json={"name": "pope", "path": str(shared / "pope")}).status_code == 409
+    assert api.post("/api/benchmarks", json={"name": "nope", "path": str(shared)}).status_code == 422
