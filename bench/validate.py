@@ -121,21 +121,21 @@ def build_tokenizer(path: Path) -> None:
 
 def run_phase(phase: str, root: Path, annotation: str, workers: int | None, model: Path | None) -> dict:
     """Runs in the child process: one validation, its figures as a dict."""
-    from backend.core.model_folder import load_tokenizer, read_model_settings
-    from backend.core.validation import ValidationSettings, validate_annotation
+    from backend.core.model_card import read_card
+    from backend.core.model_folder import load_tokenizer
+    from backend.core.validation import ValidationSettings, settings_for, validate_annotation
 
     tokenizer = None
-    kw: dict = {"check_images": phase != "text"}
+    settings = ValidationSettings(check_images=phase != "text")
     if model is not None:
-        ms = read_model_settings(model)
         tokenizer = load_tokenizer(model)
-        kw.update(template=ms.template, max_dynamic_patch=ms.max_dynamic_patch, max_seq_length=8192)
+        settings = settings_for(read_card(model), max_seq_length=8192, check_images=phase != "text")
     def cpu() -> float:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
     c0, t0 = cpu(), time.perf_counter()
-    report = validate_annotation(root / annotation, root, settings=ValidationSettings(**kw), tokenizer=tokenizer,
+    report = validate_annotation(root / annotation, root, settings=settings, tokenizer=tokenizer,
                                  workers=workers)
     dt = time.perf_counter() - t0
     return {"phase": phase, "seconds": round(dt, 3), "cpu_seconds": round(cpu() - c0, 3),

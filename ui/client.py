@@ -94,13 +94,14 @@ class StudioClient:
 
     def upload_dataset(self, path: Path, name: str | None = None, model_id: int | None = None, *,
                        val_fraction: float = 0.0, validation: Path | None = None, max_seq_length: int | None = None,
-                       truncation: str | None = None, drop_bad_lines: bool = False) -> dict:
-        """Upload a zip. ``model_id``: also check tiles and token lengths with that model (and
-        ``max_seq_length``: the lines over it are named, ``truncation`` "truncate" warns instead
-        of refusing). ``val_fraction`` or a ``validation`` .jsonl: the held-out split.
+                       truncation: str | None = None, drop_bad_lines: bool = False, preset: str | None = None) -> dict:
+        """Upload a zip. ``model_id``: also check tiles and token lengths with that model, at the
+        tiling ``preset`` trains it with (and ``max_seq_length``: the lines over it are named,
+        ``truncation`` "truncate" warns instead of refusing). ``val_fraction`` or a ``validation``
+        .jsonl: the held-out split.
         ``drop_bad_lines``: register the lines without errors. A large annotation comes back
         ``status: validating``: poll :meth:`dataset` for ``progress``."""
-        fields = (("name", name), ("model_id", model_id), ("max_seq_length", max_seq_length),
+        fields = (("name", name), ("model_id", model_id), ("preset", preset), ("max_seq_length", max_seq_length),
                   ("truncation", truncation), ("val_fraction", val_fraction or None),
                   ("drop_bad_lines", "true" if drop_bad_lines else None))
         form = {k: str(v) for k, v in fields if v is not None}

@@ -8,28 +8,25 @@ everywhere else, so it trains on a CPU in seconds.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from backend.core.demo_card import (
+    DEMO_DOWNSAMPLE_RATIO,
+    DEMO_IMAGE_SIZE,
+    DEMO_IMAGE_TOKENS,
+    DEMO_MODEL_NAME,
+    DEMO_PATCH_SIZE,
+    DEMO_SIZES,
+    DEMO_TEMPLATE,
+    DEMO_TILING,
+)
 from backend.core.demo_data import COLOURS, QUESTIONS, SHAPES
 from backend.core.samples import IMG_CONTEXT, IMG_END, IMG_START
-from backend.core.templates import TEMPLATES
+from backend.core.templates import TEMPLATES, to_jinja
 
-DEMO_MODEL_NAME = "internvl-tiny-demo"
-DEMO_TEMPLATE = "internlm2-chat"
+__all__ = ["DEMO_MODEL_NAME", "build_demo_model", "build_tokenizer", "ensure_demo_model"]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", IMG_START, IMG_END, IMG_CONTEXT,
                   "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>"]
-
-# Reproduces backend.core.templates.render for internlm2-chat (default system message).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
-    "{% set msgs = messages[1:] %}{% else %}{% set sys = default_system %}{% set msgs = messages %}{% endif %}"
-    "<|im_start|>system\n{{ sys }}<|im_end|>"
-    "{% for m in msgs %}{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] | trim }}<|im_end|>"
-    "{% else %}<|im_start|>assistant\n{{ m['content'] | trim }}<|im_end|>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def _corpus() -> list[str]:
@@ -57,15 +54,16 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 600):  # -> PreTrainedToken
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="</s>",
         additional_special_tokens=SPECIAL_TOKENS[3:], model_max_length=8192)
-    fast.chat_template = CHAT_TEMPLATE.replace(
-        "default_system", json.dumps(TEMPLATES[DEMO_TEMPLATE].system_message, ensure_ascii=False))
+    fast.chat_template = to_jinja(TEMPLATES[DEMO_TEMPLATE])  # the chat template every converted model gets
     fast.save_pretrained(out_dir)
     return fast
 
 
-def build_demo_model(out_dir: Path, *, vision_hidden: int = 64, vision_layers: int = 2, text_hidden: int = 128,
-                     text_layers: int = 2, seed: int = 0) -> Path:
-    """Write the demo model (config, safetensors weights, tokenizer, chat template) to ``out_dir``."""
+def build_demo_model(out_dir: Path, *, vision_hidden: int = DEMO_SIZES["vision_hidden"],
+                     vision_layers: int = DEMO_SIZES["vision_layers"], text_hidden: int = DEMO_SIZES["text_hidden"],
+                     text_layers: int = DEMO_SIZES["text_layers"], seed: int = 0) -> Path:
+    """Write the demo model (config, safetensors weights, tokenizer, chat template) to ``out_dir``,
+    with the template, tiling and tile geometry of its card (:mod:`backend.core.demo_card`)."""
     import torch
     from transformers import GenerationConfig, InternVLConfig, InternVLForConditionalGeneration, LlamaConfig
     from transformers.models.internvl import InternVLVisionConfig
@@ -74,7 +72,7 @@ def build_demo_model(out_dir: Path, *, vision_hidden: int = 64, vision_layers: i
     tokenizer = build_tokenizer(out_dir)
     vision = InternVLVisionConfig(
         hidden_size=vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=4,
-        intermediate_size=vision_hidden * 4, image_size=448, patch_size=14, attention_bias=True,
+        intermediate_size=vision_hidden * 4, image_size=DEMO_IMAGE_SIZE, patch_size=DEMO_PATCH_SIZE, attention_bias=True,
         layer_scale_init_value=0.1, use_mean_pooling=True)  # no final norm, as InternViT
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_hidden * 3,
@@ -83,10 +81,10 @@ def build_demo_model(out_dir: Path, *, vision_hidden: int = 64, vision_layers: i
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     config = InternVLConfig(
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT),
-        image_seq_length=256, downsample_ratio=0.5, tie_word_embeddings=False)
+        image_seq_length=DEMO_IMAGE_TOKENS, downsample_ratio=DEMO_DOWNSAMPLE_RATIO, tie_word_embeddings=False)
     config.template = DEMO_TEMPLATE
-    config.max_dynamic_patch = 6
-    config.use_thumbnail = True
+    for key, value in DEMO_TILING.to_dict().items():
+        setattr(config, key, value)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config)
     model.generation_config = GenerationConfig(

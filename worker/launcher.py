@@ -11,6 +11,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core import failure, mixture, run_outcome
+from backend.core.model_card import read_card
+from backend.core.model_folder import ModelFolderError
 from backend.core.spec import Hyperparameters, TrainingSpec
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus
@@ -90,13 +92,18 @@ def prepare_run(job: Job, run_dir: Path, port: int | None = None,
     settings = get_settings()
     with session_scope() as s:
         model = get_model(s, job.model_id)
-        model_path, model_template, builtin = Path(model.path), model.template, model.builtin
+        model_path, builtin = Path(model.path), model.builtin
     if builtin and not (model_path / "config.json").exists():
         model_path = _build_demo_model_once(settings.data_path / "models")
-    hyper = Hyperparameters.model_validate(job.hyper)
+    card = read_card(model_path)  # the template and tiling the job leaves to the model
+    hyper = Hyperparameters.model_validate(job.hyper).with_tiling(card.tiling)
     run_dir.mkdir(parents=True, exist_ok=True)
     eval_meta = write_meta_files(job, hyper, run_dir)
-    spec = TrainingSpec(job_id=job.id, model_path=str(model_path), template=hyper.template or model_template,
+    template = hyper.template or card.template
+    if template is None:
+        raise ModelFolderError(f"{model_path}: cannot tell the model's conversation template; name one "
+                               "(hyperparameters.template)")
+    spec = TrainingSpec(job_id=job.id, model_path=str(model_path), template=template,
                         meta_path=str(run_dir / "meta.json"), output_dir=str(run_dir), hyper=hyper,
                         eval_meta_path=str(eval_meta) if eval_meta else None,
                         resume_from_checkpoint=job.resume_from_checkpoint)

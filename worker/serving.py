@@ -157,7 +157,7 @@ class ModelServer:
             self.models.move_to_end(key)
             return self.models[key]
         gen = Generator(path, template=chat.template, device=self.device)
-        gen.tiling = trained_tiling(gen.tiling, chat.tiling, None)
+        gen.tiling = trained_tiling(gen.card, chat.tiling, None)
         self.models[key] = gen
         while len(self.models) > MAX_LOADED:
             self.models.popitem(last=False)

@@ -42,6 +42,7 @@ class DatasetFromPath(BaseModel):
     annotation: str = Field(description="absolute, or relative to root")
     name: str | None = None
     model_id: DbId | None = None
+    preset: str | None = Field(None, description="check with the tiling this training preset uses")
     max_dynamic_patch: int | None = Field(None, ge=1, le=40)
     max_seq_length: int | None = Field(None, ge=1, le=1 << 20)
     truncation: Literal["error", "truncate"] = "error"

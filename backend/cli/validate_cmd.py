@@ -17,16 +17,13 @@ from typing import Annotated, TextIO
 
 import typer
 
-from backend.core.model_folder import (
-    ModelFolderError,
-    load_tokenizer,
-    read_model_settings,
-    require_image_tokens,
-)
+from backend.core.model_card import read_card
+from backend.core.model_folder import ModelFolderError, load_tokenizer, require_image_tokens
+from backend.core.presets import PRESETS, check_tiling
 from backend.core.report import BundleReport, Report
 from backend.core.sources import rows_file, validate_path
 from backend.core.templates import TemplateError
-from backend.core.validation import ValidationCancelled, ValidationSettings, drop_bad_lines
+from backend.core.validation import ValidationCancelled, ValidationSettings, drop_bad_lines, settings_for
 
 
 class ProgressBar:
@@ -55,23 +52,21 @@ class ProgressBar:
 
 
 def _settings(model: Path | None, template: str | None, max_dynamic_patch: int | None, max_seq_length: int | None,
-              truncation: str, full_decode: bool) -> tuple[ValidationSettings, object]:
+              truncation: str, full_decode: bool, preset: str | None = None) -> tuple[ValidationSettings, object]:
+    """The model's card (template, tiling, geometry) and tokenizer; the preset's tiling and an
+    explicit tile budget over the card's."""
     tokenizer = None
-    base: dict = {}
+    card = None
     if model is not None:
-        ms = read_model_settings(model)
-        base = {"template": ms.template, "max_dynamic_patch": ms.max_dynamic_patch,
-                "min_dynamic_patch": ms.min_dynamic_patch, "use_thumbnail": ms.use_thumbnail,
-                "dynamic_image_size": ms.dynamic_image_size, "image_size": ms.image_size,
-                "tokens_per_tile": ms.tokens_per_tile}
+        card = read_card(model)
         tokenizer = load_tokenizer(model)
         require_image_tokens(tokenizer)
-    if template is not None:
-        base["template"] = template
-    if max_dynamic_patch is not None:
-        base["max_dynamic_patch"] = max_dynamic_patch
-    return ValidationSettings(**base, max_seq_length=max_seq_length, truncation=truncation,  # type: ignore[arg-type]
-                              full_decode=full_decode), tokenizer
+    try:
+        tiling, source = check_tiling(card, preset, max_dynamic_patch, model=model.name if model else None)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    return settings_for(card, template=template, tiling=tiling, tiling_source=source, max_seq_length=max_seq_length,
+                        truncation=truncation, full_decode=full_decode), tokenizer
 
 
 def _print_report(name: str, r: Report, examples: int, out: TextIO) -> None:
@@ -123,12 +118,13 @@ def run_validate(path: Path, root: Path | None = None, model: Path | None = None
                  max_dynamic_patch: int | None = None, max_seq_length: int | None = None, truncation: str = "error",
                  report: Path | None = None, write_clean: Path | None = None, workers: int | None = None,
                  full_decode: bool = False, examples: int = 3, out: TextIO | None = None,
-                 err: TextIO | None = None) -> int:
+                 err: TextIO | None = None, preset: str | None = None) -> int:
     """The command's logic, callable from tests; returns the exit status."""
     out = out or sys.stdout  # looked up at call time: test runners swap the streams
     err = err or sys.stderr
     try:
-        settings, tokenizer = _settings(model, template, max_dynamic_patch, max_seq_length, truncation, full_decode)
+        settings, tokenizer = _settings(model, template, max_dynamic_patch, max_seq_length, truncation, full_decode,
+                                        preset)
     except (ModelFolderError, TemplateError, ValueError) as e:
         err.write(f"error: {e}\n")
         return 2
@@ -174,8 +170,10 @@ def validate(
     model: Annotated[Path | None, typer.Option(help="model folder: template, tiling and tokenizer for token "
                                                      "counts")] = None,
     template: Annotated[str | None, typer.Option(help="conversation template (default: the model's)")] = None,
-    max_dynamic_patch: Annotated[int | None, typer.Option(min=1, help="tile budget per sample "
-                                                                      "(default: the model's, else 12)")] = None,
+    preset: Annotated[str | None, typer.Option(help="check with the tiling this training preset uses on the model "
+                                                    f"({', '.join(PRESETS)})")] = None,
+    max_dynamic_patch: Annotated[int | None, typer.Option(min=1, help="tile budget per sample (default: the "
+                                                                      "preset's, else the model's, else 12)")] = None,
     max_seq_length: Annotated[int | None, typer.Option(min=1, help="longest sample allowed, in tokens")] = None,
     truncation: Annotated[str, typer.Option(help="'error': over-long samples are errors; 'truncate': warnings "
                                                  "when the cut keeps images whole")] = "error",
@@ -187,5 +185,5 @@ def validate(
 ) -> None:
     """Check a dataset before training: JSON schema, roles, <image> tags, image files, tiles and token lengths."""
     code = run_validate(path, root, model, template, max_dynamic_patch, max_seq_length, truncation, report,
-                        write_clean, workers, full_decode, examples)
+                        write_clean, workers, full_decode, examples, preset=preset)
     raise typer.Exit(code)

@@ -20,6 +20,7 @@ from hashlib import blake2b
 from typing import Any
 
 from backend.core.images import DEFAULT_MAX_PIXELS, ImageProblem, check_image, resolve_image
+from backend.core.model_card import DEFAULT_TILING
 from backend.core.report import Stats
 from backend.core.samples import (
     IGNORE_INDEX,
@@ -29,7 +30,7 @@ from backend.core.samples import (
     IMG_START,
     tokenize_sample,
 )
-from backend.core.templates import Template, get_template
+from backend.core.templates import Template
 from backend.core.tiling import max_patches_per_image, plan_tiles
 
 ROLES = ("human", "gpt")
@@ -45,20 +46,27 @@ class CheckConfig:
 
     file: str
     root: str  # resolved
-    template: str | None = None
+    template: Template | None = None  # picklable: a registered template, or a tokenizer's chat template as data
     check_images: bool = True
     full_decode: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_dynamic_patch: int = 12
-    min_dynamic_patch: int = 1
-    use_thumbnail: bool = True
-    dynamic: bool = True
+    max_dynamic_patch: int = DEFAULT_TILING.max_dynamic_patch  # the engine passes the settings' tiling
+    min_dynamic_patch: int = DEFAULT_TILING.min_dynamic_patch
+    use_thumbnail: bool = DEFAULT_TILING.use_thumbnail
+    dynamic: bool = DEFAULT_TILING.dynamic_image_size
     image_size: int = 448
     tokens_per_tile: int = 256
     max_seq_length: int | None = None
     truncation: str = "error"  # or "truncate"
     max_examples: int = 20
     per_sample: bool = False
+    #: where max_dynamic_patch came from (the model, a preset, the dataset...), for the messages
+    tiling_source: str = ""
+
+    @property
+    def tile_budget(self) -> str:
+        """The tile budget in words: "max_dynamic_patch 6, from preset 'demo'"."""
+        return f"max_dynamic_patch {self.max_dynamic_patch}" + (f", {self.tiling_source}" if self.tiling_source else "")
 
 
 class WorkerState:
@@ -250,7 +258,8 @@ def check_length(rec: dict, tiles: list[int], template: Template | None, state: 
     limit = cfg.max_seq_length
     if state.tokenizer is None or template is None:
         if limit and image_tokens > limit:
-            raise LineError("too_long", f"the image tokens alone ({image_tokens}) exceed max_seq_length {limit}")
+            raise LineError("too_long", f"the image tokens alone ({image_tokens}, {sum(tiles)} tiles at "
+                                        f"{cfg.tile_budget}) exceed max_seq_length {limit}")
         return None, image_tokens, None
     try:
         ts = tokenize_sample(rec, template, state.tokenizer, tiles, cfg.tokens_per_tile)
@@ -258,7 +267,8 @@ def check_length(rec: dict, tiles: list[int], template: Template | None, state: 
         raise LineError("tokenize", f"cannot tokenize the sample ({type(e).__name__}: {e})") from None
     total = ts.total_tokens
     if limit and total > limit:
-        what = f"{total} tokens ({ts.text_tokens} text + {ts.image_tokens} image) > max_seq_length {limit}"
+        what = (f"{total} tokens ({ts.text_tokens} text + {ts.image_tokens} image, {sum(tiles)} tiles at "
+                f"{cfg.tile_budget}) > max_seq_length {limit}")
         if cfg.truncation != "truncate":
             raise LineError("too_long", what)
         cut = next((k for k, (a, b) in enumerate(ts.image_spans) if a < limit < b), None)
@@ -329,7 +339,7 @@ def check_chunk(lines: list[bytes], first_line: int, cfg: CheckConfig, state: Wo
     An entry of ``None`` is a line the reader already rejected (too long); it is skipped.
     """
     res = ChunkResult()
-    template = get_template(cfg.template) if cfg.template else None
+    template = cfg.template
     rows: list[str] = []
     for k, raw in enumerate(lines):
         if raw is None:

@@ -3,8 +3,10 @@
 Everything the studio knows about a family lives here and nowhere else: which original
 architecture names it has, which native (transformers) text model it runs as, how its tensors are
 laid out, how its tokenizer behaves, which conversation template it uses by default (and which
-it was trained with), which modules LoRA adapts, and which rope scalings convert faithfully.
-Import, export, template selection, training, LoRA and the memory estimate all read it.
+it was trained with; the templates themselves are registered beside it, in
+:mod:`backend.core.templates`), which modules LoRA adapts, and which rope scalings convert
+faithfully. A model folder is read once into a model card (:mod:`backend.core.model_card`), which
+applies this table; import, export, validation, training, LoRA and the memory estimate read the card.
 
 Adding a family is one :class:`Family` entry plus its tests (docs/models.md). Pure Python.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from backend.core.templates import TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,22 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         examples="InternVL2-40B (Nous-Hermes-2-Yi-34B), InternVL2-Llama3-76B"),
 )}
 
+#: the keys a native text config takes beyond those every language model has, per native type
+#: (the conversion fills them from the original ``llm_config``)
+NATIVE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "llama": ("head_dim", "attention_bias", "mlp_bias"),
+    "qwen2": ("use_sliding_window", "sliding_window", "max_window_layers"),
+    "qwen3": ("head_dim", "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers"),
+    "phi3": ("original_max_position_embeddings", "sliding_window", "resid_pdrop", "embd_pdrop"),
+}
+
+for _f in FAMILIES.values():  # every template a family names is registered, its default among them
+    if _f.native_type not in NATIVE_CONFIG_KEYS:
+        raise RuntimeError(f"family {_f.name}: native type {_f.native_type!r} has no entry in NATIVE_CONFIG_KEYS")
+    if _f.default_template not in _f.templates or not _f.templates <= TEMPLATES.keys():
+        raise RuntimeError(f"family {_f.name}: templates {sorted(_f.templates)} (default {_f.default_template}) "
+                           f"must be registered ones: {sorted(TEMPLATES)}")
+
 VISION_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2")
 BY_ARCHITECTURE = {arch: f for f in FAMILIES.values() for arch in f.architectures}
 
@@ -143,12 +163,3 @@ def family_of_config(config: dict) -> Family | None:
             return BY_ARCHITECTURE[arch]
     model_type = llm.get("model_type")
     return FAMILIES.get(model_type) if model_type in FAMILIES else None
-
-
-def default_template(config: dict) -> str | None:
-    """The config's own ``template``, else its family's default (None when neither is known)."""
-    name = config.get("template")
-    if isinstance(name, str) and name:
-        return name
-    family = family_of_config(config)
-    return family.default_template if family else None

@@ -1,82 +1,21 @@
-"""What dataset validation and the preview need from a model folder: its conversation
-template, its tiling settings and its tokenizer.
+"""Reading a model folder's files: its ``config.json`` and its tokenizer.
 
-The template comes from ``config.json``'s ``template`` field (the original InternVL configs
-and the folders vlstudio writes carry it), else from the language model's family. The
-tokenizer is the folder's ``tokenizer.json`` run through the ``tokenizers`` library directly
-(no torch, no transformers import); folders without one fall back to transformers'
-``AutoTokenizer`` (fast tokenizers only).
+What the folder *is* (template, tiling, geometry, shapes, tokenizer facts) is its model card
+(:mod:`backend.core.model_card`). The tokenizer is the folder's ``tokenizer.json`` run through
+the ``tokenizers`` library directly (no torch, no transformers import); folders without one fall
+back to transformers' ``AutoTokenizer`` (fast tokenizers only).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from backend.core.families import default_template
-from backend.core.templates import TEMPLATES
-from backend.core.tiling import DOWNSAMPLE_RATIO, IMAGE_SIZE, PATCH_SIZE, tokens_per_tile
-
 
 class ModelFolderError(ValueError):
     """The folder is not a usable model folder; the message says what is missing."""
-
-
-def _first_int(value: Any, default: int) -> int:
-    if isinstance(value, list | tuple) and value:
-        value = value[0]
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-
-
-def template_for_config(config: dict) -> str:
-    """The template name of a model config (see the module docstring for the rule)."""
-    name = config.get("template")
-    if isinstance(name, str) and name:
-        if name not in TEMPLATES:
-            raise ModelFolderError(f"config.json names template {name!r}, which vlstudio does not know "
-                                   f"(known: {', '.join(sorted(TEMPLATES))})")
-        return name
-    if config.get("model_type") == "internvl":  # transformers' native InternVL (InternVL2.5/3 -hf)
-        return "internvl2_5"
-    name = default_template(config)
-    if name is None:
-        llm = config.get("llm_config") or config.get("text_config") or {}
-        keys = list(llm.get("architectures") or []) + [llm.get("model_type")]
-        raise ModelFolderError("cannot tell the conversation template from config.json (no 'template' field and "
-                               f"an unknown language model {keys!r}); name the template explicitly")
-    return name
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """The model-side settings that decide how a sample is rendered and how long it is."""
-
-    template: str
-    max_dynamic_patch: int = 12
-    min_dynamic_patch: int = 1
-    use_thumbnail: bool = True
-    dynamic_image_size: bool = True
-    image_size: int = IMAGE_SIZE
-    tokens_per_tile: int = 256
-
-
-def settings_from_config(config: dict) -> ModelSettings:
-    vision = config.get("vision_config") or {}
-    image_size = _first_int(config.get("force_image_size") or vision.get("image_size"), IMAGE_SIZE)
-    patch = _first_int(vision.get("patch_size"), PATCH_SIZE)
-    ratio = config.get("downsample_ratio", DOWNSAMPLE_RATIO)
-    return ModelSettings(
-        template=template_for_config(config),
-        max_dynamic_patch=_first_int(config.get("max_dynamic_patch"), 12),
-        min_dynamic_patch=_first_int(config.get("min_dynamic_patch"), 1),
-        use_thumbnail=bool(config.get("use_thumbnail", True)),
-        dynamic_image_size=bool(config.get("dynamic_image_size", True)),
-        image_size=image_size,
-        tokens_per_tile=tokens_per_tile(image_size, patch, float(ratio)),
-    )
 
 
 def read_config(model_dir: Path) -> dict:
@@ -90,10 +29,6 @@ def read_config(model_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise ModelFolderError(f"{path}: not a JSON object")
     return config
-
-
-def read_model_settings(model_dir: Path) -> ModelSettings:
-    return settings_from_config(read_config(model_dir))
 
 
 class FastTokenizer:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.core.spec import Hyperparameters, spec_problems
+from backend.core.model_card import ModelCard, Tiling, layered_tiling
+from backend.core.spec import Hyperparameters, fill_tiling, spec_problems
 
 # What every script of the seed sets (``internvl_chat/shell/mini_internvl_chat_v1_5/``): bf16 on
 # GPU, 448 px tiles with thumbnail, max 12 tiles, drop path 0.1, grad checkpointing, ZeRO-1,
@@ -44,15 +45,30 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def resolve(preset: str, overrides: dict[str, Any] | None = None) -> Hyperparameters:
-    """Preset values, then the user's overrides, validated together."""
+def resolve(preset: str, overrides: dict[str, Any] | None = None, tiling: Tiling | None = None) -> Hyperparameters:
+    """The model's tiling (``tiling``: its card's; None leaves what the preset does not set empty),
+    then the preset's values, then the user's overrides, validated together."""
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    return Hyperparameters(**{**PRESETS[preset], **(overrides or {})})
+    return Hyperparameters(**fill_tiling({**PRESETS[preset], **(overrides or {})}, tiling))
 
 
-def problems(preset: str, overrides: dict[str, Any] | None = None) -> list[dict[str, str]]:
-    """Every problem of a preset with overrides, at once (empty: it resolves)."""
+def problems(preset: str, overrides: dict[str, Any] | None = None,
+             tiling: Tiling | None = None) -> list[dict[str, str]]:
+    """Every problem of a preset with overrides (over ``tiling``, as :func:`resolve`), at once
+    (empty: it resolves)."""
     if preset not in PRESETS:
         return [{"field": "preset", "message": f"unknown preset {preset!r}; known: {', '.join(PRESETS)}"}]
-    return spec_problems({**PRESETS[preset], **(overrides or {})})
+    return spec_problems(fill_tiling({**PRESETS[preset], **(overrides or {})}, tiling))
+
+
+def check_tiling(card: ModelCard | None, preset: str | None = None, max_dynamic_patch: int | None = None,
+                 model: str | None = None) -> tuple[Tiling, str]:
+    """The tiling a dataset is checked with, as a run of ``preset`` on this model trains with it:
+    the model card's (vlstudio's default with no model), then the preset's tiling, then an explicit
+    ``max_dynamic_patch``; with the source of the tile budget in words (a meta file entry's own
+    ``max_dynamic_patch`` goes over all of them, in the validator, as in training)."""
+    if preset is not None and preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return layered_tiling(card, (f"from preset {preset!r}", PRESETS[preset] if preset else None),
+                          ("as given", {"max_dynamic_patch": max_dynamic_patch}), model=model)

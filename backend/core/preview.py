@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from PIL import Image
 from backend.core.checks import CheckConfig, ChunkResult, LineError, check_text, check_turns, image_list
 from backend.core.images import ImageProblem, check_image, resolve_image
 from backend.core.samples import IGNORE_INDEX, IMAGE_PLACEHOLDER, normalise_conversations, tokenize_sample
-from backend.core.templates import get_template, render
+from backend.core.templates import Template, render
 from backend.core.tiling import TilePlan, max_patches_per_image, plan_tiles
 from backend.core.validation import ValidationSettings
 
@@ -160,10 +159,10 @@ def preview_sample(record: dict, root: Path, *, settings: ValidationSettings, to
     ``settings.template`` must be set. Problems do not raise: they are listed in ``issues``
     and the preview shows whatever can still be computed.
     """
-    if not settings.template:
+    template = settings.template
+    if not isinstance(template, Template):
         raise PreviewError("choose a model or a template to preview a sample")
-    template = get_template(settings.template)
-    cfg = CheckConfig(file="", root="", template=settings.template, max_examples=1000)
+    cfg = CheckConfig(file="", root="", template=template, max_examples=1000)
     res = ChunkResult()
     out: dict[str, Any] = {"id": record.get("id"), "template": template.name, "images": [], "issues": []}
     try:
@@ -187,9 +186,9 @@ def preview_sample(record: dict, root: Path, *, settings: ValidationSettings, to
     rendered = render(convs, template)
     out.update(conversations=convs, text=rendered.text, trained_spans=[list(s) for s in rendered.trained_spans],
                segments=_segments(rendered.text, rendered.trained_spans), tokens=None,
-               settings={k: v for k, v in asdict(settings).items() if k in (
+               settings={k: v for k, v in settings.to_dict().items() if k in (
                    "template", "max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size",
-                   "image_size", "tokens_per_tile", "max_seq_length")})
+                   "image_size", "tokens_per_tile", "max_seq_length", "tiling_source")})
     if tokenizer is not None and all("error" not in im for im in out["images"]):
         ts = tokenize_sample({**record, "image": paths}, template, tokenizer, [im["tiles"] for im in out["images"]],
                              settings.tokens_per_tile, with_offsets=True)

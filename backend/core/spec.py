@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from backend.core.model_card import DEFAULT_TILING, Tiling
 from backend.core.templates import TEMPLATES, TOKENIZER_TEMPLATE
 from backend.core.tiling import DOWNSAMPLE_RATIO, PATCH_SIZE
 
@@ -30,7 +31,8 @@ MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds
 
 
 class Hyperparameters(BaseModel):
-    """What a user may set for a run. Every field has the default of the ``demo`` preset."""
+    """What a user may set for a run. The tiling fields left empty are the model's own: a job
+    records them resolved against the model's card (:meth:`with_tiling`)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -63,10 +65,15 @@ class Hyperparameters(BaseModel):
     # --- data
     max_seq_length: int = Field(4096, ge=64, le=MAX_SEQ_LENGTH, description="longer samples are truncated (dropped and counted "
                                 "when the cut would fall inside an image)")
-    max_dynamic_patch: int = Field(6, ge=1, le=40, description="most tiles per image (shared by multi-image samples)")
-    min_dynamic_patch: int = Field(1, ge=1, le=40, description="fewest tiles per image")
-    use_thumbnail: bool = Field(True, description="add a whole-image thumbnail tile when an image has several tiles")
-    dynamic_image_size: bool = Field(True, description="dynamic tiling; off: every image is one tile")
+    # tiling: empty takes the model's own (its model card, backend.core.model_card); a job records
+    # the resolved values
+    max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="most tiles per image (shared by "
+                                          "multi-image samples; empty: the model's)")
+    min_dynamic_patch: int | None = Field(None, ge=1, le=40, description="fewest tiles per image (empty: the model's)")
+    use_thumbnail: bool | None = Field(None, description="add a whole-image thumbnail tile when an image has several "
+                                       "tiles (empty: the model's)")
+    dynamic_image_size: bool | None = Field(None, description="dynamic tiling; off: every image is one tile (empty: "
+                                            "the model's)")
     force_image_size: int | None = Field(
         None, ge=28, le=1792, description="tile size in pixels (empty: the model's, 448); other sizes interpolate "
         "the vision position embeddings")
@@ -147,12 +154,36 @@ class Hyperparameters(BaseModel):
     def uses_lora(self) -> bool:
         return bool(self.use_backbone_lora or self.use_llm_lora)
 
+    @property
+    def tiling(self) -> Tiling:
+        """The run's tiling (what is left empty: :data:`DEFAULT_TILING`'s; resolve against the model's
+        card first with :meth:`with_tiling`)."""
+        return DEFAULT_TILING.updated(self)
+
+    @property
+    def tiling_resolved(self) -> bool:
+        return all(getattr(self, k) is not None for k in Tiling.KEYS)
+
+    def with_tiling(self, base: Tiling) -> Hyperparameters:
+        """The empty tiling fields filled from ``base`` (a model card's tiling), checked again."""
+        if self.tiling_resolved:
+            return self
+        return Hyperparameters(**fill_tiling(self.model_dump(), base))
+
     def derived(self) -> dict[str, Any]:
         """The numbers the UI and API show next to the settings."""
         return {"world_size": self.world_size, "gradient_accumulation_steps": self.gradient_accumulation_steps,
                 "effective_global_batch_size": self.effective_global_batch_size,
                 "precision": "bf16" if self.gpus else "fp32",
                 "tokens_per_tile": tokens_per_tile_for(self.force_image_size)}
+
+
+def fill_tiling(values: dict[str, Any], base: Tiling | None) -> dict[str, Any]:
+    """``values`` (hyperparameters as a dict) with the tiling keys they leave empty taken from
+    ``base`` (the model card's tiling; None: left empty)."""
+    if base is None:
+        return dict(values)
+    return {**values, **{k: v for k, v in base.to_dict().items() if values.get(k) is None}}
 
 
 def tokens_per_tile_for(force_image_size: int | None) -> int:
@@ -163,7 +194,8 @@ def tokens_per_tile_for(force_image_size: int | None) -> int:
 def combination_problems(h: Hyperparameters) -> list[tuple[str, str]]:
     """Every invalid combination of ``h`` as (field, message); empty when it is consistent."""
     p: list[tuple[str, str]] = []
-    if h.min_dynamic_patch > h.max_dynamic_patch:
+    t = h.tiling  # the tile-budget checks wait for a known max_dynamic_patch (the model's, at submission)
+    if h.min_dynamic_patch is not None and h.max_dynamic_patch is not None and h.min_dynamic_patch > h.max_dynamic_patch:
         p.append(("min_dynamic_patch", "min_dynamic_patch must not exceed max_dynamic_patch"))
     if h.max_steps == 0 or h.max_steps < -1:
         p.append(("max_steps", "max_steps must be positive, or -1 to train by epochs"))
@@ -186,10 +218,9 @@ def combination_problems(h: Hyperparameters) -> list[tuple[str, str]]:
                   "(14 px patches, pixel shuffle 0.5)"))
     if h.vision_select_layer == 0:
         p.append(("vision_select_layer", "vision_select_layer 0 is the patch embedding, not a ViT layer"))
-    tiles = h.max_dynamic_patch + (1 if h.use_thumbnail and h.max_dynamic_patch > 1 else 0)
-    image_tokens = tiles * tokens_per_tile_for(h.force_image_size) + 2
-    if h.dynamic_image_size and image_tokens >= h.max_seq_length:
-        p.append(("max_seq_length", f"one image at max_dynamic_patch {h.max_dynamic_patch} takes {image_tokens} "
+    image_tokens = t.tiles_per_image * tokens_per_tile_for(h.force_image_size) + 2
+    if h.max_dynamic_patch is not None and t.dynamic_image_size and image_tokens >= h.max_seq_length:
+        p.append(("max_seq_length", f"one image at max_dynamic_patch {t.max_dynamic_patch} takes {image_tokens} "
                   f"tokens, not less than max_seq_length {h.max_seq_length}: such samples would all be dropped"))
     if h.template is not None and h.template not in TEMPLATES and h.template != TOKENIZER_TEMPLATE:
         p.append(("template", f"unknown template {h.template!r}; known: "
@@ -231,10 +262,11 @@ def _speed_options(h: Hyperparameters, p: list[tuple[str, str]]) -> None:
                   "ZeRO-3 partitions: use zero_stage 1 or 2"))
     if h.max_tiles_per_pack is not None and not h.packing:
         p.append(("max_tiles_per_pack", "max_tiles_per_pack only applies with packing"))
-    one_image = h.max_dynamic_patch + (1 if h.use_thumbnail and h.max_dynamic_patch > 1 else 0)
-    if h.packing and h.max_tiles_per_pack is not None and h.max_tiles_per_pack < one_image:
-        p.append(("max_tiles_per_pack", f"max_tiles_per_pack {h.max_tiles_per_pack} is less than the {one_image} "
-                  f"tiles of one image at max_dynamic_patch {h.max_dynamic_patch}"))
+    t = h.tiling  # checked once the tile budget is known (the model's, filled in at submission)
+    if (h.packing and h.max_tiles_per_pack is not None and h.max_dynamic_patch is not None
+            and h.max_tiles_per_pack < t.tiles_per_image):
+        p.append(("max_tiles_per_pack", f"max_tiles_per_pack {h.max_tiles_per_pack} is less than the "
+                  f"{t.tiles_per_image} tiles of one image at max_dynamic_patch {t.max_dynamic_patch}"))
 
 
 def max_tiles_per_pack(h: Hyperparameters, tokens_per_tile: int | None = None) -> int:

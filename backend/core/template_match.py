@@ -4,37 +4,30 @@ The reference trains a model whose ``conv_style`` does not match its tokenizer o
 that are all masked: zero loss, a "successful" run, and a model that learnt nothing. Here a
 mismatch is an error, found from three independent signals:
 
-1. the model's config: its ``template`` field (original InternVL configs and the folders
-   vlstudio writes), else the templates its language-model family was released with
-   (:mod:`backend.core.families`);
+1. the model's card (:mod:`backend.core.model_card`): its config's ``template`` field (original
+   InternVL configs and the folders vlstudio writes), else the templates its language-model
+   family was released with (:mod:`backend.core.families`);
 2. the vocabulary: every special marker of the template (``<|im_start|>``, ``<|end|>``...)
    must be one token, or the model sees a format it was never trained on;
 3. the tokenizer's own chat template, when it has one, must use the same markers.
 
-Pure Python: the tokenizer is passed as two small callables.
+Which template a model uses when none is named is the card's business, not this module's.
+Pure Python: the vocabulary is passed as a small callable.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from backend.core.families import default_template as family_default_template
-from backend.core.families import family_of_config
+from backend.core.families import FAMILIES
 from backend.core.templates import TEMPLATES, TOKENIZER_TEMPLATE, Template
 
+if TYPE_CHECKING:
+    from backend.core.model_card import ModelCard
+
 _MARKER = re.compile(r"<\|[^|<>]+\|>|<s>")
-
-
-def default_template(config: dict, has_chat_template: bool) -> str | None:
-    """The template a model trains with when the user names none: its config's, else (a native
-    -hf folder) its tokenizer's own chat template, else its family's default."""
-    name = config.get("template")
-    if isinstance(name, str) and name:
-        return name
-    if config.get("model_type") == "internvl" and has_chat_template:
-        return TOKENIZER_TEMPLATE
-    return family_default_template(config)
 
 
 def markers(template: Template) -> list[str]:
@@ -44,13 +37,12 @@ def markers(template: Template) -> list[str]:
     return list(dict.fromkeys(_MARKER.findall(text)))
 
 
-def template_problems(name: str, config: dict, token_id: Callable[[str], int | None],
-                      chat_template: str | None) -> list[str]:
-    """Every reason why template ``name`` does not fit the model; empty when it fits.
+def template_problems(name: str, card: ModelCard, token_id: Callable[[str], int | None]) -> list[str]:
+    """Every reason why template ``name`` does not fit the model of ``card``; empty when it fits.
 
-    ``token_id(tok)`` is the id of a single vocabulary token, None when it is not one;
-    ``chat_template`` is the tokenizer's Jinja chat template, if it has one.
+    ``token_id(tok)`` is the id of a single vocabulary token, None when it is not one.
     """
+    chat_template = card.tokenizer.chat_template
     if name == TOKENIZER_TEMPLATE:
         return [] if chat_template else ["template 'tokenizer' needs a tokenizer with a chat template; "
                                          "this model's tokenizer has none"]
@@ -58,8 +50,8 @@ def template_problems(name: str, config: dict, token_id: Callable[[str], int | N
         return [f"unknown template {name!r}; known: {', '.join([*sorted(TEMPLATES), TOKENIZER_TEMPLATE])}"]
     template = TEMPLATES[name]
     problems: list[str] = []
-    declared = config.get("template")
-    family = family_of_config(config)
+    declared = card.declared_template
+    family = FAMILIES.get(card.family or "")
     if isinstance(declared, str) and declared and declared != name:
         problems.append(f"template {name!r} does not match the model: its config.json declares {declared!r}")
     elif not declared and family and name not in family.templates:

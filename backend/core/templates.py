@@ -1,14 +1,24 @@
 """Conversation templates of the InternVL series, as data, and the renderer that marks
 which characters are trained (the assistant replies and the separator that ends each).
 
-Pure Python: the token-level label mask is derived from these character spans with the
+Templates are registered (:func:`register_template`, as ms-swift's ``register_template``) beside
+the family table (:mod:`backend.core.families`), which names the ones each language model was
+released with. Which template a given model uses is decided by its model card
+(:mod:`backend.core.model_card`) and nowhere else. A model whose tokenizer brings its own Jinja
+chat template (the transformers ``-hf`` checkpoints) renders with it: :func:`tokenizer_template`,
+through transformers' own Jinja renderer (the one ``apply_chat_template`` runs), the same object
+in validation, the preview, training and generation.
+
+No torch: the token-level label mask is derived from these character spans with the
 tokenizer's offsets (see :mod:`backend.core.samples`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 INTERNVL_SYSTEM_MESSAGE = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
@@ -21,8 +31,10 @@ INTERNVL2_5_SYSTEM_MESSAGE = (
 
 
 #: pseudo template name: render with the tokenizer's own chat template (transformers ``-hf``
-#: checkpoints); the training program builds it with :func:`chat_template_renderer`
+#: checkpoints); the model card builds it with :func:`tokenizer_template`
 TOKENIZER_TEMPLATE = "tokenizer"
+#: what an image becomes in a list-content message of a chat template (InternVLProcessor expands it)
+IMAGE_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
 
 class TemplateError(ValueError):
@@ -46,16 +58,33 @@ class Template:
     untrained_last_token: bool = False
     #: a BOS token id first exactly when the tokenizer adds one by itself (internvl2_5 on InternLM2)
     bos_from_tokenizer: bool = False
-    #: a replacement for :func:`render` (the tokenizer's chat template); None: the fields above
+    #: a replacement for :func:`render` (any ``apply`` function, :func:`chat_template_template`);
+    #: None: the fields above, or ``chat_template``
     renderer: Callable[..., Rendered] | None = field(default=None, compare=False, repr=False)
+    #: the tokenizer's own Jinja chat template (the ``tokenizer`` template): rendered by transformers'
+    #: Jinja renderer with ``special_tokens`` (``bos_token``, ``eos_token``...) as its variables.
+    #: Plain data, so the template pickles into validation workers and keys caches.
+    chat_template: str | None = field(default=None, repr=False)
+    special_tokens: tuple[tuple[str, str], ...] = ()
 
     @property
     def stop_strings(self) -> list[str]:
         return [self.sep.strip()]
 
 
-TEMPLATES: dict[str, Template] = {
-    "internlm2-chat": Template(
+TEMPLATES: dict[str, Template] = {}
+
+
+def register_template(template: Template) -> Template:
+    """Add a conversation template to the registry (a family names it in its ``templates``)."""
+    if template.name == TOKENIZER_TEMPLATE or template.name in TEMPLATES:
+        raise ValueError(f"template {template.name!r} is already registered")
+    TEMPLATES[template.name] = template
+    return template
+
+
+for _t in (
+    Template(
         name="internlm2-chat",
         system_template="<|im_start|>system\n{system_message}",
         user_role="<|im_start|>user\n",
@@ -64,7 +93,7 @@ TEMPLATES: dict[str, Template] = {
         bos="<s>",
         strip=True,
     ),
-    "Hermes-2": Template(
+    Template(
         name="Hermes-2",
         system_template="<|im_start|>system\n{system_message}",
         user_role="<|im_start|>user\n",
@@ -72,7 +101,7 @@ TEMPLATES: dict[str, Template] = {
         sep="<|im_end|>",
         bos=None,
     ),
-    "internvl2_5": Template(
+    Template(
         name="internvl2_5",
         system_template="<|im_start|>system\n{system_message}",
         user_role="<|im_start|>user\n",
@@ -83,7 +112,7 @@ TEMPLATES: dict[str, Template] = {
         untrained_last_token=True,
         bos_from_tokenizer=True,
     ),
-    "phi3-chat": Template(
+    Template(
         name="phi3-chat",
         system_template="<|system|>\n{system_message}",
         user_role="<|user|>\n",
@@ -95,7 +124,8 @@ TEMPLATES: dict[str, Template] = {
         bos=None,
         bos_from_tokenizer=True,
     ),
-}
+):
+    register_template(_t)
 
 
 def get_template(name: str) -> Template:
@@ -123,6 +153,9 @@ def render(conversations: list[dict], template: Template, *, system_message: str
     if template.renderer is not None:
         return template.renderer(conversations, system_message=system_message,
                                  add_generation_prompt=add_generation_prompt)
+    if template.chat_template is not None:
+        return chat_template_renderer(jinja_apply(template.chat_template, template.special_tokens))(
+            conversations, system_message=system_message, add_generation_prompt=add_generation_prompt)
     turns = list(conversations)
     if turns and turns[0].get("from") == "system":
         if not template.supports_system:
@@ -213,28 +246,69 @@ def chat_template_renderer(apply: ApplyChatTemplate) -> Callable[..., Rendered]:
 
 
 def chat_template_template(apply: ApplyChatTemplate, stop: str) -> Template:
-    """The ``tokenizer`` pseudo-template: rendering by ``apply``, generation stopping at ``stop``."""
+    """A template rendered by any ``apply`` function (tests hand in ``tokenizer.apply_chat_template``);
+    generation stops at ``stop``. The studio's own ``tokenizer`` template is :func:`tokenizer_template`."""
     return Template(name=TOKENIZER_TEMPLATE, system_template="{system_message}", user_role="", assistant_role="",
                     sep=stop, bos=None, renderer=chat_template_renderer(apply))
 
 
-def _jinja_str(s: str) -> str:
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+def tokenizer_template(chat_template: str, special_tokens: dict[str, str] | tuple = (), stop: str = "") -> Template:
+    """The ``tokenizer`` template: the tokenizer's own Jinja ``chat_template`` with its special
+    tokens (``bos_token``, ``eos_token``... as ``tokenizer.special_tokens_map`` has them), stopping
+    at ``stop`` (its EOS token). Renders exactly as ``tokenizer.apply_chat_template``."""
+    items = tuple(sorted(special_tokens.items() if isinstance(special_tokens, dict) else special_tokens))
+    return Template(name=TOKENIZER_TEMPLATE, system_template="{system_message}", user_role="", assistant_role="",
+                    sep=stop, bos=None, chat_template=chat_template, special_tokens=items)
 
 
-def to_jinja(template: Template) -> str:
+@lru_cache(maxsize=16)
+def jinja_apply(chat_template: str, special_tokens: tuple[tuple[str, str], ...] = ()) -> ApplyChatTemplate:
+    """``apply(messages, add_generation_prompt) -> text`` by transformers' Jinja renderer, the one
+    ``apply_chat_template`` runs (its sandbox, filters and globals), with the special tokens as
+    variables (imported on first use: transformers' template module needs no torch)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    variables = dict(special_tokens)
+
+    def apply(messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            rendered, _ = render_jinja_template(conversations=[messages], chat_template=chat_template,
+                                                add_generation_prompt=add_generation_prompt, **variables)
+        except Exception as e:  # jinja2's TemplateError, or a template that raises by itself
+            raise TemplateError(f"the tokenizer's chat template cannot render this conversation: {e}") from None
+        return rendered[0]
+
+    return apply
+
+
+def to_jinja(t: Template) -> str:
     """A Hugging Face chat template (Jinja) that renders exactly like :func:`render`, saved with
-    the final model so ``tokenizer.apply_chat_template`` reproduces the training format."""
-    sys_prefix, sys_suffix = template.system_template.split("{system_message}")
-    sep, user, assistant = (_jinja_str(x) for x in (template.sep, template.user_role, template.assistant_role))
-    trim = " | trim" if template.strip else ""  # Jinja's trim is Python's str.strip()
+    a model's tokenizer (the converted checkpoints, the demo model, a fine-tune whose tokenizer had
+    none) so ``tokenizer.apply_chat_template`` reproduces the training format.
+
+    String contents go through as they are (vlstudio's ``<image>`` placeholders included); list
+    contents (the transformers multimodal form) render images as ``<IMG_CONTEXT>`` + newline, which is
+    what ``InternVLProcessor`` expands.
+    """
+    sys_prefix, sys_suffix = t.system_template.split("{system_message}")
+    q = json.dumps
+    trim = " | trim" if t.strip else ""  # the reference strips every message (internlm2-chat)
     return (
-        ("{{ bos_token }}" if template.bos else "")
-        + "{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
-        "{% set msgs = messages[1:] %}{% else %}{% set sys = " + _jinja_str(template.system_message)
-        + " %}{% set msgs = messages %}{% endif %}"
-        "{{ " + _jinja_str(sys_prefix) + " + sys + " + _jinja_str(sys_suffix) + " + " + sep + " }}"
-        "{% for m in msgs %}{% if m['role'] == 'user' %}{{ " + user + " + m['content']" + trim + " + " + sep + " }}"
-        "{% else %}{{ " + assistant + " + m['content']" + trim + " + " + sep + " }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ " + assistant + " }}{% endif %}"
+        "{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
+        "{%- for part in content -%}{%- if part['type'] == 'image' -%}{{ " + q(IMAGE_CONTEXT_TOKEN + "\n") + " }}"
+        "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- set system_message = render(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
+        "{%- else -%}{%- set system_message = " + q(t.system_message, ensure_ascii=False) + " -%}"
+        "{%- set loop_messages = messages -%}{%- endif -%}"
+        + ("{{ " + q(t.bos) + " }}" if t.bos else "")
+        + "{{ " + q(sys_prefix) + " + system_message + " + q(sys_suffix + t.sep) + " }}"
+        "{%- for message in loop_messages -%}"
+        "{%- if message['role'] == 'user' -%}{{ " + q(t.user_role) + " + render(message['content'])" + trim + " + "
+        + q(t.sep) + " }}{%- elif message['role'] == 'assistant' -%}{{ " + q(t.assistant_role)
+        + " + render(message['content'])" + trim + " + " + q(t.sep) + " }}"
+        "{%- else -%}{{ raise_exception('roles must be system (first), user or assistant') }}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ " + q(t.assistant_role) + " }}{%- endif -%}"
     )

@@ -9,7 +9,7 @@ problem is reported with its file, line number, sample id and a one-line reason.
 Typical use::
 
     report = validate_annotation(Path("train.jsonl"), Path("images_root"),
-                                 settings=ValidationSettings(template="internlm2-chat", max_seq_length=4096),
+                                 settings=settings_for(read_card(model_dir), max_seq_length=4096),
                                  tokenizer=load_tokenizer(model_dir), progress=cb, cancel=event)
 """
 
@@ -24,7 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -40,12 +40,13 @@ from backend.core.checks import (
 )
 from backend.core.dedup import DuplicateFinder
 from backend.core.images import DEFAULT_MAX_PIXELS, ImageProblem, resolve_image
+from backend.core.model_card import DEFAULT_TILING, ModelCard, Tiling
 from backend.core.report import BundleReport, Issue, Report, Severity, Stats
 from backend.core.samples import SampleError
-from backend.core.templates import get_template
+from backend.core.templates import Template, get_template
 
 __all__ = ["BundleReport", "Issue", "Report", "Severity", "Stats", "ValidationCancelled", "ValidationFailed",
-           "ValidationSettings", "Validator", "drop_bad_lines", "resolve_inside", "validate_annotation"]
+           "ValidationSettings", "Validator", "drop_bad_lines", "resolve_inside", "settings_for", "validate_annotation"]
 
 ProgressFn = Callable[[int, int], None]
 #: below this size a file is checked in-process: starting worker processes costs more
@@ -64,20 +65,25 @@ class ValidationFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    """The model and training settings a dataset is checked against.
+    """The model and training settings a dataset is checked against; built from the model's
+    card by :func:`settings_for` (the defaults are :data:`DEFAULT_TILING`'s, for no model).
 
-    ``template`` None skips token counting (there is no tokenizer without a model);
+    ``template`` (a registered name, or the card's :class:`Template`, which may be the tokenizer's
+    own chat template) None skips token counting (there is no tokenizer without a model);
+    ``tiling_source`` says where ``max_dynamic_patch`` came from, in messages;
     ``max_seq_length`` None skips the length rule; ``truncation="truncate"`` turns an
-    over-long sample into a warning when cutting it keeps every image span whole.
+    over-long sample into a warning when cutting it keeps every image span whole. Hashable:
+    with the tokenizer, it is everything a line's result depends on.
     """
 
-    template: str | None = None
-    max_dynamic_patch: int = 12
-    min_dynamic_patch: int = 1
-    use_thumbnail: bool = True
-    dynamic_image_size: bool = True
+    template: Template | str | None = None
+    max_dynamic_patch: int = DEFAULT_TILING.max_dynamic_patch
+    min_dynamic_patch: int = DEFAULT_TILING.min_dynamic_patch
+    use_thumbnail: bool = DEFAULT_TILING.use_thumbnail
+    dynamic_image_size: bool = DEFAULT_TILING.dynamic_image_size
     image_size: int = 448
     tokens_per_tile: int = 256
+    tiling_source: str = ""
     max_seq_length: int | None = None
     truncation: Literal["error", "truncate"] = "error"
     check_images: bool = True
@@ -87,12 +93,40 @@ class ValidationSettings:
     max_examples: int = 20
 
     def __post_init__(self) -> None:
-        if self.template is not None:
-            get_template(self.template)  # raises TemplateError for an unknown name
+        if isinstance(self.template, str):
+            object.__setattr__(self, "template", get_template(self.template))  # TemplateError for an unknown name
         if self.truncation not in ("error", "truncate"):
             raise ValueError(f"truncation must be 'error' or 'truncate', not {self.truncation!r}")
         if self.max_dynamic_patch < 1 or self.min_dynamic_patch < 1:
             raise ValueError("max_dynamic_patch and min_dynamic_patch must be at least 1")
+
+
+    @property
+    def template_name(self) -> str | None:
+        return self.template.name if isinstance(self.template, Template) else None
+
+    @property
+    def tiling(self) -> Tiling:
+        return Tiling(self.max_dynamic_patch, self.min_dynamic_patch, self.use_thumbnail, self.dynamic_image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (the template by name), for reports and the preview."""
+        return {f.name: (self.template_name if f.name == "template" else getattr(self, f.name)) for f in fields(self)}
+
+
+def settings_for(card: ModelCard | None, *, template: str | None = None, tiling: Tiling | None = None,
+                 tiling_source: str | None = None, **more: Any) -> ValidationSettings:
+    """The settings a dataset is checked against for the model of ``card`` (None: no model, no
+    template): its template (or ``template`` by name), its tile geometry, and ``tiling`` (its own
+    when not given; see :func:`backend.core.model_card.layered_tiling`); ``more``: the other fields."""
+    if card is None:
+        t = tiling or DEFAULT_TILING
+        chosen = get_template(template) if template else None
+        return ValidationSettings(template=chosen, **t.to_dict(), tiling_source=tiling_source or "", **more)
+    t = tiling or card.tiling
+    return ValidationSettings(template=card.conversation_template(template), **t.to_dict(),
+                              image_size=card.image_size, tokens_per_tile=card.tokens_per_tile,
+                              tiling_source=tiling_source or "", **more)
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
@@ -236,11 +270,11 @@ class Validator:
         annotation = Path(annotation)
         root = Path(root) if root is not None else annotation.parent
         s = self.settings
-        if max_dynamic_patch is not None:
-            s = replace(s, max_dynamic_patch=max_dynamic_patch)
+        if max_dynamic_patch is not None:  # the dataset's own, as training takes it (over the job's)
+            s = replace(s, max_dynamic_patch=max_dynamic_patch, tiling_source="the dataset's own, in the meta file")
         fname = name or annotation.name
         report = Report(annotation=fname, root=str(root), max_examples=s.max_examples,
-                        settings={**asdict(s), "tokenizer": self.tokenizer is not None})
+                        settings={**s.to_dict(), "tokenizer": self.tokenizer is not None})
         if not annotation.is_file():
             why = "is a directory" if annotation.is_dir() else "not found"
             report.add(Issue("error", "file", fname, 0, None, f"annotation file {why}"))
@@ -253,7 +287,7 @@ class Validator:
             max_dynamic_patch=s.max_dynamic_patch, min_dynamic_patch=s.min_dynamic_patch,
             use_thumbnail=s.use_thumbnail, dynamic=s.dynamic_image_size, image_size=s.image_size,
             tokens_per_tile=s.tokens_per_tile, max_seq_length=s.max_seq_length, truncation=s.truncation,
-            max_examples=s.max_examples, per_sample=per_sample_out is not None)
+            max_examples=s.max_examples, per_sample=per_sample_out is not None, tiling_source=s.tiling_source)
         if s.template and self.tokenizer is None:
             report.add(Issue("info", "no_tokenizer", fname, 0, None,
                              "no tokenizer given: text token counts and max_seq_length are not checked"))

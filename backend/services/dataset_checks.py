@@ -17,14 +17,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from backend.core.model_folder import (
-    ModelFolderError,
-    load_tokenizer,
-    read_model_settings,
-    require_image_tokens,
-)
+from backend.core.model_folder import ModelFolderError, load_tokenizer, require_image_tokens
+from backend.core.presets import check_tiling
 from backend.core.templates import TemplateError
-from backend.core.validation import ValidationSettings
+from backend.core.validation import ValidationSettings, settings_for
 from backend.db.models import Dataset, User
 from backend.services import models as model_svc
 from backend.services.errors import InvalidInput
@@ -46,35 +42,36 @@ class Checks:
 
 
 def checks_for(session: Session, model_id: int | None, user: User | None, *, max_dynamic_patch: int | None = None,
-               max_seq_length: int | None = None, truncation: str = "error") -> Checks:
-    """The engine's settings for ``model_id``: its folder's template, tiling and tokenizer.
+               max_seq_length: int | None = None, truncation: str = "error", preset: str | None = None) -> Checks:
+    """The engine's settings for ``model_id``: its model card's template, tile geometry and
+    tiling, the tiling ``preset`` trains with over it, then ``max_dynamic_patch``; and its tokenizer.
+    The settings say where the tile budget came from (the messages name it). Without a model:
+    no template, vlstudio's default tiling (with the preset's and ``max_dynamic_patch`` over it).
 
-    A model whose folder is not built yet (the demo model is built lazily by the worker) or
-    has no tokenizer gets its registered template and no token counts, with an info note."""
-    base: dict[str, Any] = {}
-    tokenizer = None
+    A model whose folder has no usable tokenizer (the demo model before the worker has built it)
+    is checked with its card and no token counts, with an info note."""
+    card = tokenizer = label = None
     notes: list[dict] = []
     if model_id is not None:
         m = model_svc.get_model(session, model_id, user)
-        folder = Path(m.path)
+        label, folder = m.name, Path(m.path)
         try:
-            ms = read_model_settings(folder)
-            base = {"template": ms.template, "max_dynamic_patch": ms.max_dynamic_patch,
-                    "min_dynamic_patch": ms.min_dynamic_patch, "use_thumbnail": ms.use_thumbnail,
-                    "dynamic_image_size": ms.dynamic_image_size, "image_size": ms.image_size,
-                    "tokens_per_tile": ms.tokens_per_tile}
+            card = model_svc.card_of(m)
             tokenizer = _tokenizer(str(folder), _mtime(folder))
         except (ModelFolderError, OSError) as e:
-            base.setdefault("template", m.template)
             tokenizer = None
             notes.append({"severity": "info", "code": "no_tokenizer", "file": str(folder), "line": 0,
                           "sample_id": None, "message": f"model {m.name!r}: no usable tokenizer ({e}); "
                                                        "text tokens and max_seq_length not checked"})
-    if max_dynamic_patch is not None:
-        base["max_dynamic_patch"] = max_dynamic_patch
+            if card is None:
+                raise InvalidInput(f"model {m.name!r}: {e}") from None
     try:
-        settings = ValidationSettings(**base, max_seq_length=max_seq_length, truncation=truncation)  # type: ignore[arg-type]
-    except (TemplateError, ValueError) as e:
+        tiling, source = check_tiling(card, preset, max_dynamic_patch, model=label)
+        settings = settings_for(card, tiling=tiling, tiling_source=source, max_seq_length=max_seq_length,
+                                truncation=truncation)  # type: ignore[arg-type]
+    except KeyError as e:
+        raise InvalidInput(str(e.args[0]), [{"field": "preset", "message": str(e.args[0])}]) from None
+    except (TemplateError, ModelFolderError, ValueError) as e:
         raise InvalidInput(str(e)) from None
     return Checks(settings, tokenizer, notes)
 

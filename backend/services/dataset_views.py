@@ -67,14 +67,14 @@ def _default_model(session: Session) -> int | None:
 
 def sample(session: Session, dataset_id: int, line: int, user: User | None, model_id: int | None = None,
            max_dynamic_patch: int | None = None, max_seq_length: int | None = None,
-           tiles: bool = False) -> dict[str, Any]:
+           tiles: bool = False, preset: str | None = None) -> dict[str, Any]:
     """``preview_sample`` of line ``line`` (1-based) with the model's template and tokenizer;
     images get a ``url`` (``/api/datasets/{id}/files/...``) and, with ``tiles``, the tiles as
     small base64 JPEGs."""
     ds = get_dataset(session, dataset_id, user, ready=True)
     model_id = model_id if model_id is not None else _default_model(session)
     checks = dataset_checks.checks_for(session, model_id, user, max_dynamic_patch=max_dynamic_patch,
-                                       max_seq_length=max_seq_length)
+                                       max_seq_length=max_seq_length, preset=preset)
     if checks.settings.template is None:
         raise InvalidInput("choose a model (model_id) to preview a sample")
     try:

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 
 from backend.core import checkpoints
 from backend.core.eval_metrics import METRICS
+from backend.core.model_card import read_card
+from backend.core.model_folder import ModelFolderError
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import (
     Dataset,
@@ -86,9 +88,18 @@ def model_location(session: Session, ref: dict[str, Any]) -> tuple[Path, str, bo
     if job is None or not job.run_dir:
         raise NotFound(f"job {ref['job_id']} has no run folder")
     base = session.get(Model, job.model_id)
-    template = (job.hyper or {}).get("template") or (base.template if base else "internlm2-chat")
     run = Path(job.run_dir)
     folder = run / "final" if ref["checkpoint"] == "final" else run / "checkpoints" / ref["checkpoint"]
+    # the run's template: as the job named it, else its base model's; the trained folder's own card
+    # (the run stamps it) when the base model is gone
+    template = (job.hyper or {}).get("template") or (base.template if base else None)
+    if template is None:
+        try:
+            template = read_card(folder).template
+        except ModelFolderError as e:
+            raise NotFound(f"job {job.id}: cannot read the trained model's card ({e})") from None
+    if template is None:
+        raise NotFound(f"job {job.id}: the trained model names no conversation template")
     return folder, template, False
 
 

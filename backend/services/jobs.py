@@ -17,13 +17,15 @@ from sqlalchemy.orm import Session
 
 from backend.core import checkpoints, presets, run_outcome
 from backend.core.mixture import MixtureDataset, MixtureSpec, with_trained
+from backend.core.model_card import Tiling
+from backend.core.model_folder import ModelFolderError
 from backend.core.spec import Hyperparameters
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus, User
 from backend.services import memory, scheduling
 from backend.services import meta as meta_svc
 from backend.services.errors import Abandoned, Conflict, InvalidInput, NotFound
-from backend.services.models import get_model
+from backend.services.models import card_of, get_model
 from backend.services.users import visible_to
 from backend.settings import get_settings
 
@@ -51,24 +53,36 @@ def _resolve(session: Session, user: User | None, data: MixtureSpec, model_id: i
     problems: list[dict[str, Any]] = []
     hyper = model = mixture = None
     try:
-        hyper = presets.resolve(preset, overrides)
+        model = get_model(session, model_id, user)
+    except NotFound as e:
+        problems.append({"field": "model_id", "message": e.message})
+    tiling = model_tiling(model)  # what the preset leaves to the model: its card's tiling
+    try:
+        hyper = presets.resolve(preset, overrides, tiling)
     except KeyError as e:
         problems.append({"field": "preset", "message": str(e.args[0])})
     except ValidationError:
-        problems += presets.problems(preset, overrides)  # field and combination problems together
+        problems += presets.problems(preset, overrides, tiling)  # field and combination problems together
     try:  # registered datasets must be ready (not validating, failed or cancelled)
         mixture = meta_svc.resolve_mixture(session, user, data, get_settings().data_roots)
     except InvalidInput as e:
         problems += e.details
-    try:
-        model = get_model(session, model_id, user)
-    except NotFound as e:
-        problems.append({"field": "model_id", "message": e.message})
     if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
         problems.append({"field": "priority", "message": f"must be within {PRIORITY_RANGE}"})
     elif priority > 0 and user is not None and not user.is_admin:
         problems.append({"field": "priority", "message": "only admins can raise a job's priority above 0"})
     return hyper, problems, model, mixture  # type: ignore[return-value]
+
+
+def model_tiling(model: Any) -> Tiling | None:
+    """A registered model's own tiling, from its card; None when its folder cannot be read now
+    (the run then takes it from the card when it starts)."""
+    if model is None:
+        return None
+    try:
+        return card_of(model).tiling
+    except (ModelFolderError, OSError):
+        return None
 
 
 def mixture_of(dataset_id: int | None, mixture: MixtureSpec | dict | None) -> MixtureSpec:

@@ -11,12 +11,11 @@ the job's data-parallel GPUs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.core.model_shapes import shapes_from_config
+from backend.core.model_card import read_card
 
 GIB = 2**30
 # Bytes autograd keeps per token, per hidden unit, per layer in bf16 with SDPA (no s^2 term), as
@@ -57,16 +56,17 @@ TEXT_TOKENS = 512  # a typical question + answer; the sequence is capped at max_
 
 def arch_for(info: dict[str, Any], path: str | None = None) -> Arch | None:
     """The architecture of a registered model: the shapes its import recorded (``info["shapes"]``),
-    else those of the ``config.json`` in its folder, else an explicit ``info["arch"]``; None when
+    else those of its folder's model card, else an explicit ``info["arch"]``; None when
     none is known. The model's name plays no part: a renamed model keeps its estimate."""
     if isinstance(info.get("shapes"), dict) and info["shapes"]:
         return Arch.from_shapes(info["shapes"])
-    config = Path(path or "") / "config.json"
-    if path and config.is_file():
+    if path and (Path(path) / "config.json").is_file():
         try:
-            return Arch.from_shapes(shapes_from_config(json.loads(config.read_text(encoding="utf-8"))).to_dict())
-        except (ValueError, OSError):  # ShapeError, bad JSON: no estimate rather than a wrong one
-            pass
+            card = read_card(Path(path))
+        except (ValueError, OSError):  # bad JSON: no estimate rather than a wrong one
+            card = None
+        if card is not None and card.shapes is not None:  # None: a size is missing from config.json
+            return Arch.from_shapes(card.shapes.to_dict())
     if isinstance(info.get("arch"), dict):
         return Arch(**info["arch"])
     return None
@@ -96,7 +96,7 @@ def estimate(arch: Arch, h: Any) -> dict[str, Any]:
     grads = trainable * 2 / (n if zero >= 2 else 1)
     optimizer = trainable * 12 / (n if zero >= 1 else 1)
 
-    tiles = int(getattr(h, "max_dynamic_patch", 6)) + (1 if getattr(h, "use_thumbnail", True) else 0)
+    tiles = h.tiling.tiles_per_image  # the job's tiling (resolved against the model's card at submission)
     seq = min(int(getattr(h, "max_seq_length", 4096)), TEXT_TOKENS + arch.llm_tokens_per_tile * tiles)
     vit_seq = arch.vit_tokens_per_tile * tiles
     batch = int(getattr(h, "per_device_batch_size", 1))
@@ -136,6 +136,6 @@ def suggestions(h: Any) -> list[str]:
         out.append("lower per_device_batch_size and raise global_batch_size (gradient accumulation)")
     if not getattr(h, "grad_checkpoint", False):
         out.append("turn on grad_checkpoint")
-    if int(getattr(h, "max_dynamic_patch", 1)) > 6:
+    if h.tiling.max_dynamic_patch > 6:
         out.append("fewer tiles per image (max_dynamic_patch: 6)")
     return out

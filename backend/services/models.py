@@ -11,21 +11,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.core.demo_card import DEMO_MODEL_INFO, DEMO_MODEL_NAME, demo_card
+from backend.core.model_card import ModelCard, read_card
 from backend.db.models import Model, User
 from backend.services.errors import NotFound
 from backend.services.users import visible_to
 from backend.settings import Settings
 
-DEMO_MODEL_NAME = "internvl-tiny-demo"
-#: What ``worker.demo_model.build_demo_model`` builds, known without building it (the API has no
-#: torch); tests/worker/test_demo_model_info.py counts the built model's parameters against it.
-DEMO_MODEL_INFO: dict = {
-    "description": "tiny random-weight InternVL (2-layer ViT, 2-layer Llama) for demos and tests",
-    "max_dynamic_patch": 6, "use_thumbnail": True, "num_parameters": 785_344,
-    "vision_layers": 2, "vision_hidden_size": 64, "text_layers": 2, "text_hidden_size": 128,
-    "arch": {"vit_params": 203_584, "vit_hidden": 64, "vit_layers": 2, "mlp_params": 49_920,
-             "llm_params": 531_840, "llm_hidden": 128, "llm_layers": 2, "vocab": 539},
-}
+__all__ = ["DEMO_MODEL_INFO", "DEMO_MODEL_NAME", "card_of", "ensure_builtin_models", "get_model", "import_model",
+           "list_models", "register_model"]
 
 
 def ensure_builtin_models(session: Session, settings: Settings) -> None:
@@ -33,9 +27,10 @@ def ensure_builtin_models(session: Session, settings: Settings) -> None:
     worker (``worker.demo_model``), so the API never needs torch."""
     row = session.scalar(select(Model).where(Model.name == DEMO_MODEL_NAME))
     if row is None:
+        card = demo_card()
         session.add(Model(
-            name=DEMO_MODEL_NAME, path=str(settings.data_path / "models" / DEMO_MODEL_NAME), family="llama",
-            template="internlm2-chat", builtin=True, info=dict(DEMO_MODEL_INFO)))
+            name=DEMO_MODEL_NAME, path=str(settings.data_path / "models" / DEMO_MODEL_NAME), family=card.family,
+            template=card.template, builtin=True, info=dict(DEMO_MODEL_INFO)))
         session.commit()
     elif row.builtin and row.info != DEMO_MODEL_INFO:  # an install from before the sizes were known
         row.info = dict(DEMO_MODEL_INFO)
@@ -55,6 +50,14 @@ def get_model(session: Session, model_id: int, user: User | None = None) -> Mode
     if m is None or not visible_to(user, m.owner_id):
         raise NotFound(f"model {model_id} not found")
     return m
+
+
+def card_of(m: Model) -> ModelCard:
+    """A registered model's card: its folder's; the built-in demo model's own before the worker
+    has built its folder. :class:`ModelFolderError` when the folder cannot be read."""
+    if m.builtin and m.name == DEMO_MODEL_NAME and not (Path(m.path) / "config.json").is_file():
+        return demo_card()
+    return read_card(Path(m.path))
 
 
 def register_model(session: Session, *, name: str, path: str, family: str, template: str, info: dict,

@@ -405,3 +405,53 @@ def test_a_refusal_points_at_what_the_studio_offers(api):
     messages = [e["message"] for e in body["errors"]]
     assert any("Invalid control character at column" in m for m in messages), messages
     assert not any("at at" in m for m in messages), messages
+
+
+def shaped_zip(n: int, width: int, height: int) -> bytes:
+    """``n`` good lines, each with one ``width`` x ``height`` image."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
+    files = {f"images/{i}.png": buf.getvalue() for i in range(n)}
+    files["ann.jsonl"] = "".join(json.dumps({"id": i, "image": f"images/{i}.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": "red"}]}) + "\n"
+        for i in range(n))
+    return zip_bytes(files)
+
+
+def test_token_check_uses_the_models_and_presets_tiling(api):
+    """Issue 25: the built-in model allows 6 tiles and the demo preset trains with 2; a 224x160 line
+    is 1 tile in that run (258 image tokens). The check cut it at 12 tiles + thumbnail (3330 tokens)
+    and refused every line at max_seq_length 2048. Now: the preset's tiling, else the model's (7 tiles
+    here: 1794), else vlstudio's default with no model; the message says which."""
+    demo = next(m for m in api.get("/api/models").json() if m["name"] == "internvl-tiny-demo")
+    data = shaped_zip(3, 224, 160)
+    r = post_zip(api, data, model_id=demo["id"], preset="demo", max_seq_length=2048)
+    assert r.status_code == 201, r.text
+    first = r.json()["id"]
+    report = api.get(f"/api/datasets/{first}/report?per_sample_limit=3").json()
+    assert report["settings"]["max_dynamic_patch"] == 2 and report["settings"]["tiling_source"] == "from preset 'demo'"
+    assert [row["tiles"] for row in report["per_sample"]] == [[1]] * 3
+    # the model alone: its own 6 tiles, 3x2 + thumbnail for this shape, still under 2048
+    r = post_zip(api, data, model_id=demo["id"], max_seq_length=2048)
+    assert r.status_code == 201, r.text
+    report = api.get(f"/api/datasets/{r.json()['id']}/report?per_sample_limit=1").json()
+    assert report["settings"]["max_dynamic_patch"] == 6 and report["per_sample"][0]["image_tokens"] == 7 * 256 + 2
+    # over the limit: the message names the tile budget and where it came from
+    r = post_zip(api, data, model_id=demo["id"], max_seq_length=1024)
+    assert r.status_code == 422
+    (err,) = {e["message"] for e in r.json()["errors"]}
+    assert err == ("the image tokens alone (1794, 7 tiles at max_dynamic_patch 6, model 'internvl-tiny-demo''s own) "
+                   "exceed max_seq_length 1024"), err
+    r = post_zip(api, data, model_id=demo["id"], preset="2b-full", max_seq_length=2048)
+    assert r.status_code == 422 and "13 tiles at max_dynamic_patch 12, from preset '2b-full'" in r.text, r.text
+    assert post_zip(api, data, model_id=demo["id"], preset="nope").status_code == 422
+    # no model chosen: vlstudio's default tiling, said as such
+    r = post_zip(api, data, max_seq_length=2048)
+    assert r.status_code == 422, r.text
+    assert "13 tiles at max_dynamic_patch 12, vlstudio's default, no model chosen" in r.text, r.text
+    # the preview cuts the image as the check did
+    preview = api.get(f"/api/datasets/{first}/samples/1", params={"model_id": demo["id"], "preset": "demo"}).json()
+    assert preview["settings"]["max_dynamic_patch"] == 2 and preview["images"][0]["tiles"] == 1
+    assert preview["settings"]["tiling_source"] == "from preset 'demo'"

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from backend.core.model_card import TokenizerFacts, card_from_config
 from backend.core.samples import IGNORE_INDEX, tokenize_sample
-from backend.core.template_match import default_template, markers, template_problems
+from backend.core.template_match import markers, template_problems
 from backend.core.templates import TEMPLATES, chat_template_template, get_template, render, to_jinja
 
 CONV = [{"from": "system", "value": "Be brief."},
@@ -101,12 +102,22 @@ def test_demo_tokenizer_template_equals_internlm2_chat(tokenizer, tmp_path):
 DEMO_CONFIG = {"model_type": "internvl", "template": "internlm2-chat", "text_config": {"model_type": "llama"}}
 
 
+def card(config: dict, chat_template: str | None = None):
+    """The model card of ``config`` with a tokenizer that has ``chat_template``."""
+    return card_from_config(config, tokenizer=TokenizerFacts(chat_template=chat_template))
+
+
+def default_template(config: dict, has_chat_template: bool) -> str | None:
+    """The card's template when the user names none."""
+    return card(config, QWEN_LIKE if has_chat_template else None).template
+
+
 def test_matching_template_passes(tmp_path):
     from worker.demo_model import build_tokenizer
 
     tok = build_tokenizer(tmp_path)
     assert markers(get_template("phi3-chat")) == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-    assert template_problems("internlm2-chat", DEMO_CONFIG, tok.get_vocab().get, tok.chat_template) == []
+    assert template_problems("internlm2-chat", card(DEMO_CONFIG, tok.chat_template), tok.get_vocab().get) == []
     assert default_template(DEMO_CONFIG, True) == "internlm2-chat"
 
 
@@ -114,13 +125,13 @@ def test_mismatched_template_is_refused_with_each_reason(tokenizer, tmp_path):
     from worker.demo_model import build_tokenizer
 
     tok = build_tokenizer(tmp_path)
-    problems = template_problems("phi3-chat", DEMO_CONFIG, tok.get_vocab().get, tok.chat_template)
+    problems = template_problems("phi3-chat", card(DEMO_CONFIG, tok.chat_template), tok.get_vocab().get)
     assert len(problems) == 2
     assert "declares 'internlm2-chat'" in problems[0]
     assert "<|user|>" in problems[1] and "chat template never writes" in problems[1]
     phi3 = {"model_type": "internvl_chat", "llm_config": {"architectures": ["Phi3ForCausalLM"]}}
     no_im = {k: v for k, v in tok.get_vocab().items() if k not in ("<|im_start|>", "<|im_end|>")}
-    problems = template_problems("internlm2-chat", phi3, no_im.get, None)
+    problems = template_problems("internlm2-chat", card(phi3), no_im.get)
     assert "phi3 language model" in problems[0]
     assert "<|im_start|>, <|im_end|>" in problems[1] and "does not have as a token" in problems[1]
     assert default_template(phi3, False) == "phi3-chat"
@@ -130,5 +141,5 @@ def test_tokenizer_template_needs_a_chat_template():
     hf = {"model_type": "internvl", "text_config": {"model_type": "qwen2"}}
     assert default_template(hf, True) == "tokenizer"
     assert default_template(hf, False) == "internvl2_5"
-    assert "has none" in template_problems("tokenizer", hf, {}.get, None)[0]
-    assert template_problems("tokenizer", hf, {}.get, QWEN_LIKE) == []
+    assert "has none" in template_problems("tokenizer", card(hf), {}.get)[0]
+    assert template_problems("tokenizer", card(hf, QWEN_LIKE), {}.get) == []

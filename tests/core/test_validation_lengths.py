@@ -7,14 +7,12 @@ import json
 import pytest
 from conftest import image_bytes, sample, write_jsonl
 
+from backend.core.model_card import card_from_config, read_card
 from backend.core.model_folder import (
     FastTokenizer,
     ModelFolderError,
     load_tokenizer,
-    read_model_settings,
     require_image_tokens,
-    settings_from_config,
-    template_for_config,
 )
 from backend.core.samples import tokenize_sample
 from backend.core.templates import get_template
@@ -35,9 +33,15 @@ def test_fast_tokenizer_matches_transformers(tokenizer, text):
         assert fast.convert_tokens_to_ids(tok) == tokenizer.convert_tokens_to_ids(tok)
 
 
+def template_for_config(config: dict) -> str:
+    """The card's template of a config.json alone (no tokenizer beside it)."""
+    return card_from_config(config).template
+
+
 def test_model_folder(model_dir):
-    ms = read_model_settings(model_dir)
-    assert (ms.template, ms.max_dynamic_patch, ms.tokens_per_tile, ms.image_size) == ("internlm2-chat", 6, 256, 448)
+    ms = read_card(model_dir)
+    assert (ms.template, ms.tiling.max_dynamic_patch, ms.tokens_per_tile, ms.image_size) == ("internlm2-chat", 6, 256,
+                                                                                              448)
     tok = load_tokenizer(model_dir)
     assert isinstance(tok, FastTokenizer)
     require_image_tokens(tok)
@@ -60,18 +64,18 @@ def test_template_lookup(config, template):
                                     {"template": "vicuna_v1.1"}])
 def test_template_lookup_refuses_unknown(config):
     with pytest.raises(ModelFolderError):
-        template_for_config(config)
+        card_from_config(config).conversation_template()
 
 
 def test_tokens_per_tile_follow_the_vision_config():
-    ms = settings_from_config({"template": "Hermes-2", "force_image_size": 224, "downsample_ratio": 0.5,
-                               "vision_config": {"patch_size": [14, 14]}})
+    ms = card_from_config({"template": "Hermes-2", "force_image_size": 224, "downsample_ratio": 0.5,
+                           "vision_config": {"patch_size": [14, 14]}})
     assert ms.tokens_per_tile == 64 and ms.image_size == 224
 
 
 def test_missing_model_pieces(tmp_path, tokenizer):
     with pytest.raises(ModelFolderError, match="config.json"):
-        read_model_settings(tmp_path)
+        read_card(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{broken")
     with pytest.raises(ModelFolderError):
         load_tokenizer(tmp_path)

@@ -19,9 +19,9 @@ import sentencepiece as spm
 from convert_helpers import TEMPLATE_OF, write_original
 from sentencepiece import sentencepiece_model_pb2
 
-from backend.core.templates import TEMPLATES, render
+from backend.core.templates import TEMPLATES, render, to_jinja
 from worker.convert import import_checkpoint
-from worker.convert.tokenizer import _from_sentencepiece, chat_template, read_added_tokens
+from worker.convert.tokenizer import _from_sentencepiece, read_added_tokens
 
 BODY = ("What is in the image?\n\n  Two  spaces,\ttab\t\tand 中文字符 mixed with 12345 and 3.14 🙂\n"
         "   indented\r\nwindows line  end  ")
@@ -136,7 +136,7 @@ def test_chat_template_renders_the_vlstudio_template(name, system):
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=_tiny_backend())
-    tok.chat_template = chat_template(TEMPLATES[name])
+    tok.chat_template = to_jinja(TEMPLATES[name])
     roles = {"human": "user", "gpt": "assistant"}
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": roles[t["from"]], "content": t["value"]} for t in CONVERSATION]

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from test_training_runs import QA, metrics, start, write_data, write_spec
 
+from backend.core.model_card import read_card
 from backend.core.templates import TOKENIZER_TEMPLATE
 from worker.convert import import_checkpoint
 
@@ -34,7 +35,9 @@ def test_hf_checkpoint_trains_and_chats(tmp_path):
     losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
     assert losses[-1] < losses[0] / 2, losses  # it learns the four answers
 
-    gen = Generator(tmp_path / "run" / "final", template=TOKENIZER_TEMPLATE)
+    # the fine-tune's card says the template it trained with: the generator needs no name
+    gen = Generator(tmp_path / "run" / "final")
+    assert gen.template == read_card(tmp_path / "model").conversation_template() and gen.template.name == TOKENIZER_TEMPLATE
     question = QA[0][3]
     prompt = gen.prompt([{"from": "human", "value": "<image>\n" + question}], [Image.new("RGB", (64, 64))])
     text = gen.tokenizer.decode(prompt.input_ids)

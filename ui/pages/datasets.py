@@ -52,6 +52,10 @@ def build(sessions: Sessions) -> DatasetsPage:
                                       value=0,
                                       elem_id="vl-ds-check-model",
                                       info="the model's template and tokenizer (optional, slower)")
+            check_preset = gr.Dropdown(label="…as this preset trains it", choices=["demo"], value="demo",
+                                       elem_id="vl-ds-check-preset",
+                                       info="its tiles per image and max sequence length; the model's own "
+                                            "where the preset sets none")
             upload = gr.Button("Upload and validate", variant="primary", elem_id="vl-upload-btn")
             demo = gr.Button("Use the demo dataset (coloured shapes)", elem_id="vl-demo-btn")
     with gr.Accordion("Validation split, sequence length, bad lines", open=True, elem_id="vl-ds-options"):
@@ -99,8 +103,8 @@ def build(sessions: Sessions) -> DatasetsPage:
         except ApiError as e:
             return notice("error", "Cannot load the datasets", str(e))
 
-    def on_upload(paths: list[str] | None, ds_name: str, model_id: int | None, fraction: float,  # noqa: PLR0913
-                  val_path: str | None, max_seq: float | None, drop: bool, request: gr.Request,
+    def on_upload(paths: list[str] | None, ds_name: str, model_id: int | None, preset: str | None,  # noqa: PLR0913
+                  fraction: float, val_path: str | None, max_seq: float | None, drop: bool, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> list:  # noqa: B008
         if not paths:
             return [notice("info", "Choose files first", "<div>Drop a zip, or images with one .jsonl file.</div>"),
@@ -111,7 +115,7 @@ def build(sessions: Sessions) -> DatasetsPage:
             try:
                 zpath = bundle([Path(p) for p in paths], Path(tmp))
                 progress(0.2, desc="Uploading and validating every line")
-                opts = upload_options(model_id, fraction, val_path, max_seq, drop)
+                opts = upload_options(model_id, fraction, val_path, max_seq, drop, preset=preset)
                 ds = _settled(api, api.upload_dataset(zpath, ds_name or None, model_id or None, **opts), progress)
             except BundleError as e:
                 return [notice("error", "Cannot upload these files", f"<div>{rv.esc(e)}</div>"),
@@ -139,7 +143,7 @@ def build(sessions: Sessions) -> DatasetsPage:
         except ApiError as e:
             return [notice("error", "Cannot open the dataset", str(e)), *[gr.skip()] * len(detail_outputs)]
 
-    upload.click(on_upload, [files, name, check_model, val_fraction, val_file, max_len, drop_bad],
+    upload.click(on_upload, [files, name, check_model, check_preset, val_fraction, val_file, max_len, drop_bad],
                  [result, *detail_outputs]).then(
         refresh, selected, list_html).then(meta_load, None, meta_grid)
     demo.click(on_demo, val_fraction, [result, *detail_outputs]).then(refresh, selected, list_html).then(
@@ -152,25 +156,37 @@ def build(sessions: Sessions) -> DatasetsPage:
             return gr.skip()
         return gr.Dropdown(choices=[("don't check tokens", 0)] + [(m["name"], m["id"]) for m in models])
 
-    def fill_length(request: gr.Request) -> dict:
-        """The default max_seq_length of the training spec (the demo preset's), from the API."""
+    def preset_length(request: gr.Request, preset: str | None) -> dict:
+        """The max_seq_length a run of ``preset`` trains with, from the API."""
         try:
             p = sessions.api(request).presets()
         except ApiError:
             return gr.skip()
-        return gr.Number(value=(p.get("presets", {}).get("demo") or {}).get("max_seq_length")
+        return gr.Number(value=(p.get("presets", {}).get(preset or "demo") or {}).get("max_seq_length")
                          or p.get("defaults", {}).get("max_seq_length"))
 
-    def fill(request: gr.Request) -> list:
-        return [fill_models(request), meta_load(request), fill_length(request)]
+    def fill_presets(request: gr.Request) -> dict:
+        try:
+            names = list(sessions.api(request).presets().get("presets", {}))
+        except ApiError:
+            return gr.skip()
+        return gr.Dropdown(choices=names)
 
-    return DatasetsPage(list_html, selected, refresh, [check_model, meta_grid, max_len], fill)
+    def fill(request: gr.Request) -> list:
+        return [fill_models(request), meta_load(request), preset_length(request, "demo"), fill_presets(request)]
+
+    def on_preset(preset: str | None, request: gr.Request) -> dict:
+        return preset_length(request, preset)
+
+    check_preset.input(on_preset, check_preset, max_len)
+    return DatasetsPage(list_html, selected, refresh, [check_model, meta_grid, max_len, check_preset], fill)
 
 
 def upload_options(model_id: int | None, fraction: float | None, val_path: str | None, max_seq: float | None,
-                   drop: bool) -> dict:
+                   drop: bool, preset: str | None = None) -> dict:
     """The upload's form fields. The length check is the training program's rule: samples over
-    ``max_seq_length`` are truncated (a warning naming them) or, where no cut works, refused."""
+    ``max_seq_length`` are truncated (a warning naming them) or, where no cut works, refused; the
+    tiles per image are the ones a run of ``preset`` on the model uses."""
     opts: dict = {"drop_bad_lines": bool(drop)}
     if val_path:
         opts["validation"] = Path(val_path)
@@ -178,5 +194,7 @@ def upload_options(model_id: int | None, fraction: float | None, val_path: str |
         opts["val_fraction"] = float(fraction)
     if model_id and max_seq:
         opts.update(max_seq_length=int(max_seq), truncation="truncate")
+    if model_id and preset:
+        opts["preset"] = preset
     return opts
 

@@ -11,8 +11,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from backend.core.families import UnknownFamily, family_of_architecture, get_family
-from backend.core.model_summary import ORIGINAL_TILING
+from backend.core.families import NATIVE_CONFIG_KEYS, UnknownFamily, family_of_architecture, get_family
+from backend.core.model_card import ModelCard, card_from_config
 from backend.core.templates import TEMPLATES
 from worker.convert.errors import ConversionError
 from worker.convert.layout import TextSpec, VisionSpec
@@ -23,8 +23,6 @@ ORIGINAL_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
 }
 SOURCE_KEY = "vlstudio_source"  # where the native config.json keeps the original config
-TILING_KEYS = ("template", "max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size",
-               "force_image_size")
 
 
 @dataclass(frozen=True)
@@ -37,9 +35,13 @@ class OriginalModel:
     llm: dict[str, Any]
     scale: int  # 1 / downsample_ratio
     select_layer: int
-    template: str
+    card: ModelCard  # its template and tiling
     image_size: int  # force_image_size, the tile size
     dtype: str
+
+    @property
+    def template(self) -> str:
+        return named_template(self.card)
 
     @property
     def num_image_token(self) -> int:
@@ -47,7 +49,7 @@ class OriginalModel:
 
     @property
     def tiling(self) -> dict[str, Any]:
-        return {k: type(v)(self.raw.get(k, v)) for k, v in ORIGINAL_TILING.items()}
+        return self.card.tiling.to_dict()
 
 
 def _need(d: dict, key: str, where: str, kind: type | tuple[type, ...] = int) -> Any:
@@ -59,10 +61,12 @@ def _need(d: dict, key: str, where: str, kind: type | tuple[type, ...] = int) ->
     return value
 
 
-def check_template(name: Any, where: str = "config.json: template") -> str:
-    if name not in TEMPLATES:
-        raise ConversionError(f"{where} is {name!r}; vlstudio knows {', '.join(sorted(TEMPLATES))}")
-    return name
+def named_template(card: ModelCard, where: str = "config.json: template") -> str:
+    """The card's template, which the original layout must name (its code has no tokenizer template)."""
+    if card.template not in TEMPLATES:
+        raise ConversionError(f"{where} is {card.declared_template or card.template!r}; the original InternVL layout "
+                              f"needs one of {', '.join(sorted(TEMPLATES))}")
+    return card.template
 
 
 def _vision_spec(v: dict) -> VisionSpec:
@@ -132,9 +136,13 @@ def parse_original(cfg: dict) -> OriginalModel:
     if (image_size // v.patch) % scale:
         raise ConversionError("config.json: force_image_size / patch_size is not divisible by 1/downsample_ratio")
     dtype = str(cfg.get("torch_dtype") or llm.get("torch_dtype") or "bfloat16")
-    template = check_template(cfg.get("template"))
+    try:
+        card = card_from_config(cfg)
+    except ValueError as e:  # an unknown template
+        raise ConversionError(str(e)) from None
+    named_template(card)
     return OriginalModel(raw=cfg, vision=v, text=t, llm=llm, scale=scale, select_layer=select,
-                         template=template, image_size=image_size, dtype=dtype)
+                         card=card, image_size=image_size, dtype=dtype)
 
 
 def _rope(family: str, llm: dict) -> dict[str, Any]:
@@ -158,7 +166,9 @@ def _rope(family: str, llm: dict) -> dict[str, Any]:
 
 
 def _text_config(m: OriginalModel) -> Any:
-    from transformers import LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config
+    """The native text config: the keys every language model has, plus those of its native type
+    (:data:`backend.core.families.NATIVE_CONFIG_KEYS`)."""
+    from transformers import CONFIG_MAPPING
 
     t, llm = m.text, m.llm
     common = dict(
@@ -173,23 +183,15 @@ def _text_config(m: OriginalModel) -> Any:
     if pad is not None and not 0 <= pad < t.vocab:
         raise ConversionError(f"config.json: llm_config.pad_token_id {pad} is outside the vocabulary ({t.vocab})")
     native = get_family(t.family).native_type
+    values = {"head_dim": t.head_dim, "attention_bias": t.attn_bias, "mlp_bias": t.mlp_bias,
+              "use_sliding_window": bool(llm.get("use_sliding_window", False)),
+              "sliding_window": llm.get("sliding_window"),
+              "max_window_layers": int(llm.get("max_window_layers", t.layers)),
+              "original_max_position_embeddings": int(llm.get("original_max_position_embeddings",
+                                                              common["max_position_embeddings"])),
+              "resid_pdrop": float(llm.get("resid_pdrop", 0.0)), "embd_pdrop": float(llm.get("embd_pdrop", 0.0))}
     try:
-        if native == "llama":
-            return LlamaConfig(**common, head_dim=t.head_dim, attention_bias=t.attn_bias, mlp_bias=t.mlp_bias)
-        if native == "qwen3":
-            return Qwen3Config(**common, head_dim=t.head_dim, attention_bias=t.attn_bias,
-                               use_sliding_window=bool(llm.get("use_sliding_window", False)),
-                               sliding_window=llm.get("sliding_window"),
-                               max_window_layers=int(llm.get("max_window_layers", t.layers)))
-        if native == "phi3":
-            return Phi3Config(
-                **common, original_max_position_embeddings=int(llm.get(
-                    "original_max_position_embeddings", common["max_position_embeddings"])),
-                sliding_window=llm.get("sliding_window"), resid_pdrop=float(llm.get("resid_pdrop", 0.0)),
-                embd_pdrop=float(llm.get("embd_pdrop", 0.0)))
-        return Qwen2Config(**common, use_sliding_window=bool(llm.get("use_sliding_window", False)),
-                           sliding_window=llm.get("sliding_window"),
-                           max_window_layers=int(llm.get("max_window_layers", t.layers)))
+        return CONFIG_MAPPING[native](**common, **{k: values[k] for k in NATIVE_CONFIG_KEYS[native]})
     except (KeyError, ValueError, TypeError) as e:
         raise ConversionError(f"config.json: llm_config cannot be expressed natively: {e}") from None
 

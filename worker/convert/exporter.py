@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.core.model_card import read_card
+from backend.core.model_folder import ModelFolderError
 from worker.convert.configs import SOURCE_KEY, parse_original
 from worker.convert.errors import ConversionError
 from worker.convert.files import atomic_folder, copy_side_files, link_or_copy, read_json, write_json
@@ -61,7 +63,12 @@ def _export_original(src: Path, out: Path, original_source: Path | None, progres
     family = export_family(native, base)
     reader = CheckpointReader(src)
     dtype = dtype_name(dominant_dtype(list(reader.meta.values())))
-    cfg = update_original(base, native, family, dtype) if base else synthesize_original(native, family, dtype)
+    try:
+        card = read_card(src)  # the template and tiling the export carries
+    except ModelFolderError as e:
+        raise ConversionError(str(e)) from None
+    cfg = (update_original(base, native, family, dtype, card) if base
+           else synthesize_original(native, family, dtype, card))
     m = parse_original(cfg)
     links = all_links(m.vision, m.scale, m.text)
     tied_head = NATIVE_HEAD if m.text.tied else None

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from backend.core.families import get_family
+from backend.core.model_card import read_card
 from backend.core.model_shapes import shapes_from_config
 from backend.core.samples import IMG_CONTEXT
 from backend.core.templates import TEMPLATES
@@ -133,11 +134,12 @@ def _import_original(src: Path, out: Path, progress: Progress | None, max_shard_
     _generation_config(m, sep_id).save_pretrained(out)
     save_tokenizer(tokenizer, out)
     entries = run_jobs(reader, jobs, out, max_shard_bytes, progress)
+    card = read_card(out)  # what is registered is what the converted folder's card says
     return ModelInfo(
-        family=m.text.family, text_model_type=get_family(m.text.family).native_type, template=m.template,
+        family=m.text.family, text_model_type=get_family(m.text.family).native_type, template=card.template,
         vision_hidden_size=m.vision.hidden, vision_layers=m.vision.layers, text_hidden_size=m.text.hidden,
         text_layers=m.text.layers, vocab_size=m.text.vocab, image_token_id=image_token_id,
-        image_size=m.image_size, num_image_token=m.num_image_token, **m.tiling,
+        image_size=card.image_size, num_image_token=card.tokens_per_tile, **card.tiling.to_dict(),
         param_count=sum(meta.nbytes // meta.dtype.itemsize for _, meta in entries), dtype=m.dtype,
         source_format="original", source_path=str(src.resolve()), native_path="",
         shapes=shapes_from_config(m.raw).to_dict())

@@ -10,19 +10,17 @@ from typing import Any
 
 import torch
 
-from backend.core.families import family_of_config
+from backend.core.model_card import ModelCard, read_card
+from backend.core.model_folder import ModelFolderError
 from backend.core.model_shapes import shapes_from_config
-from backend.core.model_summary import tiling_of
 from backend.core.samples import IMG_CONTEXT
 from backend.core.templates import TOKENIZER_TEMPLATE
-from worker.convert.configs import check_template
 from worker.convert.errors import ConversionError
 from worker.convert.files import (
     INDEX_FILES,
     copy_side_files,
     link_or_copy,
     read_json,
-    read_optional_json,
     write_json,
 )
 from worker.convert.importer import dominant_dtype, dtype_name, expected_native_shapes
@@ -41,32 +39,6 @@ def load_native_config(raw: dict) -> Any:
         return InternVLConfig.from_dict(copy.deepcopy(raw))
     except Exception as e:  # the config classes raise many kinds of errors
         raise ConversionError(f"config.json: not a valid native InternVL config ({e})") from None
-
-
-def _chat_template_text(src: Path) -> str:
-    parts = []
-    if (src / "chat_template.jinja").exists():
-        parts.append((src / "chat_template.jinja").read_text(encoding="utf-8"))
-    for name in ("tokenizer_config.json", "chat_template.json", "processor_config.json"):
-        value = read_optional_json(src / name).get("chat_template")
-        if isinstance(value, str):
-            parts.append(value)
-    return "\n".join(parts)
-
-
-def native_template(src: Path, raw: dict) -> str:
-    """The template of a native folder: its config's ``template`` (a folder vlstudio wrote), else
-    the folder's own chat template (``tokenizer``: the -hf checkpoints are trained and chatted with
-    exactly what their tokenizer renders), else its family's default."""
-    if raw.get("template") is not None:
-        return check_template(raw["template"])
-    if _chat_template_text(src).strip():
-        return TOKENIZER_TEMPLATE
-    family = family_of_config(raw)
-    if family is None:
-        raise ConversionError("this model has no chat template and no \"template\" in config.json, and its "
-                              "language model is none of vlstudio's families; add \"template\" to config.json")
-    return family.default_template
 
 
 def _untie_if_different(reader: CheckpointReader, names: dict[str, str], raw: dict, config: Any) -> None:
@@ -136,6 +108,20 @@ def _place_weights(reader: CheckpointReader, names: dict[str, str], out: Path, p
         shutil.copy2(index, out / index.name)
 
 
+def source_card(src: Path) -> ModelCard:
+    """The card of the folder being imported: its template (a folder vlstudio wrote names one; an
+    ``-hf`` checkpoint with a chat template renders with it, ``tokenizer``; else its family's
+    default) and its tiling (its config's, else its image processor's)."""
+    try:
+        card = read_card(src)
+    except ModelFolderError as e:
+        raise ConversionError(str(e)) from None
+    if card.template is None:
+        raise ConversionError("this model has no chat template and no \"template\" in config.json, and its "
+                              "language model is none of vlstudio's families; add \"template\" to config.json")
+    return card
+
+
 def import_native(src: Path, out: Path, progress: Progress | None) -> ModelInfo:
     raw = read_json(src / "config.json")
     config = load_native_config(raw)
@@ -144,25 +130,21 @@ def import_native(src: Path, out: Path, progress: Progress | None) -> ModelInfo:
     _untie_if_different(reader, names, raw, config)
     _check_weights(reader, names, config)
     _check_tokenizer(src, config)
-    template = native_template(src, raw)
-    tiling = tiling_of(src, raw, "hf")
-    if template != TOKENIZER_TEMPLATE:  # else config.json stays without one: the tokenizer's own is used
-        raw["template"] = template
-    raw.update(**tiling)
+    card = source_card(src)
+    if card.template != TOKENIZER_TEMPLATE:  # else config.json stays without one: the tokenizer's own is used
+        raw["template"] = card.template
+    raw.update(**card.tiling.to_dict())
     _place_weights(reader, names, out, progress)
     copy_side_files(src, out, skip={"config.json"}, include_code=False)
     write_json(out / "config.json", raw)
+    card = read_card(out)  # what is registered is what the imported folder's card says
     v, t = config.vision_config, config.text_config
     kept = [m for n, m in ((n, reader.meta[a]) for n, a in names.items())
             if not (config.tie_word_embeddings and n == HEAD)]
-    patch = v.patch_size[0] if isinstance(v.patch_size, (list, tuple)) else v.patch_size
-    tokens = int(config.image_seq_length)
-    family = family_of_config(raw)
     return ModelInfo(
-        family=family.name if family else t.model_type, text_model_type=t.model_type, template=template,
+        family=card.family or t.model_type, text_model_type=t.model_type, template=card.template,
         vision_hidden_size=v.hidden_size, vision_layers=v.num_hidden_layers, text_hidden_size=t.hidden_size,
         text_layers=t.num_hidden_layers, vocab_size=t.vocab_size, image_token_id=int(config.image_token_id),
-        image_size=int(raw.get("force_image_size") or round(tokens**0.5 / config.downsample_ratio) * patch),
-        num_image_token=tokens, **tiling, param_count=sum(m.nbytes // m.dtype.itemsize for m in kept),
-        dtype=dtype_name(dominant_dtype(kept)), source_format="hf", source_path=str(src.resolve()), native_path="",
-        shapes=shapes_from_config(raw).to_dict())
+        image_size=card.image_size, num_image_token=card.tokens_per_tile, **card.tiling.to_dict(),
+        param_count=sum(m.nbytes // m.dtype.itemsize for m in kept), dtype=dtype_name(dominant_dtype(kept)),
+        source_format="hf", source_path=str(src.resolve()), native_path="", shapes=shapes_from_config(raw).to_dict())

@@ -7,12 +7,8 @@ import copy
 from typing import Any
 
 from backend.core.families import BY_ARCHITECTURE, FAMILIES, get_family
-from worker.convert.configs import (
-    ORIGINAL_AUTO_MAP,
-    SOURCE_KEY,
-    TILING_KEYS,
-    check_template,
-)
+from backend.core.model_card import ModelCard
+from worker.convert.configs import ORIGINAL_AUTO_MAP, SOURCE_KEY, named_template
 from worker.convert.errors import ConversionError
 
 
@@ -83,30 +79,29 @@ def _original_vision(vision: dict, dtype: str) -> dict[str, Any]:
     }
 
 
-def synthesize_original(native: dict, family: str, dtype: str) -> dict[str, Any]:
-    """An original config.json written from a native one alone (no original config to start from)."""
+def synthesize_original(native: dict, family: str, dtype: str, card: ModelCard) -> dict[str, Any]:
+    """An original config.json written from a native one alone (no original config to start from),
+    with the template and tiling of the native folder's ``card``."""
     vision, text = native["vision_config"], native["text_config"]
     patch = vision.get("patch_size", 14)
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
     tokens = int(native.get("image_seq_length", 256))
     ratio = float(native.get("downsample_ratio", 0.5))
     image_size = native.get("force_image_size") or round((tokens ** 0.5) / ratio) * patch
-    template = check_template(native.get("template"), "config.json: template (set it before exporting)")
+    template = named_template(card, "config.json: template (set it before exporting)")
     return {
         "architectures": ["InternVLChatModel"], "auto_map": dict(ORIGINAL_AUTO_MAP), "model_type": "internvl_chat",
-        "downsample_ratio": ratio, "dynamic_image_size": bool(native.get("dynamic_image_size", True)),
-        "force_image_size": int(image_size), "max_dynamic_patch": int(native.get("max_dynamic_patch", 12)),
-        "min_dynamic_patch": int(native.get("min_dynamic_patch", 1)), "pad2square": False, "ps_version": "v2",
-        "select_layer": int(native.get("vision_feature_layer", -1)), "template": template,
-        "use_thumbnail": bool(native.get("use_thumbnail", True)), "use_backbone_lora": 0, "use_llm_lora": 0,
-        "torch_dtype": dtype, "llm_config": _original_llm(family, text, dtype),
+        "downsample_ratio": ratio, "force_image_size": int(image_size), **card.tiling.to_dict(), "pad2square": False,
+        "ps_version": "v2", "select_layer": int(native.get("vision_feature_layer", -1)), "template": template,
+        "use_backbone_lora": 0, "use_llm_lora": 0, "torch_dtype": dtype, "llm_config": _original_llm(family, text, dtype),
         "vision_config": _original_vision(vision, dtype),
     }
 
 
-def update_original(base: dict, native: dict, family: str, dtype: str) -> dict[str, Any]:
+def update_original(base: dict, native: dict, family: str, dtype: str, card: ModelCard) -> dict[str, Any]:
     """The original config an import started from, brought up to date with what fine-tuning may
-    change: the vocabulary size, tied embeddings, dtype, template and tiling defaults."""
+    change: the vocabulary size, tied embeddings, dtype, and the template and tiling defaults of the
+    native folder's ``card``."""
     cfg = copy.deepcopy(base)
     text, llm, vision = native["text_config"], cfg["llm_config"], cfg["vision_config"]
     for o_key, n_key in (("hidden_size", "hidden_size"), ("num_hidden_layers", "num_hidden_layers")):
@@ -123,10 +118,10 @@ def update_original(base: dict, native: dict, family: str, dtype: str) -> dict[s
     for d in (cfg, llm, vision):
         if d.get("torch_dtype") not in (None, dtype):  # an unset dtype stays unset
             d["torch_dtype"] = dtype
-    for key in TILING_KEYS:
-        if native.get(key) is not None:
-            cfg[key] = native[key]
-    check_template(cfg.get("template"))
+    cfg.update(card.tiling.to_dict())
+    if native.get("force_image_size") is not None:
+        cfg["force_image_size"] = native["force_image_size"]
+    cfg["template"] = named_template(card)
     return cfg
 
 

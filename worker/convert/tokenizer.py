@@ -15,14 +15,13 @@ words, newlines, tabs and space runs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backend.core.families import get_family
 from backend.core.samples import IMG_CONTEXT, IMG_END, IMG_START
-from backend.core.templates import Template
+from backend.core.templates import Template, to_jinja
 from worker.convert.errors import ConversionError
 from worker.convert.files import read_optional_json, write_json
 
@@ -176,37 +175,6 @@ def _add_tokens(tok: Any, added: list[AddedTok], normalized: bool = False) -> No
                                   f"got {tok.token_to_id(t.content)}")
 
 
-def chat_template(t: Template) -> str:
-    """A Jinja chat template that renders exactly what :func:`backend.core.templates.render` renders.
-
-    String contents go through as they are (vlstudio's ``<image>`` placeholders included); list
-    contents (the transformers multimodal form) render images as ``<IMG_CONTEXT>`` + newline, which is
-    what ``InternVLProcessor`` expands.
-    """
-    sys_prefix, sys_suffix = t.system_template.split("{system_message}")
-    q = json.dumps
-    trim = " | trim" if t.strip else ""  # the reference strips every message (internlm2-chat)
-    return (
-        "{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
-        "{%- for part in content -%}{%- if part['type'] == 'image' -%}{{ " + q(IMG_CONTEXT + "\n") + " }}"
-        "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
-        "{%- endmacro -%}"
-        "{%- if messages and messages[0]['role'] == 'system' -%}"
-        "{%- set system_message = render(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
-        "{%- else -%}{%- set system_message = " + q(t.system_message, ensure_ascii=False) + " -%}"
-        "{%- set loop_messages = messages -%}{%- endif -%}"
-        + ("{{ " + q(t.bos) + " }}" if t.bos else "")
-        + "{{ " + q(sys_prefix) + " + system_message + " + q(sys_suffix + t.sep) + " }}"
-        "{%- for message in loop_messages -%}"
-        "{%- if message['role'] == 'user' -%}{{ " + q(t.user_role) + " + render(message['content'])" + trim + " + "
-        + q(t.sep) + " }}{%- elif message['role'] == 'assistant' -%}{{ " + q(t.assistant_role)
-        + " + render(message['content'])" + trim + " + " + q(t.sep) + " }}"
-        "{%- else -%}{{ raise_exception('roles must be system (first), user or assistant') }}{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ " + q(t.assistant_role) + " }}{%- endif -%}"
-    )
-
-
 def build_tokenizer(src: Path, family: str, template: Template) -> Any:
     """The checkpoint's tokenizer as a transformers fast tokenizer with the InternVL image tokens,
     the template's chat template, and BOS added exactly when the original tokenizer added it."""
@@ -234,7 +202,7 @@ def build_tokenizer(src: Path, family: str, template: Template) -> Any:
         tokenizer_object=tok, **roles, model_max_length=int(config.get("model_max_length", 8192)),
         start_image_token=IMG_START, end_image_token=IMG_END, context_image_token=IMG_CONTEXT,
         clean_up_tokenization_spaces=False)
-    fast.chat_template = chat_template(template)
+    fast.chat_template = to_jinja(template)
     for t in added:
         if fast.convert_tokens_to_ids(t.content) != t.id:
             raise ConversionError(f"tokenizer: {t.content!r} maps to {fast.convert_tokens_to_ids(t.content)}, not {t.id}")

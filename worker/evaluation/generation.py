@@ -17,35 +17,20 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from backend.core.model_card import Tiling, read_card
+from backend.core.model_folder import ModelFolderError
 from backend.core.samples import SampleError, tokenize_sample
-from backend.core.template_match import default_template
-from backend.core.templates import TOKENIZER_TEMPLATE, Template, chat_template_template, get_template
+from backend.core.templates import Template
 from backend.core.tiling import IMAGE_SIZE, max_patches_per_image
 from worker.training.data import tile_image, to_tensor
 
-
-@dataclass(frozen=True)
-class Tiling:
-    max_dynamic_patch: int = 6
-    min_dynamic_patch: int = 1
-    use_thumbnail: bool = True
-    dynamic: bool = True
+__all__ = ["Generator", "Prompt", "Tiling", "build_prompt", "collate_left", "stop_token_ids"]
 
 
 @dataclass
 class Prompt:
     input_ids: list[int]
     pixel_values: torch.Tensor  # [tiles, 3, 448, 448]
-
-
-def model_template(name: str, tokenizer) -> Template:
-    """The template by name; ``tokenizer`` renders with the tokenizer's own chat template,
-    exactly as the trainer does."""
-    if name == TOKENIZER_TEMPLATE:
-        def apply(messages, add_generation_prompt):  # noqa: ANN001, ANN202
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return chat_template_template(apply, stop=tokenizer.eos_token)
-    return get_template(name)
 
 
 def build_prompt(conversations: list[dict], images: Sequence[Image.Image], template: Template, tokenizer,
@@ -58,7 +43,7 @@ def build_prompt(conversations: list[dict], images: Sequence[Image.Image], templ
     counts: list[int] = []
     for img in images:
         t = tile_image(img.convert("RGB"), max_num=per_image, min_num=tiling.min_dynamic_patch,
-                       use_thumbnail=tiling.use_thumbnail, dynamic=tiling.dynamic, size=image_size)
+                       use_thumbnail=tiling.use_thumbnail, dynamic=tiling.dynamic_image_size, size=image_size)
         tiles += t
         counts.append(len(t))
     record: dict = {"conversations": [*conversations, {"from": "gpt", "value": ""}]}
@@ -96,7 +81,8 @@ def collate_left(prompts: Sequence[Prompt], pad_id: int) -> dict:
 
 
 class Generator:
-    """A loaded model with its tokenizer, template and tiling; greedy by default."""
+    """A loaded model with its tokenizer, and the template and tiling of its card (``template``
+    and ``tiling`` override them); greedy by default."""
 
     def __init__(self, model_path: Path, template: str | None = None, tiling: Tiling | None = None,
                  device: str | None = None) -> None:
@@ -108,17 +94,13 @@ class Generator:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = InternVLForConditionalGeneration.from_pretrained(self.path, dtype=dtype).to(self.device)
         self.model.eval()
-        cfg = self.model.config
-        name = template or default_template(cfg.to_dict(), bool(self.tokenizer.chat_template))
-        if name is None:
-            raise SampleError("cannot tell this model's conversation template (no template in its config, no chat "
-                              "template in its tokenizer, no known language-model family); name one")
-        self.template = model_template(name, self.tokenizer)
-        size = cfg.vision_config.image_size
-        self.image_size = int(size[0] if isinstance(size, list | tuple) else size)
-        self.tokens_per_tile = int(cfg.image_seq_length)
-        self.tiling = tiling or Tiling(max_dynamic_patch=getattr(cfg, "max_dynamic_patch", 6),
-                                       use_thumbnail=getattr(cfg, "use_thumbnail", True))
+        try:
+            self.card = read_card(self.path)
+            self.template: Template = self.card.conversation_template(template)
+        except ModelFolderError as e:
+            raise SampleError(str(e)) from None
+        self.image_size, self.tokens_per_tile = self.card.image_size, self.card.tokens_per_tile
+        self.tiling: Tiling = tiling or self.card.tiling
         self.stop_ids = stop_token_ids(self.template, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]

@@ -23,6 +23,7 @@ from PIL import Image
 
 from backend.core.eval_metrics import mean, score, summarise
 from backend.core.eval_spec import EvaluationSpec, default_metrics, question_text, sample_meta, split_record
+from backend.core.model_card import ModelCard, Tiling, layered_tiling
 from backend.core.samples import image_paths
 
 STOP_REQUESTED = False
@@ -78,17 +79,12 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
     return rows
 
 
-def trained_tiling(default, trained: dict | None, max_dynamic_patch: int | None,  # noqa: ANN001, ANN201
-                   dynamic: bool | None = None):
-    """The model config's tiling, then the one it was trained with, then the evaluation's (or a
-    benchmark's) override."""
-    from worker.evaluation.generation import Tiling
-
-    t = trained or {}
-    return Tiling(max_dynamic_patch=max_dynamic_patch or t.get("max_dynamic_patch", default.max_dynamic_patch),
-                  min_dynamic_patch=t.get("min_dynamic_patch", default.min_dynamic_patch),
-                  use_thumbnail=t.get("use_thumbnail", default.use_thumbnail),
-                  dynamic=dynamic if dynamic is not None else t.get("dynamic_image_size", default.dynamic))
+def trained_tiling(card: ModelCard | Tiling, trained: dict | None, max_dynamic_patch: int | None,
+                   dynamic: bool | None = None) -> Tiling:
+    """The model card's tiling (or ``card``, a tiling), then the one it was trained with, then the
+    evaluation's (or a benchmark's) override."""
+    return layered_tiling(card, ("trained", trained), ("override", {"max_dynamic_patch": max_dynamic_patch,
+                                                                    "dynamic_image_size": dynamic}))[0]
 
 
 def gen_label(spec: EvaluationSpec, i: int) -> str:
@@ -136,16 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     with open(out_dir / "outputs.jsonl", "w", encoding="utf-8") as out:
         for i, m in enumerate(spec.models):
             gen = Generator(Path(m.path), template=m.template)
-            config_tiling = gen.tiling
             rows: list[dict] = []
             for part, recs in parts:
                 # the evaluation's override, then the dataset's own budget in the mixture (or the benchmark's)
-                gen.tiling = trained_tiling(config_tiling, m.tiling, spec.max_dynamic_patch or part.max_dynamic_patch,
+                gen.tiling = trained_tiling(gen.card, m.tiling, spec.max_dynamic_patch or part.max_dynamic_patch,
                                             part.dynamic)
                 new_tokens = part.max_new_tokens or spec.max_new_tokens
                 print(f"model {i + 1}/{len(spec.models)}: {m.label} ({m.path})" + (f" on {part.name}" if part.name
                       else "") + f", template {gen.template.name}, tiling "
-                      f"{'dynamic' if gen.tiling.dynamic else 'one tile'} max {gen.tiling.max_dynamic_patch} tiles, "
+                      f"{'dynamic' if gen.tiling.dynamic_image_size else 'one tile'} max {gen.tiling.max_dynamic_patch} tiles, "
                       f"greedy, {part.min_new_tokens}-{new_tokens} new tokens", flush=True)
                 rows += evaluate_model(gen, recs, Path(part.root), spec, part.metrics or metrics, i, out, len(rows),
                                        part.name, new_tokens, part.min_new_tokens)

@@ -29,11 +29,11 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments
 from backend.core import run_outcome
 from backend.core.checkpoints import latest_complete
 from backend.core.meta import MetaError
-from backend.core.model_folder import read_config
-from backend.core.model_shapes import tile_geometry
+from backend.core.model_card import ModelCard, read_card
+from backend.core.model_folder import ModelFolderError
 from backend.core.spec import WORKER_RUN_ENV, Hyperparameters, TrainingSpec, max_tiles_per_pack
 from backend.core.template_match import template_problems
-from backend.core.templates import TOKENIZER_TEMPLATE, chat_template_template, get_template, to_jinja
+from backend.core.templates import TOKENIZER_TEMPLATE, to_jinja
 from worker.training import lora, modeling, packing, speed
 from worker.training import loss as loss_fn
 from worker.training.callbacks import (
@@ -98,23 +98,36 @@ def deepspeed_config(h: Hyperparameters, bf16: bool) -> dict:
     }
 
 
-def conversation_template(name: str, tokenizer):
-    if name == TOKENIZER_TEMPLATE:
-        def apply(messages, add_generation_prompt):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return chat_template_template(apply, stop=tokenizer.eos_token)
-    return get_template(name)
-
-
-def check_template(spec: TrainingSpec, tokenizer) -> None:
-    """Refuse a template that does not fit the model before anything trains."""
-    import json
-
-    config = json.loads((Path(spec.model_path) / "config.json").read_text())
-    vocab = tokenizer.get_vocab()
-    problems = template_problems(spec.template, config, vocab.get, getattr(tokenizer, "chat_template", None))
+def run_template(spec: TrainingSpec, card: ModelCard, tokenizer):
+    """The run's template, from the model's card (``tokenizer``: its tokenizer's own chat template,
+    the same object validation and generation render with); a template that does not fit the model
+    is refused before anything trains."""
+    problems = template_problems(spec.template, card, tokenizer.get_vocab().get)
     if problems:
         fail(problems)
+    return card.conversation_template(spec.template)
+
+
+def data_settings(h: Hyperparameters, card: ModelCard) -> dict:
+    """What the data pipeline cuts and renders with: the run's tiling and length, on the model's own
+    tiles (448 px for every released InternVL, other sizes for tiny test models)."""
+    image_size, tokens_per_tile = card.geometry(h.force_image_size)
+    return dict(max_seq_length=h.max_seq_length, **h.tiling.to_dict(), image_size=image_size,
+                tokens_per_tile=tokens_per_tile, seed=h.seed)
+
+
+def read_model_card(spec: TrainingSpec) -> tuple[TrainingSpec, ModelCard]:
+    """The model's card, and the spec with the tiling it leaves empty taken from it."""
+    try:
+        card = read_card(spec.model_path)
+    except ModelFolderError as e:
+        fail([str(e)])
+    if not spec.hyper.tiling_resolved:
+        try:
+            spec = spec.model_copy(update={"hyper": spec.hyper.with_tiling(card.tiling)})
+        except ValueError as e:  # pydantic's ValidationError: the model's tiling does not fit the other settings
+            fail([f"with the model's own tiling ({card.tiling.describe()}): {e}"])
+    return spec, card
 
 
 def core_model(model):
@@ -255,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
-    # -- the spec and the machine
-    spec = TrainingSpec.read(args.spec)
+    # -- the spec, the model's card and the machine
+    spec, card = read_model_card(TrainingSpec.read(args.spec))
     h = spec.hyper
     out = output_folder(spec, args.output_dir, args.in_place or os.environ.get(WORKER_RUN_ENV) == "1")
     if out != Path(spec.output_dir) and args.output_dir is None:
@@ -271,14 +284,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- tokenizer, template, data
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
-    check_template(spec, tokenizer)
-    template = conversation_template(spec.template, tokenizer)
-    # the model's own tiles (448 px for every released InternVL, other sizes for tiny test models)
-    image_size, tokens_per_tile = tile_geometry(read_config(Path(spec.model_path)), h.force_image_size)
-    data_args = dict(max_seq_length=h.max_seq_length, max_dynamic_patch=h.max_dynamic_patch,
-                     min_dynamic_patch=h.min_dynamic_patch, use_thumbnail=h.use_thumbnail,
-                     dynamic_image_size=h.dynamic_image_size, image_size=image_size, tokens_per_tile=tokens_per_tile,
-                     seed=h.seed)
+    template = run_template(spec, card, tokenizer)
+    data_args = data_settings(h, card)
+    image_size, tokens_per_tile = data_args["image_size"], data_args["tokens_per_tile"]
     try:
         dataset = SupervisedDataset(Path(spec.meta_path), tokenizer, template, **data_args)
     except MetaError as e:
@@ -324,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {trainable.get(k, 0):,}/{v:,}" for k, v in total.items()))
 
     # -- what every saved folder carries: the template and a matching chat template and stop token
-    describe_format(model, spec, tokenizer, template)
+    describe_format(model, spec, card, tokenizer, template)
 
     # -- trainer
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
@@ -486,14 +494,16 @@ def stamp_tiling(config, h: Hyperparameters) -> None:
         config.force_image_size = h.force_image_size
 
 
-def describe_format(model, spec: TrainingSpec, tokenizer, template) -> None:
+def describe_format(model, spec: TrainingSpec, card: ModelCard, tokenizer, template) -> None:
     """Template name in the config, a chat template on the tokenizer, generation stopping at the
-    template's separator: checkpoints and the final model then chat the way they were trained."""
+    template's separator: checkpoints and the final model then chat the way they were trained
+    (their cards say the template and tiling of the run)."""
     base = model.get_base_model() if spec.hyper.uses_lora else model
     base.config.template = spec.template
     stamp_tiling(base.config, spec.hyper)
-    if tokenizer.chat_template is None and spec.template != TOKENIZER_TEMPLATE:
-        tokenizer.chat_template = to_jinja(template)
+    if tokenizer.chat_template is None:  # the template rendered, as Jinja (the card's own for 'tokenizer')
+        tokenizer.chat_template = (card.tokenizer.chat_template if spec.template == TOKENIZER_TEMPLATE
+                                   else to_jinja(template))
     sep_id = tokenizer.get_vocab().get(template.sep.strip())
     if sep_id is not None:
         base.generation_config.eos_token_id = sep_id

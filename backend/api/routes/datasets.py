@@ -86,7 +86,7 @@ def upload_dataset(session: SessionDep, settings: SettingsDep, user: CurrentUser
                    root: str | None = Form(None), annotation: str | None = Form(None),
                    name: str | None = Form(None), val_fraction: float = Form(0.0),
                    validation: UploadFile | None = File(None), model_id: DbId | None = Form(None),
-                   max_dynamic_patch: int | None = Form(None, ge=1, le=40),
+                   preset: str | None = Form(None), max_dynamic_patch: int | None = Form(None, ge=1, le=40),
                    max_seq_length: int | None = Form(None, ge=1, le=1 << 20),
                    truncation: str = Form("error"), drop_bad_lines: bool = Form(False),
                    background: bool | None = Form(None)) -> dict:
@@ -95,8 +95,9 @@ def upload_dataset(session: SessionDep, settings: SettingsDep, user: CurrentUser
     plus one ``.jsonl``, names relative to the annotation's folder, e.g. ``images/a.png``);
     ``root`` + ``annotation`` (server-side, under VLSTUDIO_DATA_ROOTS).
 
-    ``model_id``/``max_dynamic_patch``/``max_seq_length``: tile and token-length checks with
-    that model's template and tokenizer. ``drop_bad_lines``: register a cleaned copy of the
+    ``model_id``/``preset``/``max_dynamic_patch``/``max_seq_length``: tile and token-length checks
+    with that model's template, tokenizer and tiling, the preset's tiling over it, then
+    ``max_dynamic_patch`` (the messages say which one set the tile budget). ``drop_bad_lines``: register a cleaned copy of the
     annotation instead of refusing it. Annotations over 2 MiB (or ``background=true``) are
     validated in the background: 202, then poll ``status``/``progress``. Hold out a
     validation split with ``val_fraction`` or a second ``.jsonl`` as ``validation``."""
@@ -104,7 +105,7 @@ def upload_dataset(session: SessionDep, settings: SettingsDep, user: CurrentUser
     if len(given) != 1:
         raise InvalidInput("give exactly one of: file (a zip), files (images + one .jsonl), root + annotation")
     checks = checks_for(session, model_id, user, max_dynamic_patch=max_dynamic_patch,
-                        max_seq_length=max_seq_length, truncation=truncation)
+                        max_seq_length=max_seq_length, truncation=truncation, preset=preset)
     if file is not None:
         src, default = _zip_source(settings, file), Path(file.filename or "dataset").stem
     elif files:
@@ -135,7 +136,7 @@ def register_from_path(body: DatasetFromPath, session: SessionDep, settings: Set
                        response: Response) -> dict:
     """The JSON form of a server-side dataset (``root`` + ``annotation`` on shared storage)."""
     checks = checks_for(session, body.model_id, user, max_dynamic_patch=body.max_dynamic_patch,
-                        max_seq_length=body.max_seq_length, truncation=body.truncation)
+                        max_seq_length=body.max_seq_length, truncation=body.truncation, preset=body.preset)
     src = svc.source_from_path(settings, body.root, body.annotation)
     opts = svc.Options(checks, drop_bad_lines=body.drop_bad_lines, val_fraction=body.val_fraction,
                        background=body.background)
@@ -185,11 +186,13 @@ def get_report(dataset_id: DbId, session: SessionDep, user: CurrentUser, per_sam
 @router.get("/{dataset_id}/samples/{line}")
 def get_sample(dataset_id: DbId, line: DbId, session: SessionDep, user: CurrentUser, model_id: DbId | None = None,
                max_dynamic_patch: Count | None = None, max_seq_length: Count | None = None,
-               tiles: bool = False) -> dict:
+               tiles: bool = False, preset: str | None = None) -> dict:
     """Preview line ``line`` (1-based) of the dataset's annotation as the model sees it: images
     (``url``; ``tiles=true`` adds the tiles as base64 JPEGs), tile grid, the prompt rendered by
-    the template with the trained spans, and token counts (``model_id``: default the built-in)."""
-    return views.sample(session, dataset_id, line, user, model_id, max_dynamic_patch, max_seq_length, tiles)
+    the template with the trained spans, and token counts (``model_id``: default the built-in;
+    ``preset``: its tiling over the model's)."""
+    return views.sample(session, dataset_id, line, user, model_id, max_dynamic_patch, max_seq_length, tiles,
+                        preset=preset)
 
 
 @router.get("/{dataset_id}/files/{path:path}", response_class=FileResponse)

@@ -66,7 +66,7 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
     """GPU memory per device for this spec (formula in docs/jobs.md), without submitting it."""
     model = get_model(session, body.model_id, user)
     try:
-        hyper = presets.resolve(body.preset, body.hyperparameters)
+        hyper = presets.resolve(body.preset, body.hyperparameters, svc.model_tiling(model))
     except (KeyError, ValueError) as e:
         raise InvalidInput(f"invalid spec: {e}") from None
     if not hyper.gpus:
