@@ -15,9 +15,10 @@ tokenizer's offsets (see :mod:`backend.core.samples`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 INTERNVL_SYSTEM_MESSAGE = (
@@ -70,6 +71,14 @@ class Template:
     @property
     def stop_strings(self) -> list[str]:
         return [self.sep.strip()]
+
+    def fingerprint(self) -> str:
+        """A stable digest of everything the template renders with (equal templates, equal digests,
+        in any process): for keys of caches on disk. A template with a ``renderer`` function has none."""
+        if self.renderer is not None:
+            raise ValueError("a template rendered by a function has no fingerprint; use tokenizer_template")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "renderer"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 TEMPLATES: dict[str, Template] = {}

@@ -106,9 +106,10 @@ def test_tokenizer_template_renders_as_the_tokenizer_does(tmp_path):
     assert render(turns[:2], template, add_generation_prompt=True).text == tok.apply_chat_template(
         msgs[:2], tokenize=False, add_generation_prompt=True)
     assert template.stop_strings == ["<|im_end|>"]
-    # plain data: it pickles into the validation workers and keys caches
-    assert pickle.loads(pickle.dumps(template)) == template and hash(template) == hash(pickle.loads(pickle.dumps(
-        template)))
+    # plain data: it pickles into the validation workers and keys caches (also on disk)
+    again = pickle.loads(pickle.dumps(template))
+    assert again == template and hash(again) == hash(template) and again.fingerprint() == template.fingerprint()
+    assert read_card(DATA / "qwen3").conversation_template().fingerprint() != template.fingerprint()
 
 
 @pytest.mark.parametrize("config, chat, template", [
