@@ -37,7 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backend.core.families import FAMILIES, family_of_config
+from backend.core.families import FAMILIES, Family, family_of_config
 from backend.core.model_folder import ModelFolderError, read_config
 from backend.core.model_shapes import ModelShapes, ShapeError, shapes_from_config, tile_geometry
 from backend.core.templates import TEMPLATES, TOKENIZER_TEMPLATE, Template, get_template, tokenizer_template
@@ -225,7 +225,7 @@ class ModelCard:
     config: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def family_entry(self) -> Any:
+    def family_entry(self) -> Family | None:
         return FAMILIES.get(self.family or "")
 
     def conversation_template(self, name: str | None = None) -> Template:
@@ -250,7 +250,7 @@ class ModelCard:
         return tile_geometry(self.config, force_image_size)
 
     def to_dict(self) -> dict[str, Any]:
-        """The card as JSON (what ``models info`` and the Models page show, and what an import records)."""
+        """The card as JSON."""
         return {"path": self.path, "format": self.format, "family": self.family, "template": self.template,
                 "tiling": {"image_size": self.image_size, "tokens_per_tile": self.tokens_per_tile,
                            **self.tiling.to_dict()},

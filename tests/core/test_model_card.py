@@ -61,6 +61,9 @@ def test_card_of_every_family_fixture(name):
     assert dict(card.tokenizer.special_tokens) == specials
     assert (card.tokenizer.chat_template is not None) == chat
     assert card.conversation_template().name == template
+    as_json = json.loads(json.dumps(card.to_dict()))
+    assert (as_json["template"], as_json["tiling"]["max_dynamic_patch"], as_json["tokenizer"]["chat_template"]) == (
+        template, 12, chat)
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "phi3", "hf_qwen3"])
