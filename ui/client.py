@@ -143,10 +143,14 @@ class StudioClient:
     def presets(self) -> dict:
         return self._call("GET", "/presets")
 
-    def resolve(self, preset: str, hyperparameters: dict) -> dict:
-        """``{hyperparameters, derived}``: the preset with overrides, validated (422 lists every
-        problem), and the derived values (gradient accumulation, global batch, precision...)."""
-        return self._call("POST", "/presets/resolve", json={"preset": preset, "hyperparameters": hyperparameters})
+    def resolve(self, preset: str, hyperparameters: dict, model_id: int | None = None) -> dict:
+        """``{hyperparameters, derived}``: the preset with overrides (over ``model_id``'s own tiling),
+        validated (422 lists every problem), and the derived values (gradient accumulation, global
+        batch, precision...)."""
+        body: dict = {"preset": preset, "hyperparameters": hyperparameters}
+        if model_id is not None:
+            body["model_id"] = model_id
+        return self._call("POST", "/presets/resolve", json=body)
 
     # -- jobs ----------------------------------------------------------------------------
     def create_job(self, dataset_id: int | None, model_id: int, preset: str, hyperparameters: dict,

@@ -151,6 +151,26 @@ def test_resolve_preset_derives_values_and_lists_problems(api):
     assert api.post("/api/presets/resolve", json={"preset": "nope"}).status_code == 422
 
 
+def test_what_a_preset_leaves_to_the_model_is_the_models_own_tiling(api):
+    """The demo preset sets 2 tiles and leaves the rest of the tiling to the model: empty without
+    one, the model card's with it, and a job records it resolved."""
+    keys = ("max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size")
+    assert [api.get("/api/presets").json()["defaults"][k] for k in keys] == [None] * 4
+    alone = api.post("/api/presets/resolve", json={"preset": "demo"}).json()["hyperparameters"]
+    assert [alone[k] for k in keys] == [2, None, None, None]
+    demo = next(m for m in api.get("/api/models").json() if m["builtin"])
+    body = {"preset": "demo", "model_id": demo["id"], "hyperparameters": {"max_seq_length": 1024}}
+    with_model = api.post("/api/presets/resolve", json=body).json()["hyperparameters"]
+    assert [with_model[k] for k in keys] == [2, 1, True, True]
+    # 6 tiles + the model's thumbnail (1794 tokens) do not fit 1024
+    r = api.post("/api/presets/resolve", json={**body, "hyperparameters": {"max_seq_length": 1024,
+                                                                            "max_dynamic_patch": 6}})
+    assert r.status_code == 422 and "max_seq_length" in {e["field"] for e in r.json()["errors"]}
+    ds = upload(api, zip_bytes(demo_files(2))).json()
+    job = api.post("/api/jobs", json={"dataset_id": ds["id"], "model_id": demo["id"], "preset": "demo"}).json()
+    assert [job["hyper"][k] for k in keys] == [2, 1, True, True]
+
+
 def test_jobs_and_evaluations_refuse_a_dataset_that_is_not_ready(api):
     ds = upload(api, zip_bytes(demo_files(2))).json()
     from sqlalchemy import update

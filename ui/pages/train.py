@@ -179,7 +179,7 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs, mixture_grid=None) 
                    f"{changes}" if overrides else ", unchanged") + "</div>")
         api = sessions.api(request)
         try:
-            resolved_ = api.resolve(name, overrides)
+            resolved_ = api.resolve(name, overrides, int(data[model]))  # the model's own tiling under the preset
             ds = api.dataset(int(data[dataset])) if data[dataset] else None
             est = api.estimate(int(data[dataset] or 0), int(data[model]), name, overrides)
         except ApiError as e:
