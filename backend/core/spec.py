@@ -57,8 +57,11 @@ class Hyperparameters(BaseModel):
     zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage (0: plain DDP)")
     offload: Literal["none", "optimizer", "optimizer+parameters"] = Field(
         "none", description="DeepSpeed CPU offload: optimizer states (ZeRO 1-3), or also parameters (ZeRO-3)")
-    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
-        "auto", description="LLM attention kernel; auto: flash-attention 2 on GPU where installed, else SDPA")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "varlen", "flex_attention", "eager"] = Field(
+        "auto", description="LLM attention kernel. varlen: torch's own flash kernels over the packed sequences "
+        "(no package, GPU); flex_attention: torch FlexAttention with a block-sparse mask per pack (GPU); "
+        "flash_attention_2: the flash-attn package (GPU); auto: on GPUs flash_attention_2 where installed, else "
+        "varlen, else flex_attention; SDPA on the CPU. The vision tower uses flash_attention_2 with it, else SDPA")
     dataloader_num_workers: int | None = Field(
         None, ge=0, le=64, description="data-loading processes per rank (empty: on GPUs one per core of the "
         "rank's share but one, up to 8; on the CPU 0)")
@@ -210,8 +213,10 @@ def combination_problems(h: Hyperparameters) -> list[tuple[str, str]]:
         p.append(("offload", "CPU offload needs DeepSpeed ZeRO (zero_stage 1, 2 or 3)"))
     if h.offload == "optimizer+parameters" and h.zero_stage != 3:
         p.append(("offload", "parameter offload needs zero_stage 3"))
-    if h.attn_implementation == "flash_attention_2" and not h.gpus:
-        p.append(("attn_implementation", "flash_attention_2 needs GPUs"))
+    if h.attn_implementation in ("flash_attention_2", "varlen", "flex_attention") and not h.gpus:
+        why = "its backward runs on CUDA only" if h.attn_implementation == "flex_attention" else "a CUDA kernel"
+        p.append(("attn_implementation", f"{h.attn_implementation} needs GPUs ({why}); this job trains on the CPU "
+                  "(gpus 0): use auto or sdpa"))
     _speed_options(h, p)
     if h.force_image_size is not None and h.force_image_size % (2 * PATCH_SIZE):
         p.append(("force_image_size", f"force_image_size must be a multiple of {2 * PATCH_SIZE} "

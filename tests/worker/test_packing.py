@@ -65,21 +65,21 @@ def setup(tmp_path_factory):
     return ds, model, Collator(tok.pad_token_id), tok.pad_token_id
 
 
-def fake_trainer(flash: bool) -> SimpleNamespace:
+def fake_trainer(one_row: bool) -> SimpleNamespace:
     """What compute_loss reads of the Trainer: one rank, one micro-batch, the token mean (the
     step's weight sum is then its target count)."""
-    trainer = SimpleNamespace(stats=BatchStats(), flash=flash, fused_ce=False, loss_reduction="token",
+    trainer = SimpleNamespace(stats=BatchStats(), one_row=one_row, fused_ce=False, loss_reduction="token",
                               micro_batches=1, args=SimpleNamespace(world_size=1))
     trainer.token_losses = lambda m, i: InternVLTrainer.token_losses(trainer, m, i)
     return trainer
 
 
-def run_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def run_loss(model, batch: dict, one_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The training program's own compute_loss on a batch: (step loss, logits, packing keys)."""
     inputs = dict(batch)
     num_items = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
     pack_keys = {k: inputs[k] for k in ("sample_index",) if k in inputs}
-    trainer = fake_trainer(flash=False)
+    trainer = fake_trainer(one_row=one_row)
     with torch.no_grad():
         loss, out = InternVLTrainer.compute_loss(trainer, model, inputs, return_outputs=True,
                                                  num_items_in_batch=torch.tensor(float(num_items)))
@@ -101,10 +101,10 @@ def unpacked_sample_losses(model, ds, collator, order):
     return loss, {i: float(per_tok[r].sum() / counts[r]) for r, i in enumerate(order)}
 
 
-def packed_sample_losses(model, ds, collator, packs):
+def packed_sample_losses(model, ds, collator, packs, one_row: bool = False):
     batch = PackCollator(collator.pad, collator)([pack_samples([ds[i] for i in p]) for p in packs])
-    loss, logits, keys = run_loss(model, batch)
-    per_tok = token_losses(logits, batch["labels"])
+    loss, logits, keys = run_loss(model, batch, one_row)
+    per_tok = token_losses(logits.reshape(len(packs), -1, logits.shape[-1]), batch["labels"])
     owner = keys["sample_index"][:, 1:]  # the sample each target belongs to
     sums = torch.zeros(owner.max() + 1).index_add_(0, owner[owner >= 0], per_tok[owner >= 0])
     counts = per_sample_token_counts(batch["labels"][:, 1:], owner)
@@ -234,7 +234,7 @@ def test_flash_path_runs_the_batch_as_one_row_with_its_sequence_lengths(setup, t
     packs = [(0, 2, 1), (5, 4), (3,)]
     batch = PackCollator(pad, collator)([pack_samples([ds[i] for i in p]) for p in packs])
     num_items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    trainer = fake_trainer(flash=True)
+    trainer = fake_trainer(one_row=True)
     with torch.no_grad():
         loss, out = InternVLTrainer.compute_loss(trainer, varlen, dict(batch), return_outputs=True,
                                                  num_items_in_batch=torch.tensor(float(num_items)))
@@ -248,3 +248,84 @@ def test_flash_path_runs_the_batch_as_one_row_with_its_sequence_lengths(setup, t
     counts = per_sample_token_counts(batch["labels"][:, 1:], owner)
     for k, i in enumerate(i for p in packs for i in p):
         assert float(sums[k] / counts[k]) == pytest.approx(per[i], abs=1e-5), i
+
+
+# ------------------------------------------- torch's own kernels: flex_attention and varlen
+def alone_losses(model, ds, collator, order) -> dict[int, float]:
+    """Each sample's loss run by itself (a batch of one, SDPA)."""
+    return {i: unpacked_sample_losses(model, ds, collator, [i])[1][i] for i in order}
+
+
+def load_with(tmp_path, model, kernel: str):
+    from transformers import InternVLForConditionalGeneration
+
+    from worker.training.attention import per_part
+
+    if not (tmp_path / "m" / "config.json").exists():
+        model.save_pretrained(tmp_path / "m")
+    return InternVLForConditionalGeneration.from_pretrained(tmp_path / "m", dtype=torch.float32,
+                                                            attn_implementation=per_part(kernel)).eval()
+
+
+def test_flex_attention_pack_equals_each_sample_run_alone(setup, tmp_path):
+    """flex_attention (real, forward on the CPU): the trainer's packed inputs (restarting positions,
+    no mask, no cache) make transformers build a block mask per sample, so each sample of a
+    pack gets the loss it gets alone."""
+    ds, model, collator, _ = setup
+    flex = load_with(tmp_path, model, "flex_attention")
+    assert flex.config.text_config._attn_implementation == "flex_attention"
+    assert flex.config.vision_config._attn_implementation == "sdpa"
+    packs = [(0, 2, 1), (5, 4), (3,)]
+    step, per = packed_sample_losses(flex, ds, collator, packs)
+    alone = alone_losses(model, ds, collator, range(len(RECORDS)))
+    for i, v in alone.items():
+        assert per[i] == pytest.approx(v, abs=1e-5), i
+    assert float(step) == pytest.approx(float(unpacked_sample_losses(model, ds, collator, list(alone))[0]), abs=1e-5)
+
+
+def reference_varlen_kernel(query, key, value, cu_q, cu_k, max_q, max_k, scale):
+    """What torch's varlen_attn computes, on the CPU: causal attention within each [cu[i], cu[i+1])
+    of ``[T, H, D]`` tensors, key/value heads shared by groups of query heads."""
+    assert cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and int(cu_q[-1]) == query.shape[0]
+    assert max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+    out = [torch.nn.functional.scaled_dot_product_attention(
+        query[a:b].transpose(0, 1), key[a:b].transpose(0, 1), value[a:b].transpose(0, 1), is_causal=True,
+        scale=scale, enable_gqa=True).transpose(0, 1) for a, b in zip(cu_q.tolist(), cu_q[1:].tolist(), strict=False)]
+    return torch.cat(out)
+
+
+def test_varlen_attention_function_runs_packs_as_one_row_and_unpads_padded_batches(setup, tmp_path, monkeypatch):
+    """The ``varlen`` attention function registered with transformers (layouts, GQA heads, the
+    cumulative lengths of one flattened row, the unpadding of a padded batch) with a plain-torch
+    kernel in place of torch's varlen_attn, whose flash kernels run on CUDA only
+    (tests/gpu/test_attention_gpu.py runs the real one against SDPA in bf16)."""
+    from worker.training import attention
+
+    ds, model, collator, _ = setup
+    monkeypatch.setattr(attention, "varlen_kernel", reference_varlen_kernel)
+    varlen = load_with(tmp_path, model, "varlen")
+    assert varlen.config.text_config._attn_implementation == "varlen"
+    assert varlen.config.vision_config._attn_implementation == "sdpa"
+    assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads  # GQA
+    packs = [(0, 2, 1), (5, 4), (3,)]
+    step, per = packed_sample_losses(varlen, ds, collator, packs, one_row=True)
+    alone = alone_losses(model, ds, collator, range(len(RECORDS)))
+    for i, v in alone.items():
+        assert per[i] == pytest.approx(v, abs=1e-5), i
+    # unpacked, right-padded rows: the real tokens are unpadded into sequences of their own
+    order = list(range(len(RECORDS)))
+    padded_step, padded = unpacked_sample_losses(varlen, ds, collator, order)
+    for i in order:
+        assert padded[i] == pytest.approx(alone[i], abs=1e-5), i
+    assert float(padded_step) == pytest.approx(float(step), abs=1e-5)
+    varlen.save_pretrained(tmp_path / "saved")  # the saved model loads anywhere: no kernel name in it
+    assert "varlen" not in (tmp_path / "saved" / "config.json").read_text()
+
+
+def test_varlen_kernel_refuses_fp32_with_a_clear_message():
+    from worker.training.attention import varlen_kernel
+
+    q = torch.zeros(4, 2, 8)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match="varlen runs in bf16 or fp16"):
+        varlen_kernel(q, q, q, cu, cu, 4, 4, None)

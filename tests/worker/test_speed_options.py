@@ -42,8 +42,53 @@ def test_missing_packages_are_refused_on_the_node_with_the_install_command(monke
     assert len(problems) == 2 and all("pip install 'vlstudio[gpu]'" in p for p in problems)
     assert "liger-kernel" in problems[0] and "flash-attn" in problems[1]
     assert speed.runtime_problems(Hyperparameters(gpus=1, packing=True, attn_implementation="sdpa"), True) == []
-    assert "flash-attention 2" in speed.packing_note(Hyperparameters(gpus=1, packing=True), "sdpa", True)
+    assert "varlen or flex_attention" in speed.packing_note(Hyperparameters(gpus=1, packing=True), "sdpa", True)
+    assert speed.packing_note(Hyperparameters(gpus=1, packing=True), "varlen", True) is None
     assert speed.packing_note(Hyperparameters(packing=True), "sdpa", use_gpu=False) is None
+
+
+@pytest.mark.parametrize("kernel", ["varlen", "flex_attention", "flash_attention_2"])
+def test_gpu_only_attention_kernels_are_refused_for_a_cpu_job(kernel):
+    msg = problems_of(attn_implementation=kernel)["attn_implementation"]
+    assert f"{kernel} needs GPUs" in msg and "gpus 0" in msg
+    assert Hyperparameters(attn_implementation=kernel, gpus=1).attn_implementation == kernel
+
+
+@pytest.mark.parametrize(("flash", "varlen", "flex", "capability", "expect"), [
+    (True, True, True, (9, 0), "flash_attention_2"),
+    (False, True, True, (9, 0), "varlen"),
+    (False, True, True, (7, 5), "flex_attention"),  # torch's flash kernels need 8.0+
+    (False, False, True, (8, 0), "flex_attention"),
+    (False, False, False, (8, 0), "sdpa"),
+])
+def test_auto_picks_the_fastest_kernel_the_gpu_node_runs(monkeypatch, flash, varlen, flex, capability, expect):
+    from worker.training import attention
+
+    monkeypatch.setattr(attention, "has_flash_attn", lambda: flash)
+    monkeypatch.setattr(attention, "has_varlen", lambda: varlen)
+    monkeypatch.setattr(attention, "has_flex", lambda: flex)
+    monkeypatch.setattr(attention, "gpu_capability", lambda: capability)
+    assert attention.choose("auto", use_gpu=True) == expect
+    assert attention.choose("auto", use_gpu=False) == "sdpa"
+    assert attention.choose("eager", use_gpu=True) == "eager"
+    assert attention.per_part(expect)["vision_config"] == ("flash_attention_2" if flash else "sdpa")
+    assert speed.runtime_problems(Hyperparameters(gpus=1, packing=True), use_gpu=True) == []  # auto never fails
+
+
+def test_a_node_that_cannot_run_the_chosen_kernel_refuses_it_before_training(monkeypatch):
+    from worker.training import attention
+
+    monkeypatch.setattr(attention, "has_varlen", lambda: False)
+    (msg,) = speed.runtime_problems(Hyperparameters(gpus=1, attn_implementation="varlen"), use_gpu=True)
+    assert "torch.nn.attention.varlen" in msg and "flex_attention" in msg
+    monkeypatch.setattr(attention, "has_varlen", lambda: True)
+    monkeypatch.setattr(attention, "gpu_capability", lambda: (7, 0))
+    (msg,) = speed.runtime_problems(Hyperparameters(gpus=1, attn_implementation="varlen"), use_gpu=True)
+    assert "compute capability 8.0" in msg and "7.0" in msg
+    monkeypatch.setattr(attention, "gpu_capability", lambda: (9, 0))
+    assert speed.runtime_problems(Hyperparameters(gpus=1, attn_implementation="varlen"), use_gpu=True) == []
+    # a spec written elsewhere (e.g. by hand) reaching a CPU node: the node refuses too
+    assert "GPUs only" in attention.problems("flex_attention", use_gpu=False)[0]
 
 
 @pytest.fixture(scope="module")

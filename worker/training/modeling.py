@@ -4,7 +4,6 @@ stochastic depth in the ViT, a different tile size, and the trainable-parameter 
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 
 import torch
@@ -13,19 +12,18 @@ from transformers import InternVLForConditionalGeneration
 from transformers.models.internvl.modeling_internvl import InternVLVisionLayer
 
 from backend.core.spec import Hyperparameters
+from worker.training import attention
 
 
 def attention_kernel(h: Hyperparameters, use_gpu: bool) -> str:
-    if h.attn_implementation != "auto":
-        return h.attn_implementation
-    if use_gpu and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    """The language model's attention kernel (:func:`worker.training.attention.choose`)."""
+    return attention.choose(h.attn_implementation, use_gpu)
 
 
 def load_model(path: str, h: Hyperparameters, dtype: torch.dtype, use_gpu: bool) -> InternVLForConditionalGeneration:
-    model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype,
-                                                             attn_implementation=attention_kernel(h, use_gpu))
+    # the LLM's kernel, and the vision tower's (one tile, no mask: SDPA or flash-attention 2)
+    kernels = attention.per_part(attention_kernel(h, use_gpu))
+    model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=kernels)
     if h.vision_select_layer != -1:
         depth = model.config.vision_config.num_hidden_layers
         if not -depth <= h.vision_select_layer <= depth:

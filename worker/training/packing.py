@@ -9,9 +9,10 @@ of a pack independent:
 - **attention never crosses a sample boundary.** The forward pass gets no 2D attention mask,
   only the position ids. transformers (5.24, ``masking_utils.find_packed_sequence_indices``)
   then cuts the causal mask into one block per run of increasing positions for SDPA and
-  eager attention; for flash-attention 2 the trainer flattens the batch to one row and passes
-  the cumulative sequence lengths built here, so the varlen kernel runs without a per-layer
-  device sync (transformers only infers them from positions at batch size 1);
+  eager attention (a block-sparse mask for flex_attention); for the varlen kernels
+  (flash-attention 2, torch's ``varlen``) the trainer flattens the batch to one row and passes
+  the cumulative sequence lengths built here, so the kernel runs without a per-layer device sync
+  (transformers only infers them from positions at batch size 1);
 - **the first label of every sample is ignored.** Unpacked, a sample's first token is never a
   target (nothing precedes it); packed, the last token of the previous sample would predict
   it. The first token is always prompt (BOS or system turn), already -100 for every template,
@@ -209,14 +210,15 @@ def pop_pack_inputs(inputs: dict) -> PackInputs | None:
 
 
 def forward_inputs(pack: PackInputs | None, embeds: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
-                   flash: bool) -> dict:
+                   one_row: bool) -> dict:
     """What the language model is called with: the padding mask unpacked; packed, no mask and
-    restarting positions (block-diagonal causal mask), or for flash-attention 2 the batch as
-    one row with its cumulative sequence lengths (the varlen kernel)."""
+    restarting positions (SDPA/eager: a block-diagonal causal mask; flex_attention: a block-sparse
+    one), or for the varlen kernels (flash-attention 2, torch's ``varlen``) the batch as one row
+    with its cumulative sequence lengths."""
     if pack is None:
         return {"inputs_embeds": embeds, "labels": labels, "attention_mask": attention_mask}
     # No cache: transformers builds the block-diagonal mask from the positions only without one.
-    if not flash:
+    if not one_row:
         return {"inputs_embeds": embeds, "labels": labels, "attention_mask": None, "position_ids": pack.position_ids,
                 "use_cache": False}
     cu = pack.cu_seqlens.to(embeds.device, torch.int32)

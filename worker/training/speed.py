@@ -26,6 +26,7 @@ import time
 import torch
 
 from backend.core.spec import Hyperparameters
+from worker.training import attention
 
 GPU_EXTRA = "install the GPU extra on the worker: pip install 'vlstudio[gpu]'"
 
@@ -37,16 +38,19 @@ def runtime_problems(h: Hyperparameters, use_gpu: bool) -> list[str]:
                         f"{GPU_EXTRA}")
     if h.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         problems.append(f"attn_implementation flash_attention_2 needs the flash-attn package, not installed here: "
-                        f"{GPU_EXTRA}")
+                        f"{GPU_EXTRA}, or use varlen (torch's own kernel)")
+    if h.attn_implementation != "auto":
+        problems += attention.problems(h.attn_implementation, use_gpu)
     return problems
 
 
-def packing_note(h: Hyperparameters, attention: str, use_gpu: bool) -> str | None:
-    """What a packed GPU run loses without flash-attention (said in the log, not refused: SDPA's
+def packing_note(h: Hyperparameters, kernel: str, use_gpu: bool) -> str | None:
+    """What a packed GPU run loses with a dense-mask kernel (said in the log, not refused: SDPA's
     memory-efficient kernel takes the block-diagonal mask and is still exact)."""
-    if h.packing and use_gpu and attention != "flash_attention_2":
-        return (f"note: packing with {attention} attention builds a block-diagonal mask per pack; "
-                "flash-attention 2 (pip install flash-attn) runs packs without one, faster")
+    if h.packing and use_gpu and kernel in ("sdpa", "eager"):
+        return (f"note: packing with {kernel} attention computes a dense block-diagonal mask per pack; "
+                "attn_implementation varlen or flex_attention (torch's own) or flash_attention_2 skip the "
+                "blocks across samples, faster")
     return None
 
 

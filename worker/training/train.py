@@ -36,6 +36,7 @@ from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, to_jinja
 from worker.training import lora, modeling, packing, speed
 from worker.training import loss as loss_fn
+from worker.training.attention import ONE_ROW
 from worker.training.callbacks import (
     BatchStats,
     MetricsCallback,
@@ -147,12 +148,12 @@ class InternVLTrainer(Trainer):
     #: compute_loss returns its exact share of the step loss: the Trainer must not rescale it
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, sampler: SeededSampler, stats: BatchStats, flash: bool = False,
+    def __init__(self, *args, sampler: SeededSampler, stats: BatchStats, one_row: bool = False,
                  fused_ce: bool = False, loss_reduction: str = "token", eval_collator=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
         self.stats = stats
-        self.flash = flash  # flash-attention 2: packed batches run as one row through the varlen kernel
+        self.one_row = one_row  # flash-attention 2 / varlen: packed batches run as one row with cu_seqlens
         self.fused_ce = fused_ce  # Liger fused linear cross-entropy from the hidden states
         self.loss_reduction = loss_reduction
         self.eval_collator = eval_collator or self.data_collator  # evaluation batches are never packed
@@ -198,7 +199,7 @@ class InternVLTrainer(Trainer):
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), real)
         # Zero-weighted dummy features keep the vision parameters in the graph on a text-only rank.
         embeds = embeds + 0.0 * feats[flags == 0].sum().to(embeds.dtype)
-        kwargs = packing.forward_inputs(pack, embeds, labels, inputs["attention_mask"], self.flash)
+        kwargs = packing.forward_inputs(pack, embeds, labels, inputs["attention_mask"], self.one_row)
         # No labels to the model: its own loss would be a per-call mean; the reduction is ours.
         labels = kwargs.pop("labels")
         index = pack.sample_index.reshape(labels.shape) if pack is not None else None
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         model=model, args=targs, train_dataset=train_data,
         eval_dataset=eval_dataset["overall"] if eval_dataset and len(eval_dataset) == 1 else eval_dataset,
         data_collator=packing.PackCollator(tokenizer.pad_token_id, collator) if h.packing else collator,
-        processing_class=tokenizer, sampler=sampler, stats=stats, flash=attention == "flash_attention_2",
+        processing_class=tokenizer, sampler=sampler, stats=stats, one_row=attention in ONE_ROW,
         fused_ce=h.fused_cross_entropy, loss_reduction=h.loss_reduction, eval_collator=collator,
         callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop,
                    SealCallback(h.save_total_limit)])
