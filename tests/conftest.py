@@ -23,6 +23,14 @@ REDIS_URL = os.environ.get("VLSTUDIO_TEST_REDIS", "redis://127.0.0.1:6379")
 ADMIN = ("admin", "admin-password-for-tests")
 # The production mode refuses the default secret and needs a first admin; studios started
 # below and in-process APIs inherit these.
+# Without a GPU, Triton kernels (liger-kernel's) run on CPU tensors through Triton's interpreter
+# (tests/worker/triton_cpu.py). It must be on before triton is first imported (transformers'
+# model modules import it): triton's own library functions are decorated at that import.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("VLSTUDIO_SECRET_KEY", "test-secret-" + uuid.uuid4().hex)
 os.environ.setdefault("VLSTUDIO_FIRST_ADMIN_USERNAME", ADMIN[0])
 os.environ.setdefault("VLSTUDIO_FIRST_ADMIN_PASSWORD", ADMIN[1])

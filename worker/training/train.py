@@ -276,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     if out != Path(spec.output_dir) and args.output_dir is None:
         log(f"writing to {out}: {spec.output_dir} already holds the outputs of a run (pass --in-place to write "
             "there, --output-dir DIR to choose)")
+    if not hasattr(Trainer, "loss_is_scaled_for_ga"):  # older: the Trainer rescales our exact loss by accumulation
+        import transformers
+
+        fail([f"transformers {transformers.__version__} is too old for this trainer (it needs 5.19 or later, "
+              "whose Trainer takes the loss as given): pip install 'transformers>=5.19,<6'"])
     use_gpu = h.gpus > 0 and torch.cuda.is_available()
     if h.gpus > 0 and not use_gpu:
         fail(["the job asks for GPUs but CUDA is not available on this node"])
