@@ -135,6 +135,9 @@ class ModelServer:
         if self.device is None or time.monotonic() - self.last_used < self.settings.serve_idle_seconds:
             return
         self.models.clear()
+        from worker.evaluation.generation import release_device_memory
+
+        release_device_memory(self.device)  # before the lease goes: the next job gets the memory
         if self.device != "cpu":
             with session_scope() as s:
                 scheduling.release_holder(s, self.holder)
@@ -144,7 +147,7 @@ class ModelServer:
     def _model(self, chat: ChatRequest) -> Any:
         from pathlib import Path
 
-        from worker.evaluation.generation import Generator
+        from worker.evaluation.generation import Generator, release_device_memory
         from worker.evaluation.run import trained_tiling
 
         path = Path(chat.model_path)
@@ -161,6 +164,7 @@ class ModelServer:
         self.models[key] = gen
         while len(self.models) > MAX_LOADED:
             self.models.popitem(last=False)
+            release_device_memory(self.device)
         return gen
 
     # ------------------------------------------------------------------------------------ loop

@@ -80,6 +80,26 @@ def collate_left(prompts: Sequence[Prompt], pad_id: int) -> dict:
     return batch
 
 
+def model_dtype(device: str) -> torch.dtype:
+    """bf16 on a CUDA device that has it (``cuda`` or ``cuda:N``, as the model server passes a
+    leased GPU), fp32 elsewhere."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def release_device_memory(device: str | None) -> None:
+    """Give the memory of dropped models back to the GPU: PyTorch's allocator keeps freed blocks
+    cached for this process, where the next job on the GPU (another process) cannot get them."""
+    import gc
+
+    gc.collect()
+    if device is None or torch.device(device).type != "cuda":
+        return
+    with torch.cuda.device(torch.device(device)):
+        torch.cuda.empty_cache()
+
+
 class Generator:
     """A loaded model with its tokenizer, and the template and tiling of its card (``template``
     and ``tiling`` override them); greedy by default."""
@@ -90,7 +110,7 @@ class Generator:
 
         self.path = Path(model_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        dtype = model_dtype(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = InternVLForConditionalGeneration.from_pretrained(self.path, dtype=dtype).to(self.device)
         self.model.eval()
