@@ -57,6 +57,11 @@ class Hyperparameters(BaseModel):
     zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage (0: plain DDP)")
     offload: Literal["none", "optimizer", "optimizer+parameters"] = Field(
         "none", description="DeepSpeed CPU offload: optimizer states (ZeRO 1-3), or also parameters (ZeRO-3)")
+    optimizer: Literal["adamw_torch", "adamw_deepspeed"] = Field(
+        "adamw_torch", description="AdamW (0.9, 0.999, 1e-8). adamw_torch: torch's fused kernel, nothing to compile "
+        "(with CPU offload torch's CPU AdamW, slower than DeepSpeed's); adamw_deepspeed: DeepSpeed's FusedAdam (GPU) "
+        "or cpu_adam (offload), which each node JIT-compiles at its first run (needs nvcc, ninja and the Python "
+        "headers; minutes)")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "varlen", "flex_attention", "eager"] = Field(
         "auto", description="LLM attention kernel. varlen: torch's own flash kernels over the packed sequences "
         "(no package, GPU); flex_attention: torch FlexAttention with a block-sparse mask per pack (GPU); "
@@ -209,6 +214,8 @@ def combination_problems(h: Hyperparameters) -> list[tuple[str, str]]:
         p.append(("global_batch_size", f"global_batch_size {h.global_batch_size} must be a multiple of "
                   f"per_device_batch_size x nproc_per_node x nnodes = {per_step}"))
     _what_trains(h, p)
+    if h.optimizer == "adamw_deepspeed" and h.zero_stage == 0:
+        p.append(("optimizer", "adamw_deepspeed is DeepSpeed's optimizer: it needs zero_stage 1, 2 or 3"))
     if h.offload != "none" and h.zero_stage == 0:
         p.append(("offload", "CPU offload needs DeepSpeed ZeRO (zero_stage 1, 2 or 3)"))
     if h.offload == "optimizer+parameters" and h.zero_stage != 3:

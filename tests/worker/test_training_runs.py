@@ -146,6 +146,7 @@ def test_training_log_states_the_setup(overfit):
     assert "dataset tiny: 4 samples" in log
     assert "448 px tiles, 256 image tokens per tile" in log and "max_dynamic_patch=2" in log
     assert "samples: 4 kept, 0 dropped" in log
+    assert "optimizer: torch.optim.AdamW (fused)" in log  # torch's, not DeepSpeed's compiled FusedAdam
     assert "image tokens: 1,544 in 4 images (6 tiles)" in log
     assert "trainable" in log and "vision 0/" in log  # frozen backbone: nothing of it trains
     steps = [line for line in log.splitlines() if line.startswith("step 30/30 | loss ")]

@@ -174,6 +174,29 @@ class SealCallback(TrainerCallback):
             rotate(Path(args.output_dir), self.keep)
 
 
+def optimizer_name(optimizer) -> str:
+    """The optimizer that updates the weights, inside DeepSpeed's and accelerate's wrappers:
+    e.g. ``torch.optim.AdamW (fused)`` or ``deepspeed.ops.adam.FusedAdam``."""
+    seen = 0
+    while hasattr(optimizer, "optimizer") and seen < 5:  # ZeRO optimizer -> basic optimizer
+        optimizer, seen = optimizer.optimizer, seen + 1
+    cls = type(optimizer)
+    module = "torch.optim" if cls.__module__.startswith("torch.optim") else cls.__module__
+    fused = any(g.get("fused") for g in getattr(optimizer, "param_groups", []))
+    return f"{module}.{cls.__name__}" + (" (fused)" if fused else "")
+
+
+class OptimizerLog(TrainerCallback):
+    """One log line at the start: which optimizer really runs (DeepSpeed builds it from its config)."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):  # noqa: ANN001, ANN003
+        if optimizer is not None:
+            self.log(f"optimizer: {optimizer_name(optimizer)}")
+
+
 def quiet_trainer(trainer) -> None:
     """One line per step: the HF Trainer's PrinterCallback (added with disable_tqdm) would print
     each step's raw ``{'loss': ...}`` dict again under the formatted line of MetricsCallback."""
@@ -182,18 +205,23 @@ def quiet_trainer(trainer) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
-def compile_notice(zero_stage: int, offload: str, use_gpu: bool) -> str | None:
+def compile_notice(zero_stage: int, offload: str, use_gpu: bool, optimizer: str = "adamw_torch") -> str | None:
     """What the log should say before a long silent wait: the first DeepSpeed run on a machine
-    JIT-compiles C++ ops (the optimizer's; on CPUs also the shared-memory collectives), minutes on
-    a CPU; later runs load them from the torch extensions cache. None when they are prebuilt or
-    already compiled."""
+    JIT-compiles C++ ops (DeepSpeed's optimizer when ``adamw_deepspeed`` asks for it; on CPUs the
+    shared-memory collectives), minutes on a CPU; later runs load them from the torch extensions
+    cache. None when they are prebuilt or already compiled, or when nothing needs them (the
+    default torch AdamW on a GPU compiles nothing)."""
     if not zero_stage:
         return None
     import deepspeed.git_version_info as installed
     import torch.utils.cpp_extension as cpp
     from deepspeed.accelerator import get_accelerator
 
-    names = ["CPUAdamBuilder" if offload != "none" else "FusedAdamBuilder"] + ([] if use_gpu else ["ShareMemCommBuilder"])
+    names = []
+    if optimizer == "adamw_deepspeed":
+        names.append("CPUAdamBuilder" if offload != "none" else "FusedAdamBuilder")
+    if not use_gpu:
+        names.append("ShareMemCommBuilder")
     missing, cache = [], None
     for name in names:
         builder = get_accelerator().create_op_builder(name)

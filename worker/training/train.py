@@ -40,6 +40,7 @@ from worker.training.attention import ONE_ROW
 from worker.training.callbacks import (
     BatchStats,
     MetricsCallback,
+    OptimizerLog,
     SealCallback,
     StopCallback,
     compile_notice,
@@ -70,7 +71,8 @@ def fail(problems: list[str]) -> None:
 
 # ----------------------------------------------------------------------------------------- setup
 def deepspeed_config(h: Hyperparameters, bf16: bool) -> dict:
-    """The recipe's zero_stage{1,2,3}_config.json, with the Trainer filling the "auto"s."""
+    """The recipe's zero_stage{1,2,3}_config.json, with the Trainer filling the "auto"s; the
+    optimizer is torch's fused AdamW unless ``optimizer`` asks for DeepSpeed's (compiled)."""
     zero: dict = {"stage": h.zero_stage, "overlap_comm": True, "contiguous_gradients": True}
     if h.zero_stage in (1, 2):
         bucket = 1e9 if h.zero_stage == 1 else 1e8
@@ -84,12 +86,16 @@ def deepspeed_config(h: Hyperparameters, bf16: bool) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if h.offload == "optimizer+parameters":
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    params: dict = {"lr": "auto", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": "auto"}
+    if h.optimizer == "adamw_torch":
+        # torch.optim.AdamW(fused=True) over DeepSpeed's parameter groups (every parameter decays, as
+        # in the recipe's config): no op for DeepSpeed to JIT-compile on a fresh node
+        params.update(torch_adam=True, fused=True)
     return {
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": False},
-        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": [0.9, 0.999], "eps": 1e-8,
-                                                    "weight_decay": "auto"}},
+        "optimizer": {"type": "AdamW", "params": params},
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
         "train_batch_size": "auto",
@@ -350,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=h.max_steps, max_grad_norm=h.max_grad_norm, logging_steps=h.logging_steps,
         save_strategy="steps" if h.save_steps else "no", save_steps=h.save_steps or 500,
         save_total_limit=None, seed=h.seed, data_seed=h.seed, bf16=bf16, use_cpu=not use_gpu,
+        optim="adamw_torch_fused",  # zero_stage 0 (no DeepSpeed): the Trainer's own, torch's fused AdamW
         deepspeed=deepspeed_config(h, bf16) if h.zero_stage else None,
         remove_unused_columns=False,  # gradient checkpointing: per part, in apply_speed_options
         report_to=["tensorboard"] if h.report_to == "tensorboard" else [],
@@ -379,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=tokenizer, sampler=sampler, stats=stats, one_row=attention in ONE_ROW,
         fused_ce=h.fused_cross_entropy, loss_reduction=h.loss_reduction, eval_collator=collator,
         callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop,
-                   SealCallback(h.save_total_limit)])
+                   SealCallback(h.save_total_limit), OptimizerLog(log)])
     quiet_trainer(trainer)
-    if notice := compile_notice(h.zero_stage, h.offload, use_gpu):
+    if notice := compile_notice(h.zero_stage, h.offload, use_gpu, h.optimizer):
         log(notice)
     unit = "packs" if h.packing else "samples"
     log(f"training: {len(train_data)} {unit}, world size {world}, per device {h.per_device_batch_size} {unit}, "
