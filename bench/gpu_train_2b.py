@@ -59,7 +59,10 @@ def build_model(out: Path, vision: dict, llm: dict) -> Path:
         tie_word_embeddings=False)
     config.template = "internlm2-chat"
     torch.manual_seed(0)
-    model = InternVLForConditionalGeneration(config).to(torch.bfloat16)
+    # random init of 2.2B parameters takes a minute on CPU cores, a second on a GPU
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = InternVLForConditionalGeneration(config).to(torch.bfloat16)
+    model = model.cpu()
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model.save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())

@@ -6,10 +6,19 @@ Both configurations train one epoch over the same synthetic samples (``bench/mix
 
 - **naive**: the 2b-full recipe as the studio ran it before packing: padded, length-grouped
   batches of 4 samples, SDPA, no fused kernels, gradient checkpointing everywhere;
-- **tuned**: packing to ``max_seq_length`` (one pack per device and step), flash-attention 2
-  and Liger's RMSNorm / RoPE / SwiGLU and fused linear cross-entropy where installed (GPU),
+- **tuned**: packing to ``max_seq_length`` (one pack per device and step), attention ``auto``
+  (on a GPU flash-attention 2 where installed, else torch's own ``varlen`` kernel over the
+  packs), Liger's RMSNorm / RoPE / SwiGLU and fused linear cross-entropy where installed (GPU),
   gradient checkpointing in the LLM (and in the ViT unless ``--no-vision-checkpointing``),
-  ``torch.compile`` with ``--compile``.
+  ``torch.compile`` with ``--compile``;
+- **anchor** (``--anchor``): the shared baseline ``gpu_trainer_anchor.py`` (HF Trainer +
+  DeepSpeed ZeRO-1 on fixed 7-tile batches) in the same call, its MFU over the same measured peak.
+
+Every path runs even when another fails (its row says FAILED and why; the exit status is 1);
+``--timeout`` bounds each path: past it, everything the path started is killed, trainers
+included (torchrun starts each in a session of its own, so they are found by the spec path on
+their command line), with the compile locks it left in ``--torch-extensions``. The trainers keep
+the caller's ``PYTHONPATH`` (the repository is put first).
 
 It first measures the data path alone (image decode + tiling + normalisation in one process
 and one thread: tiles/s per core), then prints one table: tokens/s, samples/s, MFU (model
@@ -34,6 +43,7 @@ import json
 import os
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -102,22 +112,69 @@ def data_rate(meta: Path, tokenizer, hyper, seconds: float = 8.0) -> dict:
             "tile_px": hyper.force_image_size or 448}
 
 
-def launch(run: Path, spec) -> tuple[int, int]:
-    """torchrun as the worker runs it; (exit code, the trainer's peak RSS in KiB)."""
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a launched trainer: the repository first on PYTHONPATH, whatever was on
+    it kept (a GPU machine may carry packages there)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def locks(extensions: Path | None) -> set[Path]:
+    return set(extensions.glob("*/lock")) if extensions is not None and extensions.is_dir() else set()
+
+
+def stop_everything_of(marker: str) -> list[int]:
+    """SIGKILL every process whose command line names ``marker`` (this path's spec or script), with
+    its process group: torchrun starts each trainer in a session of its own, so killing the agent's
+    group alone would leave them running (and holding the GPU)."""
+    from worker import processes
+
+    mine = [p for p in processes.all_processes() if p.pid != os.getpid() and any(marker in a for a in p.argv)]
+    processes.kill_groups(mine)
+    return [p.pid for p in mine]
+
+
+def run_bounded(cmd: list[str], *, marker: str, log_path: Path, timeout: float, cwd: Path, env: dict,
+                extensions: Path | None) -> dict:
+    """Run ``cmd`` with its output to ``log_path``; past ``timeout`` seconds kill everything it
+    started (found by ``marker``) and the JIT-compile locks it left in a private extensions folder
+    (a stale lock makes the next build wait forever). Returns rc, timed_out, the peak RSS (KiB) of
+    its descendants and the killed pids."""
+    # A child python reports the peak RSS of its own descendants (torchrun and the trainer) only.
+    probe = ("import resource, subprocess, sys; log = open(sys.argv[1], 'wb'); "
+             "rc = subprocess.call(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+    before = locks(extensions)
+    proc = subprocess.Popen([sys.executable, "-c", probe, str(log_path), *cmd], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        lines = out.decode().split()
+        return {"rc": proc.returncode, "timed_out": False, "rss_kib": int(lines[-1]) if lines else 0, "killed": []}
+    except subprocess.TimeoutExpired:
+        killed = stop_everything_of(marker)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        stale = locks(extensions) - before
+        for lock in stale:
+            lock.unlink(missing_ok=True)
+        return {"rc": None, "timed_out": True, "rss_kib": 0, "killed": killed,
+                "stale_locks_removed": sorted(map(str, stale))}
+
+
+def launch(run: Path, spec, timeout: float, extensions: Path | None) -> dict:
+    """torchrun as the worker runs it, bounded by ``timeout`` seconds."""
     run.mkdir(parents=True, exist_ok=True)
     spec.write(run / "spec.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "1",
            "--master_addr", "127.0.0.1", "--master_port", str(29600 + os.getpid() % 300), "-m", "worker.training.train",
            "--spec", str(run / "spec.json")]
-    # A child python reports the peak RSS of its own descendants (torchrun and the trainer) only.
-    probe = ("import resource, subprocess, sys; log = open(sys.argv[1], 'wb'); "
-             "rc = subprocess.call(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
-    out = subprocess.run([sys.executable, "-c", probe, str(run / "training_log.txt"), *cmd], cwd=REPO,
-                         stdout=subprocess.PIPE,
-                         env={**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"})
-    lines = out.stdout.decode().split()
-    return out.returncode, int(lines[-1]) if lines else 0
+    extra = {"TORCH_EXTENSIONS_DIR": str(extensions)} if extensions is not None else {}
+    return run_bounded(cmd, marker=str(run / "spec.json"), log_path=run / "training_log.txt", timeout=timeout,
+                       cwd=REPO, env=child_env(**extra), extensions=extensions)
 
 
 def figures(run: Path, rss_kib: int, n_samples: int, wall: float) -> dict:
@@ -142,15 +199,34 @@ def figures(run: Path, rss_kib: int, n_samples: int, wall: float) -> dict:
 def configs(cpu: bool, vision_ckpt: bool, compile_lm: bool) -> dict[str, dict]:
     import importlib.util
 
-    naive = {"packing": False, "per_device_batch_size": 4, "grad_checkpoint": True}
+    naive = {"packing": False, "per_device_batch_size": 4, "grad_checkpoint": True, "attn_implementation": "sdpa"}
+    # attention auto: flash-attention 2 where installed, else torch's varlen (worker/training/attention.py)
     tuned = {"packing": True, "per_device_batch_size": 1, "grad_checkpoint": True,
-             "grad_checkpoint_vision": vision_ckpt, "torch_compile": compile_lm}
+             "grad_checkpoint_vision": vision_ckpt, "torch_compile": compile_lm, "attn_implementation": "auto"}
     if not cpu:
-        if importlib.util.find_spec("flash_attn") is not None:
-            tuned["attn_implementation"] = "flash_attention_2"
         if importlib.util.find_spec("liger_kernel") is not None:
             tuned.update(liger_kernels=True, fused_cross_entropy=True)
     return {"naive": naive, "tuned": tuned}
+
+
+def run_paths(specs: dict, n_samples: int, timeout: float, extensions: Path | None) -> dict[str, dict]:
+    """Each path's figures, or why it failed: a failure is recorded and the next path still runs."""
+    results = {}
+    for name, (spec, over) in specs.items():
+        run = Path(spec.output_dir)
+        t0 = time.monotonic()
+        done = launch(run, spec, timeout, extensions)
+        log_path = run / "training_log.txt"
+        log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if done["rc"] != 0:
+            why = f"timed out after {timeout:.0f} s" if done["timed_out"] else f"exit {done['rc']}"
+            print(f"{name}: FAILED ({why}); the last lines of its log:\n{log_text[-3000:]}", flush=True)
+            results[name] = {"failed": why, "options": over, "killed": done["killed"],
+                             "stale_locks_removed": done.get("stale_locks_removed", [])}
+            continue
+        results[name] = {**figures(run, done["rss_kib"], n_samples, time.monotonic() - t0), "options": over}
+        print(f"{name}: done in {results[name]['wall_seconds_including_start']} s", flush=True)
+    return results
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -162,24 +238,47 @@ def print_table(results: dict[str, dict]) -> None:
     print("| path | " + " | ".join(c[1] for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name, r in results.items():
+        if r.get("failed"):
+            print(f"| {name} | FAILED: {r['failed']} |" + " |" * (len(cols) - 1))
+            continue
         cells = [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in cols]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    if "naive" in results and "tuned" in results and results["naive"]["tokens_per_second"]:
-        print(f"tuned / naive tokens/s: {results['tuned']['tokens_per_second'] / results['naive']['tokens_per_second']:.2f}x")
+    naive, tuned = results.get("naive", {}), results.get("tuned", {})
+    if naive.get("tokens_per_second") and tuned.get("tokens_per_second"):
+        print(f"tuned / naive tokens/s: {tuned['tokens_per_second'] / naive['tokens_per_second']:.2f}x")
 
 
-def run_anchor(path: Path, out: Path, cpu: bool) -> str:
-    """The shared baseline in the same call, as the common reference (its own output, verbatim;
-    on the CPU its TINY=1 smoke shapes)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29733", str(path)]
-    env = {**os.environ, **({"TINY": "1"} if cpu else {})}
-    done = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"the anchor failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    return done.stderr[-1500:] + "\n" + done.stdout[-1500:]  # its JSON figures (stdout) last, whole
+def run_anchor(path: Path, out: Path, cpu: bool, timeout: float, peak: float, extensions: Path | None) -> dict:
+    """The shared baseline in the same call, as the common reference: a copy of the script under
+    ``out`` (so that what it starts is found by its path), its own JSON figures (on the CPU its
+    TINY=1 smoke shapes), and MFU over the peak this benchmark measured."""
+    import shutil
+
+    work = out / "anchor"
+    work.mkdir(parents=True, exist_ok=True)
+    script = work / path.name
+    shutil.copy(path, script)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29733", str(script)]
+    extra = {"TINY": "1"} if cpu else {}
+    if extensions is not None:
+        extra["TORCH_EXTENSIONS_DIR"] = str(extensions)
+    t0 = time.monotonic()
+    done = run_bounded(cmd, marker=str(script), log_path=work / "anchor_log.txt", timeout=timeout, cwd=work,
+                       env=child_env(**extra), extensions=extensions)
+    text = (work / "anchor_log.txt").read_text(errors="replace")
+    found = [json.loads(line) for line in text.splitlines() if line.startswith("{") and '"tokens_per_s"' in line]
+    if done["rc"] != 0 or not found:
+        why = "timed out" if done["timed_out"] else f"exit {done['rc']}"
+        print(f"anchor: FAILED ({why}); the last lines of its log:\n{text[-3000:]}", flush=True)
+        return {"failed": why, **done}
+    a = found[-1]
+    return {"tokens_per_second": a["tokens_per_s"], "samples_per_second": a["bsz"] / a["step_s"],
+            "mfu": a["model_tflops"] * 1e12 / peak, "peak_memory_gib": a["peak_mem_GiB"],
+            "packing_efficiency": 1.0, "steps": None, "anchor": a,
+            "wall_seconds_including_start": round(time.monotonic() - t0, 1)}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU")
@@ -188,12 +287,20 @@ def main() -> None:
     ap.add_argument("--no-vision-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="tuned: torch.compile the language model")
     ap.add_argument("--anchor", type=Path, default=None, help="also run shared/baselines/gpu_trainer_anchor.py")
+    ap.add_argument("--timeout", type=float, default=1800,
+                    help="seconds per path; past it everything the path started is killed and the next path runs")
+    ap.add_argument("--torch-extensions", type=Path, default=None,
+                    help="a private TORCH_EXTENSIONS_DIR for the launched trainers; the compile locks a killed "
+                    "path leaves there are removed")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write the JSON figures to this file")
     args = ap.parse_args()
 
+    import torch
     from transformers import AutoTokenizer
 
     from backend.core.presets import resolve
     from backend.core.spec import TrainingSpec
+    from worker.training.speed import measured_peak_flops
 
     cpu = args.cpu
     n = args.samples or (48 if cpu else 160)
@@ -207,27 +314,30 @@ def main() -> None:
     rate = data_rate(meta, tokenizer, resolve("2b-full", base))
     print(f"data path: {rate['tiles_per_second_per_core']:.1f} tiles/s per core "
           f"({rate['samples_per_second_per_core']:.1f} samples/s, {rate['tile_px']} px tiles)", flush=True)
-    results = {}
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    device = torch.device("cpu" if cpu or not torch.cuda.is_available() else "cuda")
+    peak = measured_peak_flops(device, torch.float32 if device.type == "cpu" else torch.bfloat16)
+    print(f"matmul peak measured here: {peak / 1e12:.3g} TFLOP/s ({device.type})", flush=True)
+    if args.torch_extensions is not None:
+        args.torch_extensions.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    if args.anchor:  # first: the reference the paths are compared with
+        results["anchor"] = run_anchor(args.anchor.resolve(), args.out, cpu, args.timeout, peak, args.torch_extensions)
+        print(f"anchor: {results['anchor'].get('failed') or 'done'}", flush=True)
+    specs = {}
     for name, over in configs(cpu, not args.no_vision_checkpointing, args.compile).items():
         if args.only and name != args.only:
             continue
-        hyper = resolve("2b-full", {**base, **over})
-        run = args.out / name
-        spec = TrainingSpec(job_id=0, model_path=str(model), template="internlm2-chat", meta_path=str(meta),
-                            output_dir=str(run), hyper=hyper)
-        t0 = time.monotonic()
-        rc, rss = launch(run, spec)
-        if rc != 0:
-            print((run / "training_log.txt").read_text()[-5000:])
-            raise SystemExit(f"{name}: training failed (exit {rc})")
-        results[name] = {**figures(run, rss, n, time.monotonic() - t0), "options": over}
-        print(f"{name}: done in {results[name]['wall_seconds_including_start']} s", flush=True)
+        specs[name] = (TrainingSpec(job_id=0, model_path=str(model), template="internlm2-chat", meta_path=str(meta),
+                                    output_dir=str(args.out / name), hyper=resolve("2b-full", {**base, **over})), over)
+    results.update(run_paths(specs, n, args.timeout, args.torch_extensions))
     print_table(results)
-    anchor = run_anchor(args.anchor.resolve(), args.out, cpu) if args.anchor else None
-    if anchor:
-        print("anchor (shared/baselines/gpu_trainer_anchor.py):\n" + anchor)
-    print(json.dumps({"device": "cpu" if cpu else device_name(), "date": time.strftime("%Y-%m-%d"),
-                      "data_path": rate, "results": results}))
+    report = {"device": "cpu" if cpu else device_name(), "date": time.strftime("%Y-%m-%d"), "data_path": rate,
+              "peak_tflops_measured": peak / 1e12, "results": results}
+    print(json.dumps(report))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(report, indent=2))
+    return 1 if any(r.get("failed") for r in results.values()) else 0
 
 
 def device_name() -> str:
@@ -237,4 +347,4 @@ def device_name() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
