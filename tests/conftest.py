@@ -210,3 +210,16 @@ def production_studio(tmp_path: Path, pg_database: str, redis_broker: str) -> It
     studio = start_studio(tmp_path, database_url=pg_database, broker_url=redis_broker)
     yield studio
     stop_studio(studio)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/gpu (the GPU suite, tests/gpu/conftest.py) runs only when named: pytest tests/gpu."""
+    gpu = REPO / "tests" / "gpu"
+    path = Path(collection_path).resolve()
+    if path != gpu and gpu not in path.parents:
+        return None
+    for arg in config.args:
+        target = Path(arg.split("::")[0]).resolve()
+        if target == gpu or gpu in target.parents:
+            return None
+    return True

@@ -39,11 +39,15 @@ RECORDS = [("red.png", (448, 448), "Name the colour.", "red"),
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    return packing_setup(tmp_path_factory.mktemp("packing"))
+
+
+def packing_setup(root, dtype=torch.float32):
+    """(dataset of RECORDS, the demo model with SDPA, the collator, the pad id); tests/gpu too."""
     from transformers import AutoTokenizer, InternVLForConditionalGeneration
 
     from worker.demo_model import build_demo_model
 
-    root = tmp_path_factory.mktemp("packing")
     model_dir = build_demo_model(root / "demo")
     recs = []
     for i, (name, size, q, a) in enumerate(RECORDS):
@@ -60,7 +64,7 @@ def setup(tmp_path_factory):
                            max_dynamic_patch=2, seed=3)
     assert len(ds) == len(RECORDS)
     torch.manual_seed(0)
-    model = InternVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
+    model = InternVLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype,
                                                              attn_implementation="sdpa").eval()
     return ds, model, Collator(tok.pad_token_id), tok.pad_token_id
 
