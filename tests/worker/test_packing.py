@@ -333,3 +333,40 @@ def test_varlen_kernel_refuses_fp32_with_a_clear_message():
     cu = torch.tensor([0, 4], dtype=torch.int32)
     with pytest.raises(ValueError, match="varlen runs in bf16 or fp16"):
         varlen_kernel(q, q, q, cu, cu, 4, 4, None)
+
+
+@pytest.mark.parametrize("torch_release", ["2.10", "2.11", "2.12"])
+def test_varlen_kernel_speaks_each_torch_releases_signature(monkeypatch, torch_release):
+    """torch's varlen_attn changed its keywords release by release (the docs of 2.10, 2.11 and
+    2.12): causality, scale and GQA reach each one in the form it takes."""
+    import torch.nn.attention.varlen as varlen_module
+
+    from worker.training.attention import varlen_kernel
+
+    seen = {}
+
+    def v210(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        seen.update(is_causal=is_causal, heads=(query.shape[1], key.shape[1]), q=query)
+        return query
+
+    def v211(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+             window_size=(-1, -1)):
+        seen.update(window_size=window_size, scale=scale, heads=(query.shape[1], key.shape[1]))
+        return query
+
+    def v212(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+             window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+        seen.update(window_size=window_size, scale=scale, gqa=enable_gqa, heads=(query.shape[1], key.shape[1]))
+        return query
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", {"2.10": v210, "2.11": v211, "2.12": v212}[torch_release])
+    q = torch.ones(6, 4, 8, dtype=torch.bfloat16)
+    kv = torch.ones(6, 2, 8, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    varlen_kernel(q, kv, kv, cu, cu, 4, 4, 0.5)
+    if torch_release == "2.10":
+        assert seen["is_causal"] and seen["heads"] == (4, 4)  # no enable_gqa: key/value heads repeated
+        assert float(seen["q"][0, 0, 0]) == pytest.approx(0.5 / 8**-0.5, rel=1e-2)  # no scale: the query carries it
+    else:
+        assert seen["window_size"] == (-1, 0) and seen["scale"] == 0.5
+        assert seen["heads"] == ((4, 2) if torch_release == "2.12" else (4, 4))

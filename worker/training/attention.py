@@ -98,15 +98,21 @@ def problems(kernel: str, use_gpu: bool) -> list[str]:
 # ------------------------------------------------------------------ torch's varlen kernel
 def varlen_kernel(query, key, value, cu_q, cu_k, max_q: int, max_k: int, scale: float | None) -> torch.Tensor:
     """``torch.nn.attention.varlen.varlen_attn``, causal, over ``[T, H, D]`` tensors, whichever
-    of its signatures this torch has (``is_causal=`` in 2.10, ``window_size=(-1, 0)`` later; GQA
-    through ``enable_gqa`` where it exists, else by repeating the key/value heads)."""
+    of its signatures this torch has: 2.10 ``is_causal=`` and no ``scale`` (the query is scaled
+    instead), 2.11 ``scale``/``window_size=(-1, 0)``, 2.12+ also ``enable_gqa`` (before it, the
+    key/value heads are repeated for grouped-query attention)."""
     from torch.nn.attention.varlen import varlen_attn
 
     if query.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError("attn_implementation varlen runs in bf16 or fp16; this model computes in "
                          f"{query.dtype} (train on a GPU with bf16, or use sdpa)")
     params = inspect.signature(varlen_attn).parameters
-    kwargs: dict = {"scale": scale}
+    kwargs: dict = {}
+    default = query.shape[-1] ** -0.5
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif scale is not None and abs(scale - default) > 1e-12 * default:
+        query = query * (scale / default)
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0)
     else:
