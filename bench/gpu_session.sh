@@ -68,7 +68,7 @@ elif "$PY" -m venv $("$PY" -c 'import sys; print("" if sys.prefix != sys.base_pr
   if PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" -m pip install -q --no-index --no-deps --find-links "$WH" \
        "${NEEDED[@]}" && "$VENV/bin/python" -c "$IMPORTS"; then
     PY=$VENV/bin/python
-    verdict "install: ok ($("$PY" -c 'import deepspeed, liger_kernel, pydantic, transformers, importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("deepspeed", "liger-kernel", "pydantic", "transformers", "torch", "triton")))'))"
+    verdict "install: ok ($("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("deepspeed", "liger-kernel", "pydantic", "transformers", "torch", "triton")))' 2>/dev/null))"
   else
     verdict "install: FAILED (pip install from the wheelhouse; see session.log)"
   fi
@@ -101,7 +101,8 @@ stop_all() {  # whatever a step left running (trainers in their own sessions), f
 cap=${TESTS_SECONDS:-200}   # on a GPU the suite takes about a minute; the CPU dry run needs far more
 t=$(( $(left) / 2 - 10 )); [ $t -gt $cap ] && t=$cap; [ $t -lt 60 ] && t=60
 say "tests/gpu (at most $t s)"
-timeout -k 10 $t "$PY" -m pytest tests/gpu -q -rA -p no:cacheprovider -o addopts="" --basetemp "$WORK/tests_gpu" \
+# -v: a line per test as it ends; SIGINT at the limit: pytest stops, summarises and writes its XML
+timeout -s INT -k 30 $t "$PY" -m pytest tests/gpu -v -rA -p no:cacheprovider -o addopts="" --basetemp "$WORK/tests_gpu" \
   --junitxml "$OUT/tests_gpu.xml" > "$OUT/tests_gpu.txt" 2>&1
 rc=$?
 stop_all "$WORK/tests_gpu"
@@ -153,7 +154,7 @@ fi
   echo "## tests/gpu"
   echo
   echo '```'
-  grep -E "^(PASSED|FAILED|ERROR|SKIPPED)" "$OUT/tests_gpu.txt" | cut -c1-200
+  grep -E "^(PASSED|FAILED|ERROR|SKIPPED) " "$OUT/tests_gpu.txt" | cut -c1-200
   echo '```'
   echo
   echo "wall: $(($(date +%s) - START)) s of a ${BUDGET} s budget"
