@@ -84,8 +84,11 @@ def test_read_log_keeps_the_end(tmp_path):
 def test_a_real_torchrun_failure(tmp_path):
     """torchrun's own output of two ranks that raise: the reason names the FileNotFoundError."""
     script = tmp_path / "boom.py"
+    # rank 1 raises a moment after rank 0: two tracebacks written at the same instant interleave their bytes
+    # in the one pipe ('FileNotFoundErrorFileNotFoundError: ...'), which no reader can take apart
     script.write_text("def load(p):\n    with open(p) as f:\n        return f.read()\n\n"
-                      "for i in range(3):\n    print(f'step {i}', flush=True)\nload('/data/missing/0001.jpg')\n")
+                      "import os, time\nfor i in range(3):\n    print(f'step {i}', flush=True)\n"
+                      "time.sleep(1.0 * int(os.environ['LOCAL_RANK']))\nload('/data/missing/0001.jpg')\n")
     torchrun = Path(sys.executable).with_name("torchrun")
     out = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script)], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)

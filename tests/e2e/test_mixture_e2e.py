@@ -141,7 +141,7 @@ def test_evaluation_on_the_mixtures_held_out_parts_per_dataset_and_overall(studi
     with studio.api as api:  # each part is tiled with its own budget (1 tile: a square image's tiling anyway)
         lines = [x["line"] for x in api.get(f"/evaluations/{golden['id']}/logs").json()]
     tiling = {p: next(x for x in lines if f" on {p}, " in x) for p in ("dots-known", "bars-known")}
-    assert "tiling max 1 tiles" in tiling["dots-known"] and "tiling max 1 tiles" not in tiling["bars-known"], tiling
+    assert "tiling dynamic max 1 tiles," in tiling["dots-known"] and "max 1 tiles," not in tiling["bars-known"], tiling
     # the same sample gets the same answer in either mixture
     assert [i["predictions"][0] for i in golden["items"]] == [i["predictions"][0] for i in mixed["items"]]
     (base,) = golden["summary"]
