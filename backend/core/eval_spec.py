@@ -72,6 +72,11 @@ def benchmark_part(folder: str | Path, name: str | None = None) -> EvalPart:
     """A registered benchmark (``backend.core.benchmarks``) as a part: its samples, its tiling,
     generation settings and metrics, as InternVL's evaluation guide runs it."""
     card = json.loads((Path(folder) / "benchmark.json").read_text(encoding="utf-8"))
+    return card_part(card, folder, name)
+
+
+def card_part(card: dict, folder: str | Path, name: str | None = None) -> EvalPart:
+    """A benchmark's card (as registered, or as an evaluation recorded it) as a part."""
     return EvalPart(name=name or card["name"], annotation=str(Path(folder) / "samples.jsonl"), root=str(folder),
                     max_dynamic_patch=card["max_num"], dynamic=card["dynamic"], max_new_tokens=card["max_new_tokens"],
                     min_new_tokens=card["min_new_tokens"], metrics=list(card["metrics"]))

@@ -239,6 +239,10 @@ class Evaluation(Base):
     #: a mixture evaluation's resolved parts: {request, datasets: [{name, dataset_id, root,
     #: annotation, lines, max_dynamic_patch}], lines}
     mixture: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: a benchmark suite's registered benchmarks, resolved at submission: {request, benchmarks:
+    #: [{name, title, folder, annotation, samples, dynamic, max_num, max_new_tokens,
+    #: min_new_tokens, metrics}], lines}
+    benchmarks: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     #: resolved model references: [{label, model_id, job_id, checkpoint}]
     models: Mapped[list[Any]] = mapped_column(JSON, default=list)
     metrics: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -250,6 +254,8 @@ class Evaluation(Base):
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: the generation rate of the model and part being evaluated (the program's own measure)
+    samples_per_second: Mapped[float | None] = mapped_column(Float, default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

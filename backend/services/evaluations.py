@@ -34,7 +34,7 @@ from backend.db.models import (
     Model,
     User,
 )
-from backend.services import scheduling
+from backend.services import scheduling, suites
 from backend.services.datasets import get_dataset
 from backend.services.errors import Conflict, InvalidInput, NotFound
 from backend.services.jobs import LEGAL
@@ -182,14 +182,23 @@ def split_annotation(ds: Dataset, split: str) -> str:
 def create_evaluation(session: Session, user: User | None, *, dataset_id: int | None, split: str,
                       models: Sequence[dict[str, Any]], metrics: Sequence[str] | None,
                       params: dict[str, Any], send: Callable[[int], str],
-                      mixture: dict[str, Any] | None = None) -> Evaluation:
+                      mixture: dict[str, Any] | None = None, benchmarks: Sequence[str] | None = None,
+                      benchmark_store: Path | None = None) -> Evaluation:
     """Validate the request (every problem at once), record a queued evaluation, queue it.
-    ``mixture`` instead of ``dataset_id``: its held-out parts (:func:`resolve_eval_mixture`)."""
+    ``mixture`` instead of ``dataset_id``: its held-out parts (:func:`resolve_eval_mixture`);
+    ``benchmarks``: a suite of registered benchmarks in ``benchmark_store`` (:mod:`.suites`)."""
     problems: list[dict[str, Any]] = []
     refs: list[dict[str, Any]] = []
-    resolved = None
-    if (dataset_id is None) == (mixture is None):
-        problems.append({"field": "dataset_id", "message": "give dataset_id (one split) or mixture (not both)"})
+    resolved = suite = None
+    if sum(x is not None for x in (dataset_id, mixture, benchmarks)) != 1:
+        problems.append({"field": "dataset_id", "message": "give one of dataset_id (one split), mixture or "
+                         "benchmarks (a benchmark suite)"})
+    elif benchmarks is not None:
+        problems += suites.request_problems(split, metrics, params)
+        try:
+            suite = suites.resolve_benchmarks(benchmark_store, benchmarks)
+        except InvalidInput as e:
+            problems += e.details
     elif mixture is not None:
         if split != "validation":
             problems.append({"field": "split", "message": "a mixture is evaluated on its held-out parts: split "
@@ -223,7 +232,7 @@ def create_evaluation(session: Session, user: User | None, *, dataset_id: int | 
     if problems:
         raise InvalidInput("invalid evaluation", problems)
     ev = Evaluation(owner_id=user.id if user else None, dataset_id=dataset_id, split=split, models=refs,
-                    mixture=resolved,
+                    mixture=resolved, benchmarks=suite,
                     metrics=list(metrics or []), params={**DEFAULT_PARAMS, **params}, status=S.queued)
     session.add(ev)
     session.commit()

@@ -170,3 +170,90 @@ def test_a_mixtures_overall_score_weighs_every_sample_once():
     assert out["datasets"] == [{"name": "dots", "n": 3, "metrics": {"exact_match": 2 / 3}},
                                {"name": "bars", "n": 2, "metrics": {"exact_match": 0.5}}]
     assert "datasets" not in model_summary("base", rows, ["exact_match"], [""])  # one split: no parts
+
+
+def test_benchmark_suite_is_recorded_as_registered_or_refused_naming_each_problem(api, tmp_path):
+    """A suite (issue 23): registered benchmarks, each recorded with the settings it runs with;
+    every problem of the request at once (unknown, unregistered, twice, what a suite may not set),
+    nothing recorded; one source of data only."""
+    from backend.core.benchmarks import CATALOG, register_benchmark
+    from tests.eval.benchmark_layouts import write_docvqa, write_pope
+
+    for name, write in (("docvqa_val", write_docvqa), ("pope", write_pope)):
+        write(tmp_path / "shared" / name)
+        register_benchmark(name, tmp_path / "shared" / name, tmp_path / "data" / "benchmarks")
+    r = api.post("/api/evaluations", json={"benchmarks": ["pope", "docvqa_val"], "models": [{"model_id": 1}],
+                                           "params": {"limit": 2, "max_dynamic_patch": 1}})
+    assert r.status_code == 201, r.text
+    ev = r.json()
+    assert ev["dataset_id"] is None and ev["mixture"] is None and ev["metrics"] == []
+    rows = ev["benchmarks"]["benchmarks"]
+    assert [(b["name"], b["samples"], b["metrics"], b["max_num"], b["max_new_tokens"], b["min_new_tokens"],
+             b["dynamic"]) for b in rows] == [("pope", 6, ["pope"], 6, 100, 1, True),
+                                             ("docvqa_val", 3, ["anls"], 6, 100, 1, True)]
+    assert rows[1]["title"] == CATALOG["docvqa_val"].title and rows[1]["annotation"].endswith("samples.jsonl")
+    assert ev["benchmarks"]["lines"] == 9 and ev["samples_per_second"] is None
+    assert api.get(f"/api/evaluations/{ev['id']}").json()["benchmarks"] == ev["benchmarks"]
+    # no table before it has scores
+    r = api.get(f"/api/evaluations/{ev['id']}/table")
+    assert r.status_code == 409 and "queued" in r.json()["detail"], r.text
+
+    r = api.post("/api/evaluations", json={"benchmarks": ["pope", "bleu_test", "mme", "pope"], "split": "train",
+                                           "metrics": ["exact_match"], "params": {"max_new_tokens": 8},
+                                           "models": [{"model_id": 1}]})
+    assert r.status_code == 422
+    fields = {e["field"]: e["message"] for e in r.json()["errors"]}
+    assert fields["benchmarks.1"].startswith("unknown benchmark 'bleu_test'; known: vqav2_val, ")
+    assert fields["benchmarks.2"].startswith("benchmark 'mme' is not registered")
+    assert fields["benchmarks.3"] == "benchmark 'pope' is named twice"
+    assert "own samples" in fields["split"] and "own (official) metrics" in fields["metrics"]
+    assert "own lengths" in fields["params.max_new_tokens"]
+    assert "benchmarks.0" not in fields
+    r = api.post("/api/evaluations", json={"benchmarks": [], "models": [{"model_id": 1}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "benchmarks"
+    ds = api.post("/api/datasets/demo", params={"samples": 4, "val_fraction": 0.5}).json()
+    r = api.post("/api/evaluations", json={"dataset_id": ds["id"], "benchmarks": ["pope"], "models": [{"model_id": 1}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset_id"
+    assert [e["id"] for e in api.get("/api/evaluations").json()] == [ev["id"]]  # no refusal left a row
+
+
+def test_suite_table_and_its_exports_from_a_finished_evaluation(api, tmp_path):
+    """GET /api/evaluations/{id}/table: rows = benchmark figures, columns = models, as stored and
+    as published; ?format=csv|json: the same table as a file."""
+    import csv
+
+    from backend.db.models import Evaluation, JobStatus
+    from backend.db.session import get_sessionmaker
+
+    ds = api.post("/api/datasets/demo", params={"samples": 4, "val_fraction": 0.5}).json()
+    ev = api.post("/api/evaluations", json={"dataset_id": ds["id"], "models": [{"model_id": 1}]}).json()
+    summary = [{"label": "base", "n": 5, "metrics": {}, "datasets": [
+                    {"name": "docvqa_val", "n": 3, "metrics": {"anls": 0.5}},
+                    {"name": "mme", "n": 2, "metrics": {"mme_perception": 150.0, "mme_cognition": 0.0,
+                                                        "mme_total": 150.0}}]},
+               {"label": "job 3", "n": 3, "metrics": {}, "datasets": [
+                   {"name": "docvqa_val", "n": 3, "metrics": {"anls": 2 / 3}}]}]
+    with get_sessionmaker()() as s:
+        row = s.get(Evaluation, ev["id"])
+        row.status, row.summary = JobStatus.succeeded, summary
+        s.commit()
+    t = api.get(f"/api/evaluations/{ev['id']}/table").json()
+    assert t["models"] == ["base", "job 3"] and t["status"] == "succeeded"
+    assert [(r["benchmark"], r["figure"], r["n"], r["values"], r["unit"]) for r in t["rows"]] == [
+        ("docvqa_val", "anls", 3, [0.5, 2 / 3], "percent"), ("mme", "mme_perception", 2, [150.0, None], "points"),
+        ("mme", "mme_cognition", 2, [0.0, None], "points")]
+    assert t["rows"][0]["published"] == [50.0, 100.0 * (2 / 3)] and t["rows"][1]["published"] == [150.0, None]
+
+    r = api.get(f"/api/evaluations/{ev['id']}/table", params={"format": "csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert f'filename="evaluation-{ev["id"]}-table.csv"' in r.headers["content-disposition"]
+    assert list(csv.reader(r.text.splitlines())) == [
+        ["benchmark", "figure", "samples", "base", "job 3"], ["docvqa_val", "anls", "3", "0.5", repr(2 / 3)],
+        ["mme", "mme_perception", "2", "150.0", ""], ["mme", "mme_cognition", "2", "0.0", ""]]
+    r = api.get(f"/api/evaluations/{ev['id']}/table", params={"format": "json"})
+    assert r.json() == {"models": ["base", "job 3"], "rows": [
+        {"benchmark": "docvqa_val", "figure": "anls", "n": 3, "values": [0.5, 2 / 3]},
+        {"benchmark": "mme", "figure": "mme_perception", "n": 2, "values": [150.0, None]},
+        {"benchmark": "mme", "figure": "mme_cognition", "n": 2, "values": [0.0, None]}]}
+    r = api.get(f"/api/evaluations/{ev['id']}/table", params={"format": "xlsx"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "format"

@@ -20,6 +20,7 @@ from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Evaluation, EvaluationLog, JobStatus
 from backend.db.session import session_scope
 from backend.services import evaluations as svc
+from backend.services import suites
 from backend.services.datasets import get_dataset
 from backend.settings import get_settings
 from worker.runtime import Executor, Launch, make_executor
@@ -35,7 +36,9 @@ def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = N
     settings = get_settings()
     with session_scope() as s:
         ev = svc.get_evaluation(s, evaluation_id)
-        if ev.mixture:  # a mixture's held-out parts, resolved at submission
+        if ev.benchmarks:  # a benchmark suite: each benchmark with its settings, recorded at submission
+            parts, annotation, root = suites.suite_parts(ev.benchmarks), "", ""
+        elif ev.mixture:  # a mixture's held-out parts, resolved at submission
             parts = [EvalPart(name=p["name"], annotation=p["annotation"], root=p["root"],
                               max_dynamic_patch=p.get("max_dynamic_patch")) for p in ev.mixture["datasets"]]
             annotation = root = ""
@@ -122,9 +125,11 @@ class EvaluationRecord:
         svc.add_samples(s, self.id, batch.rows)
         if self.total is None and (self.run_dir / "spec.json").exists():
             self.total = _total(self.run_dir / "spec.json")
+        rate = next((r["samples_per_second"] for r in reversed(batch.rows) if "samples_per_second" in r), None)
         s.execute(update(Evaluation).where(Evaluation.id == self.id).values(
             done=self.done + len(batch.rows), total=self.total, heartbeat_at=svc.now(),
-            log_offset=batch.log_offset, outputs_offset=batch.rows_offset))
+            log_offset=batch.log_offset, outputs_offset=batch.rows_offset,
+            **({} if rate is None else {"samples_per_second": rate})))
         s.execute(update(Evaluation).where(Evaluation.id == self.id, Evaluation.status == S.starting)
                   .values(status=S.running))
         status = s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))

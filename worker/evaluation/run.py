@@ -62,18 +62,20 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
             metas.append((first_index + start + k, rec, turns, answers, options))
         preds = gen.generate(prompts, max_new_tokens=max_new_tokens or spec.max_new_tokens,
                              min_new_tokens=min_new_tokens)
+        done = start + len(batch)
+        # this model's rate on this part so far (images read, prompts built, generated; not its loading)
+        rate = done / max(time.monotonic() - t0, 1e-9)
         for (index, rec, turns, answers, options), pred in zip(metas, preds, strict=True):
             meta = sample_meta(rec)
             row = {"model": model_index, "index": index, "id": str(rec.get("id", index)),
                    "question": question_text(turns), "answers": answers, "prediction": pred,
-                   "scores": {m: score(m, pred, answers, options, meta) for m in metrics}, "meta": meta}
+                   "scores": {m: score(m, pred, answers, options, meta) for m in metrics}, "meta": meta,
+                   "samples_per_second": round(rate, 4)}
             if dataset:
                 row["dataset"] = dataset
             rows.append(row)
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         out.flush()
-        done = start + len(batch)
-        rate = done / max(time.monotonic() - t0, 1e-9)
         print(f"[{where}] {done}/{len(records)} samples | {rate:.1f} samples/s | "
               f"{metrics[0]} so far {mean([r['scores'][metrics[0]] for r in rows]):.3f}", flush=True)
     return rows
@@ -123,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     records = [r for _, recs in parts for r in recs]
     metrics = spec.metrics or default_metrics(records)
     source = ", ".join(f"{p.name} ({len(recs)})" for p, recs in parts) if spec.parts else spec.annotation
-    print(f"evaluation {spec.evaluation_id}: {len(records)} samples from {source}; "
-          f"metrics {', '.join(metrics)}; {len(spec.models)} model(s)", flush=True)
+    own = all(p.metrics for p, _ in parts)  # benchmarks: each scored with its own metrics
+    print(f"evaluation {spec.evaluation_id}: {len(records)} samples from {source}; metrics "
+          + ("each benchmark's own" if own else ", ".join(metrics)) + f"; {len(spec.models)} model(s)", flush=True)
 
     from worker.evaluation.generation import Generator
 

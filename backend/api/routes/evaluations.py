@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -20,7 +20,9 @@ from backend.api.schemas import Count, DbId
 from backend.db.models import User
 from backend.db.session import get_sessionmaker
 from backend.queue import make_celery
+from backend.services import benchmarks as benchmarks_svc
 from backend.services import evaluations as svc
+from backend.services import suites
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"], route_class=DbRoute)
 
@@ -54,6 +56,9 @@ class EvaluationCreate(BaseModel):
     dataset_id: DbId | None = Field(None, description="one dataset's split")
     mixture: EvalMixture | None = Field(None, description="or a mixture: every dataset's held-out part, scored "
                                         "per dataset and overall")
+    benchmarks: list[str] | None = Field(None, description="or a benchmark suite: registered benchmarks (GET "
+                                         "/api/benchmarks), each run with its own prompt, tiling, generation "
+                                         "settings and metrics; one table (GET .../table)")
     split: str = Field("validation", description="'validation' (the held-out split) or 'train'")
     models: list[ModelRef]
     metrics: list[str] = Field(default_factory=list, description="empty: chosen from the data")
@@ -70,12 +75,14 @@ class EvaluationOut(BaseModel):
     dataset_id: int | None
     split: str
     mixture: dict[str, Any] | None
+    benchmarks: dict[str, Any] | None
     models: list[dict[str, Any]]
     metrics: list[str]
     params: dict[str, Any]
     summary: list[dict[str, Any]]
     done: int
     total: int | None
+    samples_per_second: float | None
     exit_code: int | None
     failure_reason: str | None
     run_dir: str | None
@@ -88,8 +95,9 @@ class EvaluationOut(BaseModel):
              responses={422: {"description": "invalid request; `errors` lists every problem"}})
 def create_evaluation(body: EvaluationCreate, session: SessionDep, settings: SettingsDep,
                       user: CurrentUser):  # noqa: ANN201
-    """Queue an evaluation of one or more models on a dataset split, or on every held-out part of
-    a mixture (scored per dataset and overall), on the same queue as training."""
+    """Queue an evaluation of one or more models on a dataset split, on every held-out part of a
+    mixture (scored per dataset and overall), or on a suite of registered benchmarks, on the same
+    queue as training."""
     celery = make_celery(settings)
 
     def send(evaluation_id: int) -> str:
@@ -98,7 +106,8 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, settings: Set
     refs = [r.model_dump(exclude_none=True) for r in body.models]
     mixture = body.mixture.model_dump(exclude_none=True) if body.mixture else None
     return svc.create_evaluation(session, user, dataset_id=body.dataset_id, split=body.split, models=refs,
-                                 metrics=body.metrics, params=body.params, send=send, mixture=mixture)
+                                 metrics=body.metrics, params=body.params, send=send, mixture=mixture,
+                                 benchmarks=body.benchmarks, benchmark_store=benchmarks_svc.store(settings))
 
 
 @router.get("", response_model=list[EvaluationOut])
@@ -135,6 +144,19 @@ def get_results(evaluation_id: DbId, session: SessionDep, user: CurrentUser, onl
     return svc.results(session, evaluation_id, user, only_differences, offset, min(limit, 5000))
 
 
+@router.get("/{evaluation_id}/table", responses={409: {"description": "no scores yet (not finished)"}})
+def get_table(evaluation_id: DbId, session: SessionDep, user: CurrentUser,
+              format: str | None = None) -> Response:  # noqa: A002 - the query parameter's name
+    """One table: rows are the benchmarks' figures (a suite; a mixture's datasets), columns the
+    models, values as stored and as published (percent; MME points, OCRBench count). With
+    ``format=csv`` or ``format=json``: the table as a file to download (the stored values)."""
+    ev = svc.get_evaluation(session, evaluation_id, user)
+    if format is None:
+        return JSONResponse(suites.table(ev))
+    body, media, name = suites.export(ev, format)
+    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
 @router.get("/{evaluation_id}/download")
 def download(evaluation_id: DbId, session: SessionDep, user: CurrentUser) -> StreamingResponse:
     """Every per-sample output as JSON lines (one line per model and sample), summary first."""
@@ -165,7 +187,8 @@ def _check_visible(evaluation_id: int, user: User) -> None:
 def _poll(evaluation_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
     with get_sessionmaker()() as s:
         ev = svc.get_evaluation(s, evaluation_id)
-        state = {"status": ev.status.value, "done": ev.done, "total": ev.total, "exit_code": ev.exit_code,
+        state = {"status": ev.status.value, "done": ev.done, "total": ev.total,
+                 "samples_per_second": ev.samples_per_second, "exit_code": ev.exit_code,
                  "failure_reason": ev.failure_reason, "summary": ev.summary}
         logs = [{"seq": r.seq, "stream": r.stream, "line": r.line}
                 for r in svc.logs_after(s, evaluation_id, cursors[0], 500)]
