@@ -69,7 +69,8 @@ class Settings(BaseSettings):
                                                              "Retry-After instead of piling up")
     max_event_streams: int = Field(256, ge=1, description="open SSE streams at once; more get 503")
     request_deadline_seconds: float = Field(
-        30.0, gt=0, description="a submission still waiting this long is not recorded (its client gave up)")
+        30.0, gt=0, description="a submission still waiting this long is not recorded (its client gave up); "
+        "work that grows with its input (a sample preview, a report, a comparison) is stopped (503)")
     max_zip_entries: int = Field(100_000, ge=1, description="files in an uploaded zip")
     max_unpacked_bytes: int | None = Field(None, description="bytes an uploaded zip may unpack to; default: "
                                            "4 x VLSTUDIO_MAX_UPLOAD_BYTES")

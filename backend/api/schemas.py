@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from annotated_types import Interval
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.core.fields import MAX_ID, MAX_ITEMS, Count, DbId, Name, PathText, SeqLength, ServerPath, Tiles
 from backend.core.mixture import MixtureSpec
 
-#: the database's INTEGER: an id or count beyond it is the client's error (422), not a 500
-MAX_ID = 2**31 - 1
-DbId = Annotated[int, Interval(ge=1, le=MAX_ID)]
-Count = Annotated[int, Interval(ge=0, le=MAX_ID)]  # offsets, cursors, limits
+__all__ = ["MAX_ID", "Count", "DbId", "Name", "PathText", "SeqLength", "ServerPath", "Tiles"]
 
 
 class ORM(BaseModel):
@@ -38,13 +35,13 @@ class DatasetFromPath(BaseModel):
 
     model_config = ConfigDict(allow_inf_nan=False)
 
-    root: str
-    annotation: str = Field(description="absolute, or relative to root")
-    name: str | None = None
+    root: ServerPath
+    annotation: PathText = Field(description="absolute, or relative to root")
+    name: Name | None = None
     model_id: DbId | None = None
-    preset: str | None = Field(None, description="check with the tiling this training preset uses")
-    max_dynamic_patch: int | None = Field(None, ge=1, le=40)
-    max_seq_length: int | None = Field(None, ge=1, le=1 << 20)
+    preset: Name | None = Field(None, description="check with the tiling this training preset uses")
+    max_dynamic_patch: Tiles | None = None
+    max_seq_length: SeqLength | None = None
     truncation: Literal["error", "truncate"] = "error"
     drop_bad_lines: bool = False
     background: bool | None = None
@@ -55,14 +52,14 @@ class MetaDataset(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
     dataset_id: DbId
-    name: str | None = None
+    name: Name | None = None
     repeat_time: float = 1
     data_augment: bool = False
-    max_dynamic_patch: int | None = Field(None, ge=1)
+    max_dynamic_patch: Tiles | None = None
 
 
 class MetaRequest(BaseModel):
-    datasets: list[MetaDataset] = Field(default_factory=list)
+    datasets: list[MetaDataset] = Field(default_factory=list, max_length=MAX_ITEMS)
     mixture: dict[str, Any] | None = Field(None, description="a meta JSON in the seed's format to merge")
     on_conflict: Literal["error", "rename", "replace"] = "error"
 
@@ -83,7 +80,7 @@ class JobCreate(BaseModel):
     mixture: MixtureSpec | None = Field(None, description="several datasets with their own repeat_time, "
                                         "data_augment, max_dynamic_patch, and/or a meta file on shared storage")
     model_id: DbId
-    preset: str = "demo"
+    preset: Name = "demo"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset")
     priority: int = Field(0, description="higher runs first (-100..100); equal priorities run in submission order")
     requeue_on_failure: bool = Field(False, description="if its worker dies, requeue it to resume from the last "

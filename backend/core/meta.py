@@ -254,6 +254,8 @@ def count_lines(annotation: Path) -> int:
 def check_allowed(path: Path, allowed_roots: Iterable[Path]) -> Path:
     """``path`` resolved, if it lies under one of ``allowed_roots`` (``VLSTUDIO_DATA_ROOTS``);
     else :class:`MetaError`. Symbolic links are resolved before the comparison."""
+    if "\x00" in str(path):
+        raise MetaError([f"{str(path)!r} contains a NUL character"])
     real = Path(path).resolve()
     roots = [Path(r).resolve() for r in allowed_roots]
     for r in roots:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backend.core.fields import MAX_ITEMS, DbId, Name, ServerPath, Tiles
 from backend.core.meta import (
     MetaEntry,
     MetaError,
@@ -40,11 +41,11 @@ class MixtureDataset(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: int
-    name: str | None = Field(None, description="its key in meta.json (default: the dataset's name)")
+    dataset_id: DbId
+    name: Name | None = Field(None, description="its key in meta.json (default: the dataset's name)")
     repeat_time: float = Field(1, description="1: every line once; > 1 (whole): repeated; < 1: int(N x r) lines")
     data_augment: bool = Field(False, description="the recipe's JPEG re-encode augmentation on its images")
-    max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="its own tile budget (empty: the job's)")
+    max_dynamic_patch: Tiles | None = Field(None, description="its own tile budget (empty: the job's)")
 
     @field_validator("repeat_time")
     @classmethod
@@ -60,9 +61,9 @@ class MixtureSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    datasets: list[MixtureDataset] = Field(default_factory=list)
-    meta_path: str | None = Field(None, description="a seed-style meta JSON under VLSTUDIO_DATA_ROOTS")
-    meta_base: str | None = Field(None, description="folder its relative paths resolve from (default: the "
+    datasets: list[MixtureDataset] = Field(default_factory=list, max_length=MAX_ITEMS)
+    meta_path: ServerPath | None = Field(None, description="a seed-style meta JSON under VLSTUDIO_DATA_ROOTS")
+    meta_base: ServerPath | None = Field(None, description="folder its relative paths resolve from (default: the "
                                   "meta file's folder; the reference's internvl_chat/ for the released files)")
     on_conflict: Literal["error", "rename", "replace"] = Field(
         "error", description="a dataset name used by both: refuse, rename the later one, or let it replace")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from backend.core import deadline
 from backend.core.checks import CheckConfig, ChunkResult, LineError, check_text, check_turns, image_list
 from backend.core.images import ImageProblem, check_image, resolve_image
 from backend.core.samples import IGNORE_INDEX, IMAGE_PLACEHOLDER, normalise_conversations, tokenize_sample
@@ -71,6 +72,7 @@ def tile_images(path: Path, plan: TilePlan, image_size: int = 448) -> list[Image
 
 
 def _image_entry(root_real: str, rel: str, budget: int, s: ValidationSettings) -> dict:
+    deadline.check()
     entry: dict[str, Any] = {"path": rel, "max_tiles": budget}
     try:
         info = check_image(resolve_image(root_real, rel), rel, max_pixels=s.max_image_pixels)
@@ -190,6 +192,7 @@ def preview_sample(record: dict, root: Path, *, settings: ValidationSettings, to
                    "template", "max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size",
                    "image_size", "tokens_per_tile", "max_seq_length", "tiling_source")})
     if tokenizer is not None and all("error" not in im for im in out["images"]):
+        deadline.check()
         ts = tokenize_sample({**record, "image": paths}, template, tokenizer, [im["tiles"] for im in out["images"]],
                              settings.tokens_per_tile, with_offsets=True)
         out["tokens"] = _token_view(ts, rendered.text, settings.max_seq_length)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from backend.core.fields import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH, Tiles
 from backend.core.model_card import DEFAULT_TILING, Tiling
 from backend.core.templates import TEMPLATES, TOKENIZER_TEMPLATE
 from backend.core.tiling import DOWNSAMPLE_RATIO, PATCH_SIZE
@@ -26,7 +27,6 @@ TOKENS_PER_TILE_448 = 256
 #: naming the field, instead of overflowing a column or a seed, or asking for a worker that
 #: cannot exist. MAX_STEPS keeps every step count inside a 32-bit column.
 MAX_STEPS = 10_000_000
-MAX_SEQ_LENGTH = 131_072
 MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds
 
 
@@ -71,13 +71,13 @@ class Hyperparameters(BaseModel):
         None, ge=0, le=64, description="data-loading processes per rank (empty: on GPUs one per core of the "
         "rank's share but one, up to 8; on the CPU 0)")
     # --- data
-    max_seq_length: int = Field(4096, ge=64, le=MAX_SEQ_LENGTH, description="longer samples are truncated (dropped and counted "
+    max_seq_length: int = Field(4096, ge=MIN_SEQ_LENGTH, le=MAX_SEQ_LENGTH, description="longer samples are truncated (dropped and counted "
                                 "when the cut would fall inside an image)")
     # tiling: empty takes the model's own (its model card, backend.core.model_card); a job records
     # the resolved values
-    max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="most tiles per image (shared by "
+    max_dynamic_patch: Tiles | None = Field(None, description="most tiles per image (shared by "
                                           "multi-image samples; empty: the model's)")
-    min_dynamic_patch: int | None = Field(None, ge=1, le=40, description="fewest tiles per image (empty: the model's)")
+    min_dynamic_patch: Tiles | None = Field(None, description="fewest tiles per image (empty: the model's)")
     use_thumbnail: bool | None = Field(None, description="add a whole-image thumbnail tile when an image has several "
                                        "tiles (empty: the model's)")
     dynamic_image_size: bool | None = Field(None, description="dynamic tiling; off: every image is one tile (empty: "

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.core import deadline
 from backend.core.images import ImageProblem, resolve_image
 from backend.core.preview import PreviewError, preview_sample, read_record, tile_images
 from backend.core.tiling import plan_tiles
@@ -34,9 +35,14 @@ def report(session: Session, dataset_id: int, user: User | None, per_sample_offs
         rows: list[dict] = []
         for f in _stats_files(ds):
             with open(f, encoding="utf-8") as fh:
-                rows = [json.loads(x) for x in islice(fh, per_sample_offset, per_sample_offset + per_sample_limit)]
+                rows = [_row(x) for x in islice(fh, per_sample_offset, per_sample_offset + per_sample_limit)]
         out["per_sample"] = rows
     return out
+
+
+def _row(line: str) -> dict:
+    deadline.check()
+    return json.loads(line)
 
 
 def _stats_files(ds: Dataset) -> list[Path]:
@@ -96,6 +102,7 @@ def _tile_thumbs(root: Path, img: dict, s: Any) -> list[str]:
                       max_num=img["max_tiles"], use_thumbnail=s.use_thumbnail, image_size=s.image_size)
     out = []
     for t in tile_images(Path(path), plan, s.image_size):
+        deadline.check()
         t.thumbnail((TILE_THUMB, TILE_THUMB))
         buf = io.BytesIO()
         t.save(buf, format="JPEG", quality=80)

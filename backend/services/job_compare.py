@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from backend.core import deadline
 from backend.db.models import Evaluation, Job, JobMetric, JobStatus
 from backend.services.errors import InvalidInput
 from backend.services.jobs import get_job
@@ -98,10 +99,14 @@ def compare(session: Session, user: Any, ids: Sequence[int]) -> dict[str, Any]:
         raise InvalidInput(f"compare 2 to {MAX_JOBS} jobs ({len(ids)} given)",
                            [{"field": "ids", "message": f"give 2 to {MAX_JOBS} distinct job ids"}])
     jobs = [get_job(session, i, user) for i in ids]
+    series = {}
+    for j in jobs:
+        deadline.check()
+        series[str(j.id)] = _series(session, j.id)
     return {
         "jobs": [{"id": j.id, "status": j.status.value, "preset": j.preset, "model_id": j.model_id,
                   "dataset_id": j.dataset_id, "step": j.step, "total_steps": j.total_steps} for j in jobs],
-        "series": {str(j.id): _series(session, j.id) for j in jobs},
+        "series": series,
         "differing": _differing(jobs),
         "evaluations": _scores(session, user, ids),
     }

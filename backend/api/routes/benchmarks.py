@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backend.api.auth import CurrentUser
 from backend.api.deps import SettingsDep
+from backend.api.schemas import Name, ServerPath
 from backend.services import benchmarks as svc
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
@@ -19,15 +20,15 @@ def list_benchmarks(settings: SettingsDep, user: CurrentUser) -> list[dict]:  # 
 
 
 @router.get("/{name}")
-def get_benchmark(name: str, settings: SettingsDep, user: CurrentUser) -> dict:  # noqa: ARG001
+def get_benchmark(name: Name, settings: SettingsDep, user: CurrentUser) -> dict:  # noqa: ARG001
     return svc.get_registered(settings, name)
 
 
 class RegisterRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="a benchmark of GET /api/benchmarks, e.g. textvqa_val")
-    path: str = Field(description="its folder in the guide's layout on the server, under VLSTUDIO_DATA_ROOTS")
+    name: Name = Field(description="a benchmark of GET /api/benchmarks, e.g. textvqa_val")
+    path: ServerPath = Field(description="its folder in the guide's layout on the server, under VLSTUDIO_DATA_ROOTS")
     replace: bool = Field(False, description="replace a registered one (a failed replace keeps it)")
 
 

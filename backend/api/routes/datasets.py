@@ -3,14 +3,27 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from backend.api.auth import CurrentUser
+from backend.api.deadline import Deadline
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import Count, DatasetFromPath, DatasetOut, DbId
+from backend.api.schemas import (
+    Count,
+    DatasetFromPath,
+    DatasetOut,
+    DbId,
+    Name,
+    PathText,
+    SeqLength,
+    ServerPath,
+    Tiles,
+)
 from backend.core import demo_data
+from backend.core.fields import file_name_problem
 from backend.services import dataset_views as views
 from backend.services import datasets as svc
 from backend.services.dataset_checks import checks_for
@@ -33,10 +46,17 @@ def _save(upload: UploadFile, dest: Path, budget: list[int]) -> int:
     return size
 
 
-def _safe_name(filename: str | None) -> PurePosixPath:
-    rel = PurePosixPath((filename or "").replace("\\", "/"))
-    if not filename or rel.is_absolute() or ".." in rel.parts or any(p.startswith(".") for p in rel.parts):
-        raise InvalidInput(f"{filename!r}: not a safe file name (relative, no '..', no hidden parts)")
+def _safe_name(filename: str | None, field: str = "files") -> PurePosixPath:
+    name = (filename or "").replace("\\", "/")
+    rel = PurePosixPath(name)
+    problem = file_name_problem(name)
+    if problem is None and (not filename or rel.is_absolute() or ".." in rel.parts
+                            or any(p.startswith(".") for p in rel.parts)):
+        problem = "is not a safe file name (relative, no '..', no hidden parts)"
+    if problem:
+        shown = f"{name[:60]}..." if len(name) > 60 else name
+        message = f"file name {shown!r} {problem}"
+        raise InvalidInput(message, [{"field": field, "message": message}])
     return rel
 
 
@@ -83,12 +103,12 @@ def _out(rows: list, response: Response) -> dict:
                         422: {"description": "not a valid dataset; `errors` lists every problem"}})
 def upload_dataset(session: SessionDep, settings: SettingsDep, user: CurrentUser, response: Response,  # noqa: PLR0913
                    file: UploadFile | None = File(None), files: list[UploadFile] | None = File(None),
-                   root: str | None = Form(None), annotation: str | None = Form(None),
-                   name: str | None = Form(None), val_fraction: float = Form(0.0),
+                   root: ServerPath | None = Form(None), annotation: PathText | None = Form(None),
+                   name: Name | None = Form(None), val_fraction: float = Form(0.0, ge=0, lt=1),
                    validation: UploadFile | None = File(None), model_id: DbId | None = Form(None),
-                   preset: str | None = Form(None), max_dynamic_patch: int | None = Form(None, ge=1, le=40),
-                   max_seq_length: int | None = Form(None, ge=1, le=1 << 20),
-                   truncation: str = Form("error"), drop_bad_lines: bool = Form(False),
+                   preset: Name | None = Form(None), max_dynamic_patch: Tiles | None = Form(None),
+                   max_seq_length: SeqLength | None = Form(None),
+                   truncation: Literal["error", "truncate"] = Form("error"), drop_bad_lines: bool = Form(False),
                    background: bool | None = Form(None)) -> dict:
     """Register a dataset from exactly one of: ``file`` (a zip of images and one or more
     ``.jsonl``: one dataset per annotation, the others' ids in ``bundle``); ``files`` (images
@@ -146,7 +166,7 @@ def register_from_path(body: DatasetFromPath, session: SessionDep, settings: Set
 
 @router.post("/demo", response_model=DatasetOut, status_code=201)
 def register_demo(session: SessionDep, settings: SettingsDep, user: CurrentUser, samples: int = Query(64, ge=1, le=10_000),
-                  val_fraction: float = 0.0):  # noqa: ANN201
+                  val_fraction: float = Query(0.0, ge=0, lt=1)):  # noqa: ANN201
     """Generate the coloured-shapes demo dataset and register it (one click in the UI);
     ``val_fraction`` holds out that part of it as the validation split."""
     tmpdir = Path(tempfile.mkdtemp(dir=settings.data_path / "uploads"))
@@ -176,26 +196,30 @@ def cancel_validation(dataset_id: DbId, session: SessionDep, user: CurrentUser):
 
 
 @router.get("/{dataset_id}/report")
-def get_report(dataset_id: DbId, session: SessionDep, user: CurrentUser, per_sample_offset: Count = 0,
-               per_sample_limit: Count = 0) -> dict:
+def get_report(dataset_id: DbId, session: SessionDep, user: CurrentUser, deadline: Deadline,
+               per_sample_offset: Count = 0, per_sample_limit: Count = 0) -> dict:
     """The full validation report (counts by kind, first examples, statistics); with
     ``per_sample_limit`` also that many per-sample rows (tiles, token counts) from the offset."""
-    return views.report(session, dataset_id, user, per_sample_offset, min(per_sample_limit, 10000))
+    with deadline.bound():
+        return views.report(session, dataset_id, user, per_sample_offset, min(per_sample_limit, 10000))
 
 
 @router.get("/{dataset_id}/samples/{line}")
-def get_sample(dataset_id: DbId, line: DbId, session: SessionDep, user: CurrentUser, model_id: DbId | None = None,
-               max_dynamic_patch: Count | None = None, max_seq_length: Count | None = None,
-               tiles: bool = False, preset: str | None = None) -> dict:
+def get_sample(dataset_id: DbId, line: DbId, session: SessionDep, user: CurrentUser,  # noqa: PLR0913
+               deadline: Deadline, model_id: DbId | None = None,
+               max_dynamic_patch: Tiles | None = None, max_seq_length: SeqLength | None = None,
+               tiles: bool = False, preset: Name | None = None) -> dict:
     """Preview line ``line`` (1-based) of the dataset's annotation as the model sees it: images
     (``url``; ``tiles=true`` adds the tiles as base64 JPEGs), tile grid, the prompt rendered by
     the template with the trained spans, and token counts (``model_id``: default the built-in;
-    ``preset``: its tiling over the model's)."""
-    return views.sample(session, dataset_id, line, user, model_id, max_dynamic_patch, max_seq_length, tiles,
-                        preset=preset)
+    ``preset``: its tiling over the model's). Stopped (503) at VLSTUDIO_REQUEST_DEADLINE_SECONDS or
+    when the client goes away."""
+    with deadline.bound():
+        return views.sample(session, dataset_id, line, user, model_id, max_dynamic_patch, max_seq_length, tiles,
+                            preset=preset)
 
 
 @router.get("/{dataset_id}/files/{path:path}", response_class=FileResponse)
-def get_file(dataset_id: DbId, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+def get_file(dataset_id: DbId, path: PathText, session: SessionDep, user: CurrentUser) -> FileResponse:
     """An image of the dataset (only inside its root)."""
     return FileResponse(views.image_file(session, dataset_id, path, user))

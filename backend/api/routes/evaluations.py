@@ -16,7 +16,8 @@ from backend import live
 from backend.api import streams
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import Count, DbId
+from backend.api.schemas import Count, DbId, Name, Tiles
+from backend.core.fields import MAX_ITEMS
 from backend.db.models import User
 from backend.db.session import get_sessionmaker
 from backend.queue import make_celery
@@ -32,22 +33,22 @@ class ModelRef(BaseModel):
 
     model_id: DbId | None = Field(None, description="a registered model (base)")
     job_id: DbId | None = Field(None, description="what a training job saved")
-    checkpoint: str | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
+    checkpoint: Name | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
 
 
 class MixturePart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: DbId
-    name: str | None = Field(None, description="its name in the results (default: the dataset's name)")
-    max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="its tile budget (empty: the model's)")
+    name: Name | None = Field(None, description="its name in the results (default: the dataset's name)")
+    max_dynamic_patch: Tiles | None = Field(None, description="its tile budget (empty: the model's)")
 
 
 class EvalMixture(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: DbId | None = Field(None, description="the mixture this training job trained on")
-    datasets: list[MixturePart] = Field(default_factory=list, description="or registered datasets")
+    datasets: list[MixturePart] = Field(default_factory=list, max_length=MAX_ITEMS, description="or registered datasets")
 
 
 class EvaluationCreate(BaseModel):
@@ -56,12 +57,12 @@ class EvaluationCreate(BaseModel):
     dataset_id: DbId | None = Field(None, description="one dataset's split")
     mixture: EvalMixture | None = Field(None, description="or a mixture: every dataset's held-out part, scored "
                                         "per dataset and overall")
-    benchmarks: list[str] | None = Field(None, description="or a benchmark suite: registered benchmarks (GET "
-                                         "/api/benchmarks), each run with its own prompt, tiling, generation "
-                                         "settings and metrics; one table (GET .../table)")
-    split: str = Field("validation", description="'validation' (the held-out split) or 'train'")
-    models: list[ModelRef]
-    metrics: list[str] = Field(default_factory=list, description="empty: chosen from the data")
+    benchmarks: list[Name] | None = Field(None, max_length=MAX_ITEMS, description="or a benchmark suite: registered "
+                                          "benchmarks (GET /api/benchmarks), each run with its own prompt, tiling, "
+                                          "generation settings and metrics; one table (GET .../table)")
+    split: Name = Field("validation", description="'validation' (the held-out split) or 'train'")
+    models: list[ModelRef] = Field(max_length=MAX_ITEMS)
+    metrics: list[Name] = Field(default_factory=list, max_length=100, description="empty: chosen from the data")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="max_new_tokens, batch_size, max_dynamic_patch, limit")
 

@@ -12,10 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from backend import live
 from backend.api import streams
 from backend.api.auth import CurrentUser
+from backend.api.deadline import Deadline
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
 from backend.api.guards import ARRIVED
-from backend.api.schemas import Count, DbId, JobCreate, JobOut, LogLineOut, MetricOut
+from backend.api.schemas import Count, DbId, JobCreate, JobOut, LogLineOut, MetricOut, PathText
 from backend.core import presets
+from backend.core.fields import MAX_ITEMS
 from backend.db.models import JobStatus, User
 from backend.db.session import get_sessionmaker
 from backend.queue import wake_workers
@@ -88,11 +90,13 @@ def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None =
 
 
 @router.get("/compare", responses={422: {"description": "not 2 to 8 distinct job ids"}})
-def compare_jobs(session: SessionDep, user: CurrentUser, ids: Annotated[list[DbId], Query()]) -> dict[str, Any]:
+def compare_jobs(session: SessionDep, user: CurrentUser, deadline: Deadline,
+                 ids: Annotated[list[DbId], Query(max_length=MAX_ITEMS)]) -> dict[str, Any]:
     """Several runs side by side (``?ids=1&ids=2``): each job's curves (loss, eval loss, learning
     rate, throughput by step), the hyperparameters whose values differ, and the evaluation
     scores of every succeeded evaluation that ran one of them."""
-    return job_compare.compare(session, user, ids)
+    with deadline.bound():
+        return job_compare.compare(session, user, ids)
 
 
 def _run_files(run_dir: str | None) -> list[str]:
@@ -113,7 +117,7 @@ def get_job(job_id: DbId, session: SessionDep, user: CurrentUser) -> JobDetail:
 
 
 @router.get("/{job_id}/files/{path:path}")
-def download_file(job_id: DbId, path: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+def download_file(job_id: DbId, path: PathText, session: SessionDep, user: CurrentUser) -> FileResponse:
     """A file of the run folder (spec.json, command.txt, checkpoints, the final model...)."""
     job = svc.get_job(session, job_id, user)
     if not job.run_dir:

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from backend import live
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import DbId, ModelOut
+from backend.api.schemas import DbId, ModelOut, Name, ServerPath
 from backend.db.session import get_sessionmaker
 from backend.services import model_imports as imports_svc
 from backend.services import models as svc
@@ -32,8 +32,8 @@ def get_model(model_id: DbId, session: SessionDep, user: CurrentUser):  # noqa: 
 class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="a checkpoint folder on the server, under VLSTUDIO_DATA_ROOTS")
-    name: str | None = Field(None, description="registry name; default: the folder's name")
+    path: ServerPath = Field(description="a checkpoint folder on the server, under VLSTUDIO_DATA_ROOTS")
+    name: Name | None = Field(None, description="registry name; default: the folder's name")
     wait: bool = Field(True, description="answer when the worker is done (201 + the model); false: 202 + "
                                          "the import job at once")
 
@@ -41,7 +41,7 @@ class ImportRequest(BaseModel):
 class InspectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="a checkpoint folder on the server, under VLSTUDIO_DATA_ROOTS")
+    path: ServerPath = Field(description="a checkpoint folder on the server, under VLSTUDIO_DATA_ROOTS")
 
 
 @router.post("/inspect", responses={403: {"description": "the path is outside VLSTUDIO_DATA_ROOTS"},

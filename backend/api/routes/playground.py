@@ -14,7 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from backend import live
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import DbId
+from backend.api.schemas import DbId, Name
+from backend.core.fields import MAX_ITEMS
 from backend.db.session import get_sessionmaker
 from backend.services import chat as chat_svc
 from backend.services import playground as svc
@@ -30,10 +31,10 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_ITEMS)
     image: str | None = Field(None, description="base64 (or a data: URL); goes with the first user turn")
     job_id: DbId | None = Field(None, description="chat with what this training job of the model saved")
-    checkpoint: str | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
+    checkpoint: Name | None = Field(None, description="with job_id: 'final' (default) or 'checkpoint-STEP'")
     max_new_tokens: int = Field(256, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy")
     stream: bool = True

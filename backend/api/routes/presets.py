@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.api.auth import current_user
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import DbId
+from backend.api.schemas import DbId, Name
 from backend.core import presets
 from backend.core.spec import Hyperparameters
 from backend.services.errors import InvalidInput
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/presets", tags=["presets"], route_class=DbRoute)
 class ResolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = "demo"
+    preset: Name = "demo"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset")
     model_id: DbId | None = Field(None, description="fill what the preset leaves to the model (its tiling) from "
                                   "this model's card")
