@@ -79,8 +79,8 @@ def start(spec: Path, nproc: int = 2) -> subprocess.Popen:
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 
-def run(spec: Path, timeout: float = 300) -> tuple[int, str]:
-    proc = start(spec)
+def run(spec: Path, timeout: float = 300, nproc: int = 2) -> tuple[int, str]:
+    proc = start(spec, nproc)
     rc = proc.wait(timeout=timeout)
     return rc, (spec.parent / "training_log.txt").read_text()
 
@@ -239,6 +239,49 @@ def test_resumed_run_reproduces_the_uninterrupted_loss_curve(resume_runs):
         assert resumed[step]["learning_rate"] == pytest.approx(straight[step]["learning_rate"], rel=1e-6)
     a, b = state_dict(root / "straight" / "final"), state_dict(root / "cut" / "final")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+# ------------------------------------------------------------------------ ZeRO-0 and LoRA: resume
+# Two more resume settings, each two launches: a straight run that saves a checkpoint half-way,
+# and a run resumed from that checkpoint into a folder of its own. ZeRO-0 (no DeepSpeed, one
+# process) reads the full model back from the checkpoint's safetensors, written in the model's
+# original key layout; LoRA (two processes) reads the adapter and the modules saved beside it.
+RESUME_AT = 3
+OTHER_RESUMES = {
+    "zero0": {"zero_stage": 0, "nproc_per_node": 1, "max_steps": 6, "drop_path_rate": 0.1, "seed": 7},
+    "lora": {"zero_stage": 0, "nproc_per_node": 2, "max_steps": 6, "freeze_backbone": True, "freeze_llm": True, "use_llm_lora": 8,
+             "use_backbone_lora": 4, "merge_lora": True,
+             "drop_path_rate": 0.1, "group_by_length": True, "seed": 3},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(OTHER_RESUMES))
+def resumed_from_checkpoint(request, demo_model, tmp_path_factory):
+    settings = OTHER_RESUMES[request.param]
+    root = tmp_path_factory.mktemp(f"resume-{request.param}")
+    meta = write_data(root / "data", with_text=4)
+    rc, log = run(write_spec(root / "straight", demo_model, meta, save_steps=RESUME_AT, **settings),
+                  nproc=settings["nproc_per_node"])
+    assert rc == 0, log[-4000:]
+    ckpt = root / "straight" / "checkpoints" / f"checkpoint-{RESUME_AT}"
+    rc, log = run(write_spec(root / "resumed", demo_model, meta, resume=str(ckpt), save_steps=RESUME_AT, **settings),
+                  nproc=settings["nproc_per_node"])
+    assert rc == 0, log[-4000:]
+    return root, log
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_continues_the_same_curve(resumed_from_checkpoint):
+    root, log = resumed_from_checkpoint
+    assert f"resuming from {root}" in log, log[-3000:]
+    straight = {r["step"]: r for r in metrics(root / "straight")}
+    resumed = {r["step"]: r for r in metrics(root / "resumed")}
+    assert sorted(resumed) == list(range(RESUME_AT + 1, 7)), sorted(resumed)
+    for step in resumed:
+        assert resumed[step]["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4, abs=1e-6), step
+        assert resumed[step]["grad_norm"] == pytest.approx(straight[step]["grad_norm"], rel=1e-3, abs=1e-6), step
+    a, b = state_dict(root / "straight" / "final"), state_dict(root / "resumed" / "final")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
 
 
 # ------------------------------------------------------------------------ ZeRO-3 + LoRA, text-only rank

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Trainer, TrainingArguments
+from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 from backend.core import run_outcome
 from backend.core.checkpoints import latest_complete
@@ -34,7 +34,7 @@ from backend.core.model_folder import ModelFolderError
 from backend.core.spec import WORKER_RUN_ENV, Hyperparameters, TrainingSpec, max_tiles_per_pack
 from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, to_jinja
-from worker.training import lora, modeling, packing, speed
+from worker.training import lora, modeling, packing, resume, speed
 from worker.training import loss as loss_fn
 from worker.training.attention import ONE_ROW
 from worker.training.callbacks import (
@@ -165,8 +165,22 @@ class InternVLTrainer(Trainer):
         self.eval_collator = eval_collator or self.data_collator  # evaluation batches are never packed
         self.micro_batches = 1
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Without DeepSpeed: the checkpoint's weights through the key mapping they were written
+        with, every tensor or an error (:mod:`worker.training.resume`); the Trainer's own reads
+        ``save_pretrained``'s original layout without it and only warns about what it missed."""
+        resume.load_weights(self.model if model is None else model, Path(resume_from_checkpoint))
+
     def _get_train_sampler(self, train_dataset=None):
         return self.sampler
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        """Resuming mid-epoch: the sampler orders that epoch as the uninterrupted run did. With
+        several processes accelerate wraps it (skip, shard, batch) past where the Trainer's
+        ``set_epoch`` reaches, and it would deal the epoch-0 order again; the checkpoint's
+        ``state.epoch`` (e.g. 1.5) is strictly inside the epoch here, so its floor is the epoch."""
+        self.sampler.set_epoch(math.floor(self.state.epoch))
+        return super().get_resumed_dataloader(dataloader, num_batches)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step and the step's weight sum over all ranks
@@ -338,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = apply_speed_options(model, h)
     flops = speed.model_flops(model)  # after the tile resize, before LoRA (adapters are negligible)
     if h.uses_lora:
+        set_seed(h.seed)  # the adapter's random initial weights: the same run starts from the same ones
         model = lora.add_lora(model, h)
     trainable, total = modeling.trainable_report(model)
     log(f"parameters: {sum(trainable.values()):,} trainable of {sum(total.values()):,}; by module: "
@@ -402,11 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"MFU: model FLOPs ({flops[0]:.3g} per token, {flops[1]:.3g} per tile: 6 x parameters x tokens, the "
         f"ViT's tokens being its patches) per second over a measured matmul peak of {peak / 1e12:.3g} TFLOP/s "
         "per device")
-    resume = spec.resume_from_checkpoint
-    if resume == "latest":  # the newest sealed one: HF's own pick would take a half-written folder
-        resume = str(latest_complete(out / "checkpoints") or "") or None
-        log(f"resuming from {resume}" if resume else "no complete checkpoint to resume from: training from step 0")
-    trainer.train(resume_from_checkpoint=resume)
+    start = spec.resume_from_checkpoint
+    if start == "latest":  # the newest sealed one: HF's own pick would take a half-written folder
+        start = str(latest_complete(out / "checkpoints") or "") or None
+        if not start:
+            log("no complete checkpoint to resume from: training from step 0")
+    if start:
+        if problems := resume.problems(trainer.model, Path(start)):
+            fail([f"cannot resume from {start}: {p}" for p in problems])
+        log(f"resuming from {start} (every tensor of the checkpoint fits the model)")
+    trainer.train(resume_from_checkpoint=start)
 
     if stop.stopped:
         log(f"stopped on request; checkpoint saved at step {trainer.state.global_step}")
