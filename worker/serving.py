@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from backend import live
+from backend.core.chat_prompt import context_length
 from backend.db.models import ChatRequest
 from backend.db.session import session_scope
 from backend.services import chat as chat_svc
@@ -203,10 +204,18 @@ class ModelServer:
         ready, prompts = [], []
         for c in chats:
             try:
-                prompts.append(gen.prompt(c.conversation, [decode_image(c.image)] if c.image else []))
-                ready.append(c)
+                prompt = gen.prompt(c.conversation, [decode_image(c.image)] if c.image else [])
             except Exception as e:  # noqa: BLE001 - this chat alone cannot be answered
                 self._finish(c.id, "failed", error=f"cannot build the prompt: {e}")
+                continue
+            context = context_length(gen.card.config)
+            if context is not None and len(prompt.input_ids) + c.max_new_tokens > context:
+                # the API refuses such a chat (422); one queued otherwise is not generated either
+                self._finish(c.id, "failed", error=f"the prompt is {len(prompt.input_ids):,} tokens and "
+                             f"max_new_tokens {c.max_new_tokens:,}: over the model's context of {context:,} tokens")
+                continue
+            prompts.append(prompt)
+            ready.append(c)
         if ready:
             self._generate(gen, ready, prompts)
 

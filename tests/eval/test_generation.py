@@ -180,3 +180,78 @@ def test_chats_that_arrive_together_are_generated_in_one_batch_with_unchanged_an
         assert sorted(c.batch_size for c in s.query(ChatRequest)) == [3, 3, 3]
     assert "backend.services.playground" in sys.modules and not hasattr(
         sys.modules["backend.services.playground"], "get_generator")
+
+
+def test_a_chat_is_bounded_by_the_prompt_the_worker_builds(gen, demo_model):
+    """backend.core.chat_prompt counts, without torch, exactly the prompt the model server
+    generates after; the context is the model's max_position_embeddings, to the token."""
+    from backend.core.chat_prompt import chat_problems, context_length, prompt_ids, tile_counts
+    from backend.core.model_folder import load_tokenizer
+
+    tokenizer = load_tokenizer(demo_model)  # the API's tokenizer (tokenizers, no transformers)
+    _, png, record = demo_samples(1, seed=5)[0]
+    img = image_of(png)
+    convs = record["conversations"][:1]
+    counts = tile_counts([img.size], gen.tiling, gen.image_size)
+    ids = prompt_ids(convs, counts, gen.template, tokenizer, gen.tokens_per_tile)
+    assert ids == gen.prompt(convs, [img]).input_ids
+    context = context_length(gen.card.config)
+    assert context == 8192
+    limits = dict(template=gen.template, tokenizer=tokenizer, tiling=gen.tiling, image_size=gen.image_size,
+                  tokens_per_tile=gen.tokens_per_tile, context=context)
+    assert chat_problems(convs, [img.size], max_new_tokens=context - len(ids), **limits) == []
+    over = chat_problems(convs, [img.size], max_new_tokens=context - len(ids) + 1, **limits)
+    assert over == [{"field": "messages", "message": (
+        f"the conversation is {len(ids):,} tokens ({sum(counts) * 256 + 2:,} of them for the image's {sum(counts)} "
+        f"tiles at max_dynamic_patch {gen.tiling.max_dynamic_patch}) and max_new_tokens asks for "
+        f"{context - len(ids) + 1:,} more: 8,193 tokens, over the model's context of 8,192 tokens "
+        "(max_position_embeddings); shorten the messages or lower max_new_tokens")}]
+
+
+@pytest.mark.parametrize("api", ["sqlite"], indirect=True)
+def test_a_chat_over_the_models_limits_is_refused_and_the_server_answers_the_next(api, model_server, demo_model):
+    """Issue 25: a 40k-token message took the chat worker down. The API refuses it (422 naming
+    the context), an oversized image too (naming the pixel limit); one queued past the API is
+    failed by the model server with the reason, and the server answers the next chat."""
+    import shutil
+    import time
+
+    from backend.db.models import ChatRequest
+    from backend.db.session import session_scope
+    from backend.services import chat as chat_svc
+    from backend.settings import get_settings
+
+    model = api.get("/api/models").json()[0]
+    shutil.copytree(demo_model, get_settings().data_path / "models" / model["name"])
+    url = f"/api/models/{model['id']}/chat"
+    long = " ".join(["red square blue circle"] * 10_000)
+    r = api.post(url, json={"messages": [{"role": "user", "content": long}], "stream": False})
+    assert r.status_code == 422, r.text
+    assert "over the model's context of 8,192 tokens" in r.json()["detail"]
+    assert r.json()["errors"][0]["field"] == "messages"
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 9_000)).save(buf, format="PNG")  # 90,000,000 pixels in a small file
+    r = api.post(url, json={"messages": [{"role": "user", "content": "<image>\nWhat colour?"}],
+                            "image": base64.b64encode(buf.getvalue()).decode(), "stream": False})
+    assert r.status_code == 422 and "more than the limit of 89,478,485 pixels" in r.json()["detail"], r.text
+    with session_scope() as s:
+        assert s.query(ChatRequest).count() == 0  # nothing queued for a worker
+
+    with session_scope() as s:  # past the API (an older API, a direct insert): the server's own check
+        path = str(get_settings().data_path / "models" / model["name"])
+        bad = chat_svc.submit(s, owner_id=None, model_path=path, builtin=True, template="internlm2-chat",
+                              tiling=None, conversation=[{"from": "human", "value": long}], image=None,
+                              max_new_tokens=8, temperature=0.0).id
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with session_scope() as s:
+            chat = s.get(ChatRequest, bad)
+            if chat.status in chat_svc.FINISHED:
+                break
+        time.sleep(0.1)
+    assert chat.status == "failed" and "over the model's context of 8,192 tokens" in chat.error, chat.error
+    _, png, record = demo_samples(1, seed=21)[0]
+    question = record["conversations"][0]["value"].removeprefix("<image>\n")
+    r = api.post(url, json={"messages": [{"role": "user", "content": question}], "stream": False,
+                            "image": base64.b64encode(png).decode(), "max_new_tokens": 6})
+    assert r.status_code == 200 and r.json()["reply"] == direct_generate(demo_model, png, question, 6), r.text

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from backend.core.chat_prompt import prompt_ids
 from backend.core.model_card import Tiling, read_card
 from backend.core.model_folder import ModelFolderError
-from backend.core.samples import SampleError, tokenize_sample
+from backend.core.samples import SampleError
 from backend.core.templates import Template
 from backend.core.tiling import IMAGE_SIZE, max_patches_per_image
 from worker.training.data import tile_image, to_tensor
@@ -35,7 +36,8 @@ class Prompt:
 
 def build_prompt(conversations: list[dict], images: Sequence[Image.Image], template: Template, tokenizer,
                  tiling: Tiling, tokens_per_tile: int = 256, image_size: int = IMAGE_SIZE) -> Prompt:
-    """Token ids and tiles for a conversation ending with a user turn (``from: human``)."""
+    """Token ids and tiles for a conversation ending with a user turn (``from: human``): the ids
+    are :func:`backend.core.chat_prompt.prompt_ids`, what the API bounds a chat by."""
     if not conversations or conversations[-1].get("from") != "human":
         raise SampleError("the conversation must end with a user turn to generate a reply")
     per_image = max_patches_per_image(tiling.max_dynamic_patch, len(images))
@@ -46,15 +48,10 @@ def build_prompt(conversations: list[dict], images: Sequence[Image.Image], templ
                        use_thumbnail=tiling.use_thumbnail, dynamic=tiling.dynamic_image_size, size=image_size)
         tiles += t
         counts.append(len(t))
-    record: dict = {"conversations": [*conversations, {"from": "gpt", "value": ""}]}
-    if images:
-        record["image"] = [f"image{i}" for i in range(len(images))] if len(images) > 1 else "image0"
-    sample = tokenize_sample(record, template, tokenizer, counts, tokens_per_tile, with_offsets=True)
-    reply_start = sample.trained_spans[-1][0]
-    cut = next(i for i, (a, _) in enumerate(sample.offsets) if a >= reply_start and sample.labels[i] != -100)
+    ids = prompt_ids(conversations, counts, template, tokenizer, tokens_per_tile)
     pixel_values = (torch.stack([to_tensor(t, image_size) for t in tiles]) if tiles
                     else torch.zeros(0, 3, image_size, image_size))
-    return Prompt(sample.input_ids[:cut], pixel_values)
+    return Prompt(ids, pixel_values)
 
 
 def stop_token_ids(template: Template, tokenizer) -> list[int]:

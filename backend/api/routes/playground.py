@@ -53,7 +53,7 @@ async def chat(model_id: DbId, body: ChatRequest, request: Request, session: Ses
     messages = [m.model_dump() for m in body.messages]
     fields = await run_in_threadpool(
         svc.prepare_chat, session, settings, user, model_id, messages=messages, image=body.image,
-        job_id=body.job_id, checkpoint=body.checkpoint)
+        job_id=body.job_id, checkpoint=body.checkpoint, max_new_tokens=body.max_new_tokens)
     chat_id = (await run_in_threadpool(
         chat_svc.submit, session, owner_id=user.id if user else None, max_new_tokens=body.max_new_tokens,
         temperature=body.temperature, **fields)).id
