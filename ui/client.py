@@ -202,12 +202,28 @@ class StudioClient:
     # -- evaluations and playground (issue 8) -----------------------------------------------
     def create_evaluation(self, dataset_id: int | None, models: list[dict], split: str = "validation",
                           metrics: list[str] | None = None, params: dict | None = None,
-                          mixture: dict | None = None) -> dict:
-        """On one dataset's split, or (``mixture``: ``{"job_id": N}`` or ``{"datasets": [...]}``)
-        on every held-out part of a mixture."""
-        data = {"mixture": mixture} if mixture is not None else {"dataset_id": dataset_id}
+                          mixture: dict | None = None, benchmarks: list[str] | None = None) -> dict:
+        """On one dataset's split, (``mixture``: ``{"job_id": N}`` or ``{"datasets": [...]}``)
+        on every held-out part of a mixture, or (``benchmarks``: registered names) a benchmark
+        suite, each benchmark with its own settings and metrics."""
+        data = ({"benchmarks": benchmarks} if benchmarks is not None else {"mixture": mixture}
+                if mixture is not None else {"dataset_id": dataset_id})
         return self._call("POST", "/evaluations", json={**data, "split": split, "models": models,
                                                         "metrics": metrics or [], "params": params or {}})
+
+    def benchmarks(self) -> list[dict]:
+        """The evaluation guide's benchmarks, ``registered`` or not (``GET /api/benchmarks``)."""
+        return self._call("GET", "/benchmarks")
+
+    def evaluation_table(self, evaluation_id: int) -> dict:
+        """The one table of a finished evaluation: rows benchmark figures, columns models."""
+        return self._call("GET", f"/evaluations/{evaluation_id}/table")
+
+    def evaluation_table_export(self, evaluation_id: int, fmt: str) -> str:
+        r = self.http.get(f"/evaluations/{evaluation_id}/table", params={"format": fmt})
+        if r.status_code >= 400:
+            raise error_of(r)
+        return r.text
 
     def evaluations(self) -> list[dict]:
         return self._call("GET", "/evaluations")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from ui.app import build_ui
 from ui.pages.evaluate import (
+    SUITE,
+    benchmark_choices,
     data_choices,
     data_request,
     model_choices,
     running_scores,
     samples_table,
+    suite_view,
     summary_table,
     to_ref,
 )
@@ -27,6 +30,10 @@ class FakeApi:
     def datasets(self):
         return [{"id": 2, "name": "dots", "num_val_samples": 3}]
 
+    def benchmarks(self):
+        return [{"name": "docvqa_val", "title": "DocVQA val", "registered": True, "samples": 3},
+                {"name": "pope", "title": "POPE (COCO)", "registered": False, "samples": None}]
+
 
 def test_choices_cover_base_models_and_succeeded_jobs():
     choices = model_choices(FakeApi())
@@ -36,8 +43,31 @@ def test_choices_cover_base_models_and_succeeded_jobs():
 
 def test_data_choices_offer_datasets_and_job_mixtures():
     choices = data_choices(FakeApi())
-    assert choices == [("dots #2 (3 held out)", "dataset:2"), ("mixture of job 7: dots, bars", "mixture:7")]
-    assert [data_request(v) for _, v in choices] == [{"dataset_id": 2}, {"mixture": {"job_id": 7}}]
+    assert choices == [("dots #2 (3 held out)", "dataset:2"), ("mixture of job 7: dots, bars", "mixture:7"),
+                       ("Benchmark suite: the registered benchmarks ticked below", SUITE)]
+    assert [data_request(v, ["docvqa_val"]) for _, v in choices] == [
+        {"dataset_id": 2}, {"mixture": {"job_id": 7}}, {"benchmarks": ["docvqa_val"]}]
+    assert benchmark_choices(FakeApi()) == [("DocVQA val (docvqa_val, 3 samples)", "docvqa_val")]  # registered only
+
+
+def test_a_suite_shows_one_table_in_published_units_with_the_change_per_model():
+    ev = {"id": 5, "status": "succeeded", "done": 14, "total": 14, "summary": [{"label": "base"}],
+          "benchmarks": {"benchmarks": [{"name": "docvqa_val"}, {"name": "mme"}]}}
+    tab = {"models": ["base", "<job 3>"], "rows": [
+        {"benchmark": "docvqa_val", "title": "DocVQA val", "figure": "anls", "n": 3, "unit": "percent",
+         "published": [50.0, 66.66666]},
+        {"benchmark": "mme", "title": "MME", "figure": "mme_perception", "n": 4, "unit": "points",
+         "published": [150.0, None]},
+        {"benchmark": "ocrbench", "title": None, "figure": "ocrbench", "n": 2, "unit": "count",
+         "published": [2, 1]}]}
+    html = suite_view(ev, tab)
+    assert "Benchmark suite: docvqa_val, mme" in html
+    assert "<b>DocVQA val</b>" in html and "anls (%)" in html and "50.0" in html and "66.7" in html and "+16.7" in html
+    assert "mme_perception (points)" in html and "150.0" in html and "–" in html
+    assert "<b>ocrbench</b>" in html and "ocrbench (right)" in html and "-1" in html
+    assert "&lt;job 3&gt;" in html and "<job 3>" not in html
+    running = suite_view({**ev, "status": "running", "samples_per_second": 2.345, "done": 4}, None)
+    assert "The table appears when the run ends." in running and "4 / 14 outputs · 2.35 samples/s" in running
 
 
 def test_mixture_results_show_every_dataset_and_the_overall_score():

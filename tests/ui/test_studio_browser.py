@@ -210,6 +210,33 @@ def test_train_page_trains_on_the_meta_builders_mixture(studio, page, screenshot
     assert page.locator("#vl-eval-samples tbody tr").count() == 3
     screenshot(page, "11-eval-mixture")
 
+    # a benchmark suite (issue 23): a registered tiny DocVQA, one table and its CSV/JSON files
+    from backend.core.benchmarks import register_benchmark
+    from tests.eval.benchmark_layouts import write_docvqa
+
+    write_docvqa(tmp_path / "docvqa")
+    register_benchmark("docvqa_val", tmp_path / "docvqa", studio.data_dir / "benchmarks")
+    page.locator("#vl-eval-refresh").click()
+    page.locator("#vl-eval-dataset input").click()
+    page.get_by_role("option", name="Benchmark suite").click()
+    page.locator("#vl-eval-benchmarks").get_by_text("DocVQA val (docvqa_val, 3 samples)").click()
+    page.locator("#vl-eval-run").click()
+    page.locator("#vl-eval-msg .vl-notice-ok", has_text="queued").wait_for()
+    page.locator("#vl-eval-summary .vl-suite-table, #vl-eval-summary .vl-notice-error").first.wait_for(
+        timeout=300_000)
+    summary = page.locator("#vl-eval-summary").inner_text()
+    assert "Benchmark suite: docvqa_val" in summary and "anls (%)" in summary and "DocVQA val" in summary, summary
+    suite = studio.api.get("/evaluations").json()[0]
+    assert suite["benchmarks"]["request"] == {"benchmarks": ["docvqa_val"]} and suite["metrics"] == []
+    (row,) = studio.api.get(f"/evaluations/{suite['id']}/table").json()["rows"]
+    assert f"{row['published'][0]:.1f}" in summary, (row, summary)
+    for fmt in ("csv", "json"):  # the files offered are the API's exports
+        with page.expect_download() as got:
+            page.locator(f"#vl-eval-table-files a[download='evaluation-{suite['id']}-table.{fmt}']").click()
+        exported = studio.api.get(f"/evaluations/{suite['id']}/table", params={"format": fmt}).text
+        assert Path(got.value.path()).read_text() == exported and "docvqa_val" in exported
+    screenshot(page, "12-eval-suite")
+
 
 def _step_shown(page) -> int:
     m = re.search(r"step (\d+)", page.locator("#vl-job-cards").inner_text())
