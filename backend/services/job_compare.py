@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.core import deadline
+from backend.core.suite import suite_table
 from backend.db.models import Evaluation, Job, JobMetric, JobStatus
 from backend.services.errors import InvalidInput
 from backend.services.jobs import get_job
@@ -87,8 +88,14 @@ def _scores(session: Session, user: Any, ids: Sequence[int]) -> list[dict[str, A
                    "n": s.get("n"), "metrics": s.get("metrics") or {}}
                   for r, s in zip(refs, ev.summary or [], strict=False)]
         parts = [d["name"] for d in (ev.mixture or {}).get("datasets") or []]  # a mixture evaluation's
+        benchmarks = [b["name"] for b in (ev.benchmarks or {}).get("benchmarks") or []]
+        if benchmarks:  # a suite: each benchmark's figures (its overall metrics are empty)
+            rows = suite_table(ev.summary or [])["rows"]
+            for col, m in enumerate(models):
+                m["metrics"] = {f"{r['benchmark']} · {r['figure']}": r["values"][col] for r in rows
+                                if r["values"][col] is not None}
         out.append({"evaluation_id": ev.id, "dataset_id": ev.dataset_id, "split": ev.split, "models": models,
-                    "mixture": parts or None})
+                    "mixture": parts or None, "benchmarks": benchmarks or None})
     return out
 
 

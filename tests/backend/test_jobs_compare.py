@@ -35,6 +35,16 @@ def test_compare_overlays_curves_lists_differences_and_scores(api, ds):  # noqa:
                          mixture={"datasets": [{"name": "dots"}, {"name": "bars"}]},
                          models=[{"label": f"job {b}", "model_id": 1, "job_id": b}],
                          summary=[{"label": f"job {b}", "n": 5, "metrics": {"exact_match": 0.6}}]))
+        s.add(Evaluation(dataset_id=None, split="validation", status=S.succeeded,  # a benchmark suite
+                         benchmarks={"benchmarks": [{"name": "docvqa_val"}, {"name": "pope"}]},
+                         models=[{"label": "internvl-tiny-demo", "model_id": 1, "job_id": None},
+                                 {"label": f"job {b}", "model_id": 1, "job_id": b}],
+                         summary=[{"label": "internvl-tiny-demo", "n": 5, "metrics": {}, "datasets": [
+                                      {"name": "docvqa_val", "n": 3, "metrics": {"anls": 0.25}},
+                                      {"name": "pope", "n": 2, "metrics": {"pope_f1": 0.5, "pope_accuracy": 0.5,
+                                                                           "pope_recall": 1.0}}]},
+                                  {"label": f"job {b}", "n": 3, "metrics": {}, "datasets": [
+                                      {"name": "docvqa_val", "n": 3, "metrics": {"anls": 0.75}}]}]))
         s.commit()
 
     r = api.get("/api/jobs/compare", params=[("ids", a), ("ids", b)])
@@ -47,7 +57,10 @@ def test_compare_overlays_curves_lists_differences_and_scores(api, ds):  # noqa:
     differing = {d["field"]: d["values"] for d in body["differing"]}
     assert set(differing) == {"learning_rate", "max_steps"}, differing
     assert differing["learning_rate"] == [1e-4, 3e-4] and differing["max_steps"][1] == 7
-    [ev, mixed] = body["evaluations"]
+    [ev, mixed, suite] = body["evaluations"]
+    assert suite["benchmarks"] == ["docvqa_val", "pope"]  # its figures, per benchmark (as its one table)
+    assert [m["metrics"] for m in suite["models"]] == [
+        {"docvqa_val · anls": 0.25, "pope · pope_f1": 0.5, "pope · pope_accuracy": 0.5}, {"docvqa_val · anls": 0.75}]
     assert [(m["label"], m["metrics"]["exact_match"]) for m in ev["models"]] == [
         ("internvl-tiny-demo", 0.0), (f"job {a}", 0.5)]
     assert ev["mixture"] is None and (mixed["dataset_id"], mixed["mixture"]) == (None, ["dots", "bars"])

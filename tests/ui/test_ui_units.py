@@ -167,6 +167,10 @@ def test_compare_overlays_one_series_per_job_and_escapes_settings():
     html = compare.scores_table({**cmp, "evaluations": [ev]})
     assert "mixture of dots, &lt;bars&gt; (held-out parts, overall)" in html and "0.600" in html
     assert "dataset #None" not in html
+    suite = {**ev, "mixture": None, "benchmarks": ["docvqa_val", "pope"],
+             "models": [{"label": "job 1", "n": 5, "metrics": {"docvqa_val · anls": 0.25}}]}
+    html = compare.scores_table({**cmp, "evaluations": [suite]})
+    assert "benchmark suite: docvqa_val, pope" in html and "docvqa_val · anls" in html and "0.250" in html
 
 
 def test_problems_notice_lists_every_field_and_line():

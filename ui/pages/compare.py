@@ -46,6 +46,7 @@ def scores_table(cmp: dict) -> str:
         rows = [[f"<b>{esc(n)}</b>", *(f"{x['metrics'][n]:.3f}" if isinstance(x["metrics"].get(n), int | float)
                                        else "–" for x in models)] for n in names]
         data = (f"mixture of {esc(', '.join(ev['mixture']))} (held-out parts, overall)" if ev.get("mixture")
+                else f"benchmark suite: {esc(', '.join(ev['benchmarks']))}" if ev.get("benchmarks")
                 else f"dataset #{ev['dataset_id']} · {esc(ev['split'])} split")
         parts.append(f"<div class='vl-h3'>Evaluation #{ev['evaluation_id']} · {data}</div>"
                      + table(["Metric", *(f"{x['label']} (n={x['n']})" for x in models)], rows))
