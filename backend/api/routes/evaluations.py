@@ -147,7 +147,7 @@ def get_results(evaluation_id: DbId, session: SessionDep, user: CurrentUser, onl
 
 @router.get("/{evaluation_id}/table", responses={409: {"description": "no scores yet (not finished)"}})
 def get_table(evaluation_id: DbId, session: SessionDep, user: CurrentUser,
-              format: str | None = None) -> Response:  # noqa: A002 - the query parameter's name
+              format: Name | None = None) -> Response:  # noqa: A002 - the query parameter's name
     """One table: rows are the benchmarks' figures (a suite; a mixture's datasets), columns the
     models, values as stored and as published (percent; MME points, OCRBench count). With
     ``format=csv`` or ``format=json``: the table as a file to download (the stored values)."""
