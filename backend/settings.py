@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # Issue 3: server-side datasets (root + annotation on shared storage) only under these.
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="folders server-side dataset paths may be in, ':'- or ','-separated")
+    index_cache: Path | None = Field(None, description="cache of the training-data indexes, shared by every job "
+                                     "(default: DATA/index-cache; on Slurm it must be on the shared folder)")
     log_batch_lines: int = 200
     stream_poll_seconds: float = 0.25
     # Job service (docs/jobs.md): users, scheduling, recovery.
@@ -140,6 +142,10 @@ class Settings(BaseSettings):
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or "vlfs://"  # backend.queue_fs: the filesystem transport, atomic writes
+
+    @property
+    def index_cache_path(self) -> Path:
+        return (self.index_cache or self.data_path / "index-cache").expanduser().resolve()
 
     @property
     def broker_dir(self) -> Path:

@@ -37,6 +37,15 @@ os.environ.setdefault("VLSTUDIO_FIRST_ADMIN_PASSWORD", ADMIN[1])
 # Every test logs in at least once: the production cost (scrypt N=2^17, ~1 s on a busy CI core)
 # would dominate the suite. tests/hostile/test_auth_hardening.py checks the default and the upgrade.
 os.environ.setdefault("VLSTUDIO_SCRYPT_LOG_N", "14")
+# The training-data index cache of every trainer and studio of this session (not the user's
+# ~/.cache): one per session, removed at its end.
+if "VLSTUDIO_INDEX_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["VLSTUDIO_INDEX_CACHE"] = tempfile.mkdtemp(prefix="vlstudio-test-index-")
+    atexit.register(shutil.rmtree, os.environ["VLSTUDIO_INDEX_CACHE"], True)
 
 
 def login(base_url: str, username: str = ADMIN[0], password: str = ADMIN[1]) -> dict[str, str]:

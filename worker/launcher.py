@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core import failure, mixture, run_outcome
+from backend.core.data_index import CACHE_ENV
 from backend.core.model_card import read_card
 from backend.core.model_folder import ModelFolderError
 from backend.core.spec import Hyperparameters, TrainingSpec
@@ -120,7 +121,8 @@ def training_launch(job_id: int, run_dir: Path, hyper: Hyperparameters, port: in
     return Launch(name=f"vlstudio-job-{job_id}", module=TRAIN_MODULE, spec_path=run_dir / "spec.json",
                   run_dir=run_dir, log_path=run_dir / LOG_NAME, nnodes=hyper.nnodes,
                   nproc_per_node=hyper.nproc_per_node, gpus_per_node=hyper.gpus,
-                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids), port=port or free_port(), resumable=True)
+                  gpu_ids=None if gpu_ids is None else tuple(gpu_ids), port=port or free_port(), resumable=True,
+                  env={CACHE_ENV: str(get_settings().index_cache_path)})  # the shared data index cache
 
 
 def reattach_claimed(job_id: int, control: RunControl) -> str:

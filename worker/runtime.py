@@ -68,6 +68,8 @@ class Launch:
 
     def write_command(self) -> str:
         line = shlex.join(self.local_command())
+        if self.env:  # what the program needs from its environment, e.g. the data index cache
+            line = shlex.join(["env", *(f"{k}={v}" for k, v in sorted(self.env.items()))]) + " " + line
         (self.run_dir / "command.txt").write_text(line + "\n")
         return line
 

@@ -182,3 +182,171 @@ def tokenize_sample(record: dict, template: Template, tokenizer: Tokenizer, tile
         image_spans=image_spans,
         offsets=offsets or [],
     )
+
+
+# ------------------------------------------------------------------------- counting in batches
+@dataclass
+class SampleCounts:
+    """What :func:`tokenize_sample` would give, counted: lengths, image spans, trained tokens."""
+
+    total_tokens: int
+    text_tokens: int
+    image_tokens: int
+    image_spans: list[tuple[int, int]]
+    #: trained tokens of the whole sample, and of its first ``limit`` tokens (the truncated sample)
+    trained_tokens: int
+    trained_in_limit: int
+
+
+#: errors that make a record "invalid" (not a training sample), as the trainer's index counts them
+RECORD_ERRORS = (SampleError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def count_samples(items: list[tuple[dict, list[int]]], template: Template, tokenizer: Tokenizer,
+                  tokens_per_tile: int = 256, limit: int | None = None) -> list[SampleCounts | Exception]:
+    """:func:`tokenize_sample` of many ``(record, tiles per image)`` at once, reduced to its counts:
+    the text chunks of every record go to the tokenizer in one batched call (a fast tokenizer
+    encodes them in Rust), and the label rule runs on arrays over the whole batch. Equal to
+    counting the output of :func:`tokenize_sample` record by record (tests check it); a record
+    that cannot be a sample gives the exception :func:`tokenize_sample` would raise instead."""
+    import numpy as np
+
+    out: list[SampleCounts | Exception | None] = [None] * len(items)
+    texts: list[str] = []
+    # Every record's rendered text is placed at its own ``base`` on one axis, so the trained
+    # spans of the whole batch are one sorted array: a token can only fall in its own record's.
+    span_starts: list[int] = []
+    span_ends: list[int] = []
+    chunk_start: list[int] = []  # per queued text: its start on the axis, its prefix length
+    chunk_prefix: list[int] = []
+    plans: list[tuple[int, list[int], list[int]]] = []  # (item, queued text of each chunk or -1, tiles)
+    base = 0
+    for k, (record, tiles_per_image) in enumerate(items):
+        try:
+            convs = normalise_conversations(record)
+            if len(tiles_per_image) != len(image_paths(record)):
+                raise SampleError("tile counts do not match the images")
+            rendered = render(convs, template)
+        except RECORD_ERRORS as e:  # TemplateError is a ValueError
+            out[k] = e
+            continue
+        text = rendered.text
+        for a, b in sorted(rendered.trained_spans):
+            span_starts.append(a + base)
+            span_ends.append(b + base)
+        chunks = []
+        pos = 0
+        for c in range(len(tiles_per_image) + 1):
+            at = text.index(IMAGE_PLACEHOLDER, pos) if c < len(tiles_per_image) else len(text)
+            piece = text[pos:at]
+            if piece:
+                prefix = IMG_END if pos > 0 else ""  # as _encode_chunk: text after an image follows </img>
+                texts.append(prefix + piece)
+                chunk_start.append(pos + base)
+                chunk_prefix.append(len(prefix))
+                chunks.append(len(texts) - 1)
+            else:
+                chunks.append(-1)
+            pos = at + len(IMAGE_PLACEHOLDER)
+        plans.append((k, chunks, list(tiles_per_image)))
+        base += len(text) + 1
+    if not plans:
+        return out  # type: ignore[return-value]
+    # -- every token of the batch: its text, start and end on the axis
+    lens, flat = _encode_offsets(tokenizer, texts)
+    text_of = np.repeat(np.arange(len(texts)), lens)
+    prefix = np.asarray(chunk_prefix, dtype=np.int64)[text_of]
+    a, b = flat[:, 0], flat[:, 1]
+    keep = (prefix == 0) | (b > prefix)  # the </img> prefix's own tokens are not the chunk's
+    text_of, prefix, a, b = text_of[keep], prefix[keep], a[keep], b[keep]
+    starts = np.asarray(chunk_start, dtype=np.int64)[text_of]
+    a, b = np.maximum(a - prefix, 0) + starts, b - prefix + starts
+    ss, se = np.asarray(span_starts, dtype=np.int64), np.asarray(span_ends + [0], dtype=np.int64)
+    j = np.searchsorted(ss, a, side="right") - 1
+    trained = (b > a) & (j >= 0) & (b <= se[np.where(j >= 0, j, len(span_starts))])
+    n_tokens = np.bincount(text_of, minlength=len(texts))  # tokens of each chunk
+    first = np.concatenate(([0], np.cumsum(n_tokens)[:-1]))  # where each chunk's tokens begin
+    if template.untrained_last_token and len(trained):  # the last token of every trained run
+        # runs end at a chunk's end too: an image (untrained) always follows a chunk but the last
+        ends_chunk = np.zeros(len(trained), dtype=bool)
+        ends_chunk[(first + n_tokens - 1)[n_tokens > 0]] = True
+        nxt = np.append(trained[1:], False) & ~ends_chunk
+        trained = trained & ~(trained & ~nxt)
+    # -- per record: chunk and image positions in its sequence
+    bos = tokenizer_bos(tokenizer) if template.bos_from_tokenizer else None
+    token_pos = np.zeros(len(trained), dtype=np.int64)  # each token's position in its sample
+    chunk_offset = np.zeros(len(texts), dtype=np.int64)
+    record_of_text = np.zeros(len(texts), dtype=np.int64)
+    layout = []
+    for r, (k, chunks, tiles_per_image) in enumerate(plans):
+        n = 0 if bos is None else 1
+        spans = []
+        image_tokens = 0
+        for c, q in enumerate(chunks):
+            if q >= 0:
+                chunk_offset[q] = n
+                record_of_text[q] = r
+                n += int(n_tokens[q])
+            if c < len(tiles_per_image):
+                m = tokens_per_tile * tiles_per_image[c] + 2
+                spans.append((n, n + m))
+                n += m
+                image_tokens += m
+        layout.append((k, n, image_tokens, spans))
+    token_pos = chunk_offset[text_of] + (np.arange(len(trained)) - first[text_of])
+    rec = record_of_text[text_of]
+    trained_total = np.bincount(rec[trained], minlength=len(plans))
+    in_limit = trained if limit is None else trained & (token_pos < limit)
+    trained_in_limit = np.bincount(rec[in_limit], minlength=len(plans))
+    for r, (k, n, image_tokens, spans) in enumerate(layout):
+        out[k] = SampleCounts(total_tokens=n, text_tokens=n - image_tokens, image_tokens=image_tokens,
+                              image_spans=spans, trained_tokens=int(trained_total[r]),
+                              trained_in_limit=int(trained_in_limit[r]))
+    return out  # type: ignore[return-value]
+
+
+def _encode_offsets(tokenizer: Tokenizer, texts: list[str]):
+    """(tokens per text, character offsets of every token as an (N, 2) int64 array) of a batched,
+    special-token-free encoding. A plain Hugging Face fast tokenizer is called through its Rust
+    backend directly, exactly as its ``__call__`` does it (no truncation, no padding, its
+    ``split_special_tokens``), without building a Python dict per text; anything else through
+    ``__call__``."""
+    import itertools
+
+    import numpy as np
+
+    backend = _plain_backend(tokenizer)
+    if backend is not None:
+        if backend.encode_special_tokens != tokenizer.split_special_tokens:
+            backend.encode_special_tokens = tokenizer.split_special_tokens
+        offsets = [e.offsets for e in backend.encode_batch(texts, add_special_tokens=False)]
+    elif _is_rust(getattr(tokenizer, "backend", None)):  # model_folder.FastTokenizer: its backend's encode
+        offsets = [e.offsets for e in tokenizer.backend.encode_batch(texts, add_special_tokens=False)]
+    else:
+        offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    lens = np.fromiter(map(len, offsets), dtype=np.int64, count=len(offsets))
+    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(offsets)), dtype=np.int64,
+                       count=2 * int(lens.sum()))
+    return lens, flat.reshape(-1, 2)
+
+
+def _is_rust(obj: Any) -> bool:
+    try:
+        from tokenizers import Tokenizer as RustTokenizer
+    except ImportError:
+        return False
+    return isinstance(obj, RustTokenizer)
+
+
+def _plain_backend(tokenizer: Tokenizer):
+    """The Rust tokenizer of a Hugging Face fast tokenizer whose encoding is its backend's, or None."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    if not isinstance(tokenizer, TokenizersBackend) or type(tokenizer)._encode_plus is not TokenizersBackend._encode_plus:
+        return None
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None or backend.padding is not None:
+        return None
+    return backend

@@ -75,8 +75,8 @@ def test_data_augment_changes_the_pixels_of_its_own_dataset_only(tmp_path, token
     img = Image.open(tmp_path / "data" / "noise.png").convert("RGB")
     clean = torch.stack([to_tensor(t) for t in tile_image(img, max_num=1)])
     seen = {"plain": 0, "aug": 0}
-    for k, x in enumerate(ds.index):
-        name = ds.items[x.item].dataset
+    for k in range(len(ds)):
+        name = ds.dataset_of(k)
         same = torch.equal(ds[k]["pixel_values"], clean)
         assert same == (name == "plain"), f"{name} sample {k}"
         seen[name] += 1

@@ -168,7 +168,7 @@ def test_packing_inputs_restart_positions_and_mark_samples(setup):
 def test_packed_dataset_items_follow_the_plan(setup):
     ds, _, _, _ = setup
     lengths = ds.modality_lengths
-    tiles = [sum(x.tiles) for x in ds.index]
+    tiles = ds.tile_counts
     plan = plan_packs(lengths, tiles, max_seq_length=1200, max_tiles=3, seed=1)
     packed = PackedDataset(ds, plan)
     assert sorted(i for p in plan.packs for i in p) == list(range(len(ds)))

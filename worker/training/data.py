@@ -4,17 +4,21 @@ Everything the dataset preview must agree with comes from the pure core: ``repea
 (:mod:`backend.core.meta`), the tile grid (:mod:`backend.core.tiling`), the prompt and its
 label mask (:mod:`backend.core.samples`). What is added here is pixels and the index.
 
-The index is built once at start: every sample's tile counts (from the image headers, no
-decoding) and its exact token length. That is what lets a sample that cannot be trained be
-dropped *and counted* before training, instead of the reference's assert-and-retry-another
-(which silently changes the data), and gives ``group_by_length`` exact lengths.
+The index gives every sample's tile counts (from the image headers, no decoding) and its
+exact token length before training. That is what lets a sample that cannot be trained be
+dropped *and counted*, instead of the reference's assert-and-retry-another (which silently
+changes the data), and gives ``group_by_length`` and packing exact lengths. It is compact,
+cached and shared (:mod:`backend.core.data_index`): built once per file and setting, then
+memory-mapped by every rank, worker, restart and later job.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,22 +27,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from backend.core.data_index import DROP_REASONS, AnnotationIndex, IndexSettings, Progress, load_index
 from backend.core.meta import MetaError, load_meta, locate_entry, meta_base, subsample_indices
-from backend.core.samples import IGNORE_INDEX, SampleError, TokenizedSample, image_paths, tokenize_sample
-from backend.core.templates import Template, TemplateError
+from backend.core.samples import IGNORE_INDEX, image_paths, tokenize_sample
+from backend.core.templates import Template
 from backend.core.tiling import IMAGE_SIZE, max_patches_per_image, plan_tiles
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-#: why a sample is left out, as written to the log and metrics.jsonl
-DROP_REASONS = ("truncated_image", "empty_labels", "invalid", "unreadable_image")
-
-
-def read_annotation(path: Path) -> list[dict]:
-    import json
-
-    with open(path, encoding="utf-8-sig") as f:
-        return [json.loads(line) for line in f if line.strip()]
+__all__ = ["DROP_REASONS", "Collator", "SupervisedDataset", "tile_image", "to_tensor"]
 
 
 def to_tensor(img: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -73,29 +70,20 @@ def jpeg_augment(img: Image.Image, rng: random.Random) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-@dataclass
-class Item:
-    root: Path
-    record: dict
-    data_augment: bool
-    max_dynamic_patch: int
-    dataset: str
-
-
-@dataclass
-class Indexed:
-    item: int
-    tiles: list[int]
-    length: int
-
-
 class SupervisedDataset(Dataset):
-    """The kept samples of every dataset of a meta file, in meta order."""
+    """The kept samples of every dataset of a meta file, in meta order.
+
+    Each annotation file has its compact index (:mod:`backend.core.data_index`): memory-mapped
+    arrays of line offsets, tile counts, lengths and drop reasons, from the cache when the same
+    file was indexed with the same tokenizer, template, tiling and length before (``cache_dir``
+    None: built in memory, nothing kept). What a rank holds per sample is a few numpy integers;
+    a record is parsed from its line when the sample is read."""
 
     def __init__(self, meta_path: Path, tokenizer, template: Template, *, max_seq_length: int,
                  max_dynamic_patch: int, min_dynamic_patch: int = 1, use_thumbnail: bool = True,
                  dynamic_image_size: bool = True, image_size: int = IMAGE_SIZE, tokens_per_tile: int = 256,
-                 seed: int = 42) -> None:
+                 seed: int = 42, cache_dir: Path | None = None, progress: Progress | None = None,
+                 cancel: Callable[[], bool] | None = None) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.max_seq_length = max_seq_length
@@ -105,18 +93,42 @@ class SupervisedDataset(Dataset):
         self.image_size = image_size
         self.tokens_per_tile = tokens_per_tile
         self.seed = seed
-        self.items: list[Item] = []
+        #: per dataset of the meta file: its name, index, data_augment, max_dynamic_patch
+        self.sources: list[Source] = []
         #: samples per dataset after repeat_time, before drops
         self.lengths: dict[str, int] = {}
-        self._load(Path(meta_path), max_dynamic_patch)
         self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
         self.dropped_by_dataset: Counter[str] = Counter()
         self.drop_examples: list[str] = []
-        self.index: list[Indexed] = []
-        for i in range(len(self.items)):
-            self._index_one(i)
+        settings = dict(max_seq_length=max_seq_length, min_dynamic_patch=min_dynamic_patch,
+                        use_thumbnail=use_thumbnail, dynamic_image_size=dynamic_image_size, image_size=image_size,
+                        tokens_per_tile=tokens_per_tile)
+        src, row, item = [], [], []
+        for name, root, annotation, entry, mdp in self._entries(Path(meta_path), max_dynamic_patch):
+            index = load_index(annotation, root, tokenizer, template,
+                               IndexSettings(max_dynamic_patch=mdp, **settings),
+                               cache_dir=cache_dir, name=name, progress=progress, cancel=cancel)
+            k = len(self.sources)
+            self.sources.append(Source(name, index, entry.data_augment, mdp))
+            order = subsample_indices(index.rows, entry.repeat_time)
+            first_item = sum(self.lengths.values())  # the sample's place among all, for its RNG
+            self.lengths[name] = len(order)
+            reasons = np.asarray(index.reason)[order]
+            kept = reasons == 0
+            src.append(np.full(int(kept.sum()), k, dtype=np.int32))
+            row.append(order[kept].astype(np.int64))
+            item.append(np.flatnonzero(kept).astype(np.int64) + first_item)
+            self._count_drops(name, index, order, reasons, first_item)
+        #: per kept sample: its dataset (index into sources), line row, and position among all samples
+        self._src = np.concatenate(src) if src else np.zeros(0, dtype=np.int32)
+        self._row = np.concatenate(row) if row else np.zeros(0, dtype=np.int64)
+        self._item = np.concatenate(item) if item else np.zeros(0, dtype=np.int64)
+        self._lengths = self._gather(lambda s: np.asarray(s.index.length)).astype(np.int64)
+        self._tiles = self._gather(lambda s: s.index.tile_sums())
+        self._images = self._gather(lambda s: s.index.image_counts())
+        self._files: dict[int, tuple[int, object]] = {}
 
-    def _load(self, meta_path: Path, max_dynamic_patch: int) -> None:
+    def _entries(self, meta_path: Path, max_dynamic_patch: int):
         entries = load_meta(meta_path)
         base = meta_base(meta_path)  # the validator's rule (no base given: the meta file's folder)
         problems: list[str] = []
@@ -130,102 +142,131 @@ class SupervisedDataset(Dataset):
             raise MetaError(problems)
         for name, entry in entries.items():
             root, annotation = located[name]
-            records = read_annotation(annotation)
-            order = subsample_indices(len(records), entry.repeat_time)
-            self.lengths[name] = len(order)
-            mdp = entry.max_dynamic_patch or max_dynamic_patch
-            self.items += [Item(root, records[i], entry.data_augment, mdp, name) for i in order]
+            yield name, Path(root), Path(annotation), entry, entry.max_dynamic_patch or max_dynamic_patch
+
+    def _count_drops(self, name: str, index: AnnotationIndex, order: np.ndarray, reasons: np.ndarray,
+                     first_item: int) -> None:
+        counts = np.bincount(reasons, minlength=len(DROP_REASONS) + 1)
+        for k, r in enumerate(DROP_REASONS):
+            self.dropped[r] += int(counts[k + 1])
+        self.dropped_by_dataset[name] += int(len(order) - counts[0])
+        if len(self.drop_examples) >= 10:
+            return
+        examples = index.examples()
+        for pos in np.flatnonzero(reasons != 0)[:10 - len(self.drop_examples)]:
+            e = examples.get(int(order[pos]))
+            if e is None:  # beyond the examples kept with the index
+                break
+            sid = e["id"] if e["has_id"] else first_item + int(pos)
+            self.drop_examples.append(f"{name} sample {sid!r}: {e['why']}")
+
+    def _gather(self, per_row) -> np.ndarray:
+        """A per-row array of each source, taken at the kept samples (in sample order)."""
+        out = np.zeros(len(self._row), dtype=np.int64)
+        for k, source in enumerate(self.sources):
+            mine = self._src == k
+            out[mine] = np.asarray(per_row(source))[self._row[mine]]
+        return out
+
+    @property
+    def index_report(self) -> list[dict]:
+        """Each dataset's index: its cache key and what the key is made of, reused or built."""
+        return [{"dataset": s.name, **{k: s.index.meta.get(k) for k in (
+            "key", "parts", "rows", "kept", "reused", "build_seconds", "build_cpu_seconds", "waited_seconds",
+            "tokenized", "path")}} for s in self.sources]
+
+    @property
+    def tokenized(self) -> int:
+        """Lines this process tokenized to build indexes (0 when every index came from the cache)."""
+        return sum(0 if s.index.meta.get("reused") else int(s.index.meta.get("tokenized", 0)) for s in self.sources)
 
     def per_dataset(self) -> dict[str, dict[str, int]]:
         """What each dataset contributes to an epoch: samples after ``repeat_time``, kept after
         the drops, and the kept samples' tokens (after truncation), images and tiles."""
-        out = {name: {"samples": n, "kept": 0, "dropped": self.dropped_by_dataset[name], "tokens": 0, "images": 0,
-                      "tiles": 0} for name, n in self.lengths.items()}
-        for x in self.index:
-            row = out[self.items[x.item].dataset]
-            row["kept"] += 1
-            row["tokens"] += x.length
-            row["images"] += len(x.tiles)
-            row["tiles"] += sum(x.tiles)
+        out = {}
+        for k, s in enumerate(self.sources):
+            mine = self._src == k
+            out[s.name] = {"samples": self.lengths[s.name], "kept": int(mine.sum()),
+                           "dropped": self.dropped_by_dataset[s.name], "tokens": int(self._lengths[mine].sum()),
+                           "images": int(self._images[mine].sum()), "tiles": int(self._tiles[mine].sum())}
         return out
 
     def subset(self, name: str) -> Subset:
         """The kept samples of one dataset of the meta file (per-dataset evaluation)."""
-        return Subset(self, [k for k, x in enumerate(self.index) if self.items[x.item].dataset == name])
-
-    # ---------------------------------------------------------------------------- the index
-    def _drop(self, reason: str, i: int, why: str) -> None:
-        self.dropped[reason] += 1
-        self.dropped_by_dataset[self.items[i].dataset] += 1
-        if len(self.drop_examples) < 10:
-            item = self.items[i]
-            self.drop_examples.append(f"{item.dataset} sample {item.record.get('id', i)!r}: {why}")
-
-    def _tile_counts(self, item: Item) -> list[int]:
-        paths = image_paths(item.record)
-        per_image = max_patches_per_image(item.max_dynamic_patch, len(paths))
-        counts = []
-        for rel in paths:
-            with Image.open(item.root / rel) as im:  # reads the header only
-                w, h = im.size
-            plan = plan_tiles(w, h, dynamic=self.dynamic, min_num=self.min_dynamic_patch, max_num=per_image,
-                              use_thumbnail=self.use_thumbnail, image_size=self.image_size)
-            counts.append(plan.num_tiles)
-        return counts
-
-    def _index_one(self, i: int) -> None:
-        item = self.items[i]
-        try:
-            tiles = self._tile_counts(item)
-        except (OSError, ValueError) as e:
-            return self._drop("unreadable_image", i, f"{type(e).__name__}: {e}")
-        try:
-            sample = tokenize_sample(item.record, self.template, self.tokenizer, tiles, self.tokens_per_tile)
-        except (SampleError, TemplateError, KeyError, TypeError) as e:
-            return self._drop("invalid", i, f"{type(e).__name__}: {e}")
-        reason = self._untrainable(sample)
-        if reason:
-            return self._drop(reason, i, f"{sample.total_tokens} tokens, max_seq_length {self.max_seq_length}")
-        self.index.append(Indexed(i, tiles, min(sample.total_tokens, self.max_seq_length)))
-
-    def _untrainable(self, s: TokenizedSample) -> str | None:
-        """Why a sample cannot be trained after truncation to max_seq_length, or None."""
-        n = self.max_seq_length
-        if any(end > n for _, end in s.image_spans):
-            return "truncated_image"
-        if all(x == IGNORE_INDEX for x in s.labels[:n]):
-            return "empty_labels"
-        return None
+        k = next(i for i, s in enumerate(self.sources) if s.name == name)
+        return Subset(self, np.flatnonzero(self._src == k).tolist())
 
     @property
-    def modality_lengths(self) -> list[int]:
-        return [x.length for x in self.index]
+    def modality_lengths(self) -> np.ndarray:
+        """Token length of each kept sample (after truncation)."""
+        return self._lengths
+
+    @property
+    def tile_counts(self) -> np.ndarray:
+        """Tiles of each kept sample (all its images)."""
+        return self._tiles
+
+    @property
+    def image_counts(self) -> np.ndarray:
+        return self._images
+
+    def dataset_of(self, idx: int) -> str:
+        return self.sources[int(self._src[idx])].name
+
+    def record(self, idx: int) -> dict:
+        """The annotation record of kept sample ``idx``, parsed from its line."""
+        source = self.sources[int(self._src[idx])]
+        return source.index.read(int(self._row[idx]), self._file(int(self._src[idx])))
+
+    def _file(self, k: int):
+        """This process's open annotation file of source ``k`` (a dataloader worker opens its own)."""
+        pid, f = self._files.get(k, (None, None))
+        if pid != os.getpid():
+            f = open(self.sources[k].index.annotation, "rb")  # noqa: SIM115 (kept open for the reads)
+            self._files[k] = (os.getpid(), f)
+        return f
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._row)
 
     # ---------------------------------------------------------------------------- a sample
     def __getitem__(self, idx: int) -> dict:
-        entry = self.index[idx]
-        item = self.items[entry.item]
+        k, row = int(self._src[idx]), int(self._row[idx])
+        source = self.sources[k]
+        record = source.index.read(row, self._file(k))
+        tiles_per_image = source.index.tiles(row)
         # Per-sample RNG: the JPEG quality is the same whichever rank or worker loads it, and on resume.
-        rng = random.Random(self.seed * 1_000_003 + entry.item)
-        per_image = max_patches_per_image(item.max_dynamic_patch, len(entry.tiles))
+        rng = random.Random(self.seed * 1_000_003 + int(self._item[idx]))
+        per_image = max_patches_per_image(source.max_dynamic_patch, len(tiles_per_image))
+        root = source.index.root
         tiles: list[Image.Image] = []
-        for rel in image_paths(item.record):
-            with Image.open(item.root / rel) as im:
+        for rel in image_paths(record):
+            with Image.open(root / rel) as im:
                 img = im.convert("RGB")
             crops = tile_image(img, max_num=per_image, min_num=self.min_dynamic_patch,
                                use_thumbnail=self.use_thumbnail, dynamic=self.dynamic, size=self.image_size)
-            tiles += [jpeg_augment(t, rng) for t in crops] if item.data_augment else crops
-        if len(tiles) != sum(entry.tiles):
-            raise RuntimeError(f"{item.dataset} sample {item.record.get('id')!r}: the image changed since indexing")
-        sample = tokenize_sample(item.record, self.template, self.tokenizer, entry.tiles, self.tokens_per_tile)
+            tiles += [jpeg_augment(t, rng) for t in crops] if source.data_augment else crops
+        if len(tiles) != sum(tiles_per_image):
+            raise RuntimeError(f"{source.name} sample {record.get('id')!r}: the image changed since indexing")
+        sample = tokenize_sample(record, self.template, self.tokenizer, tiles_per_image, self.tokens_per_tile)
         n = self.max_seq_length
         pixel_values = (torch.stack([to_tensor(t, self.image_size) for t in tiles]) if tiles
                         else torch.zeros(0, 3, self.image_size, self.image_size))
         return {"input_ids": torch.tensor(sample.input_ids[:n], dtype=torch.long),
                 "labels": torch.tensor(sample.labels[:n], dtype=torch.long), "pixel_values": pixel_values}
+
+
+@dataclass
+class Source:
+    """One dataset of the meta file: its name, compact index and recipe knobs."""
+
+    name: str
+    index: AnnotationIndex
+    data_augment: bool
+    max_dynamic_patch: int
 
 
 class Collator:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -44,7 +45,7 @@ class SeededSampler(Sampler[int]):
     def __init__(self, lengths: Sequence[int], *, seed: int, megabatch_size: int = 0, chunks: int = 1) -> None:
         """``megabatch_size`` 0: no length grouping; ``chunks``: micro-batches per mega-batch
         (``world_size x gradient_accumulation_steps``)."""
-        self.lengths = list(lengths)
+        self.lengths = np.asarray(lengths, dtype=np.int64)  # one array, not a Python int per sample
         self.seed = seed
         self.megabatch_size = megabatch_size
         self.chunks = max(chunks, 1)

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 from backend.core import run_outcome
 from backend.core.checkpoints import latest_complete
+from backend.core.data_index import IndexCancelled, default_cache_dir
 from backend.core.meta import MetaError
 from backend.core.model_card import ModelCard, read_card
 from backend.core.model_folder import ModelFolderError
@@ -313,19 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     template = run_template(spec, card, tokenizer)
     data_args = data_settings(h, card)
     image_size, tokens_per_tile = data_args["image_size"], data_args["tokens_per_tile"]
+    index_args = dict(cache_dir=index_cache_dir(), progress=index_progress, cancel=lambda: STOP_REQUESTED)
     try:
-        dataset = SupervisedDataset(Path(spec.meta_path), tokenizer, template, **data_args)
+        dataset = SupervisedDataset(Path(spec.meta_path), tokenizer, template, **data_args, **index_args)
     except MetaError as e:
         fail([f"meta file {spec.meta_path}: {p}" for p in e.problems])
+    except IndexCancelled as e:
+        return stopped_before_training(out, str(e))
+    report_index(out, dataset, "train")
     for name, row in dataset.per_dataset().items():
         log(f"dataset {name}: {row['samples']} samples ({row['kept']} kept, {row['tokens']:,} tokens)")
     log(f"tiling: {image_size} px tiles, {tokens_per_tile} image tokens per tile, dynamic={h.dynamic_image_size} "
         f"min_dynamic_patch={h.min_dynamic_patch} max_dynamic_patch={h.max_dynamic_patch} "
         f"use_thumbnail={h.use_thumbnail}; template {template.name}")
-    tiles = sum(sum(x.tiles) for x in dataset.index)
-    images = sum(len(x.tiles) for x in dataset.index)
+    tiles, images = int(dataset.tile_counts.sum()), int(dataset.image_counts.sum())
     log(f"image tokens: {tiles * tokens_per_tile + 2 * images:,} in {images:,} images ({tiles:,} tiles) of "
-        f"{sum(x.length for x in dataset.index):,} tokens in all")
+        f"{int(dataset.modality_lengths.sum()):,} tokens in all")
     dropped = dict(dataset.dropped)
     log(f"samples: {len(dataset)} kept, {sum(dropped.values())} dropped "
         f"({', '.join(f'{k} {v}' for k, v in dropped.items())})")
@@ -339,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     train_data = pack_dataset(dataset, h, tokens_per_tile) if h.packing else dataset
     eval_dataset = None
     if h.eval_steps and spec.eval_meta_path:  # issue 8: eval loss on the held-out validation split(s)
-        eval_dataset = held_out_sets(SupervisedDataset(Path(spec.eval_meta_path), tokenizer, template, **data_args))
+        try:
+            held_out = SupervisedDataset(Path(spec.eval_meta_path), tokenizer, template, **data_args, **index_args)
+        except IndexCancelled as e:
+            return stopped_before_training(out, str(e))
+        report_index(out, held_out, "eval")
+        eval_dataset = held_out_sets(held_out)
         parts = ", ".join(f"{k} {len(v)}" for k, v in eval_dataset.items() if k != "overall")
         log(f"validation: {len(eval_dataset['overall'])} samples" + (f" ({parts})" if parts else "")
             + f", eval loss every {h.eval_steps} steps")
@@ -442,9 +451,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def index_cache_dir() -> Path:
+    """Where the compact data indexes are cached: the worker's ``DATA/index-cache`` for its jobs
+    (``VLSTUDIO_INDEX_CACHE``), else the user's cache folder."""
+    return default_cache_dir()
+
+
+def index_progress(msg: str) -> None:
+    """Index progress: the building process says it whatever its rank (one builds); only rank 0
+    says that it waits."""
+    if msg.startswith("indexing") or int(os.environ.get("RANK", "0")) == 0:
+        print(msg, flush=True)
+
+
+def report_index(out: Path, dataset: SupervisedDataset, part: str) -> None:
+    """Each dataset's index in the log (its key, reused or built) and in ``RUN/data_index.json``
+    (the key and what it is made of), so a job says which cached index it trained on."""
+    import json
+
+    for r in dataset.index_report:
+        how = (f"reused from the cache (waited {r['waited_seconds']:.1f} s for its build)" if r["reused"]
+               and r["waited_seconds"] else "reused from the cache" if r["reused"]
+               else f"built in {r['build_seconds']:.1f} s ({r['build_cpu_seconds']:.1f} CPU-s)")
+        log(f"index {r['dataset']}: key {r['key'] or '(not cached)'}, {r['rows']:,} lines, {how}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        path = out / "data_index.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known[part] = {"cache": str(index_cache_dir()), "datasets": dataset.index_report}
+        path.write_text(json.dumps(known, indent=1, ensure_ascii=False))
+
+
+def stopped_before_training(out: Path, why: str) -> int:
+    """SIGTERM before the first step (while the index was built or waited for): nothing to save."""
+    log(f"stopped on request before training ({why}); no checkpoint")
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_outcome.write(out, run_outcome.STOPPED, 0)
+    return 0
+
+
 def pack_dataset(dataset: SupervisedDataset, h: Hyperparameters, tokens_per_tile: int) -> packing.PackedDataset:
     budget = max_tiles_per_pack(h, tokens_per_tile)
-    plan = packing.plan_packs(dataset.modality_lengths, [sum(x.tiles) for x in dataset.index],
+    plan = packing.plan_packs(dataset.modality_lengths, dataset.tile_counts,
                               max_seq_length=h.max_seq_length, max_tiles=budget, seed=h.seed)
     log(f"packing: {plan.samples} samples into {len(plan)} packs of <= {h.max_seq_length} tokens and <= {budget} "
         f"tiles, efficiency {plan.efficiency:.1%} (real tokens / packs x max_seq_length)"
