@@ -23,12 +23,12 @@ from backend.core.images import DEFAULT_MAX_PIXELS, ImageProblem, check_image, r
 from backend.core.model_card import DEFAULT_TILING
 from backend.core.report import Stats
 from backend.core.samples import (
-    IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
     IMG_CONTEXT,
     IMG_END,
     IMG_START,
-    tokenize_sample,
+    SampleCounts,
+    count_samples,
 )
 from backend.core.templates import Template
 from backend.core.tiling import max_patches_per_image, plan_tiles
@@ -252,8 +252,10 @@ def check_text(convs: list[dict], n_images: int, res: ChunkResult, cfg: CheckCon
 
 
 def check_length(rec: dict, tiles: list[int], template: Template | None, state: WorkerState, cfg: CheckConfig,
-                 res: ChunkResult, line: int, sid: str) -> tuple[int | None, int, int | None]:
-    """(text tokens, image tokens, total) of a sample and the ``max_seq_length`` rule."""
+                 res: ChunkResult, line: int, sid: str, counts: SampleCounts | Exception | None = None,
+                 ) -> tuple[int | None, int, int | None]:
+    """(text tokens, image tokens, total) of a sample and the ``max_seq_length`` rule; ``counts``:
+    the sample's :func:`count_samples` result when the chunk counted its lines in one batch."""
     image_tokens = sum(cfg.tokens_per_tile * t + 2 for t in tiles)
     limit = cfg.max_seq_length
     if state.tokenizer is None or template is None:
@@ -261,30 +263,63 @@ def check_length(rec: dict, tiles: list[int], template: Template | None, state: 
             raise LineError("too_long", f"the image tokens alone ({image_tokens}, {sum(tiles)} tiles at "
                                         f"{cfg.tile_budget}) exceed max_seq_length {limit}")
         return None, image_tokens, None
-    try:
-        ts = tokenize_sample(rec, template, state.tokenizer, tiles, cfg.tokens_per_tile)
-    except Exception as e:  # a tokenizer can fail on pathological input; never crash the run
-        raise LineError("tokenize", f"cannot tokenize the sample ({type(e).__name__}: {e})") from None
-    total = ts.total_tokens
+    if counts is None:
+        counts = _count_one(rec, tiles, template, state, cfg)
+    if isinstance(counts, Exception):  # a tokenizer can fail on pathological input; never crash the run
+        raise LineError("tokenize", f"cannot tokenize the sample ({type(counts).__name__}: {counts})")
+    total = counts.total_tokens
     if limit and total > limit:
-        what = (f"{total} tokens ({ts.text_tokens} text + {ts.image_tokens} image, {sum(tiles)} tiles at "
+        what = (f"{total} tokens ({counts.text_tokens} text + {counts.image_tokens} image, {sum(tiles)} tiles at "
                 f"{cfg.tile_budget}) > max_seq_length {limit}")
         if cfg.truncation != "truncate":
             raise LineError("too_long", what)
-        cut = next((k for k, (a, b) in enumerate(ts.image_spans) if a < limit < b), None)
+        cut = next((k for k, (a, b) in enumerate(counts.image_spans) if a < limit < b), None)
         if cut is not None:
             raise LineError("too_long", f"{what}; truncation would cut through image {cut + 1}")
-        kept = sum(1 for x in ts.labels[:limit] if x != IGNORE_INDEX)
-        if kept == 0:
+        if counts.trained_in_limit == 0:
             raise LineError("too_long", f"{what}; no trained token is left after truncation")
-        lost = ts.trained_tokens - kept
+        lost = counts.trained_tokens - counts.trained_in_limit
         res.add(cfg, "warning", "truncated", line, sid, f"{what}; truncated, {lost} trained token(s) lost")
-    return ts.text_tokens, ts.image_tokens, total
+    return counts.text_tokens, counts.image_tokens, total
+
+
+def _count_one(rec: dict, tiles: list[int], template: Template, state: WorkerState,
+               cfg: CheckConfig) -> SampleCounts | Exception:
+    try:
+        return count_samples([(rec, tiles)], template, state.tokenizer, cfg.tokens_per_tile, cfg.max_seq_length)[0]
+    except Exception as e:  # noqa: BLE001 (reported on the line, as tokenize_sample's errors)
+        return e
+
+
+def _count_batch(pending: list[Pending], template: Template, state: WorkerState,
+                 cfg: CheckConfig) -> list[SampleCounts | Exception]:
+    """The token counts of a chunk's samples in one batched tokenizer call (the training index's
+    counting); line by line when the batch fails, so one pathological line fails alone."""
+    items = [(p.rec, p.tiles) for p in pending]
+    try:
+        return count_samples(items, template, state.tokenizer, cfg.tokens_per_tile, cfg.max_seq_length)
+    except Exception:  # noqa: BLE001 (each line is counted again by itself below)
+        return [_count_one(rec, tiles, template, state, cfg) for rec, tiles in items]
+
+
+@dataclass
+class Pending:
+    """A line that passed every check but its length: counted with the rest of its chunk."""
+
+    rec: dict
+    tiles: list[int]
+    line: int
+    sid: str
+    rounds: int
+    paths: list[str]
+    sizes: list[tuple[int, int]]
+    row: dict
 
 
 def check_line(raw: bytes, line: int, cfg: CheckConfig, template: Template | None, state: WorkerState,
-               res: ChunkResult) -> dict | None:
-    """All per-line checks of one non-blank line; returns the per-sample row."""
+               res: ChunkResult, defer: list[Pending] | None = None) -> dict | None:
+    """All per-line checks of one non-blank line; returns the per-sample row. With ``defer``, a
+    line that passed every check but its length is appended there for :func:`finish_line`."""
     sid = None
     row: dict = {"line": line, "id": None, "ok": False}
     try:
@@ -312,35 +347,53 @@ def check_line(raw: bytes, line: int, cfg: CheckConfig, template: Template | Non
         tiles = [tiles_for(w, h, budget, cfg.min_dynamic_patch, cfg.use_thumbnail, cfg.dynamic, cfg.image_size)
                  for w, h in sizes]
         row["tiles"] = tiles
-        text_tokens, image_tokens, total = check_length(rec, tiles, template, state, cfg, res, line, sid)
-        row.update(text_tokens=text_tokens, image_tokens=image_tokens, tokens=total, ok=True)
     except LineError as e:
         res.add(cfg, "error", e.code, line, sid, e.message)
         res.error_lines.append(line)
         return row
+    pending = Pending(rec, tiles, line, sid, rounds, paths, sizes, row)
+    if defer is not None and state.tokenizer is not None and template is not None:
+        defer.append(pending)
+        return row
+    finish_line(pending, cfg, template, state, res)
+    return row
+
+
+def finish_line(p: Pending, cfg: CheckConfig, template: Template | None, state: WorkerState, res: ChunkResult,
+                counts: SampleCounts | Exception | None = None) -> None:
+    """The length rule and the statistics of a line that passed every other check."""
+    try:
+        text_tokens, image_tokens, total = check_length(p.rec, p.tiles, template, state, cfg, res, p.line, p.sid,
+                                                        counts)
+    except LineError as e:
+        res.add(cfg, "error", e.code, p.line, p.sid, e.message)
+        res.error_lines.append(p.line)
+        return
+    p.row.update(text_tokens=text_tokens, image_tokens=image_tokens, tokens=total, ok=True)
     st = res.stats
     st.samples += 1
-    st.turns[rounds] += 1
-    st.text_only += not paths
-    st.multi_image += len(paths) > 1
-    for (w, h), t in zip(sizes, tiles, strict=True):
+    st.turns[p.rounds] += 1
+    st.text_only += not p.paths
+    st.multi_image += len(p.paths) > 1
+    for (w, h), t in zip(p.sizes, p.tiles, strict=True):
         st.add_image(w, h, t)
     if total is not None:
         st.tokens[total] += 1
         st.text_tokens += text_tokens
         st.image_tokens += image_tokens
         st.token_samples += 1
-    return row
 
 
 def check_chunk(lines: list[bytes], first_line: int, cfg: CheckConfig, state: WorkerState) -> ChunkResult:
     """Check consecutive lines (``first_line`` is the 1-based number of ``lines[0]``).
 
-    An entry of ``None`` is a line the reader already rejected (too long); it is skipped.
+    An entry of ``None`` is a line the reader already rejected (too long); it is skipped. The
+    token counts of the chunk's lines are computed in one batch, after their other checks.
     """
     res = ChunkResult()
     template = cfg.template
-    rows: list[str] = []
+    rows: list[dict] = []
+    pending: list[Pending] = []
     for k, raw in enumerate(lines):
         if raw is None:
             continue
@@ -352,11 +405,15 @@ def check_chunk(lines: list[bytes], first_line: int, cfg: CheckConfig, state: Wo
             res.add(cfg, "warning", "blank_line", line, None, "blank line (skipped by vlstudio; the reference "
                     "scripts fail on it)")
             continue
-        row = check_line(raw, line, cfg, template, state, res)
+        row = check_line(raw, line, cfg, template, state, res, pending)
         if cfg.per_sample and row is not None:
-            rows.append(json.dumps(row, ensure_ascii=False))
+            rows.append(row)
+    if pending:
+        assert template is not None
+        for p, counts in zip(pending, _count_batch(pending, template, state, cfg), strict=True):
+            finish_line(p, cfg, template, state, res, counts)
     if rows:
-        res.rows = ("\n".join(rows) + "\n").encode("utf-8", "surrogatepass")
+        res.rows = ("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n").encode("utf-8", "surrogatepass")
     return res
 
 

@@ -52,8 +52,14 @@ class FastTokenizer:
         enc = self.backend.encode(text, add_special_tokens=add_special_tokens)
         return tuple(enc.ids), tuple(enc.offsets)
 
-    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False,
+    def __call__(self, text: str | list[str], add_special_tokens: bool = False, return_offsets_mapping: bool = False,
                  **_: Any) -> dict:
+        if isinstance(text, list):  # a batch, as transformers' tokenizers take it
+            encs = self.backend.encode_batch(text, add_special_tokens=add_special_tokens)
+            out = {"input_ids": [e.ids for e in encs]}
+            if return_offsets_mapping:
+                out["offset_mapping"] = [e.offsets for e in encs]
+            return out
         if len(text) <= 4096:
             ids, offsets = self._encode(text, add_special_tokens)
         else:

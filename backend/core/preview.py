@@ -17,6 +17,7 @@ from PIL import Image
 
 from backend.core import deadline
 from backend.core.checks import CheckConfig, ChunkResult, LineError, check_text, check_turns, image_list
+from backend.core.data_index import file_lines
 from backend.core.images import ImageProblem, check_image, resolve_image
 from backend.core.samples import IGNORE_INDEX, IMAGE_PLACEHOLDER, normalise_conversations, tokenize_sample
 from backend.core.templates import Template, render
@@ -40,17 +41,25 @@ def index_lines(annotation: Path) -> np.ndarray:
     return offsets[offsets < pos] if pos else offsets[:0]
 
 
-def read_record(annotation: Path, line: int, index: np.ndarray | None = None) -> dict:
-    """The JSON object on 1-based ``line`` (``index`` from :func:`index_lines` makes it O(1))."""
-    if index is None:
-        index = index_lines(annotation)
-    if not 1 <= line <= len(index):
-        raise PreviewError(f"line {line} does not exist ({len(index)} lines)")
-    with open(annotation, "rb") as f:
-        f.seek(int(index[line - 1]))
-        raw = f.readline()
-    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
+def read_record(annotation: Path, line: int, index: np.ndarray | None = None, *,
+                cache_dir: Path | None = None) -> dict:
+    """The JSON object on 1-based ``line``: one seek and a read of that line only, with the
+    file's line offsets from ``index`` (:func:`index_lines`) or from the data index cache
+    (``cache_dir``: scanned once per version of the file, then memory-mapped; None: scanned now)."""
+    if index is not None:
+        if not 1 <= line <= len(index):
+            raise PreviewError(f"line {line} does not exist ({len(index)} lines)")
+        with open(annotation, "rb") as f:
+            f.seek(int(index[line - 1]))
+            raw = f.readline()
+        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+    else:
+        lines = file_lines(Path(annotation), cache_dir)
+        if not 1 <= line <= len(lines.starts):
+            raise PreviewError(f"line {line} does not exist ({len(lines.starts)} lines)")
+        with open(annotation, "rb") as f:
+            raw = lines.line_bytes(f, line)
     try:
         rec = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -21,6 +21,7 @@ from backend.db.models import Dataset, Model, User
 from backend.services import dataset_checks
 from backend.services.datasets import STATS_DIR, get_dataset
 from backend.services.errors import InvalidInput, NotFound
+from backend.settings import get_settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 TILE_THUMB = 128  # pixels: tiles in a preview are for looking at, not for the model
@@ -84,7 +85,7 @@ def sample(session: Session, dataset_id: int, line: int, user: User | None, mode
     if checks.settings.template is None:
         raise InvalidInput("choose a model (model_id) to preview a sample")
     try:
-        record = read_record(Path(ds.annotation), line)
+        record = read_record(Path(ds.annotation), line, cache_dir=get_settings().index_cache_path)  # one seek
         out = preview_sample(record, Path(ds.root), settings=checks.settings, tokenizer=checks.tokenizer)
     except PreviewError as e:
         raise InvalidInput(str(e)) from None
