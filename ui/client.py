@@ -118,7 +118,7 @@ class StudioClient:
         return self._call("POST", "/datasets/demo", params={"val_fraction": val_fraction} if val_fraction else None)
 
     def sample(self, dataset_id: int, n: int, **params: Any) -> dict:
-        """The preview of sample ``n`` (1-based line of the annotation)."""
+        """The preview of sample ``n`` (1-based line of the uploaded file)."""
         return self._call("GET", f"/datasets/{dataset_id}/samples/{n}",
                           params={k: v for k, v in params.items() if v is not None})
 

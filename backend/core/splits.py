@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from backend.core import source_lines
+
 TRAIN_NAME = "train_split.jsonl"
 VAL_NAME = "val_split.jsonl"
 
@@ -37,11 +39,15 @@ def write_fraction_split(annotation: Path, fraction: float, seed: int = 0) -> tu
     """Write ``train_split.jsonl`` and ``val_split.jsonl`` beside ``annotation``; returns
     (train path, validation path, train count, validation count)."""
     with open(annotation, encoding="utf-8-sig") as f:
-        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+        numbered = [(k, line if line.endswith("\n") else line + "\n") for k, line in enumerate(f, 1) if line.strip()]
+    lines = [line for _, line in numbered]
     train, val = split_indices(len(lines), fraction, seed)
     train_path, val_path = annotation.parent / TRAIN_NAME, annotation.parent / VAL_NAME
     if annotation.name in (TRAIN_NAME, VAL_NAME):
         raise SplitError(f"the annotation may not be called {annotation.name} when splitting it")
     train_path.write_text("".join(lines[i] for i in train), encoding="utf-8")
     val_path.write_text("".join(lines[i] for i in val), encoding="utf-8")
+    upload_line = source_lines.to_upload(annotation)
+    for path, part in ((train_path, train), (val_path, val)):  # the uploaded file's line of each
+        source_lines.write(path, [upload_line(numbered[i][0]) for i in part])
     return train_path, val_path, len(train), len(val)

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from backend.core import source_lines
 from backend.core.checks import (
     CheckConfig,
     ChunkResult,
@@ -406,7 +407,8 @@ def drop_bad_lines(annotation: Path, report: Report, dest: Path) -> int:
     bad = set(report.error_lines)
     limit = int(report.settings.get("max_line_bytes", 4 << 20))
     tmp = dest.with_name(dest.name + ".partial")
-    written = 0
+    kept: list[int] = []
+    upload_line = source_lines.to_upload(annotation)
     try:
         with open(annotation, "rb") as f, open(tmp, "wb") as out:
             if f.read(3) != b"\xef\xbb\xbf":
@@ -416,8 +418,10 @@ def drop_bad_lines(annotation: Path, report: Report, dest: Path) -> int:
                     if first + k in bad or not raw.strip():
                         continue
                     out.write(raw.rstrip(b"\r\n") + b"\n")
-                    written += 1
+                    kept.append(upload_line(first + k))
+        # each kept line's number in the uploaded file, for the preview (backend/core/source_lines.py)
+        source_lines.write(dest, kept)
         tmp.rename(dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return written
+    return len(kept)

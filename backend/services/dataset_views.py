@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.core import deadline
+from backend.core import deadline, source_lines
 from backend.core.images import ImageProblem, resolve_image
 from backend.core.preview import PreviewError, preview_sample, read_record, tile_images
 from backend.core.tiling import plan_tiles
@@ -84,17 +84,36 @@ def sample(session: Session, dataset_id: int, line: int, user: User | None, mode
                                        max_seq_length=max_seq_length, preset=preset)
     if checks.settings.template is None:
         raise InvalidInput("choose a model (model_id) to preview a sample")
+    annotation, k, part = locate(ds, line)
     try:
-        record = read_record(Path(ds.annotation), line, cache_dir=get_settings().index_cache_path)  # one seek
+        record = read_record(annotation, k, cache_dir=get_settings().index_cache_path)  # one seek
         out = preview_sample(record, Path(ds.root), settings=checks.settings, tokenizer=checks.tokenizer)
     except PreviewError as e:
-        raise InvalidInput(str(e)) from None
+        raise InvalidInput(str(e).replace(f"line {k} ", f"line {line} ", 1)) from None
     out["line"], out["notes"] = line, checks.notes
+    out["part"], out["annotation_line"] = part, k
     for img in out["images"]:
         img["url"] = f"/api/datasets/{ds.id}/files/{img['path']}"
         if tiles and "error" not in img:
             img["tile_images"] = _tile_thumbs(Path(ds.root), img, checks.settings)
     return out
+
+
+def locate(ds: Dataset, line: int) -> tuple[Path, int, str]:
+    """Line ``line`` of the uploaded file: (the annotation that holds it, its line there, ``train``
+    or ``validation``). The dataset's files may be written from the upload (lines with errors
+    dropped, a validation split): their sidecars map them back (backend/core/source_lines.py)."""
+    train = Path(ds.annotation)
+    k = source_lines.find(train, line)
+    if k is not None:
+        return train, k, "train"
+    val = Path(ds.val_annotation) if ds.val_annotation else None
+    if val is not None and source_lines.origins(val) is not None and (k := source_lines.find(val, line)):
+        return val, k, "validation"
+    if (ds.report or {}).get("dropped_lines"):
+        raise InvalidInput(f"line {line} of the uploaded file is not in the dataset: it was dropped when the "
+                           "dataset was registered (a line with errors, see the report, or a blank line)")
+    raise InvalidInput(f"line {line} of the uploaded file holds no sample (a blank line, or past its end)")
 
 
 def _tile_thumbs(root: Path, img: dict, s: Any) -> list[str]:

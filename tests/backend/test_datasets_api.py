@@ -241,6 +241,36 @@ def test_drop_bad_lines_registers_a_clean_copy(api, tmp_path):
     assert len((folder / report["clean_annotation"]).read_text().splitlines()) == 3
 
 
+def test_line_numbers_are_the_uploaded_files_in_report_and_preview(api, tmp_path):
+    """Issue 25: the preview counted the lines of the stored file (after the drops and the
+    split). Every line number is the uploaded file's: the report's errors, and the preview of
+    each line shows that line's sample, in the training or the validation part, or says that
+    it was dropped."""
+    files = demo_files(10)
+    lines = files["ann.jsonl"].splitlines(keepends=True)
+    lines[1] = "{broken\n"  # line 2
+    lines[4] = json.dumps({"id": "bad", "conversations": [{"from": "gpt", "value": "hi"}]}) + "\n"  # line 5
+    lines.insert(6, "\n")  # line 7: blank
+    files["ann.jsonl"] = "".join(lines)
+    ds = post_zip(api, zip_bytes(files), drop_bad_lines=True, val_fraction=0.3).json()
+    assert ds["num_samples"] + ds["num_val_samples"] == 8, ds
+    report = api.get(f"/api/datasets/{ds['id']}/report").json()
+    assert sorted(i["line"] for i in report["issues"] if i["severity"] == "error") == [2, 5]
+    parts = set()
+    for n, raw in enumerate(lines, 1):
+        r = api.get(f"/api/datasets/{ds['id']}/samples/{n}")
+        if n in (2, 5, 7):
+            assert r.status_code == 422 and f"line {n} of the uploaded file is not in the dataset" in r.text, r.text
+            continue
+        assert r.status_code == 200, (n, r.text)
+        pv = r.json()
+        assert pv["line"] == n and pv["id"] == json.loads(raw)["id"], (n, pv["id"], pv["part"])
+        parts.add(pv["part"])
+    assert parts == {"train", "validation"}
+    r = api.get(f"/api/datasets/{ds['id']}/samples/{len(lines) + 1}")
+    assert r.status_code == 422
+
+
 def test_model_without_tokenizer_skips_token_checks_with_a_note(api):
     r = post_zip(api, zip_bytes(demo_files(2)), model_id=1, max_seq_length=64, max_dynamic_patch=2)
     assert r.status_code == 422  # image tokens are still counted without a tokenizer

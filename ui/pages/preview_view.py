@@ -87,7 +87,8 @@ def tokens_html(pv: dict) -> str:
 
 def preview_html(pv: dict, line: int, link=lambda u: u) -> str:  # noqa: ANN001
     issues = pv.get("issues") or []
-    head = (f"<div class='vl-h3'>Sample on line {line}" + (f" · id <span class='vl-mono'>{esc(pv['id'])}</span>"
+    part = " (validation split)" if pv.get("part") == "validation" else ""
+    head = (f"<div class='vl-h3'>Sample on line {line}{part}" + (f" · id <span class='vl-mono'>{esc(pv['id'])}</span>"
             if pv.get("id") is not None else "") + "</div>")
     warn = ""
     if issues:
@@ -102,7 +103,7 @@ def preview_html(pv: dict, line: int, link=lambda u: u) -> str:  # noqa: ANN001
 def build_controls(sessions: Sessions, selected: gr.State) -> None:
     gr.HTML("<div class='vl-h3'>Sample preview</div>")
     with gr.Row(equal_height=False, elem_classes="vl-align-end"):
-        line = gr.Number(label="Sample (line of the annotation)", value=1, precision=0, minimum=1,
+        line = gr.Number(label="Sample (line of the uploaded file)", value=1, precision=0, minimum=1,
                          elem_id="vl-sample-line", scale=3)
         go = gr.Button("Preview sample", elem_id="vl-sample-btn", scale=1, variant="secondary")
     out = gr.HTML(elem_id="vl-sample")
