@@ -1,8 +1,6 @@
-"""The Celery task of evaluation jobs; the work is in :mod:`worker.evaluation.launch`.
-
-It runs the evaluation in the task itself (one evaluation at a time per worker process), on a
-GPU leased from the worker's scheduler like a training job's (which also heartbeats it and
-drains it on shutdown); training jobs go through the scheduler alone (see :mod:`worker.tasks`)."""
+"""The Celery task of evaluations. Like :mod:`worker.tasks`, a message only wakes this worker's
+scheduler (:mod:`worker.scheduler`), which claims evaluations from their table with a GPU
+lease as it claims training jobs: an evaluation waiting for a GPU holds no Celery worker slot."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import logging
 
 from backend.services.evaluations import EVAL_TASK
 from worker.celery_app import app
-from worker.evaluation.launch import run_evaluation_job
 from worker.scheduler import get_scheduler
 
 log = logging.getLogger(__name__)
@@ -18,11 +15,6 @@ log = logging.getLogger(__name__)
 
 @app.task(name=EVAL_TASK, bind=True)
 def evaluate(self, evaluation_id: int) -> str:  # type: ignore[no-untyped-def]
-    name = self.request.hostname or "worker"
-    scheduler = get_scheduler(name)
-    try:
-        outcome = run_evaluation_job(evaluation_id, name, lease=scheduler.lease_for_evaluation)
-    finally:
-        scheduler.evaluation_done(evaluation_id)
-    log.info("evaluation %s: %s", evaluation_id, outcome)
-    return outcome
+    get_scheduler(self.request.hostname or "worker").wake()
+    log.info("evaluation %s queued: scheduler woken", evaluation_id)
+    return "woken"

@@ -55,12 +55,13 @@ class Reaper:
             done = {key for key in by_run if (row := s.get(KINDS[key[0]], key[1])) is None or row.status.finished}
         return {k: v for k, v in by_run.items() if k in done}
 
-    def tick(self, followed: set[int]) -> list[tuple[str, int]]:
-        """SIGTERM on first sight, SIGKILL after the grace period; returns the runs acted on."""
+    def tick(self, followed: set[tuple[str, int]]) -> list[tuple[str, int]]:
+        """SIGTERM on first sight, SIGKILL after the grace period; returns the runs acted on.
+        ``followed``: the runs this worker supervises, as (folder, id): ("runs", 12)."""
         found = self.orphans()
         now = time.monotonic()
         for key, procs in found.items():
-            if key[0] == "runs" and key[1] in followed:
+            if key in followed:
                 continue  # its supervisor here is ending it
             first = self.first_seen.setdefault(key, now)
             if first == now:

@@ -1,6 +1,7 @@
 """The worker's scheduler: one per worker process. It registers the node and its GPUs, claims
-queued jobs from the database while it has room (GPU leases, CPU slots), runs each in a
-thread, heartbeats for itself and its jobs, and sweeps for jobs whose worker died.
+queued runs (training jobs and evaluations, :mod:`backend.services.runs`) from the database
+while it has room (GPU leases, CPU slots), runs each in a thread, heartbeats for itself and its
+runs, and sweeps for runs whose worker died.
 
 Broker messages only wake it; it also polls, so no message needs to survive a broker restart.
 """
@@ -13,30 +14,30 @@ import threading
 import time
 import traceback
 
-from backend.db.models import Evaluation
 from backend.db.session import session_scope
 from backend.queue import wake_workers
 from backend.services import chat as chat_svc
-from backend.services import evaluations as evals_svc
 from backend.services import jobs as jobs_svc
 from backend.services import model_imports as imports_svc
-from backend.services import scheduling
+from backend.services import runs, scheduling
 from backend.settings import Settings, get_settings
 from worker import gpus
 from worker.evaluation.launch import reattach_claimed as reattach_evaluation
+from worker.evaluation.launch import run_claimed as run_evaluation
 from worker.launcher import RunControl, reattach_claimed, run_claimed
 from worker.reaper import Reaper
 
 log = logging.getLogger(__name__)
+POLL_SECONDS = 1.0
+Key = tuple[str, int]  # (kind, id): ("job", 12), ("evaluation", 3)
 
 
-def _record_crash(job_id: int, error: Exception) -> None:
+def _record_crash(kind: runs.RunKind, run_id: int, error: Exception) -> None:
     try:
         with session_scope() as s:
-            jobs_svc.record_crash(s, job_id, error, traceback.format_exc())
-    except Exception:  # the database is down too: recovery will find the job silent
-        log.exception("job %s: could not record the crash", job_id)
-POLL_SECONDS = 1.0
+            runs.record_crash(s, kind, run_id, error, traceback.format_exc())
+    except Exception:  # the database is down too: recovery will find the run silent
+        log.exception("%s %s: could not record the crash", kind.name, run_id)
 
 
 class Scheduler:
@@ -48,24 +49,26 @@ class Scheduler:
         # With Slurm, the cluster places jobs on its GPUs: nothing is leased here, every job
         # takes one of the worker's slots, and the registered capacity is a Slurm node's.
         self.cluster = self.settings.backend != "local"
+        # Evaluations have slots of their own: as many as the worker's Celery concurrency, in
+        # which they used to run (a training job and an evaluation still run side by side).
         if self.cluster:
             self.gpu_total = getattr(self.settings, "slurm_gpus_per_node", None) or self.settings.gpus_per_node or 0
-            self.slots = max(self.settings.cpu_job_slots, self.settings.worker_concurrency)
+            jobs = max(self.settings.cpu_job_slots, self.settings.worker_concurrency)
         else:
-            self.slots = self.settings.cpu_job_slots
-        self.runs: dict[int, tuple[threading.Thread, RunControl, int]] = {}  # job id -> (thread, control, gpus)
+            jobs = self.settings.cpu_job_slots
+        self.slots = {runs.JOB.name: jobs, runs.EVALUATION.name: self.settings.worker_concurrency}
+        self.runs: dict[Key, tuple[threading.Thread, RunControl, int]] = {}  # -> (thread, control, gpus)
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
-        self.evaluations: dict[int, RunControl] = {}  # evaluation id -> control (run in Celery tasks)
         self.reaper = Reaper(self.settings)
         self.db_failed_at: float | None = None
 
     def start(self) -> None:
         with session_scope() as s:
             scheduling.register_worker(s, self.name, self.node, self.gpu_total, self.gpu_memory_mib)
-        log.info("scheduler %s on node %s: %d GPU(s), %d slot(s)%s", self.name, self.node, self.gpu_total,
+        log.info("scheduler %s on node %s: %d GPU(s), slots %s%s", self.name, self.node, self.gpu_total,
                  self.slots, " (cluster backend: no local leases)" if self.cluster else "")
         self.thread = threading.Thread(target=self._loop, name="vlstudio-scheduler", daemon=True)
         self.thread.start()
@@ -75,91 +78,81 @@ class Scheduler:
 
     def _reap(self) -> None:
         with self.lock:
-            for job_id in [j for j, (t, _, _) in self.runs.items() if not t.is_alive()]:
-                del self.runs[job_id]
+            for key in [k for k, (t, _, _) in self.runs.items() if not t.is_alive()]:
+                del self.runs[key]
 
     def _claim_all(self) -> None:
         while not self.stopping.is_set():
-            with self.lock:
-                running = len(self.runs) if self.cluster else sum(1 for _, _, g in self.runs.values() if g == 0)
+            with self.lock:  # the runs that take a slot: all on a cluster, CPU runs here
+                running = {k: sum(1 for (kind, _), (_, _, g) in self.runs.items()
+                                  if kind == k and (self.cluster or g == 0)) for k in runs.KINDS}
             with session_scope() as s:
                 claim = scheduling.claim_next(s, self.name, self.node, None if self.cluster else self.gpu_total,
                                               running, self.slots)
             if claim is None:
                 return
             control = RunControl(None if self.cluster else claim.gpu_ids)
-            t = threading.Thread(target=self._run, args=(claim, control), name=f"job-{claim.job_id}", daemon=True)
+            t = threading.Thread(target=self._run, args=(claim, control), name=f"{claim.kind}-{claim.run_id}",
+                                 daemon=True)
             with self.lock:
-                self.runs[claim.job_id] = (t, control, len(claim.gpu_ids))
+                self.runs[(claim.kind, claim.run_id)] = (t, control, len(claim.gpu_ids))
             t.start()
 
     def _adopt(self) -> None:
         """Cluster backend: follow again the runs the cluster still runs for a worker that is
         gone (this one before a restart, or another that went silent); nothing is resubmitted."""
-        with self.lock:
-            followed = set(self.runs)
-        with session_scope() as s:
-            ids = scheduling.adopt_cluster_jobs(s, self.name, self.settings.heartbeat_timeout_seconds, followed)
-        for job_id in ids:
-            log.warning("job %s: reattaching to its cluster job", job_id)
-            control = RunControl(None)
-            t = threading.Thread(target=self._follow, args=(job_id, control), name=f"job-{job_id}", daemon=True)
+        for kind in runs.KINDS.values():
             with self.lock:
-                self.runs[job_id] = (t, control, 0)
-            t.start()
-        # Evaluations the same way, through the same supervisor (worker.evaluation.launch)
-        with self.lock:
-            followed = set(self.evaluations)
-        with session_scope() as s:
-            ids = scheduling.adopt_cluster_jobs(s, self.name, self.settings.heartbeat_timeout_seconds, followed,
-                                                table=Evaluation)
-        for evaluation_id in ids:
-            log.warning("evaluation %s: reattaching to its cluster job", evaluation_id)
-            control = RunControl(None)
-            with self.lock:
-                self.evaluations[evaluation_id] = control  # heartbeats and drains it like a claimed one
-            threading.Thread(target=self._follow_evaluation, args=(evaluation_id, control),
-                             name=f"evaluation-{evaluation_id}", daemon=True).start()
+                followed = {i for k, i in self.runs if k == kind.name}
+            with session_scope() as s:
+                ids = scheduling.adopt_cluster_jobs(s, self.name, self.settings.heartbeat_timeout_seconds, followed,
+                                                    kind)
+            for run_id in ids:
+                log.warning("%s %s: reattaching to its cluster job", kind.name, run_id)
+                control = RunControl(None)
+                t = threading.Thread(target=self._follow, args=(kind, run_id, control), name=f"{kind.name}-{run_id}",
+                                     daemon=True)
+                with self.lock:
+                    self.runs[(kind.name, run_id)] = (t, control, 0)
+                t.start()
 
-    def _follow(self, job_id: int, control: RunControl) -> None:
+    def _follow(self, kind: runs.RunKind, run_id: int, control: RunControl) -> None:
         try:
-            log.info("job %s: %s", job_id, reattach_claimed(job_id, control))
-        except Exception:  # the job's heartbeat stops with this thread; another worker adopts it
-            log.exception("job %s: supervisor crashed", job_id)
+            follow = reattach_claimed if kind is runs.JOB else reattach_evaluation
+            log.info("%s %s: %s", kind.name, run_id, follow(run_id, control))
+        except Exception:  # the run's heartbeat stops with this thread; another worker adopts it
+            log.exception("%s %s: supervisor crashed", kind.name, run_id)
         finally:
             self.wake()
 
-    def _follow_evaluation(self, evaluation_id: int, control: RunControl) -> None:
-        try:
-            log.info("evaluation %s: %s", evaluation_id, reattach_evaluation(evaluation_id, control))
-        except Exception:  # as for a job: no heartbeat any more, adopted again
-            log.exception("evaluation %s: supervisor crashed", evaluation_id)
-        finally:
-            self.evaluation_done(evaluation_id)
-
     def _run(self, claim: scheduling.Claim, control: RunControl) -> None:
+        kind = runs.KINDS[claim.kind]
         try:
-            outcome = run_claimed(claim.job_id, self.name, claim.port, control)
-            log.info("job %s: %s", claim.job_id, outcome)
-        except Exception as e:  # recorded on the job as what it was (issue 18)
-            log.exception("job %s: supervisor crashed", claim.job_id)
-            _record_crash(claim.job_id, e)
+            if kind is runs.JOB:
+                outcome = run_claimed(claim.run_id, self.name, claim.port, control)
+            else:
+                outcome = run_evaluation(claim.run_id, control)
+            log.info("%s %s: %s", kind.name, claim.run_id, outcome)
+        except Exception as e:  # recorded on the run as what it was (issue 18)
+            log.exception("%s %s: supervisor crashed", kind.name, claim.run_id)
+            _record_crash(kind, claim.run_id, e)
         finally:
-            self.wake()  # leases were released: maybe another job fits now
+            self.wake()  # leases were released: maybe another run fits now
 
     def _tick(self, last_beat: float) -> float:
         if time.monotonic() - last_beat < self.settings.heartbeat_seconds:
             return last_beat
         timeout = self.settings.heartbeat_timeout_seconds
+        with self.lock:
+            followed = list(self.runs)
         with session_scope() as s:
-            scheduling.heartbeat(s, self.name, list(self.runs))
-            for evaluation_id in list(self.evaluations):
-                evals_svc.heartbeat(s, evaluation_id)
+            scheduling.heartbeat(s, self.name, [i for k, i in followed if k == runs.JOB.name],
+                                 [i for k, i in followed if k == runs.EVALUATION.name])
             # Right after a database outage every heartbeat is old: give the other workers one
             # timeout to write theirs before calling anyone lost.
             if self.db_failed_at is None or time.monotonic() - self.db_failed_at > timeout:
-                lost = jobs_svc.recover_lost_jobs(s, timeout, wake_workers)
-                lost += [f"evaluation {i}" for i in evals_svc.recover_lost_evaluations(s, timeout)]
+                lost: list = jobs_svc.recover_lost_jobs(s, timeout, wake_workers)
+                lost += [f"evaluation {i}" for i in runs.recover_lost(s, runs.EVALUATION, timeout)]
                 lost += [f"chat {i}" for i in chat_svc.recover_stale(s, timeout)]
                 lost += [f"model import {i}" for i in imports_svc.recover_stale(s, timeout)]
                 if lost:
@@ -167,8 +160,8 @@ class Scheduler:
         if self.cluster:
             self._adopt()
         with self.lock:
-            followed = set(self.runs)
-        self.reaper.tick(followed)
+            folders = {(runs.KINDS[k].folder, i) for k, i in self.runs}
+        self.reaper.tick(folders)
         return time.monotonic()
 
     def _loop(self) -> None:
@@ -184,30 +177,6 @@ class Scheduler:
             self.wakeup.wait(min(POLL_SECONDS, self.settings.heartbeat_seconds))
             self.wakeup.clear()
 
-    def lease_for_evaluation(self, evaluation_id: int, control: RunControl) -> list[int] | None:
-        """The GPU an evaluation runs on, leased like a training job's (waits while none is
-        free, heartbeating the evaluation); [] on a node without GPUs; None when a cluster
-        scheduler places the run. ``control`` is drained on shutdown like a job's."""
-        with self.lock:
-            self.evaluations[evaluation_id] = control
-        if self.cluster:
-            return None
-        if not self.gpu_total:
-            return []
-        while not self.stopping.is_set():
-            with session_scope() as s:
-                got = scheduling.lease_for_evaluation(s, self.node, evaluation_id, self.gpu_total)
-                if got is not None:
-                    return got
-                evals_svc.heartbeat(s, evaluation_id)
-            self.wakeup.wait(POLL_SECONDS)
-        raise RuntimeError(f"worker {self.name} is shutting down")
-
-    def evaluation_done(self, evaluation_id: int) -> None:
-        with self.lock:
-            self.evaluations.pop(evaluation_id, None)
-        self.wake()  # its GPU is free: maybe a job fits now
-
     def shutdown(self, reason: str | None = None) -> None:
         """Stop claiming; ask running jobs to checkpoint and stop, and wait for them (up to the
         cancel grace period plus a margin)."""
@@ -215,14 +184,11 @@ class Scheduler:
         self.wake()
         reason = reason or f"worker {self.name} shut down"
         with self.lock:
-            runs = list(self.runs.values())
-            evaluations = list(self.evaluations.values())
-        for _, control, _ in runs:
-            control.drain_reason = reason
-        for control in evaluations:
+            followed = list(self.runs.values())
+        for _, control, _ in followed:
             control.drain_reason = reason
         deadline = time.monotonic() + self.settings.cancel_grace_seconds + 30
-        for t, _, _ in runs:
+        for t, _, _ in followed:
             t.join(max(0.0, deadline - time.monotonic()))
         try:
             with session_scope() as s:

@@ -1,8 +1,8 @@
 """The one supervisor of a launched run, training or evaluation: its log and rows into the
 database in batches, cooperative cancel with escalation, and the verdict when it exits.
 
-What differs between a training job and an evaluation is its :class:`Record` (which tables,
-which verdict); the loop is the same. A database error does not end a run: the batch that
+What differs between a training job and an evaluation is the kind of its :class:`Record`
+(:class:`backend.services.runs.RunRecord`: which tables, which success rule); the loop is the same. A database error does not end a run: the batch that
 failed stays pending and is retried with backoff, and nothing more is read from the run folder
 meanwhile (the files are the buffer), so a blip of a few minutes loses no line and stores none
 twice. The byte offsets are stored with the lines they cover, in one transaction, so a recovery
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import JobStatus
 from backend.db.session import session_scope
+from backend.services.runs import Batch
 from backend.settings import get_settings
 from worker import gpus
 from worker.runtime import Executor, Launch, LaunchError
@@ -31,17 +32,6 @@ log = logging.getLogger(__name__)
 S = JobStatus
 TAIL_LINES = 20
 MAX_BACKOFF = 10.0
-
-
-@dataclass
-class Batch:
-    """What one tick read, with the offsets reached: stored in one transaction."""
-
-    system: list[str]
-    lines: list[str]
-    rows: list[dict]
-    log_offset: int
-    rows_offset: int
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -20,11 +20,9 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from backend.core.clock import now as utcnow
 
 
 class Base(DeclarativeBase):
@@ -43,6 +41,43 @@ class JobStatus(str, enum.Enum):
     @property
     def finished(self) -> bool:
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class RunColumns:
+    """The columns every kind of run has (training jobs, evaluations: :mod:`backend.services.runs`):
+    owner, state, where it runs, the verdict, its times and the log bytes already stored."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+    @declared_attr
+    def owner_id(cls) -> Mapped[int | None]:  # noqa: N805 - a declared attribute takes the class
+        return mapped_column(ForeignKey("users.id"), default=None, index=True)
+
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=20), default=JobStatus.queued, index=True)
+    run_dir: Mapped[str | None] = mapped_column(Text, default=None)
+    celery_task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # bytes of the run's log already stored (issue 13: recovery reads what a dead worker left
+    # unread from here; the rows file has its own offset column per kind)
+    log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class LogColumns:
+    """A run's log line: numbered per run (``seq``), the program's (stdout) or the studio's (system)."""
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    stream: Mapped[str] = mapped_column(String(10), default="stdout")
+    line: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class User(Base):
@@ -112,7 +147,7 @@ _WITH_KEY = text("idempotency_key IS NOT NULL")
 _RESUMES = text("resume_from_checkpoint IS NOT NULL")
 
 
-class Job(Base):
+class Job(RunColumns, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_queue", "status", "priority", "id"),
@@ -122,27 +157,13 @@ class Job(Base):
         Index("ux_jobs_one_resume", "parent_job_id", unique=True, postgresql_where=_RESUMES, sqlite_where=_RESUMES),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
-    status: Mapped[JobStatus] = mapped_column(
-        Enum(JobStatus, native_enum=False, length=20), default=JobStatus.queued, index=True)
     # The first registered dataset of the mixture; None when it is only a meta file (migration 0017).
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), default=None)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     preset: Mapped[str] = mapped_column(String(50))
     hyper: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    run_dir: Mapped[str | None] = mapped_column(Text, default=None)
-    celery_task_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    worker: Mapped[str | None] = mapped_column(String(200), default=None)
     step: Mapped[int] = mapped_column(BigInteger, default=0)
     total_steps: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
-    failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # Scheduling: GPUs asked for (0 = CPU), higher priority first, then submission order.
     gpus: Mapped[int] = mapped_column(Integer, default=0)
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -156,9 +177,7 @@ class Job(Base):
     memory_estimate: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     command: Mapped[str | None] = mapped_column(Text, default=None)
     last_checkpoint: Mapped[str | None] = mapped_column(Text, default=None)
-    # bytes of RUN/training_log.txt and RUN/metrics.jsonl already stored (issue 13: recovery
-    # reads what a dead worker left unread from here)
-    log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # bytes of RUN/metrics.jsonl already stored (and of RUN/training_log.txt: log_offset)
     metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     # Issue 17 (migration 0017): the resolved mixture (backend.core.mixture) and, once the trainer
@@ -198,16 +217,11 @@ class GpuLease(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class JobLog(Base):
+class JobLog(LogColumns, Base):
     __tablename__ = "job_logs"
     __table_args__ = (Index("ix_job_logs_job_seq", "job_id", "seq", unique=True),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    seq: Mapped[int] = mapped_column(Integer)
-    stream: Mapped[str] = mapped_column(String(10), default="stdout")
-    line: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobMetric(Base):
@@ -223,16 +237,12 @@ class JobMetric(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Evaluation(Base):
+class Evaluation(RunColumns, Base):
     """An evaluation job: one or more models generating on one dataset split (issue 8), or on
     the held-out parts of a mixture, per dataset and overall (issue 17)."""
 
     __tablename__ = "evaluations"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
-    status: Mapped[JobStatus] = mapped_column(
-        Enum(JobStatus, native_enum=False, length=20), default=JobStatus.queued, index=True)
     #: None for a mixture evaluation (its datasets are in ``mixture``)
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), default=None)
     split: Mapped[str] = mapped_column(String(20), default="validation")
@@ -249,35 +259,19 @@ class Evaluation(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: per model: {label, n, metrics: {name: value}}
     summary: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    run_dir: Mapped[str | None] = mapped_column(Text, default=None)
-    celery_task_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    worker: Mapped[str | None] = mapped_column(String(200), default=None)
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int | None] = mapped_column(Integer, default=None)
     #: the generation rate of the model and part being evaluated (the program's own measure)
     samples_per_second: Mapped[float | None] = mapped_column(Float, default=None)
-    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
-    failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-    # bytes of RUN/evaluation_log.txt and RUN/outputs.jsonl already stored (as for jobs)
-    log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # bytes of RUN/outputs.jsonl already stored (and of RUN/evaluation_log.txt: log_offset)
     outputs_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
-class EvaluationLog(Base):
+class EvaluationLog(LogColumns, Base):
     __tablename__ = "evaluation_logs"
     __table_args__ = (Index("ix_evaluation_logs_eval_seq", "evaluation_id", "seq", unique=True),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
-    seq: Mapped[int] = mapped_column(Integer)
-    stream: Mapped[str] = mapped_column(String(10), default="stdout")
-    line: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class EvaluationSample(Base):

@@ -7,19 +7,16 @@ loads no model and imports no torch; the table is the queue, claimed with compar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from backend.core.clock import now
 from backend.db.models import ChatRequest, ChatToken
 
 FINISHED = ("done", "failed", "cancelled")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def submit(session: Session, *, owner_id: int | None, model_path: str, builtin: bool, template: str,

@@ -2,28 +2,29 @@
 on the held-out parts of a mixture (a training job's, or registered datasets named in the
 request), per dataset and overall.
 
-An evaluation is a job of its own kind on the same Celery queue as training
-(task ``vlstudio.evaluate``); it has the same status machine, live logs and heartbeat as a
-training job. Per-sample outputs are stored in ``evaluation_samples`` as the worker streams
-them; the summary (per model, per metric) when it ends.
+An evaluation is a run of its own kind (:data:`backend.services.runs.EVALUATION`) with the one
+lifecycle of :mod:`backend.services.runs`: the same status machine, table queue and GPU leases
+(claimed by a worker's scheduler like a training job), live logs and heartbeat. Per-sample
+outputs are stored in ``evaluation_samples`` as the worker streams them; the summary (per
+model, per metric) when it ends.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core import checkpoints
+from backend.core.clock import now
 from backend.core.eval_metrics import METRICS
 from backend.core.model_card import read_card
 from backend.core.model_folder import ModelFolderError
-from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import (
     Dataset,
     Evaluation,
@@ -34,22 +35,19 @@ from backend.db.models import (
     Model,
     User,
 )
-from backend.services import scheduling, suites
+from backend.services import runs, suites
 from backend.services.datasets import get_dataset
 from backend.services.errors import Conflict, InvalidInput, NotFound
-from backend.services.jobs import LEGAL
 from backend.services.models import get_model
 from backend.services.users import visible_to
 
+log = logging.getLogger(__name__)
 EVAL_TASK = "vlstudio.evaluate"
+EVALUATION = runs.EVALUATION
 SPLITS = ("validation", "train")
 S = JobStatus
 CHECKPOINT_NAME = re.compile(r"^(final|checkpoint-\d+)$")
 DEFAULT_PARAMS: dict[str, Any] = {"max_new_tokens": 32, "batch_size": 8, "max_dynamic_patch": None, "limit": None}
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -238,10 +236,11 @@ def create_evaluation(session: Session, user: User | None, *, dataset_id: int | 
     session.commit()
     try:
         ev.celery_task_id = send(ev.id)
-    except Exception as e:  # the broker is down: the evaluation must not stay queued forever
-        transition(session, ev.id, S.failed, failure_reason=f"could not queue the evaluation: {e}")
-        raise
-    session.commit()
+        session.commit()
+    except Exception as e:  # noqa: BLE001
+        # The evaluations table is the queue; workers also poll it, so a broker outage only delays the start.
+        session.rollback()
+        log.warning("evaluation %s queued, but the broker could not be reached to wake a worker: %s", ev.id, e)
     return ev
 
 
@@ -261,41 +260,13 @@ def list_evaluations(session: Session, user: User | None = None, limit: int = 20
 
 # ------------------------------------------------------------------------------- lifecycle
 def transition(session: Session, evaluation_id: int, new: JobStatus, **fields: Any) -> bool:
-    ev = get_evaluation(session, evaluation_id)
-    session.refresh(ev)
-    current = ev.status
-    if new not in LEGAL[current]:
-        raise Conflict(f"evaluation {evaluation_id} cannot go from {current.value} to {new.value}")
-    values: dict[str, Any] = {"status": new, "updated_at": now(), **fields}
-    if new.finished:
-        values.setdefault("finished_at", now())
-    res = session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == current)
-                          .values(**values))
-    if res.rowcount == 1 and new.finished:  # in the same transaction, as for jobs
-        scheduling.release_evaluation_leases(session, evaluation_id)
-    session.commit()
-    session.refresh(ev)
-    return res.rowcount == 1
-
-
-def claim_evaluation(session: Session, evaluation_id: int, worker: str) -> bool:
-    """Atomically take a queued evaluation (a redelivered message cannot start it twice)."""
-    res = session.execute(
-        update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == S.queued)
-        .values(status=S.starting, worker=worker, started_at=now(), heartbeat_at=now(), updated_at=now()))
-    session.commit()
-    return res.rowcount == 1
+    """Compare-and-set, as for jobs (:func:`backend.services.runs.transition`)."""
+    return runs.transition(session, EVALUATION, evaluation_id, new, **fields)
 
 
 def request_cancel(session: Session, evaluation_id: int, user: User | None = None) -> Evaluation:
     ev = get_evaluation(session, evaluation_id, user)
-    if ev.status == S.queued:
-        transition(session, evaluation_id, S.cancelled, failure_reason="cancelled before it started")
-    elif ev.status in (S.starting, S.running):
-        transition(session, evaluation_id, S.stopping)
-    elif ev.status != S.stopping:
-        raise Conflict(f"evaluation {evaluation_id} is {ev.status.value}; nothing to cancel")
-    session.refresh(ev)
+    runs.request_cancel(session, EVALUATION, ev)
     return ev
 
 
@@ -305,74 +276,28 @@ def heartbeat(session: Session, evaluation_id: int, **fields: Any) -> None:
 
 
 def recover_lost_evaluations(session: Session, timeout_s: float) -> list[int]:
-    """Fail evaluations whose worker stopped sending heartbeats, after storing what it left
-    unread in the run folder (from the stored offsets). One on a cluster (Slurm) runs on without
-    its worker: a worker of the cluster backend adopts it instead (as a training job)."""
-    cutoff = now() - timedelta(seconds=timeout_s)
-    stale = session.scalars(select(Evaluation).where(
-        Evaluation.status.in_((S.starting, S.running, S.stopping)), Evaluation.heartbeat_at < cutoff))
-    out = []
-    for ev in list(stale):
-        if scheduling.on_cluster(ev):
-            continue
-        reason = (f"worker {ev.worker} stopped sending heartbeats (last at {ev.heartbeat_at:%Y-%m-%d %H:%M:%S} "
-                  "UTC): it was killed or its node went down")
-        try:
-            if not transition(session, ev.id, S.cancelled if ev.status == S.stopping else S.failed,
-                              failure_reason=reason):
-                continue
-        except Conflict:
-            continue
-        lines, rows = [], []
-        if ev.run_dir:
-            logs = LogTail(Path(ev.run_dir) / "evaluation_log.txt", ev.log_offset)
-            outputs = MetricsTail(Path(ev.run_dir) / "outputs.jsonl", ev.outputs_offset)
-            lines, rows = logs.read(final=True), outputs.read()
-            ev.log_offset, ev.outputs_offset = logs.offset, outputs.offset
-        add_samples(session, ev.id, rows)
-        append_logs(session, ev.id, next_log_seq(session, ev.id), lines)
-        append_logs(session, ev.id, next_log_seq(session, ev.id), [reason], stream="system")
-        out.append(ev.id)
-    return out
+    """End evaluations whose worker stopped sending heartbeats, after storing what it left
+    unread in the run folder (:func:`backend.services.runs.recover_lost`). One on a cluster
+    (Slurm) runs on without its worker: a worker of the cluster backend adopts it instead."""
+    return runs.recover_lost(session, EVALUATION, timeout_s)
+
+
+def record_crash(session: Session, evaluation_id: int, error: BaseException, trace: str) -> bool:
+    """The worker's supervisor of the evaluation raised: fail it saying so, as a job."""
+    return runs.record_crash(session, EVALUATION, evaluation_id, error, trace)
 
 
 def next_log_seq(session: Session, evaluation_id: int) -> int:
-    q = select(func.max(EvaluationLog.seq)).where(EvaluationLog.evaluation_id == evaluation_id)
-    return (session.scalar(q) or 0) + 1
+    return runs.next_seq(session, EVALUATION, evaluation_id)
 
 
 def append_logs(session: Session, evaluation_id: int, first_seq: int, lines: Sequence[str],
                 stream: str = "stdout") -> int:
-    session.add_all(EvaluationLog(evaluation_id=evaluation_id, seq=first_seq + i, stream=stream, line=line)
-                    for i, line in enumerate(lines))
-    session.commit()
-    return first_seq + len(lines)
+    return runs.append_logs(session, EVALUATION, evaluation_id, first_seq, lines, stream)
 
 
 def logs_after(session: Session, evaluation_id: int, after: int = 0, limit: int = 1000) -> list[EvaluationLog]:
-    return list(session.scalars(select(EvaluationLog).where(
-        EvaluationLog.evaluation_id == evaluation_id, EvaluationLog.seq > after).order_by(EvaluationLog.seq)
-        .limit(limit)))
-
-
-def append_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str, Any]]) -> None:
-    """Store per-sample outputs as written by the evaluation program (``outputs.jsonl``)."""
-    add_samples(session, evaluation_id, rows)
-    session.commit()
-
-
-def sample_count(session: Session, evaluation_id: int) -> int:
-    return session.scalar(select(func.count()).select_from(EvaluationSample)
-                          .where(EvaluationSample.evaluation_id == evaluation_id)) or 0
-
-
-def add_samples(session: Session, evaluation_id: int, rows: Sequence[dict[str, Any]]) -> None:
-    """The rows of :func:`append_samples`, in the caller's transaction."""
-    session.add_all(EvaluationSample(
-        evaluation_id=evaluation_id, model_index=int(r["model"]), sample_index=int(r["index"]),
-        sample_id=str(r.get("id", r["index"]))[:200], dataset=r.get("dataset"), question=r.get("question", ""),
-        answers=list(r.get("answers", [])), prediction=r.get("prediction", ""), scores=r.get("scores", {}))
-        for r in rows)
+    return runs.logs_after(session, EVALUATION, evaluation_id, after, limit)
 
 
 # --------------------------------------------------------------------------------- results

@@ -4,9 +4,7 @@ retry, recover lost ones, and store their log lines and metrics."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +13,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.core import checkpoints, presets, run_outcome
-from backend.core.mixture import MixtureDataset, MixtureSpec, with_trained
+from backend.core import checkpoints, presets
+from backend.core.clock import now  # noqa: F401 - the one clock, as jobs.now for callers
+from backend.core.mixture import MixtureDataset, MixtureSpec
 from backend.core.model_card import Tiling
 from backend.core.model_folder import ModelFolderError
 from backend.core.spec import Hyperparameters
-from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import Job, JobLog, JobMetric, JobStatus, User
-from backend.services import memory, scheduling
+from backend.services import memory, runs, scheduling
 from backend.services import meta as meta_svc
 from backend.services.errors import Abandoned, Conflict, InvalidInput, NotFound
 from backend.services.models import card_of, get_model
@@ -31,21 +29,12 @@ from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
 S = JobStatus
-LEGAL: dict[JobStatus, set[JobStatus]] = {
-    S.queued: {S.starting, S.cancelled, S.failed},
-    S.starting: {S.running, S.stopping, S.failed, S.cancelled},
-    S.running: {S.stopping, S.succeeded, S.failed},
-    S.stopping: {S.cancelled, S.failed, S.succeeded},
-    S.succeeded: set(),
-    S.failed: set(),
-    S.cancelled: set(),
-}
+LEGAL = runs.LEGAL
+JOB = runs.JOB
 Send = Callable[[int], str | None]
 PRIORITY_RANGE = (-100, 100)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
+# the job kind's rows, stored by the one run record (backend.services.runs)
+step_rows, take_data_rows, _finite = runs.step_rows, runs.take_data_rows, runs.finite
 
 
 def _resolve(session: Session, user: User | None, data: MixtureSpec, model_id: int, preset: str,
@@ -203,43 +192,19 @@ def list_jobs(session: Session, user: User | None = None, status: JobStatus | No
 
 
 def transition(session: Session, job_id: int, new: JobStatus, **fields: Any) -> bool:
-    """Move a job to ``new`` if that is legal from its current state (compare-and-set).
-    Finishing releases its GPU leases in the same transaction."""
-    job = get_job(session, job_id)
-    session.refresh(job)
-    current = job.status
-    if new not in LEGAL[current]:
-        raise Conflict(f"job {job_id} cannot go from {current.value} to {new.value}")
-    values: dict[str, Any] = {"status": new, "updated_at": now(), **fields}
-    if new.finished:
-        values.setdefault("finished_at", now())
-    res = session.execute(update(Job).where(Job.id == job_id, Job.status == current).values(**values))
-    if res.rowcount == 1 and new.finished:
-        scheduling.release_leases(session, job_id)
-    session.commit()
-    session.refresh(job)
-    return res.rowcount == 1
+    """Move a job to ``new`` if legal (compare-and-set, :func:`backend.services.runs.transition`)."""
+    return runs.transition(session, JOB, job_id, new, **fields)
 
 
 def claim_job(session: Session, job_id: int, worker: str) -> bool:
     """Atomically take one queued job. False if another worker (or a redelivered message)
     already took it, or if it was cancelled meanwhile."""
-    res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == S.queued)
-        .values(status=S.starting, worker=worker, started_at=now(), heartbeat_at=now(), updated_at=now()))
-    session.commit()
-    return res.rowcount == 1
+    return runs.claim(session, JOB, job_id, worker)
 
 
 def request_cancel(session: Session, job_id: int, user: User | None = None) -> Job:
     job = get_job(session, job_id, user)
-    if job.status == S.queued:
-        transition(session, job_id, S.cancelled, failure_reason="cancelled before it started")
-    elif job.status in (S.starting, S.running):
-        transition(session, job_id, S.stopping, failure_reason="cancel requested")
-    elif job.status != S.stopping:
-        raise Conflict(f"job {job_id} is {job.status.value}; nothing to cancel")
-    session.refresh(job)
+    runs.request_cancel(session, JOB, job)
     return job
 
 
@@ -333,75 +298,27 @@ def retry_job(session: Session, job_id: int, send: Send, user: User | None = Non
 
 
 def record_crash(session: Session, job_id: int, error: BaseException, trace: str) -> bool:
-    """The worker's supervisor of ``job_id`` raised: fail the job saying so (not "worker killed"
-    minutes later, when its heartbeat is found stale), with the traceback in its log. Never
-    requeued: a crash of the supervisor would likely repeat. False if it had finished already, or
-    if it runs on a cluster (left running there, to be adopted: never failed nor submitted twice)."""
-    job = get_job(session, job_id)
-    session.refresh(job)
-    if job.status.finished:
-        return False
-    reason = f"the worker's supervisor crashed: {type(error).__name__}: {error}"
-    if scheduling.on_cluster(job):
-        # The cluster runs it on: failing it would leave that run unfollowed while
-        # requeue_on_failure submits a second one. A worker adopts it again (this one, next tick).
-        append_logs(session, job_id, next_seq(session, JobLog, job_id),
-                    [f"{reason}; its cluster job runs on and a worker reattaches to it", *trace.splitlines()[-40:]],
-                    stream="system")
-        return False
-    append_logs(session, job_id, next_seq(session, JobLog, job_id), [reason, *trace.splitlines()[-40:]],
-                stream="system")
-    return transition(session, job_id, S.failed, failure_reason=reason)
+    """The worker's supervisor of ``job_id`` raised: fail it saying so (:func:`runs.record_crash`)."""
+    return runs.record_crash(session, JOB, job_id, error, trace)
+
+
+def requeue_if_asked(send: Send) -> runs.OnFailed:
+    """After a failure the job's owner asked to survive (worker lost or shut down): requeue it."""
+    def on_failed(session: Session, job: Job) -> None:
+        if job.requeue_on_failure:
+            requeue(session, job, send)
+    return on_failed
 
 
 def recover_lost_jobs(session: Session, timeout_s: float, send: Send) -> list[int]:
     """Fail jobs whose worker stopped sending heartbeats (killed, node rebooted) and requeue
     those whose owner asked for it, to resume from their last checkpoint."""
-    recovered = []
-    for job in scheduling.stale_jobs(session, timeout_s):
-        if scheduling.on_cluster(job):
-            continue  # it runs on without its worker: a worker of the cluster backend adopts it
-        was = job.status
-        reason = (f"worker {job.worker} stopped sending heartbeats (last at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} "
-                  "UTC): it was killed or its node went down")
-        done = was == S.running and run_outcome.finished(job.run_dir)
-        if done:  # the trainer wrote its final model before the worker was lost: nothing to retrain
-            target, line, fields = S.succeeded, f"{reason}, after the trainer had finished; the final model is in final/", {}
-        else:
-            target, line, fields = S.cancelled if was == S.stopping else S.failed, reason, {"failure_reason": reason}
-        try:
-            if not transition(session, job.id, target, **fields):
-                continue  # another sweeper got there first
-        except Conflict:
-            continue
-        recover_run_output(session, job)
-        append_logs(session, job.id, next_seq(session, JobLog, job.id), [line], stream="system")
-        recovered.append(job.id)
-        if target == S.failed and job.requeue_on_failure:
-            requeue(session, job, send)
-    return recovered
+    return runs.recover_lost(session, JOB, timeout_s, requeue_if_asked(send))
 
 
 def recover_run_output(session: Session, job: Job) -> int:
-    """Store what a dead worker left unread in the run folder: the log and metrics from the
-    offsets it stored with its last batch (no gap, no duplicate). Returns the lines stored."""
-    if not job.run_dir:
-        return 0
-    run = Path(job.run_dir)
-    logs = LogTail(run / "training_log.txt", job.log_offset)
-    rows = MetricsTail(run / "metrics.jsonl", job.metrics_offset)
-    try:
-        lines, metrics = logs.read(final=True), rows.read()
-    except (OSError, ValueError) as e:  # unreadable from here (another node's disk): say so
-        lines, metrics = [f"could not recover the rest of the run's log from {run}: {e}"], []
-    first_line, first = next_seq(session, JobLog, job.id), next_seq(session, JobMetric, job.id)
-    session.add_all(JobLog(job_id=job.id, seq=first_line + i, stream="stdout", line=line)
-                    for i, line in enumerate(lines))
-    session.add_all(JobMetric(job_id=job.id, seq=first + i, step=int(r.get("step", 0)), loss=_finite(r.get("loss")),
-                              values=r) for i, r in enumerate(take_data_rows(session, job.id, metrics)))
-    session.execute(update(Job).where(Job.id == job.id).values(log_offset=logs.offset, metrics_offset=rows.offset))
-    session.commit()
-    return len(lines)
+    """Store what a dead worker left unread in the run folder (:func:`runs.recover_output`)."""
+    return runs.recover_output(session, JOB, job)
 
 
 def next_seq(session: Session, model: type[JobLog] | type[JobMetric], job_id: int) -> int:
@@ -410,48 +327,19 @@ def next_seq(session: Session, model: type[JobLog] | type[JobMetric], job_id: in
 
 def append_logs(session: Session, job_id: int, first_seq: int, lines: Sequence[str], stream: str = "stdout") -> int:
     """Store lines with consecutive sequence numbers; returns the next free number."""
-    session.add_all(JobLog(job_id=job_id, seq=first_seq + i, stream=stream, line=line)
-                    for i, line in enumerate(lines))
-    session.commit()
-    return first_seq + len(lines)
-
-
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+    return runs.append_logs(session, JOB, job_id, first_seq, lines, stream)
 
 
 def append_metrics(session: Session, job_id: int, first_seq: int, rows: Sequence[dict[str, Any]]) -> int:
     """Store metrics rows (see :func:`take_data_rows` for the trainer's data report);
     returns the next free number."""
-    steps = take_data_rows(session, job_id, rows)
-    session.add_all(JobMetric(job_id=job_id, seq=first_seq + i, step=int(r.get("step", 0)),
-                              loss=_finite(r.get("loss")), values=r) for i, r in enumerate(steps))
+    n = runs.add_metrics(session, job_id, first_seq, rows)
     session.commit()
-    return first_seq + len(steps)
-
-
-def take_data_rows(session: Session, job_id: int, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The trainer's ``kind: "data"`` row (what each dataset of the mixture contributed:
-    samples, kept, tokens) goes into the job's ``mixture`` (in the caller's transaction), not
-    into its metrics: it describes the run, not a step. Returns the other rows, in order (the
-    caller numbers them consecutively)."""
-    for r in rows:
-        if r.get("kind") == "data":
-            job = session.get(Job, job_id)
-            if job is not None:
-                base = job.mixture or {"datasets": [{"name": n} for n in r.get("datasets") or {}]}
-                job.mixture = with_trained(base, r.get("datasets") or {})
-    return step_rows(rows)
-
-
-def step_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of ``metrics.jsonl`` that become ``job_metrics`` rows: all but the data report."""
-    return [r for r in rows if r.get("kind") != "data"]
+    return first_seq + n
 
 
 def logs_after(session: Session, job_id: int, after: int = 0, limit: int = 1000) -> list[JobLog]:
-    return list(session.scalars(select(JobLog).where(JobLog.job_id == job_id, JobLog.seq > after)
-                                .order_by(JobLog.seq).limit(limit)))
+    return runs.logs_after(session, JOB, job_id, after, limit)
 
 
 def last_lines(session: Session, job_id: int, n: int = 20) -> list[str]:

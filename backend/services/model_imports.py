@@ -7,13 +7,14 @@ needs no torch. The table is the queue (compare-and-set claims), as for jobs and
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from backend.core.clock import now
 from backend.db.models import ModelImport, User
 from backend.services.errors import Conflict, NotFound
 from backend.services.models import check_import
@@ -22,10 +23,6 @@ from backend.settings import Settings
 
 ACTIVE = ("queued", "running", "cancelling")
 FINISHED = ("done", "failed", "cancelled")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def submit(session: Session, settings: Settings, src: Path, name: str | None, owner_id: int | None) -> ModelImport:

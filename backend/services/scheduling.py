@@ -1,5 +1,6 @@
-"""Scheduling from the jobs table: per-node GPU leases, priority then submission order,
-worker heartbeats and the recovery of jobs whose worker went silent.
+"""Scheduling from the run tables (training jobs and evaluations, :mod:`backend.services.runs`):
+per-node GPU leases, priority then submission order, worker heartbeats and the adoption of
+cluster runs whose worker went silent.
 
 The database is the queue. A broker message only wakes a worker up, so a broker restart
 loses nothing, and the claim (a conditional UPDATE plus lease rows under a primary key, in
@@ -10,31 +11,33 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from backend.core.clock import now
 from backend.db.models import Evaluation, GpuLease, Job, JobStatus, WorkerNode
+from backend.services.runs import ACTIVE, CLUSTER_JOB_FILE, EVALUATION, JOB, RunKind, on_cluster  # noqa: F401
 from backend.settings import get_settings
 
 S = JobStatus
-ACTIVE = (S.starting, S.running, S.stopping)
 CANDIDATES = 100
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
 class Claim:
-    job_id: int
+    """A run this worker took: which (``kind``: "job" or "evaluation"), on which leased GPUs,
+    with which rendezvous port (training only)."""
+
+    run_id: int
     gpu_ids: list[int]
     port: int
+    kind: str = "job"
 
 
 def register_worker(session: Session, name: str, node: str, gpus: int, gpu_memory_mib: int | None,
@@ -52,11 +55,12 @@ def register_worker(session: Session, name: str, node: str, gpus: int, gpu_memor
     session.commit()
 
 
-def heartbeat(session: Session, worker: str, job_ids: list[int]) -> None:
-    """One write for the worker and every job it runs."""
+def heartbeat(session: Session, worker: str, job_ids: Sequence[int], evaluation_ids: Sequence[int] = ()) -> None:
+    """One write for the worker and every run it follows."""
     session.execute(update(WorkerNode).where(WorkerNode.name == worker).values(heartbeat_at=now()))
-    if job_ids:
-        session.execute(update(Job).where(Job.id.in_(job_ids), Job.status.in_(ACTIVE)).values(heartbeat_at=now()))
+    for table, ids in ((Job, job_ids), (Evaluation, evaluation_ids)):
+        if ids:
+            session.execute(update(table).where(table.id.in_(ids), table.status.in_(ACTIVE)).values(heartbeat_at=now()))
     session.commit()
 
 
@@ -96,52 +100,76 @@ def free_port(used: set[int]) -> int:
     raise RuntimeError("no free rendezvous port")
 
 
-def claim_next(session: Session, worker: str, node: str, gpu_total: int | None, cpu_running: int,
-               cpu_slots: int) -> Claim | None:
-    """Take the first queued job (highest priority, then oldest) that fits this node now.
+def _queued(session: Session) -> list[tuple[RunKind, int, int | None]]:
+    """Queued runs in the order they are served: highest priority first, then submission
+    order; training jobs and evaluations (priority 0) in one line, each in its own order.
+    (kind, id, GPUs asked for; None: an evaluation's one GPU where the node has GPUs)."""
+    jobs = session.execute(select(Job.id, Job.gpus, Job.priority, Job.created_at).where(Job.status == S.queued)
+                           .order_by(Job.priority.desc(), Job.id).limit(CANDIDATES)).all()
+    evals = session.execute(select(Evaluation.id, Evaluation.created_at).where(Evaluation.status == S.queued)
+                            .order_by(Evaluation.id).limit(CANDIDATES)).all()
+    out: list[tuple[RunKind, int, int | None]] = []
+    i = j = 0
+    while i < len(jobs) or j < len(evals):
+        if j == len(evals) or (i < len(jobs) and (-jobs[i].priority, jobs[i].created_at) <= (0, evals[j].created_at)):
+            out.append((JOB, jobs[i].id, jobs[i].gpus))
+            i += 1
+        else:
+            out.append((EVALUATION, evals[j].id, None))
+            j += 1
+    return out
 
-    A job that needs more GPUs than are free waits; a smaller one behind it may start on
-    the free GPUs meanwhile (backfill). ``gpu_total=None``: GPUs are not this node's to
-    lease (a cluster scheduler such as Slurm places the job); every job takes a slot."""
+
+Slots = int | dict[str, int]  # one budget for every kind, or one per kind ("job", "evaluation")
+
+
+def _full(running: Slots, slots: Slots, kind: RunKind) -> bool:
+    def of(x: Slots) -> int:
+        return x if isinstance(x, int) else x.get(kind.name, 0)
+    return of(running) >= of(slots)
+
+
+def claim_next(session: Session, worker: str, node: str, gpu_total: int | None, cpu_running: Slots,
+               cpu_slots: Slots) -> Claim | None:
+    """Take the first queued run (highest priority, then oldest) that fits this node now.
+
+    A run that needs more GPUs than are free waits; a smaller one behind it may start on
+    the free GPUs meanwhile (backfill). An evaluation takes one GPU of a node with GPUs, a CPU
+    slot on one without. ``gpu_total=None``: GPUs are not this node's to lease (a cluster
+    scheduler such as Slurm places the run); every run takes a slot. ``cpu_running`` and
+    ``cpu_slots``: the runs that take a slot now and the slots, for all kinds or per kind."""
     leased = set(session.scalars(select(GpuLease.gpu_index).where(GpuLease.node == node)))
     free = [i for i in range(gpu_total or 0) if i not in leased]
-    q = (select(Job.id, Job.gpus).where(Job.status == S.queued)
-         .order_by(Job.priority.desc(), Job.id).limit(CANDIDATES))
-    for job_id, gpus in session.execute(q).all():
+    for kind, run_id, gpus in _queued(session):
+        if gpus is None:
+            gpus = 1 if gpu_total else 0
         if gpu_total is None:
-            if cpu_running >= cpu_slots:
-                break
+            if _full(cpu_running, cpu_slots, kind):
+                continue
             gpus = 0
-        elif gpus > len(free) or (gpus == 0 and cpu_running >= cpu_slots):
+        elif gpus > len(free) or (gpus == 0 and _full(cpu_running, cpu_slots, kind)):
             continue
         ids = free[:gpus]
-        port = free_port(_used_ports(session, node))
+        t = kind.table
+        values = {"status": S.starting, "worker": worker, "started_at": now(), "heartbeat_at": now(),
+                  "updated_at": now()}
+        port = 0
+        if kind is JOB:
+            port = free_port(_used_ports(session, node))
+            values.update(node=node, gpu_ids=",".join(map(str, ids)), rendezvous_port=port)
         try:
-            res = session.execute(
-                update(Job).where(Job.id == job_id, Job.status == S.queued)
-                .values(status=S.starting, worker=worker, node=node, gpu_ids=",".join(map(str, ids)),
-                        rendezvous_port=port, started_at=now(), heartbeat_at=now(), updated_at=now()))
+            res = session.execute(update(t).where(t.id == run_id, t.status == S.queued).values(**values))
             if res.rowcount != 1:
                 session.rollback()
                 continue  # another worker took it
-            session.add_all(GpuLease(node=node, gpu_index=i, job_id=job_id) for i in ids)
+            session.add_all(GpuLease(node=node, gpu_index=i, **{kind.fk: run_id}) for i in ids)
             session.commit()
         except IntegrityError:  # another worker on this node leased one of these GPUs first
             session.rollback()
             return None
-        return Claim(job_id, ids, port)
+        return Claim(run_id, ids, port, kind.name)
     session.rollback()
     return None
-
-
-def release_leases(session: Session, job_id: int) -> None:
-    session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
-
-
-def lease_for_evaluation(session: Session, node: str, evaluation_id: int, gpu_total: int, n: int = 1) -> list[int] | None:
-    """Lease ``n`` free GPUs of ``node`` for an evaluation (the same rows, the same primary key
-    guard as a training job's); None while fewer are free."""
-    return _lease(session, node, gpu_total, n, evaluation_id=evaluation_id)
 
 
 def lease_for_holder(session: Session, node: str, holder: str, gpu_total: int, n: int = 1) -> list[int] | None:
@@ -168,24 +196,12 @@ def _lease(session: Session, node: str, gpu_total: int, n: int, **owner: object)
     return free
 
 
-def release_evaluation_leases(session: Session, evaluation_id: int) -> None:
-    session.execute(delete(GpuLease).where(GpuLease.evaluation_id == evaluation_id))
-
-
-# Written into the run folder by a cluster backend once the cluster accepted the run (the Slurm
-# job id): the run goes on without its worker, so it is adopted, never failed for silence.
-CLUSTER_JOB_FILE = "slurm_job_id"
-
-
-def on_cluster(run: Job | Evaluation) -> bool:
-    return bool(run.run_dir) and (Path(run.run_dir) / CLUSTER_JOB_FILE).exists()
-
-
 def adopt_cluster_jobs(session: Session, worker: str, timeout_s: float, followed: set[int],
-                       table: type[Job] | type[Evaluation] = Job) -> list[int]:
-    """Take over active cluster runs (training jobs, or evaluations with ``table=Evaluation``)
-    that nobody follows: this worker's own from before a restart, or any whose worker went
-    silent. Compare-and-set on (worker, heartbeat), so two workers never adopt the same run."""
+                       kind: RunKind = JOB) -> list[int]:
+    """Take over active cluster runs of ``kind`` that nobody follows: this worker's own from
+    before a restart, or any whose worker went silent. Compare-and-set on (worker, heartbeat),
+    so two workers never adopt the same run."""
+    table = kind.table
     cutoff = now() - timedelta(seconds=timeout_s)
     rows = session.execute(select(table.id, table.worker, table.heartbeat_at, table.run_dir).where(
         table.status.in_(ACTIVE), table.run_dir.is_not(None))).all()
@@ -202,11 +218,6 @@ def adopt_cluster_jobs(session: Session, worker: str, timeout_s: float, followed
         if res.rowcount == 1:
             adopted.append(run_id)
     return adopted
-
-
-def stale_jobs(session: Session, timeout_s: float) -> list[Job]:
-    cutoff = now() - timedelta(seconds=timeout_s)
-    return list(session.scalars(select(Job).where(Job.status.in_(ACTIVE), Job.heartbeat_at < cutoff)))
 
 
 def queue_stats(session: Session) -> dict[str, object]:

@@ -66,7 +66,7 @@ def test_two_gpu_node_runs_two_one_gpu_jobs_with_their_own_devices_and_ports(api
         first = scheduling.claim_next(s, "w1", "node-a", 2, 0, 1)
         second = scheduling.claim_next(s, "w1", "node-a", 2, 0, 1)
         assert scheduling.claim_next(s, "w1", "node-a", 2, 0, 1) is None  # both GPUs leased: the rest wait
-    assert (first.job_id, second.job_id) == (urgent, a)  # priority first, then submission order
+    assert (first.run_id, second.run_id) == (urgent, a)  # priority first, then submission order
     assert {tuple(first.gpu_ids), tuple(second.gpu_ids)} == {(0,), (1,)}
     assert first.port != second.port
     job = api.get(f"/api/jobs/{a}").json()
@@ -75,7 +75,7 @@ def test_two_gpu_node_runs_two_one_gpu_jobs_with_their_own_devices_and_ports(api
     with session_scope() as s:  # a finished job gives its GPU back
         jobs.transition(s, urgent, S.failed, failure_reason="test")
         third = scheduling.claim_next(s, "w1", "node-a", 2, 0, 1)
-    assert third.job_id == b and third.gpu_ids == first.gpu_ids
+    assert third.run_id == b and third.gpu_ids == first.gpu_ids
     assert api.get(f"/api/jobs/{c}").json()["status"] == "queued"
 
 
@@ -86,17 +86,17 @@ def test_a_two_gpu_job_waits_while_a_one_gpu_job_backfills(api, ds):
     big = gpu_job(api, ds, 2)["id"]
     small = gpu_job(api, ds, 1)["id"]
     with session_scope() as s:
-        assert scheduling.claim_next(s, "w1", "node-a", 2, 0, 1).job_id == running
-        assert scheduling.claim_next(s, "w1", "node-a", 2, 0, 1).job_id == small
+        assert scheduling.claim_next(s, "w1", "node-a", 2, 0, 1).run_id == running
+        assert scheduling.claim_next(s, "w1", "node-a", 2, 0, 1).run_id == small
     assert api.get(f"/api/jobs/{big}").json()["status"] == "queued"
 
 
 def test_cpu_jobs_are_limited_by_cpu_slots(api, ds):
     a, b = submit(api, ds)["id"], submit(api, ds)["id"]
     with session_scope() as s:
-        assert scheduling.claim_next(s, "w1", "n", 0, 0, 1).job_id == a
+        assert scheduling.claim_next(s, "w1", "n", 0, 0, 1).run_id == a
         assert scheduling.claim_next(s, "w1", "n", 0, 1, 1) is None
-        assert scheduling.claim_next(s, "w1", "n", 0, 1, 2).job_id == b
+        assert scheduling.claim_next(s, "w1", "n", 0, 1, 2).run_id == b
 
 
 def test_job_asking_for_more_gpus_than_any_node_is_rejected(api, ds):
@@ -246,7 +246,7 @@ def test_racing_workers_never_claim_the_same_job(api, ds):
             if c is None:
                 return
             with lock:
-                claimed.append(c.job_id)
+                claimed.append(c.run_id)
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
     for t in threads:

@@ -204,19 +204,29 @@ def test_evaluations_hold_gpu_leases_like_jobs_and_release_them_when_they_end(ap
 
     job_id = started_job(api)
     with session_scope() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.queued, gpus=1))
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.failed))
         s.commit()
         scheduling.register_worker(s, "w", "node-a", 2, None)
         ds = s.get(Job, job_id).dataset_id
-        evs = [Evaluation(dataset_id=ds, models=[], status=JobStatus.running) for _ in range(2)]
-        s.add_all(evs)
+        evs = [Evaluation(dataset_id=ds, models=[], status=JobStatus.queued) for _ in range(2)]
+        s.add(evs[0])
         s.commit()
-        assert scheduling.lease_for_evaluation(s, "node-a", evs[0].id, 2) == [0]
+        job = Job(dataset_id=ds, model_id=s.get(Job, job_id).model_id, preset="x", gpus=1)
+        s.add(job)
+        s.commit()
+        s.add(evs[1])
+        s.commit()
+        # one queue in submission order: the first evaluation, the job, the second evaluation
+        first = scheduling.claim_next(s, "w", "node-a", 2, 0, 1)
+        assert (first.kind, first.run_id, first.gpu_ids) == ("evaluation", evs[0].id, [0])
         claim = scheduling.claim_next(s, "w", "node-a", 2, 0, 1)
-        assert claim is not None and claim.gpu_ids == [1]  # the job gets the GPU the evaluation left
-        assert scheduling.lease_for_evaluation(s, "node-a", evs[1].id, 2) is None  # none free: it waits
+        assert (claim.kind, claim.run_id, claim.gpu_ids) == ("job", job.id, [1])  # the GPU the evaluation left
+        assert scheduling.claim_next(s, "w", "node-a", 2, 0, 1) is None  # none free: it waits, queued
+        assert s.get(Evaluation, evs[1].id).status == JobStatus.queued
+        evaluations.transition(s, evs[0].id, JobStatus.running)
         evaluations.transition(s, evs[0].id, JobStatus.succeeded)
-        assert scheduling.lease_for_evaluation(s, "node-a", evs[1].id, 2) == [0]
+        again = scheduling.claim_next(s, "w", "node-a", 2, 0, 1)
+        assert (again.kind, again.run_id, again.gpu_ids) == ("evaluation", evs[1].id, [0])
 
 
 def sse(api, url: str, **headers) -> list[tuple[str, str, dict]]:
@@ -260,11 +270,11 @@ def test_evaluations_stream_through_the_same_sse_implementation_as_jobs(api):
 
 def test_a_batch_of_worker_lines_and_program_lines_gets_consecutive_numbers(api, tmp_path):
     """The executor's own lines (e.g. Slurm's) and the program's come in the same batch."""
-    from worker.launcher import TrainingRecord
+    from backend.services.runs import JOB, RunRecord
     from worker.supervision import Batch
 
     job_id = started_job(api)
-    record = TrainingRecord(job_id, tmp_path)
+    record = RunRecord(JOB, job_id, tmp_path)
     with session_scope() as s:
         record.store(s, Batch(["$ launch"], ["slurm: submitted batch job 7", "hello"], [{"step": 1}], 10, 5))
         record.store(s, Batch([], ["more"], [], 15, 5))
@@ -279,19 +289,19 @@ def test_a_batch_of_worker_lines_and_program_lines_gets_consecutive_numbers(api,
 
 
 def test_a_batch_whose_commit_landed_before_the_connection_died_is_not_stored_twice(api, tmp_path, monkeypatch):
-    from worker.launcher import TrainingRecord
+    from backend.services.runs import JOB, RunRecord
     from worker.supervision import Batch
 
     job_id = started_job(api)
-    record = TrainingRecord(job_id, tmp_path)
+    record = RunRecord(JOB, job_id, tmp_path)
     batch = Batch(["$ launch"], ["a", "b"], [{"step": 1}], 4, 12)
-    real = TrainingRecord._stored
+    real = RunRecord._stored
 
     def lost_answer(self, b):  # noqa: ANN001, ANN202 - the server committed; the client never heard
-        monkeypatch.setattr(TrainingRecord, "_stored", real)
+        monkeypatch.setattr(RunRecord, "_stored", real)
         raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
 
-    monkeypatch.setattr(TrainingRecord, "_stored", lost_answer)
+    monkeypatch.setattr(RunRecord, "_stored", lost_answer)
     with pytest.raises(OperationalError), session_scope() as s:
         record.store(s, batch)
     with session_scope() as s:

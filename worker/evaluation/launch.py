@@ -1,34 +1,31 @@
-"""Run one evaluation job: claim it, write its run folder, launch the evaluation program through
-the launch contract (:mod:`worker.runtime`) and supervise it with the one supervisor
-(:mod:`worker.supervision`) that training uses, with an :class:`EvaluationRecord`: the same
-process control, cancel escalation, retried database writes and recovery offsets.
+"""Run one evaluation the worker's scheduler claimed (from the evaluations table, on a leased
+GPU, as a training job): write its run folder, launch the evaluation program through the launch
+contract (:mod:`worker.runtime`) and supervise it with the one supervisor
+(:mod:`worker.supervision`) and the one run record (:class:`backend.services.runs.RunRecord`)
+that training uses: the same process control, cancel escalation, retried database writes,
+recovery offsets and verdict.
 """
 
 from __future__ import annotations
 
-import json
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from backend import live
 from backend.core.eval_spec import EvalModel, EvalPart, EvaluationSpec
 from backend.core.tails import LogTail, MetricsTail
-from backend.db.models import Evaluation, EvaluationLog, JobStatus
+from backend.db.models import JobStatus
 from backend.db.session import session_scope
 from backend.services import evaluations as svc
 from backend.services import suites
 from backend.services.datasets import get_dataset
+from backend.services.runs import EVALUATION, RunRecord
 from backend.settings import get_settings
 from worker.runtime import Executor, Launch, make_executor
-from worker.supervision import Batch, End, RunControl, Supervision
+from worker.supervision import RunControl, Supervision
 
 S = JobStatus
 EVAL_MODULE = "worker.evaluation.run"
-LOG_NAME = "evaluation_log.txt"
+LOG_NAME = EVALUATION.log_file
 
 
 def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = None) -> Launch:
@@ -86,111 +83,10 @@ def reattach_claimed(evaluation_id: int, control: RunControl) -> str:
     return supervise(evaluation_id, evaluation_launch(evaluation_id, run_dir), control=control, reattach=True)
 
 
-def _total(spec_path: Path) -> int | None:
-    spec = EvaluationSpec.read(spec_path)
-    n = 0
-    for part in spec.data_parts():
-        with open(part.annotation, encoding="utf-8-sig") as f:
-            lines = sum(1 for line in f if line.strip())
-        n += min(lines, spec.limit or lines)
-    return n * len(spec.models)
-
-
-class EvaluationRecord:
-    """An evaluation's rows: ``evaluation_logs``, ``evaluation_samples``, progress, heartbeat,
-    offsets, the verdict."""
-
-    def __init__(self, evaluation_id: int, run_dir: Path) -> None:
-        self.id, self.run_dir, self.label = evaluation_id, run_dir, f"evaluation {evaluation_id}"
-        with session_scope() as s:
-            ev = svc.get_evaluation(s, evaluation_id)
-            self.seq = svc.next_log_seq(s, evaluation_id)
-            self.done = ev.done or 0
-            self.offsets = (ev.log_offset, ev.outputs_offset)
-        self.total: int | None = None
-        self.unsure = False  # the last attempt failed: its commit may have landed all the same
-
-    def notes(self) -> list[str]:
-        return []
-
-    def store(self, s: Session, batch: Batch) -> JobStatus:
-        lines = [("system", x) for x in batch.system] + [("stdout", x) for x in batch.lines]
-        if self.unsure and (lines or batch.rows) and (svc.next_log_seq(s, self.id), svc.sample_count(s, self.id)) \
-                == (self.seq + len(lines), self.done + len(batch.rows)):
-            self._stored(len(lines), len(batch.rows))  # the failed attempt's commit had landed
-            return s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
-        self.unsure = True
-        s.add_all(EvaluationLog(evaluation_id=self.id, seq=self.seq + i, stream=stream, line=line)
-                  for i, (stream, line) in enumerate(lines))
-        svc.add_samples(s, self.id, batch.rows)
-        if self.total is None and (self.run_dir / "spec.json").exists():
-            self.total = _total(self.run_dir / "spec.json")
-        rate = next((r["samples_per_second"] for r in reversed(batch.rows) if "samples_per_second" in r), None)
-        s.execute(update(Evaluation).where(Evaluation.id == self.id).values(
-            done=self.done + len(batch.rows), total=self.total, heartbeat_at=svc.now(),
-            log_offset=batch.log_offset, outputs_offset=batch.rows_offset,
-            **({} if rate is None else {"samples_per_second": rate})))
-        s.execute(update(Evaluation).where(Evaluation.id == self.id, Evaluation.status == S.starting)
-                  .values(status=S.running))
-        status = s.scalar(select(Evaluation.status).where(Evaluation.id == self.id))
-        s.commit()  # nothing after it may fail the batch: a retry would store it twice
-        self._stored(len(lines), len(batch.rows))
-        return status
-
-    def _stored(self, lines: int, rows: int) -> None:
-        self.unsure = False
-        self.seq += lines
-        self.done += rows
-        if lines or rows:
-            live.publish(self.id, "evaluation")
-
-    def verdict(self, s: Session, end: End) -> str:
-        try:
-            return self._verdict(s, end)
-        finally:
-            live.publish(self.id, "evaluation")
-
-    def _verdict(self, s: Session, end: End) -> str:
-        ev = svc.get_evaluation(s, self.id)
-        s.refresh(ev)
-        status = ev.status
-        if status.finished:
-            return "taken over (marked finished elsewhere)"
-        escalated = f" (killed after {end.grace:.0f}s grace)" if end.killed else ""
-        if end.launch_error:
-            svc.transition(s, self.id, S.failed, exit_code=end.rc, failure_reason=end.launch_error)
-            return "failed (launch refused)"
-        if status == S.stopping:
-            svc.transition(s, self.id, S.cancelled, exit_code=end.rc, failure_reason=f"cancelled by the user{escalated}")
-            return "cancelled"
-        if end.drain_reason:
-            svc.transition(s, self.id, S.failed, exit_code=end.rc, failure_reason=f"{end.drain_reason}{escalated}")
-            return "failed (worker shut down)"
-        results = self.run_dir / "results.json"
-        if end.rc == 0 and results.exists():
-            summary = json.loads(results.read_text())["models"]
-            svc.transition(s, self.id, S.succeeded, exit_code=0, summary=summary)
-            return "succeeded"
-        reason = f"evaluation exited with code {end.rc}" if end.rc else "evaluation exited without writing results.json"
-        svc.transition(s, self.id, S.failed, exit_code=end.rc, failure_reason=reason + "\n" + "\n".join(end.tail))
-        return "failed"
-
-
-def run_evaluation_job(evaluation_id: int, worker_name: str,
-                       lease: Callable[[int, RunControl], list[int] | None] | None = None) -> str:
-    """Claim a queued evaluation by id, lease its GPU (``lease``: the worker scheduler's; without
-    one the program sees the node's devices) and run it."""
-    with session_scope() as s:
-        if not svc.claim_evaluation(s, evaluation_id, worker_name):
-            return "not claimed (already taken, finished or cancelled)"
-    control = RunControl(None)
-    if lease is not None:
-        control.gpu_ids = lease(evaluation_id, control)
-    return run_claimed(evaluation_id, control)
-
-
 def run_claimed(evaluation_id: int, control: RunControl) -> str:
-    run_dir = get_settings().data_path / "evaluations" / str(evaluation_id)
+    """Run an evaluation the scheduler claimed, on the GPUs of ``control`` (None: the cluster
+    places it)."""
+    run_dir = EVALUATION.run_dir(get_settings().data_path, evaluation_id)
     with session_scope() as s:
         svc.heartbeat(s, evaluation_id, run_dir=str(run_dir))
     try:
@@ -207,7 +103,7 @@ def run_claimed(evaluation_id: int, control: RunControl) -> str:
 def supervise(evaluation_id: int, launch: Launch, executor: Executor | None = None,
               control: RunControl | None = None, reattach: bool = False) -> str:
     control = control or RunControl()
-    record = EvaluationRecord(evaluation_id, launch.run_dir)
+    record = RunRecord(EVALUATION, evaluation_id, launch.run_dir)
     logs = LogTail(launch.log_path, record.offsets[0] if reattach else 0)
     outputs = MetricsTail(launch.run_dir / "outputs.jsonl", record.offsets[1] if reattach else 0)
     try:
