@@ -14,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.api import contract
 from backend.api.auth import UiUploadLogin
 from backend.api.guards import UPLOAD_ROUTES, Admission, BodyLimit, install_log_redaction
 from backend.api.routes import (
@@ -107,6 +109,7 @@ def create_app(run_startup: bool = True) -> FastAPI:
 
     _add_guards(app)
     _add_error_handlers(app)
+    contract.install(app)
     return app
 
 
@@ -137,6 +140,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, TooManyAttempts | Abandoned):
             headers = {"Retry-After": str(getattr(exc, "retry_after", 2))}
         return JSONResponse({"detail": exc.message, "errors": exc.details}, status_code=code, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (no such route, method not allowed, a malformed multipart body)
+        # in the one error shape
+        return JSONResponse({"detail": str(exc.detail), "errors": []}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def request_error(_: Request, exc: RequestValidationError) -> JSONResponse:

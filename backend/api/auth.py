@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -32,7 +33,13 @@ def bearer_token(request: Request) -> str | None:
     return None
 
 
-def current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
+#: declares the bearer token in the OpenAPI document (every route that needs a user lists it);
+#: the token itself is read by :func:`current_user`, which also takes a signed link
+_BEARER = HTTPBearer(auto_error=False, description="a token from POST /api/auth/login or POST /api/auth/tokens")
+
+
+def current_user(request: Request, session: SessionDep, settings: SettingsDep,
+                 _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None) -> User:
     token = bearer_token(request)
     sig = request.query_params.get("sig") if request.method in ("GET", "HEAD") else None
     if not settings.auth_required and not token and not sig:

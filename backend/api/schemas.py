@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from backend.core.fields import MAX_ID, MAX_ITEMS, Count, DbId, Name, PathText, SeqLength, ServerPath, Tiles
 from backend.core.mixture import MixtureSpec
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite gives back naive datetimes (every one is UTC): the schema's date-time wants an offset
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+#: a moment in an answer, always with its UTC offset (RFC 3339, as the schema's date-time says)
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 __all__ = ["MAX_ID", "Count", "DbId", "Name", "PathText", "SeqLength", "ServerPath", "Tiles"]
 
@@ -22,7 +31,7 @@ class DatasetOut(ORM):
     name: str
     num_samples: int
     num_images: int
-    created_at: datetime
+    created_at: UtcDateTime
     report: dict[str, Any] = Field(default_factory=dict)
     num_val_samples: int = 0  # the held-out validation split (issue 8)
     status: str = "ready"  # issue 3: validating / ready / failed / cancelled
@@ -100,10 +109,10 @@ class JobOut(ORM):
     failure_reason: str | None
     run_dir: str | None
     worker: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    heartbeat_at: UtcDateTime | None
     owner_id: int | None = None
     gpus: int = 0
     priority: int = 0
@@ -128,7 +137,7 @@ class LogLineOut(ORM):
     seq: int
     stream: str
     line: str
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class MetricOut(ORM):
@@ -139,5 +148,9 @@ class MetricOut(ORM):
 
 
 class Problem(BaseModel):
-    detail: str
-    errors: list[Any] = Field(default_factory=list)
+    """Every error answer (4xx, 5xx): what went wrong in words, and every problem found."""
+
+    detail: str = Field(description="what went wrong, in words (a 422 names the first problems)")
+    errors: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "every problem: `field` and `message` for invalid input; a dataset's problems also have `file`, "
+        "`line`, `code` and `severity`"))

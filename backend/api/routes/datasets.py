@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 
+from backend.api import contract
 from backend.api.auth import CurrentUser
 from backend.api.deadline import Deadline
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
@@ -165,13 +166,15 @@ def register_from_path(body: DatasetFromPath, session: SessionDep, settings: Set
 
 
 @router.post("/demo", response_model=DatasetOut, status_code=201)
-def register_demo(session: SessionDep, settings: SettingsDep, user: CurrentUser, samples: int = Query(64, ge=1, le=10_000),
-                  val_fraction: float = Query(0.0, ge=0, lt=1)):  # noqa: ANN201
+def register_demo(session: SessionDep, settings: SettingsDep, user: CurrentUser, deadline: Deadline,  # noqa: PLR0913
+                  samples: int = Query(64, ge=1, le=10_000), val_fraction: float = Query(0.0, ge=0, lt=1)):  # noqa: ANN201
     """Generate the coloured-shapes demo dataset and register it (one click in the UI);
-    ``val_fraction`` holds out that part of it as the validation split."""
+    ``val_fraction`` holds out that part of it as the validation split. The generation stops
+    (503, nothing registered) at VLSTUDIO_REQUEST_DEADLINE_SECONDS or when the client goes away."""
     tmpdir = Path(tempfile.mkdtemp(dir=settings.data_path / "uploads"))
     try:
-        zpath = demo_data.write_zip(tmpdir / "demo.zip", n=samples)
+        with deadline.bound():
+            zpath = demo_data.write_zip(tmpdir / "demo.zip", n=samples)
         return svc.register_dataset(session, settings, zpath, "shapes-demo", owner_id=user.id,
                                     val_fraction=val_fraction)
     finally:
@@ -219,7 +222,7 @@ def get_sample(dataset_id: DbId, line: DbId, session: SessionDep, user: CurrentU
                             preset=preset)
 
 
-@router.get("/{dataset_id}/files/{path:path}", response_class=FileResponse)
+@router.get("/{dataset_id}/files/{path:path}", response_class=FileResponse, openapi_extra=contract.answers("image/*"))
 def get_file(dataset_id: DbId, path: PathText, session: SessionDep, user: CurrentUser) -> FileResponse:
     """An image of the dataset (only inside its root)."""
     return FileResponse(views.image_file(session, dataset_id, path, user))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
@@ -13,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from backend import live
-from backend.api import streams
+from backend.api import contract, streams
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
-from backend.api.schemas import Count, DbId, Name, Tiles
+from backend.api.schemas import Count, DbId, Name, Tiles, UtcDateTime
 from backend.core.fields import MAX_ITEMS
 from backend.db.models import User
 from backend.db.session import get_sessionmaker
@@ -87,9 +86,9 @@ class EvaluationOut(BaseModel):
     exit_code: int | None
     failure_reason: str | None
     run_dir: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
 
 @router.post("", response_model=EvaluationOut, status_code=201,
@@ -145,7 +144,8 @@ def get_results(evaluation_id: DbId, session: SessionDep, user: CurrentUser, onl
     return svc.results(session, evaluation_id, user, only_differences, offset, min(limit, 5000))
 
 
-@router.get("/{evaluation_id}/table", responses={409: {"description": "no scores yet (not finished)"}})
+@router.get("/{evaluation_id}/table", responses={409: {"description": "no scores yet (not finished)"}},
+            openapi_extra=contract.answers("application/json", "text/csv"))
 def get_table(evaluation_id: DbId, session: SessionDep, user: CurrentUser,
               format: Name | None = None) -> Response:  # noqa: A002 - the query parameter's name
     """One table: rows are the benchmarks' figures (a suite; a mixture's datasets), columns the
@@ -158,7 +158,7 @@ def get_table(evaluation_id: DbId, session: SessionDep, user: CurrentUser,
     return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-@router.get("/{evaluation_id}/download")
+@router.get("/{evaluation_id}/download", openapi_extra=contract.answers("application/x-ndjson"))
 def download(evaluation_id: DbId, session: SessionDep, user: CurrentUser) -> StreamingResponse:
     """Every per-sample output as JSON lines (one line per model and sample), summary first."""
     ev = svc.get_evaluation(session, evaluation_id, user)
@@ -196,7 +196,7 @@ def _poll(evaluation_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]
     return state, [logs]
 
 
-@router.get("/{evaluation_id}/events")
+@router.get("/{evaluation_id}/events", openapi_extra=contract.answers("text/event-stream"))
 async def evaluation_events(evaluation_id: DbId, request: Request, settings: SettingsDep,
                             user: CurrentUser, last_event_id: str | None = Header(None),
                             cursor: str | None = None) -> StreamingResponse:

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from backend import live
-from backend.api import streams
+from backend.api import contract, streams
 from backend.api.auth import CurrentUser
 from backend.api.deadline import Deadline
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
@@ -116,7 +116,7 @@ def get_job(job_id: DbId, session: SessionDep, user: CurrentUser) -> JobDetail:
                 "warnings": svc.warnings_of(session, [job]).get(job.id, [])})
 
 
-@router.get("/{job_id}/files/{path:path}")
+@router.get("/{job_id}/files/{path:path}", openapi_extra=contract.answers("*/*"))
 def download_file(job_id: DbId, path: PathText, session: SessionDep, user: CurrentUser) -> FileResponse:
     """A file of the run folder (spec.json, command.txt, checkpoints, the final model...)."""
     job = svc.get_job(session, job_id, user)
@@ -179,7 +179,7 @@ def _poll(job_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
     return state, [logs, metrics]
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", openapi_extra=contract.answers("text/event-stream"))
 async def job_events(job_id: DbId, request: Request, settings: SettingsDep, user: CurrentUser,
                      last_event_id: str | None = Header(None), cursor: str | None = None) -> StreamingResponse:
     """Server-sent events: ``log``, ``metric`` and ``status`` as they happen, then ``end``.

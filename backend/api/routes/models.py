@@ -96,7 +96,7 @@ async def import_model(body: ImportRequest, request: Request, session: SessionDe
                 return await run_in_threadpool(_model_out, state["model_id"])
             if state["status"] in imports_svc.FINISHED:
                 detail = state["error"] or state["message"] or state["status"]
-                return JSONResponse({"detail": detail, "import": jsonable_encoder(state)},
+                return JSONResponse({"detail": detail, "errors": [], "import": jsonable_encoder(state)},
                                     status_code=state.get("error_status") or 409)
             await listener.wait(1.0 if listener.active else settings.stream_poll_seconds)
     return None

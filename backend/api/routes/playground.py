@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from backend import live
+from backend.api import contract
 from backend.api.auth import CurrentUser
 from backend.api.deps import DbRoute, SessionDep, SettingsDep
 from backend.api.schemas import DbId, Name
@@ -44,7 +45,8 @@ class ChatRequest(BaseModel):
     200: {"description": "text/event-stream of `token` events ({text}), then `done` ({text}) or `error` "
                          "({detail}); or JSON {reply} with stream=false"},
     422: {"description": "invalid request; `errors` lists every problem"},
-    503: {"description": "stream=false: the model server could not answer (detail says why)"}})
+    503: {"description": "stream=false: the model server could not answer (detail says why)"}},
+    openapi_extra=contract.answers("text/event-stream", "application/json"))
 async def chat(model_id: DbId, body: ChatRequest, request: Request, session: SessionDep, settings: SettingsDep,
                user: CurrentUser):  # noqa: ANN201
     """Multi-turn chat with an image, with the model's training template and tiling. A
