@@ -7,7 +7,9 @@ folder, template), 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -67,6 +69,27 @@ def _settings(model: Path | None, template: str | None, max_dynamic_patch: int |
         raise ValueError(e.args[0]) from None
     return settings_for(card, template=template, tiling=tiling, tiling_source=source, max_seq_length=max_seq_length,
                         truncation=truncation, full_decode=full_decode), tokenizer
+
+
+@contextlib.contextmanager
+def _interrupt_sets(cancel: threading.Event):
+    """Ctrl-C (SIGINT) sets ``cancel``: the engine stops after the chunks in flight (a fraction of
+    a second) and the command prints what it has, instead of a KeyboardInterrupt unwinding through
+    the worker pool; a second Ctrl-C interrupts at once. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):  # noqa: ARG001
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    before = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _print_report(name: str, r: Report, examples: int, out: TextIO) -> None:
@@ -133,14 +156,18 @@ def run_validate(path: Path, root: Path | None = None, model: Path | None = None
         return 2
     bar = ProgressBar(err, err.isatty())
     cancel = threading.Event()
-    with tempfile.TemporaryDirectory(prefix="vlstudio-report-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vlstudio-report-") as tmp, _interrupt_sets(cancel):
         rows_dir = Path(tmp) if report is not None else None
         try:
             bundle = validate_path(path, root, settings=settings, tokenizer=tokenizer, workers=workers,
                                    progress=bar, cancel=cancel, per_sample_dir=rows_dir)
-        except (KeyboardInterrupt, ValidationCancelled):
+        except (KeyboardInterrupt, ValidationCancelled) as e:
             cancel.set()
             bar.finish()
+            partial = getattr(e, "report", None)
+            if partial is not None:  # what was checked before Ctrl-C
+                out.write(f"interrupted: partial summary of the first {partial.lines:,} lines\n")
+                _print_report(partial.annotation, partial, examples, out)
             err.write("interrupted\n")
             return 130
         bar.finish()

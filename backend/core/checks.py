@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from array import array
@@ -424,6 +425,9 @@ _STATE: WorkerState | None = None
 def init_worker(tokenizer: Any) -> None:
     global _STATE
     _STATE = WorkerState(tokenizer)
+    # Ctrl-C on a terminal reaches the whole process group: the parent decides (it stops between
+    # chunks and prints what it has), a worker must not die with a traceback in the middle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
 
 
