@@ -59,13 +59,54 @@ def _series(session: Session, job_id: int) -> list[dict[str, Any]]:
     return out
 
 
+#: what each part of a mixture trains with, compared part by part
+PART_KEYS = ("repeat_time", "data_augment", "max_dynamic_patch")
+
+
+def _parts(job: Job) -> dict[str, dict[str, Any]]:
+    """The job's data, part by part (name -> its row): the resolved mixture stored with the job;
+    a job from before mixtures, its one dataset."""
+    rows = (job.mixture or {}).get("datasets") or (
+        [{"name": f"dataset {job.dataset_id}", "dataset_id": job.dataset_id}] if job.dataset_id else [])
+    return {r.get("name") or f"dataset {r.get('dataset_id')}": r for r in rows}
+
+
+def describe_data(job: Job) -> str:
+    """``colors x2 (augment) + shapes-demo x0.5 (max_dynamic_patch 2)``: the mixture in one line."""
+    out = []
+    for name, r in _parts(job).items():
+        extra = [x for x in ("augment" if r.get("data_augment") else None,
+                             f"max_dynamic_patch {r['max_dynamic_patch']}" if r.get("max_dynamic_patch") else None) if x]
+        repeat = r.get("repeat_time", 1)
+        out.append(f"{name} x{repeat:g}" + (f" ({', '.join(extra)})" if extra else ""))
+    return " + ".join(out) or "none"
+
+
+def _data_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """The data in the diff: the mixture of each job in one line when it differs, then each part
+    the jobs share with a setting (repeat_time, augment, tiling) that differs between them."""
+    lines = [describe_data(j) for j in jobs]
+    if len(set(lines)) == 1:
+        return []
+    rows = [{"field": "data", "values": lines}]
+    parts = [_parts(j) for j in jobs]
+    for name in dict.fromkeys(n for p in parts for n in p):
+        if not all(name in p for p in parts):
+            continue  # in some jobs only: the data row says so
+        for key in PART_KEYS:
+            values = [p[name].get(key) for p in parts]
+            if any(v != values[0] for v in values[1:]):
+                rows.append({"field": f"data.{name}.{key}", "values": values})
+    return rows
+
+
 def _differing(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     keys = sorted({k for j in jobs for k in (j.hyper or {})})
     rows = [{"field": "preset", "values": [j.preset for j in jobs]}] if len({j.preset for j in jobs}) > 1 else []
-    for field in ("model_id", "dataset_id"):
-        values = [getattr(j, field) for j in jobs]
-        if len(set(values)) > 1:
-            rows.append({"field": field, "values": values})
+    values = [j.model_id for j in jobs]
+    if len(set(values)) > 1:
+        rows.append({"field": "model_id", "values": values})
+    rows += _data_rows(jobs)  # not dataset_id: a mixture's first dataset is not what it trained on
     for k in keys:
         values = [(j.hyper or {}).get(k) for j in jobs]
         if any(v != values[0] for v in values[1:]):

@@ -93,3 +93,38 @@ def test_the_built_in_model_has_its_sizes_and_a_memory_estimate(api, ds):  # noq
     assert cpu["estimate"] is None and "CPUs" in cpu["reason"] and "info.arch" not in cpu["reason"]
     gpu = api.post("/api/jobs/estimate", json={**body, "hyperparameters": {"gpus": 2}}).json()
     assert gpu["estimate"]["assumptions"]["total_params"] == 785_344
+
+
+def test_compare_shows_the_mixture_of_each_job(api):
+    """Issue 25: two mixture jobs read as 'dataset_id 2 vs 1'. The diff names each job's data
+    (datasets, repeat_time, augment, tiling per part) and each shared part's differing settings."""
+    from tests.backend.test_mixture_api import register
+    from tests.backend.test_mixture_api import submit as submit_mixture
+
+    colors, shapes = register(api, 4, "colors"), register(api, 4, "shapes-demo")
+    mixes = [[{"dataset_id": colors["id"], "repeat_time": 2, "data_augment": True},
+              {"dataset_id": shapes["id"], "repeat_time": 0.5}],
+             [{"dataset_id": shapes["id"], "repeat_time": 0.5, "max_dynamic_patch": 2},
+              {"dataset_id": colors["id"]}],
+             [{"dataset_id": colors["id"]}]]
+    ids = []
+    for m in mixes:
+        r = submit_mixture(api, {"datasets": m})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    body = api.get("/api/jobs/compare", params=[("ids", i) for i in ids]).json()
+    differing = {d["field"]: d["values"] for d in body["differing"]}
+    assert differing == {
+        "data": ["colors x2 (augment) + shapes-demo x0.5", "shapes-demo x0.5 (max_dynamic_patch 2) + colors x1",
+                 "colors x1"],
+        "data.colors.repeat_time": [2, 1, 1], "data.colors.data_augment": [True, False, False],
+    }, differing  # shapes-demo is not in the third job: no per-part row for it (the data row says so)
+    two = api.get("/api/jobs/compare", params=[("ids", ids[0]), ("ids", ids[1])]).json()
+    differing = {d["field"]: d["values"] for d in two["differing"]}
+    assert differing == {
+        "data": ["colors x2 (augment) + shapes-demo x0.5", "shapes-demo x0.5 (max_dynamic_patch 2) + colors x1"],
+        "data.colors.repeat_time": [2, 1], "data.colors.data_augment": [True, False],
+        "data.shapes-demo.max_dynamic_patch": [None, 2]}, differing
+    same = api.get("/api/jobs/compare", params=[("ids", ids[2]), ("ids", submit_mixture(
+        api, {"datasets": mixes[2]}).json()["id"])]).json()
+    assert same["differing"] == []  # the same data: no row, and never 'dataset_id'
