@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from worker import processes
+from worker import build_locks, processes
 from worker.runtime import Launch, LaunchError
 
 PR_SET_PDEATHSIG = 1
@@ -35,6 +35,7 @@ class LocalExecutor:
         self.stopping = False
         self.signalled: set[int] = set()
         self.leftovers_killed = 0
+        self.sessions: set[int] = set()  # process sessions of the run seen so far (processes.run_tree)
 
     def start(self, launch: Launch) -> None:
         if launch.nnodes > 1:
@@ -46,6 +47,7 @@ class LocalExecutor:
                 launch.local_command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=launch.environment(), cwd=launch.run_dir,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.sessions.add(self.proc.pid)  # start_new_session: the agent leads the run's first session
 
     def reattach(self, launch: Launch) -> bool:
         return False  # a local run outlives no worker: the reaper ends what a dead worker left
@@ -54,16 +56,26 @@ class LocalExecutor:
         assert self.launch is not None
         return processes.spec_processes(self.launch.spec_path)
 
+    def _run_tree(self) -> list[processes.Proc]:
+        """Everything of the run: its sessions, their descendants, a kernel build's compilers."""
+        assert self.launch is not None
+        return processes.run_tree(self.launch.spec_path, self.sessions)
+
     def poll(self) -> int | None:
         assert self.proc is not None
         rc = self.proc.poll()
         if rc is None and self.stopping:
             self._term_new()  # trainers that started after the request
         elif rc is not None and not self.leftovers_killed:
-            # The agent is gone; nothing of the run may outlive it (it died of a signal, say).
-            left = self._run_procs()
+            # The agent is gone; nothing of the run may outlive it (it died of a signal, say, or a
+            # trainer that exited left the compilers of a kernel build behind).
+            left = self._run_tree()
             processes.kill_groups(left)
             self.leftovers_killed = len(left) or -1
+            processes.wait_gone([p.pid for p in left], timeout_s=5.0)
+            # a build killed under the run leaves its lock: every later build would wait on it
+            assert self.launch is not None
+            build_locks.break_stale(build_locks.extension_roots(self.launch.environment()))
         return rc
 
     def _term_new(self) -> None:
@@ -72,6 +84,7 @@ class LocalExecutor:
             targets = [self.proc.pid]
         else:
             targets = [p.pid for p in processes.trainers(self._run_procs())]
+            self._run_tree()  # remember the trainers' sessions: their compilers outlive them
         fresh = [pid for pid in targets if pid not in self.signalled]
         processes.send(fresh, signal.SIGTERM)
         self.signalled.update(fresh)
@@ -82,7 +95,7 @@ class LocalExecutor:
 
     def kill(self) -> None:
         assert self.proc is not None
-        procs = self._run_procs()
+        procs = self._run_tree()
         if self.proc.poll() is None and all(p.pid != self.proc.pid for p in procs):
             procs.append(processes.Proc(self.proc.pid, 0, self.proc.pid, ()))
         processes.kill_groups(procs)

@@ -24,12 +24,12 @@ KINDS = {"runs": Job, "evaluations": Evaluation}
 
 
 def run_of(proc: processes.Proc, data: Path) -> tuple[str, int] | None:
-    """("runs", 12) for a process of DATA/runs/12, None for anything else."""
+    """("runs", 12) for a process of DATA/runs/12, None for anything else: by its ``--spec``, or
+    by the run its environment names (a kernel build's compiler, whose trainer is gone)."""
     args = proc.argv
-    for i, a in enumerate(args[:-1]):
-        if a != "--spec":
-            continue
-        path = Path(args[i + 1])
+    specs = [Path(args[i + 1]) for i, a in enumerate(args[:-1]) if a == "--spec"]
+    tag = None if specs else processes.run_tag(proc.pid)
+    for path in specs + ([Path(tag)] if tag else []):
         if path.name == "spec.json" and path.parent.parent.parent == data and path.parent.name.isdigit() \
                 and path.parent.parent.name in KINDS:
             return path.parent.parent.name, int(path.parent.name)

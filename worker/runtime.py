@@ -19,6 +19,7 @@ from typing import Protocol
 
 from backend.core.spec import WORKER_RUN_ENV
 from backend.settings import get_settings
+from worker.processes import RUN_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,7 @@ class Launch:
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path,
                WORKER_RUN_ENV: "1", **self.env}  # issue 17: marks the worker's own launches
+        env[RUN_ENV] = str(self.spec_path.resolve())  # inherited by all it starts: worker.processes.run_tree
         if self.gpu_ids is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpu_ids))
         return env

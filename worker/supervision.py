@@ -26,6 +26,7 @@ from backend.db.session import session_scope
 from backend.services.runs import Batch
 from backend.settings import get_settings
 from worker import gpus
+from worker.build_locks import BuildWait
 from worker.runtime import Executor, Launch, LaunchError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Supervision:
         self.failing_since: float | None = None
         self.failures = 0
         self.next_gpu_sample = time.monotonic()
+        self.builds: BuildWait | None = None  # kernel-build locks: stale ones broken, waits said
 
     # ------------------------------------------------------------------------------ database
     def _db(self, fn):  # noqa: ANN001, ANN202 - fn(session) -> value
@@ -157,10 +159,14 @@ class Supervision:
                 return rc
             if rc is None:
                 self._steer(status)
+                if self.builds is not None:
+                    self.system += self.builds.notes()
             time.sleep(self._backoff())
 
     def run(self, launch: Launch, reattach: bool = False) -> str:
         """Start (or follow again) ``launch`` and supervise it to its verdict."""
+        self.builds = BuildWait(launch.environment())
+        self.system += self.builds.notes()  # a lock left by a build killed earlier would hang this run
         try:
             if not (reattach and self.executor.reattach(launch)):
                 self.executor.start(launch)  # the command line once, when it starts, not per worker that follows it
