@@ -14,6 +14,8 @@ import threading
 import time
 import traceback
 
+from sqlalchemy.orm import Session
+
 from backend.db.session import session_scope
 from backend.queue import wake_workers
 from backend.services import chat as chat_svc
@@ -143,11 +145,8 @@ class Scheduler:
         if time.monotonic() - last_beat < self.settings.heartbeat_seconds:
             return last_beat
         timeout = self.settings.heartbeat_timeout_seconds
-        with self.lock:
-            followed = list(self.runs)
         with session_scope() as s:
-            scheduling.heartbeat(s, self.name, [i for k, i in followed if k == runs.JOB.name],
-                                 [i for k, i in followed if k == runs.EVALUATION.name])
+            self._beat(s)
             # Right after a database outage every heartbeat is old: give the other workers one
             # timeout to write theirs before calling anyone lost.
             if self.db_failed_at is None or time.monotonic() - self.db_failed_at > timeout:
@@ -163,6 +162,13 @@ class Scheduler:
             folders = {(runs.KINDS[k].folder, i) for k, i in self.runs}
         self.reaper.tick(folders)
         return time.monotonic()
+
+    def _beat(self, s: Session) -> None:
+        """The heartbeat of this worker and of every run it follows."""
+        with self.lock:
+            followed = [k for k, (t, _, _) in self.runs.items() if t.is_alive()]
+        scheduling.heartbeat(s, self.name, [i for k, i in followed if k == runs.JOB.name],
+                             [i for k, i in followed if k == runs.EVALUATION.name])
 
     def _loop(self) -> None:
         last_beat = 0.0
@@ -188,8 +194,16 @@ class Scheduler:
         for _, control, _ in followed:
             control.drain_reason = reason
         deadline = time.monotonic() + self.settings.cancel_grace_seconds + 30
-        for t, _, _ in followed:
-            t.join(max(0.0, deadline - time.monotonic()))
+        # The runs' heartbeats go on while they checkpoint and stop (the scheduler's loop has
+        # ended): a drain longer than the heartbeat timeout was swept as a lost worker ("stopped
+        # sending heartbeats... killed") while this worker was alive and recording "shut down".
+        while (alive := [t for t, _, _ in followed if t.is_alive()]) and time.monotonic() < deadline:
+            alive[0].join(max(0.0, min(self.settings.heartbeat_seconds, deadline - time.monotonic())))
+            try:
+                with session_scope() as s:
+                    self._beat(s)
+            except Exception:  # a database outage: the runs record their own verdict when it is back
+                log.exception("heartbeat during shutdown failed")
         try:
             with session_scope() as s:
                 scheduling.unregister_worker(s, self.name)

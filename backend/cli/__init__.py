@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import typer
 
@@ -13,6 +15,8 @@ from backend.cli.benchmarks import benchmarks_app
 from backend.cli.datasets import datasets_app
 from backend.cli.models import models_app
 from backend.settings import get_settings
+
+PR_SET_PDEATHSIG = 1
 
 app = typer.Typer(help="vlstudio: fine-tune InternVL vision-language models.", no_args_is_help=True,
                   add_completion=False)
@@ -107,6 +111,18 @@ def stop_worker(proc: subprocess.Popen, grace: float) -> None:
         proc.wait()
 
 
+def _end_with(parent: int) -> Callable[[], None]:
+    """``preexec_fn`` of a child that must end with ``parent`` however it ends (SIGKILL too): the
+    kernel sends it SIGTERM when the parent dies (PR_SET_PDEATHSIG; a Celery worker then stops
+    as on any SIGTERM: its jobs checkpoint). A parent already gone before the call: exit."""
+    def preexec() -> None:
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
 @app.command()
 def up(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
     """The embedded all-in-one mode: API + UI + one worker, SQLite and a filesystem broker.
@@ -122,8 +138,11 @@ def up(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
     env = {**os.environ, "VLSTUDIO_DATA_DIR": str(s.data_path)}
     # A session of its own: a terminal's Ctrl-C reaches this process only, which stops the
     # worker in order (and a leftover of the worker's group can be killed as a whole).
+    # And it ends with this process even when this one is SIGKILLed (issue 26: the worker of a
+    # `vlstudio up` killed while its API hung on shutdown ran on, orphaned, for 50 minutes).
     worker_proc = subprocess.Popen(worker_command(hostname="embedded@%h"), env=env, start_new_session=True,
-                                   stdout=open(s.data_path / "worker.log", "a"), stderr=subprocess.STDOUT)
+                                   stdout=open(s.data_path / "worker.log", "a"), stderr=subprocess.STDOUT,
+                                   preexec_fn=_end_with(os.getpid()))
     typer.echo(f"vlstudio: data in {s.data_path}; worker log {s.data_path / 'worker.log'}")
     typer.echo(f"vlstudio: open http://{host or s.host}:{port or s.port}/  (API docs at /docs)")
     try:

@@ -134,3 +134,22 @@ def test_sigterm_while_a_job_trains_leaves_no_process(tmp_path):
 def test_sigint_leaves_no_process(tmp_path):
     proc, _, data = start_up(tmp_path)
     stop_and_check(proc, signal.SIGINT, data, tmp_path, expect=("celery",))
+
+
+def test_sigkill_of_up_leaves_no_process(tmp_path):
+    """No goodbye at all (a service manager's SIGKILL after its stop timeout): the embedded
+    worker, in a process session of its own, still ends with it (PR_SET_PDEATHSIG)."""
+    proc, _, data = start_up(tmp_path)
+    started = descendants(proc.pid)
+    assert any("celery" in cmdline(p) for p in started), [cmdline(p) for p in started]
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = {p for p in started if p in processes() and processes()[p][1] != "Z"} | set(with_data_dir(data))
+        if not left:
+            return
+        time.sleep(0.5)
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    raise AssertionError(f"left running after SIGKILL of vlstudio up: {[cmdline(p) for p in left]}")
