@@ -128,6 +128,9 @@ class JobOut(ORM):
     warnings: list[str] = Field(default_factory=list, description="a succeeded job with warnings (e.g. samples "
                                 "dropped for missing images): the UI shows 'succeeded with warnings'")
     eta_seconds: float | None = Field(None, description="seconds left by the trainer's own ETA (running jobs)")
+    phase: str | None = Field(None, description="what a started job does before its first step (its log's last "
+                              "'phase:' line: preparing data, loading the model, compiling kernels...)")
+    phase_since: UtcDateTime | None = Field(None, description="when that phase began")
     mixture: dict[str, Any] | None = Field(None, description="the resolved mixture: per dataset its paths, "
                                            "repeat_time, samples per epoch, and (once training started) "
                                            "`trained`: samples kept, dropped, tokens")

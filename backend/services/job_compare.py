@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.core import deadline
+from backend.core.run_phase import PHASE_PREFIX, phase_of
 from backend.core.suite import suite_table
-from backend.db.models import Evaluation, Job, JobMetric, JobStatus
+from backend.db.models import Evaluation, Job, JobLog, JobMetric, JobStatus
 from backend.services.errors import InvalidInput
 from backend.services.jobs import get_job
 from backend.services.users import visible_to
@@ -42,6 +43,21 @@ def etas(session: Session, jobs: Sequence[Job]) -> dict[int, float]:
             since = (now - (created if created.tzinfo else created.replace(tzinfo=UTC))).total_seconds()
             out[job_id] = max(0.0, float(eta) - max(0.0, since))
     return out
+
+
+def phases(session: Session, jobs: Sequence[Job]) -> dict[int, tuple[str, datetime]]:
+    """job id -> (what the run is doing, since when): the last ``phase:`` line of its log
+    (backend/core/run_phase.py), for the active jobs that have logged no step yet."""
+    ids = [j.id for j in jobs if j.status in ACTIVE and not j.step]
+    if not ids:
+        return {}
+    like = JobLog.line.startswith(PHASE_PREFIX)
+    last = (select(JobLog.job_id, func.max(JobLog.seq).label("seq"))
+            .where(JobLog.job_id.in_(ids), like).group_by(JobLog.job_id).subquery())
+    rows = session.execute(select(JobLog.job_id, JobLog.line, JobLog.created_at)
+                           .join(last, (JobLog.job_id == last.c.job_id) & (JobLog.seq == last.c.seq)))
+    return {job_id: (phase_of(line) or "", created if created.tzinfo else created.replace(tzinfo=UTC))
+            for job_id, line, created in rows}
 
 
 def _series(session: Session, job_id: int) -> list[dict[str, Any]]:

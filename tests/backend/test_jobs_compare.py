@@ -85,6 +85,30 @@ def test_list_and_job_show_the_trainers_eta(api, ds):  # noqa: F811
     assert api.get(f"/api/jobs/{job}").json()["eta_seconds"] is None
 
 
+def test_a_started_job_says_what_it_is_doing_and_since_when(api, ds):  # noqa: F811
+    """Issue 25: a first job sat at 'Running 0/?' for minutes. The API gives the log's last
+    'phase:' line with its time while no step is logged, for the list and the job alike."""
+    from datetime import UTC, datetime
+
+    job = submit(api, ds)["id"]
+    force_status(job, S.running)
+    assert api.get(f"/api/jobs/{job}").json()["phase"] is None  # nothing said yet
+    with session_scope() as s:
+        jobs.append_logs(s, job, 1, ["phase: preparing data (reading, checking and tokenizing the annotations)",
+                                     "dataset demo: 4 samples", "phase: loading the model", "trainable: ..."])
+    one = api.get(f"/api/jobs/{job}").json()
+    listed = next(j for j in api.get("/api/jobs").json() if j["id"] == job)
+    assert one["phase"] == listed["phase"] == "loading the model"
+    since = datetime.fromisoformat(one["phase_since"].replace("Z", "+00:00"))
+    assert since == datetime.fromisoformat(listed["phase_since"].replace("Z", "+00:00"))
+    assert 0 <= (datetime.now(UTC) - since).total_seconds() < 60
+    _metrics(job, [{"step": 1, "loss": 2.0, "eta_seconds": 9.0}])
+    with session_scope() as s:
+        s.get(jobs.Job, job).step = 1
+        s.commit()
+    assert api.get(f"/api/jobs/{job}").json()["phase"] is None  # the step lines take over
+
+
 def test_the_built_in_model_has_its_sizes_and_a_memory_estimate(api, ds):  # noqa: F811
     demo = api.get("/api/models").json()[0]
     assert demo["builtin"] and demo["info"]["num_parameters"] == 785_344

@@ -82,6 +82,28 @@ def test_a_job_without_a_step_says_it_is_starting_and_for_how_long():
     assert "starting for" in html and "DeepSpeed" in html
 
 
+def test_a_job_in_a_phase_says_which_and_for_how_long():
+    from datetime import UTC, datetime, timedelta
+
+    since = (datetime.now(UTC) - timedelta(seconds=95)).isoformat()
+    job = {"status": "running", "step": 0, "total_steps": 20, "started_at": since, "phase": "loading the model",
+           "phase_since": since}
+    html = job_view.progress_html(job, None)
+    assert "loading the model · for 1m 35s" in html and "starting for" not in html
+
+
+def test_a_cancel_is_not_an_error_and_resume_needs_a_checkpoint():
+    base = {"id": 3, "preset": "demo", "created_at": None, "model_id": 1, "dataset_id": 1}
+    cancelled = {**base, "status": "cancelled", "failure_reason": "cancelled by the user; no checkpoint saved"}
+    html = job_view.header_html(cancelled, "m", "d")
+    assert "vl-notice-info" in html and "vl-notice-error" not in html and "cancelled by the user" in html
+    assert "vl-notice-error" in job_view.header_html({**cancelled, "status": "failed", "failure_reason": "OOM"},
+                                                     "m", "d")
+    assert not job_view.resume_offered(cancelled)  # nothing to continue from (the API would say 409)
+    assert job_view.resume_offered({**cancelled, "last_checkpoint": "/runs/3/checkpoints/checkpoint-17"})
+    assert not job_view.resume_offered({**base, "status": "succeeded", "last_checkpoint": "/x/checkpoint-2"})
+
+
 def test_upload_options_follow_the_training_rule():
     from ui.pages.datasets import upload_options
 

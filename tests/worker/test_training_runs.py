@@ -146,6 +146,9 @@ def test_training_log_states_the_setup(overfit):
     assert "dataset tiny: 4 samples" in log
     assert "448 px tiles, 256 image tokens per tile" in log and "max_dynamic_patch=2" in log
     assert "samples: 4 kept, 0 dropped" in log
+    phases = [line for line in log.splitlines() if line.startswith("phase: ")]  # every wait explained
+    assert phases == ["phase: preparing data (reading, checking and tokenizing the annotations)",
+                      "phase: loading the model", "phase: starting training: the first step"], phases
     assert "optimizer: torch.optim.AdamW (fused)" in log  # torch's, not DeepSpeed's compiled FusedAdam
     assert "image tokens: 1,544 in 4 images (6 tiles)" in log
     assert "trainable" in log and "vision 0/" in log  # frozen backbone: nothing of it trains

@@ -96,6 +96,10 @@ def progress_html(job: dict, last_metric: dict | None) -> str:
         created = parse_time(job.get("created_at"))
         waited = f" for {duration((datetime.now(UTC) - created).total_seconds())}" if created else ""
         parts = [f"queued{waited}: waiting for a worker" + (" with a free GPU" if job.get("gpus") else "")]
+    elif job.get("phase") and (since := parse_time(job.get("phase_since"))) is not None and not job.get("step"):
+        # the run's own word (its log's last 'phase:' line), with how long it has been at it
+        took = max(0.0, (datetime.now(UTC) - since).total_seconds())
+        parts = [f"{job['phase']} · for {duration(took)}"]
     elif (waited := starting_for(job)) is not None:
         parts = [f"starting for {duration(waited)}: preparing the run (loading the model, building the data; "
                  "on a first run DeepSpeed compiles its ops) - the log says what it is doing"]
@@ -109,6 +113,12 @@ def owner_of(job: dict, users: dict[int, str] | None = None) -> str | None:
     return (users or {}).get(job["owner_id"]) or f"user #{job['owner_id']}"
 
 
+def resume_offered(job: dict) -> bool:
+    """Resume continues from the newest complete checkpoint: offered for a failed or cancelled job
+    that has one (the API refuses the others with 409)."""
+    return job["status"] in ("failed", "cancelled") and bool(job.get("last_checkpoint"))
+
+
 def header_html(job: dict, model: str, dataset: str, users: dict[int, str] | None = None) -> str:
     owner = owner_of(job, users)
     meta = [f"model <b>{esc(model)}</b>", f"dataset <b>{esc(dataset)}</b>", f"preset <b>{esc(job['preset'])}</b>",
@@ -120,7 +130,9 @@ def header_html(job: dict, model: str, dataset: str, users: dict[int, str] | Non
     failure = ""
     if job.get("failure_reason") and job["status"] in ("failed", "cancelled"):
         first = job["failure_reason"].strip().splitlines()[0] if job["failure_reason"].strip() else ""
-        failure = f"<div class='vl-notice vl-notice-error' style='margin-top:8px'><div>{esc(first)}</div></div>"
+        # a cancel is what someone asked for (their own, or an admin's): said, not alarmed in red
+        kind = "error" if job["status"] == "failed" else "info"
+        failure = f"<div class='vl-notice vl-notice-{kind}' style='margin-top:8px'><div>{esc(first)}</div></div>"
     warned = job["status"] == "succeeded" and job.get("warnings")
     if warned:  # e.g. samples dropped for missing images
         failure = ("<div class='vl-notice vl-notice-warn' style='margin-top:8px'>"

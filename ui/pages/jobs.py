@@ -209,7 +209,7 @@ def _render(sessions: Sessions, request: gr.Request, st: dict, reset: bool, v: d
                                                        if names.get("dataset") else {}), names.get("users"))
         cancel, resume, retry = v["buttons"]
         out[cancel] = gr.Button(interactive=job["status"] in ACTIVE)
-        out[resume] = gr.Button(interactive=job["status"] in ("failed", "cancelled"))
+        out[resume] = gr.Button(interactive=view.resume_offered(job))
         out[retry] = gr.Button(interactive=job["status"] in ("failed", "cancelled", "succeeded"))
     if reset or changed:
         out[v["spec"]] = view.spec_html(job)

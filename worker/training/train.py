@@ -32,6 +32,7 @@ from backend.core.data_index import IndexCancelled, default_cache_dir
 from backend.core.meta import MetaError
 from backend.core.model_card import ModelCard, read_card
 from backend.core.model_folder import ModelFolderError
+from backend.core.run_phase import PHASE_PREFIX
 from backend.core.spec import WORKER_RUN_ENV, Hyperparameters, TrainingSpec, max_tiles_per_pack
 from backend.core.template_match import template_problems
 from backend.core.templates import TOKENIZER_TEMPLATE, to_jinja
@@ -63,6 +64,12 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 def log(msg: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(msg, flush=True)
+
+
+def phase(what: str) -> None:
+    """What the run is doing until its first step (the API shows the last one with its elapsed
+    time: backend/services/job_compare.py ``phases``); the step lines take over from there."""
+    log(f"{PHASE_PREFIX}{what}")
 
 
 def fail(problems: list[str]) -> None:
@@ -310,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_gpu else torch.device("cpu")
 
     # -- tokenizer, template, data
+    phase("preparing data (reading, checking and tokenizing the annotations)")
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     template = run_template(spec, card, tokenizer)
     data_args = data_settings(h, card)
@@ -354,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             + f", eval loss every {h.eval_steps} steps")
 
     # -- model: load, freeze, LoRA
+    phase("loading the model")
     # fp32 master weights at every ZeRO stage: DeepSpeed's bf16 mode keeps them in its optimizer;
     # without DeepSpeed (zero_stage 0) the weights stay fp32 and the Trainer's autocast computes in bf16.
     model = modeling.load_model(spec.model_path, h, dtype if h.zero_stage else torch.float32, use_gpu)
@@ -412,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop,
                    SealCallback(h.save_total_limit), OptimizerLog(log)])
     quiet_trainer(trainer)
-    if notice := compile_notice(h.zero_stage, h.offload, use_gpu, h.optimizer):
+    notice = compile_notice(h.zero_stage, h.offload, use_gpu, h.optimizer)
+    if notice:
         log(notice)
     unit = "packs" if h.packing else "samples"
     log(f"training: {len(train_data)} {unit}, world size {world}, per device {h.per_device_batch_size} {unit}, "
@@ -435,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         if problems := resume.problems(trainer.model, Path(start)):
             fail([f"cannot resume from {start}: {p}" for p in problems])
         log(f"resuming from {start} (every tensor of the checkpoint fits the model)")
+    phase("compiling kernels (DeepSpeed's ops, once per machine), then the first step" if notice
+          else "starting training: the first step")
     trainer.train(resume_from_checkpoint=start)
 
     if stop.stopped:

@@ -84,9 +84,14 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
 @router.get("", response_model=list[JobOut])
 def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None = None, limit: Count = 200) -> list:
     jobs = svc.list_jobs(session, user, status, min(max(limit, 1), 1000))
-    etas, warned = job_compare.etas(session, jobs), svc.warnings_of(session, jobs)
-    return [JobOut.model_validate(j).model_copy(update={"eta_seconds": etas.get(j.id), "warnings": warned.get(j.id, [])})
+    etas, warned, phases = job_compare.etas(session, jobs), svc.warnings_of(session, jobs), job_compare.phases(session, jobs)
+    return [JobOut.model_validate(j).model_copy(update={"eta_seconds": etas.get(j.id), "warnings": warned.get(j.id, []),
+                                                        **_phase(phases.get(j.id))})
             for j in jobs]
+
+
+def _phase(found: tuple[str, Any] | None) -> dict[str, Any]:
+    return {"phase": found[0], "phase_since": found[1]} if found else {}
 
 
 @router.get("/compare", responses={422: {"description": "not 2 to 8 distinct job ids"}})
@@ -113,6 +118,7 @@ def get_job(job_id: DbId, session: SessionDep, user: CurrentUser) -> JobDetail:
     return JobDetail.model_validate(job).model_copy(
         update={"last_lines": svc.last_lines(session, job_id), "run_files": _run_files(job.run_dir),
                 "eta_seconds": job_compare.etas(session, [job]).get(job.id),
+                **_phase(job_compare.phases(session, [job]).get(job.id)),
                 "warnings": svc.warnings_of(session, [job]).get(job.id, [])})
 
 
