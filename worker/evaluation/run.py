@@ -76,7 +76,7 @@ def evaluate_model(gen, records: list[dict], root: Path, spec: EvaluationSpec, m
             rows.append(row)
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         out.flush()
-        print(f"[{where}] {done}/{len(records)} samples | {rate:.1f} samples/s | "
+        print(f"[{where}] {done}/{len(records)} samples | {rate:.2f} samples/s | "
               f"{metrics[0]} so far {mean([r['scores'][metrics[0]] for r in rows]):.3f}", flush=True)
     return rows
 
