@@ -53,8 +53,8 @@ INDEX_VERSION = 1
 DROP_REASONS = ("truncated_image", "empty_labels", "invalid", "unreadable_image")
 #: where the index cache lives (the worker sets it to DATA/index-cache for its jobs)
 CACHE_ENV = "VLSTUDIO_INDEX_CACHE"
-#: records tokenized per batched tokenizer call
-BATCH = 512
+#: records tokenized per batched tokenizer call (a cancel is seen between two batches)
+BATCH = 256
 #: drops whose reason is kept in index.json (the job log shows the first ten)
 EXAMPLES = 10
 #: seconds between two progress lines

@@ -341,3 +341,66 @@ def test_dataset_memory_of_a_rank_on_a_200k_line_file_is_a_few_bytes_per_sample(
     assert m["samples"] == 200_000, m
     assert m["held"] < 12 * 2**20, m  # about 60 bytes a sample (arrays of the kept samples), not 3 KB
     assert m["after"] - m["held"] < 2**20 and m["peak"] < 40 * 2**20, m
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory) -> Path:
+    from worker.demo_model import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("models") / "demo")
+
+
+def test_sigterm_while_indexing_stops_the_run_within_seconds(tmp_path, demo_model):
+    """The worker's cancel (SIGTERM to the run's trainers) while rank 0 or 1 builds the index
+    and the other waits for it: both stop between two batches, the run ends stopped at step 0 with
+    a clean last line within 5 s, and no process of it is left."""
+    import signal
+    import time
+
+    from backend.core.spec import Hyperparameters, TrainingSpec
+    from worker import processes
+
+    data = tmp_path / "data"
+    data.mkdir()
+    words = "a long answer about the chart and the values of its bars over the years".split()
+    with open(data / "ann.jsonl", "w") as f:
+        for i in range(30_000):
+            f.write(json.dumps({"id": i, "conversations": conv(f"Question {i}?", " ".join(words * 12))}) + "\n")
+    (data / "meta.json").write_text(json.dumps({"tiny": {"root": str(data), "annotation": str(data / "ann.jsonl"),
+                                                         "repeat_time": 1, "length": 30_000}}))
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainingSpec(job_id=1, model_path=str(demo_model), template="internlm2-chat", meta_path=str(data / "meta.json"),
+                 output_dir=str(run), hyper=Hyperparameters(nproc_per_node=2, max_steps=1)).write(run / "spec.json")
+    log_path = run / "training_log.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_port",
+           "0", "-m", "worker.training.train", "--spec", str(run / "spec.json")]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                                     "VLSTUDIO_INDEX_CACHE": str(tmp_path / "cache")})
+    try:
+        deadline = time.monotonic() + 300
+        while "indexing tiny:" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None and "indexing tiny:" in log_path.read_text(), log_path.read_text()[-3000:]
+        t0 = time.monotonic()
+        # what the worker's cancel does (worker.local): SIGTERM to the trainers, not their agent
+        ranks = processes.trainers(processes.spec_processes(run / "spec.json"))
+        assert len(ranks) == 2
+        processes.send([p.pid for p in ranks], signal.SIGTERM)
+        proc.wait(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log_path.read_text()
+    assert proc.returncode == 0 and took < 5, (proc.returncode, took, text[-3000:])
+    assert json.loads((run / "outcome.json").read_text())["outcome"] == "stopped"
+    last = [x for x in text.splitlines() if x.strip()][-1]
+    assert last.startswith("stopped on request before training (cancelled while"), text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    time.sleep(0.5)
+    assert processes.spec_processes(run / "spec.json") == []
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name not in ("files", "lines")
+                and not p.name.endswith(".lock")], "a partial index entry was left"

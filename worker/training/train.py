@@ -52,6 +52,8 @@ from worker.training.data import Collator, SupervisedDataset
 from worker.training.sampler import SeededSampler
 
 STOP_REQUESTED = False
+#: stopped on request before training began (while the data index was built or waited for)
+STOPPED_EARLY = False
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
@@ -496,9 +498,11 @@ def report_index(out: Path, dataset: SupervisedDataset, part: str) -> None:
 
 def stopped_before_training(out: Path, why: str) -> int:
     """SIGTERM before the first step (while the index was built or waited for): nothing to save."""
+    global STOPPED_EARLY
     log(f"stopped on request before training ({why}); no checkpoint")
     if int(os.environ.get("RANK", "0")) == 0:
         run_outcome.write(out, run_outcome.STOPPED, 0)
+    STOPPED_EARLY = True
     return 0
 
 
@@ -638,4 +642,12 @@ def save_final(trainer: Trainer, spec: TrainingSpec, tokenizer, template, final:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if STOPPED_EARLY:
+        # Stopped before training: everything is written (the log line, outcome.json). The
+        # interpreter's own shutdown with torch, transformers and DeepSpeed loaded takes seconds
+        # on a busy node; a cancel must not wait for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
