@@ -115,16 +115,3 @@ def mount(app: FastAPI, api_url: str) -> FastAPI:
     """Serve the studio at ``/`` of the API app (the embedded mode)."""
     return gr.mount_gradio_app(app, build_ui(api_url, browser_api_url=""), path="/", css=CSS, theme=theme(),
                                footer_links=["api"])
-
-
-def launch(api_url: str, host: str, port: int) -> None:
-    """Serve the studio on its own, talking to the API at ``api_url``; its upload route takes
-    only users the API accepts (``ui/serve.py``), files up to VLSTUDIO_MAX_UPLOAD_BYTES."""
-    import os
-
-    import uvicorn
-
-    from ui.serve import standalone_app
-
-    limit = int(os.environ.get("VLSTUDIO_MAX_UPLOAD_BYTES", 20 * 2**30))
-    uvicorn.run(standalone_app(api_url, max_file_size=limit), host=host, port=port, log_level="warning")

@@ -106,3 +106,14 @@ def standalone_app(api_url: str, max_file_size: int | None = None) -> FastAPI:
     app.add_middleware(UploadLogin, judge=judge)
     return gr.mount_gradio_app(app, build_ui(api_url), path="/", css=CSS, theme=theme(), footer_links=["api"],
                                max_file_size=max_file_size)
+
+
+def launch(api_url: str, host: str, port: int) -> None:
+    """Serve the studio on its own, talking to the API at ``api_url``; its upload route takes
+    only users the API accepts, files up to VLSTUDIO_MAX_UPLOAD_BYTES."""
+    import os
+
+    import uvicorn
+
+    limit = int(os.environ.get("VLSTUDIO_MAX_UPLOAD_BYTES", 20 * 2**30))
+    uvicorn.run(standalone_app(api_url, max_file_size=limit), host=host, port=port, log_level="warning")

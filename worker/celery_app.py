@@ -16,7 +16,7 @@ app.conf.imports = ("worker.tasks", "worker.eval_tasks")
 
 @worker_ready.connect
 def _start_scheduler(sender=None, **_: object) -> None:  # type: ignore[no-untyped-def]
-    from worker.imports import start_runner
+    from worker.model_imports import start_runner
     from worker.scheduler import get_scheduler
     from worker.serving import start_server
 

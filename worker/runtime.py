@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Protocol
 
 from backend.core.spec import WORKER_RUN_ENV
-from backend.settings import get_settings
 from worker.processes import RUN_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,14 +90,3 @@ class Executor(Protocol):
     def terminate(self) -> None: ...
 
     def kill(self) -> None: ...
-
-
-def make_executor() -> Executor:
-    """The executor of the configured backend (``VLSTUDIO_BACKEND``)."""
-    if get_settings().backend == "slurm":
-        from worker.slurm import SlurmExecutor
-
-        return SlurmExecutor()
-    from worker.local import LocalExecutor
-
-    return LocalExecutor()

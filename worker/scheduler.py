@@ -26,8 +26,8 @@ from backend.settings import Settings, get_settings
 from worker import gpus
 from worker.evaluation.launch import reattach_claimed as reattach_evaluation
 from worker.evaluation.launch import run_claimed as run_evaluation
-from worker.launcher import RunControl, reattach_claimed, run_claimed
 from worker.reaper import Reaper
+from worker.training.launch import RunControl, reattach_claimed, run_claimed
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0

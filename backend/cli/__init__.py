@@ -87,7 +87,7 @@ def worker(concurrency: int = typer.Option(None, help="Celery threads for wake-u
 @app.command()
 def ui(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(7861)) -> None:
     """Run the Gradio UI alone, talking to the API at VLSTUDIO_API_URL."""
-    from ui.app import launch
+    from ui.serve import launch
 
     launch(get_settings().api_base_url, host, port)
 

@@ -1,6 +1,6 @@
 """Model imports as background jobs (issue 13): ``POST /api/models/import`` records a
 ``model_imports`` row after the same checks as before; a worker's import runner
-(:mod:`worker.imports`) claims it, converts with progress, registers the model, or records the
+(:mod:`worker.model_imports`) claims it, converts with progress, registers the model, or records the
 error; a cancel stops the conversion and leaves nothing behind. The API converts nothing and
 needs no torch. The table is the queue (compare-and-set claims), as for jobs and chats.
 """

@@ -17,8 +17,8 @@ from backend.services import jobs
 from backend.settings import get_settings
 from tests.backend.test_api import demo_files, upload, zip_bytes
 from worker import gpus
-from worker.launcher import RunControl, supervise
 from worker.runtime import Launch
+from worker.training.launch import RunControl, supervise
 
 S = JobStatus
 

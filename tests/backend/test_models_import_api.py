@@ -16,7 +16,7 @@ from convert_helpers import write_original  # noqa: E402
 @pytest.fixture(autouse=True)
 def import_runner(shared, api):
     """A worker's import runner, in this process (a worker runs it beside its scheduler)."""
-    from worker.imports import ImportRunner
+    from worker.model_imports import ImportRunner
 
     runner = ImportRunner("test-worker")
     runner.start()

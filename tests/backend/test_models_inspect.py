@@ -71,7 +71,7 @@ def test_inspect_api_and_page(shared, api):
 @pytest.fixture
 def import_runner(shared, api):
     """A worker's import runner, in this process (imports run on the workers)."""
-    from worker.imports import ImportRunner
+    from worker.model_imports import ImportRunner
 
     runner = ImportRunner("test-worker")
     runner.start()

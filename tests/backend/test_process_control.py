@@ -21,10 +21,10 @@ from backend.services import jobs
 from backend.settings import get_settings
 from tests.backend.test_jobs_supervision import started_job
 from worker import processes
-from worker.launcher import supervise
 from worker.local import LocalExecutor
 from worker.reaper import Reaper
 from worker.runtime import Launch, LaunchError
+from worker.training.launch import supervise
 
 # A stand-in trainer under real torchrun: reports its pid and session, then works until told
 # to stop; STUBBORN ignores SIGTERM (a checkpoint that takes longer than the grace period).

@@ -23,8 +23,8 @@ from backend.settings import get_settings
 from tests.backend.test_jobs_supervision import script, started_job
 from tests.conftest import PG_ADMIN_URL
 from worker import processes
-from worker.launcher import supervise
 from worker.reporting import ReporterPump
+from worker.training.launch import supervise
 
 N = 60
 # A stand-in trainer: N numbered lines over ~6 s, a metrics row every 10, then a final model and,

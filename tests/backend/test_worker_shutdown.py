@@ -18,8 +18,8 @@ from backend.db.session import session_scope
 from backend.services import jobs, scheduling
 from backend.settings import get_settings
 from tests.backend.test_jobs_service import ds, force_status, submit  # noqa: F401
-from worker.launcher import RunControl
 from worker.scheduler import Scheduler
+from worker.training.launch import RunControl
 
 NAME = "w-shut@node"
 

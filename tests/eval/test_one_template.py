@@ -46,10 +46,10 @@ def test_hf_model_is_validated_trained_and_evaluated_with_one_template(api, tmp_
     from backend.services import dataset_checks
     from backend.services import models as model_svc
     from backend.settings import get_settings
-    from worker import launcher
     from worker.convert import import_checkpoint
     from worker.evaluation import launch as eval_launch
     from worker.evaluation.generation import Generator
+    from worker.training import launch as training_launch
     from worker.training.data import SupervisedDataset
     from worker.training.train import data_settings, read_model_card, run_template
 
@@ -86,7 +86,7 @@ def test_hf_model_is_validated_trained_and_evaluated_with_one_template(api, tmp_
                                     "hyperparameters": {"max_steps": 2}})
     assert r.status_code == 201, r.text
     with session_scope() as s:
-        launcher.prepare_run(s.get(Job, r.json()["id"]), tmp_path / "run")
+        training_launch.prepare_run(s.get(Job, r.json()["id"]), tmp_path / "run")
     spec, card = read_model_card(TrainingSpec.read(tmp_path / "run" / "spec.json"))
     assert spec.template == "tokenizer"
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)

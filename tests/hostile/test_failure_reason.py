@@ -4,7 +4,7 @@ its log (where torchrun's banner is), through the worker's real supervision path
 from __future__ import annotations
 
 from tests.backend.test_jobs_supervision import script, started_job
-from worker.launcher import RunControl, supervise
+from worker.training.launch import RunControl, supervise
 
 TRAINER = """import subprocess, sys
 rank = "def load(p):\\n    return open(p).read()\\nload('/data/shapes/images/0007.png')\\n"

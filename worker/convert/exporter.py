@@ -11,7 +11,7 @@ from backend.core.model_folder import ModelFolderError
 from worker.convert.configs import SOURCE_KEY, parse_original
 from worker.convert.errors import ConversionError
 from worker.convert.files import atomic_folder, copy_side_files, link_or_copy, read_json, write_json
-from worker.convert.importer import DEFAULT_MAX_SHARD_BYTES, detect_format, dominant_dtype, dtype_name
+from worker.convert.importer import DEFAULT_MAX_SHARD_BYTES, detect_format
 from worker.convert.layout import NATIVE_HEAD, all_links, disk_name
 from worker.convert.original_config import (
     check_exportable,
@@ -20,7 +20,7 @@ from worker.convert.original_config import (
     update_original,
 )
 from worker.convert.streaming import Progress, export_job, order_jobs, run_jobs
-from worker.convert.tensor_io import CheckpointReader
+from worker.convert.tensor_io import CheckpointReader, dominant_dtype, dtype_name
 
 FORMATS = ("original", "hf")
 

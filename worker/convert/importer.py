@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from backend.core.families import get_family
 from backend.core.model_card import read_card
 from backend.core.model_shapes import shapes_from_config
@@ -20,10 +18,11 @@ from backend.core.templates import TEMPLATES
 from worker.convert.configs import OriginalModel, native_config, parse_original
 from worker.convert.errors import ConversionError
 from worker.convert.files import atomic_folder, read_json
-from worker.convert.layout import Link, TextSpec, all_links, disk_name
+from worker.convert.layout import Link, TextSpec, all_links
 from worker.convert.model_info import ModelInfo
+from worker.convert.native import expected_native_shapes, import_native
 from worker.convert.streaming import Progress, import_job, order_jobs, plan_entries, run_jobs
-from worker.convert.tensor_io import CheckpointReader, TensorMeta
+from worker.convert.tensor_io import CheckpointReader, TensorMeta, dominant_dtype, dtype_name
 from worker.convert.tokenizer import build_tokenizer, save_tokenizer
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
@@ -47,18 +46,6 @@ def detect_format(path: Path) -> str:
 
 
 
-def dominant_dtype(metas: list[TensorMeta]) -> torch.dtype:
-    weight: dict[torch.dtype, int] = {}
-    for m in metas:
-        if m.dtype.is_floating_point:
-            weight[m.dtype] = weight.get(m.dtype, 0) + m.nbytes
-    return max(weight, key=weight.__getitem__) if weight else torch.float32
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def check_source(reader: CheckpointReader, links: list[Link], text: TextSpec) -> None:
     """Every tensor the config implies is present with its shape, and nothing else is there."""
     expected = {link.original: link.shape for link in links}
@@ -80,19 +67,6 @@ def check_source(reader: CheckpointReader, links: list[Link], text: TextSpec) ->
                             f"{list(expected[name])}")
     if problems:
         raise ConversionError("; ".join(problems[:8]))
-
-
-def expected_native_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor ``InternVLForConditionalGeneration`` has for this config (on-disk
-    names), from a model built on the meta device (no memory, no weights)."""
-    from transformers import InternVLForConditionalGeneration
-
-    with torch.device("meta"):
-        model = InternVLForConditionalGeneration(config)
-    shapes = {disk_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        shapes.pop("language_model.lm_head.weight", None)
-    return shapes
 
 
 def _check_native_plan(config, entries: list[tuple[str, TensorMeta]]) -> None:
@@ -152,8 +126,6 @@ def import_checkpoint(src: Path, dst: Path, progress: Progress | None = None, *,
     ``progress(done, total, message)`` is called as bytes of weights are written. On any error a
     :class:`ConversionError` is raised and ``dst`` is not created.
     """
-    from worker.convert.native import import_native
-
     src, dst = Path(src), Path(dst)
     fmt = detect_format(src)
     with atomic_folder(dst) as out:

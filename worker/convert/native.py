@@ -23,13 +23,25 @@ from worker.convert.files import (
     read_json,
     write_json,
 )
-from worker.convert.importer import dominant_dtype, dtype_name, expected_native_shapes
 from worker.convert.layout import disk_name
 from worker.convert.model_info import ModelInfo
 from worker.convert.streaming import Progress, copy_job, order_jobs, run_jobs
-from worker.convert.tensor_io import CheckpointReader
+from worker.convert.tensor_io import CheckpointReader, dominant_dtype, dtype_name
 
 EMBED, HEAD = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
+
+
+def expected_native_shapes(config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor ``InternVLForConditionalGeneration`` has for this config (on-disk
+    names), from a model built on the meta device (no memory, no weights)."""
+    from transformers import InternVLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(config)
+    shapes = {disk_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        shapes.pop("language_model.lm_head.weight", None)
+    return shapes
 
 
 def load_native_config(raw: dict) -> Any:

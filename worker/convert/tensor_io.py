@@ -45,6 +45,19 @@ class TensorMeta:
 
 
 
+def dominant_dtype(metas: list[TensorMeta]) -> torch.dtype:
+    """The floating dtype holding most of the bytes (float32 when none is floating)."""
+    weight: dict[torch.dtype, int] = {}
+    for m in metas:
+        if m.dtype.is_floating_point:
+            weight[m.dtype] = weight.get(m.dtype, 0) + m.nbytes
+    return max(weight, key=weight.__getitem__) if weight else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 class CheckpointReader:
     """The weights of one checkpoint folder: safetensors (sharded or not), or pickle ``.bin`` files
     loaded with ``torch.load(weights_only=True)``, which refuses anything but tensors."""

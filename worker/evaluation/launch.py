@@ -20,7 +20,8 @@ from backend.services import suites
 from backend.services.datasets import get_dataset
 from backend.services.runs import EVALUATION, RunRecord
 from backend.settings import get_settings
-from worker.runtime import Executor, Launch, make_executor
+from worker.executors import make_executor
+from worker.runtime import Executor, Launch
 from worker.supervision import RunControl, Supervision
 
 S = JobStatus

@@ -49,7 +49,7 @@ def first_error(log_path: Path | None) -> str | None:
 
 
 class SlurmExecutor:
-    """Implements :class:`worker.launcher.Executor` on a Slurm cluster."""
+    """Implements :class:`worker.runtime.Executor` on a Slurm cluster."""
 
     def __init__(self, settings: Settings | None = None, run: Run = slurm_state.run_command) -> None:
         self.settings = settings or get_settings()

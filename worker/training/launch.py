@@ -22,8 +22,9 @@ from backend.services.models import get_model
 from backend.services.runs import JOB, RunRecord
 from backend.services.scheduling import free_port as _free_port
 from backend.settings import get_settings
+from worker.executors import make_executor
 from worker.reporting import make_reporters
-from worker.runtime import Executor, Launch, make_executor
+from worker.runtime import Executor, Launch
 from worker.supervision import RunControl, Supervision
 
 S = JobStatus
