@@ -8,6 +8,7 @@ mapping with ``input_ids`` and ``offset_mapping``.
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -331,18 +332,15 @@ def _encode_offsets(tokenizer: Tokenizer, texts: list[str]):
 
 
 def _is_rust(obj: Any) -> bool:
-    try:
-        from tokenizers import Tokenizer as RustTokenizer
-    except ImportError:
-        return False
-    return isinstance(obj, RustTokenizer)
+    rust = getattr(sys.modules.get("tokenizers"), "Tokenizer", None)
+    return rust is not None and isinstance(obj, rust)
 
 
 def _plain_backend(tokenizer: Tokenizer):
     """The Rust tokenizer of a Hugging Face fast tokenizer whose encoding is its backend's, or None."""
-    try:
-        from transformers.tokenization_utils_tokenizers import TokenizersBackend
-    except ImportError:
+    module = sys.modules.get("transformers.tokenization_utils_tokenizers")  # loaded if the tokenizer is one:
+    TokenizersBackend = getattr(module, "TokenizersBackend", None)  # never import transformers (seconds) here
+    if TokenizersBackend is None:
         return None
     if not isinstance(tokenizer, TokenizersBackend) or type(tokenizer)._encode_plus is not TokenizersBackend._encode_plus:
         return None
