@@ -396,6 +396,7 @@ def test_sigterm_while_indexing_stops_the_run_within_seconds(tmp_path, demo_mode
             os.killpg(proc.pid, signal.SIGKILL)
     text = log_path.read_text()
     assert proc.returncode == 0 and took < 5, (proc.returncode, took, text[-3000:])
+    assert "phase: indexing tiny: " in text  # the Jobs page shows it as the run's phase
     assert json.loads((run / "outcome.json").read_text())["outcome"] == "stopped"
     last = [x for x in text.splitlines() if x.strip()][-1]
     assert last.startswith("stopped on request before training (cancelled while"), text[-3000:]

@@ -472,9 +472,12 @@ def index_cache_dir() -> Path:
 
 
 def index_progress(msg: str) -> None:
-    """Index progress: the building process says it whatever its rank (one builds); only rank 0
-    says that it waits."""
-    if msg.startswith("indexing") or int(os.environ.get("RANK", "0")) == 0:
+    """Index progress: the building process says it whatever its rank (one builds), as the run's
+    phase (``phase: indexing NAME: N/M lines, R lines/s, eta S s``: the Jobs page shows the last one
+    with its elapsed time); only rank 0 says that it waits."""
+    if msg.startswith("indexing"):
+        print(f"{PHASE_PREFIX}{msg}", flush=True)
+    elif int(os.environ.get("RANK", "0")) == 0:
         print(msg, flush=True)
 
 
