@@ -44,12 +44,21 @@ def freeze(pids: list[int]) -> None:
         time.sleep(0.001)
 
 
-def cancel_inside_a_save(studio, job_id: int, run_dir: Path) -> int:
-    """Catch a periodic checkpoint being written (its folder there, not yet sealed), freeze the
-    trainers there (SIGSTOP), cancel the job, send them the cancel's SIGTERM and let them go on:
-    the signal lands inside the save whatever the machine's load. The step of that checkpoint."""
+def run_trainers(run_dir: Path) -> list[int]:
     trainers = [p.pid for p in processes.trainers(processes.spec_processes(run_dir / "spec.json"))]
     assert len(trainers) == 2, trainers
+    return trainers
+
+
+def cancel_inside_a_save(studio, job_id: int, run_dir: Path, steps: int) -> int:
+    """Catch a periodic checkpoint being written (its folder there, not yet sealed), freeze the
+    trainers there (SIGSTOP), cancel the job, send them the cancel's SIGTERM and let them go on:
+    the signal lands inside the save whatever the machine's load. The step of that checkpoint.
+
+    Only a save with a step after it: the save at ``max_steps`` ends the training, and a cancel
+    caught in it has no next step to stop after (that was the flake: checkpoint-42 of 42 steps,
+    caught when a slow API restart had used up the room before the cancel)."""
+    trainers = run_trainers(run_dir)
     seen: set[Path] = set()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -57,6 +66,8 @@ def cancel_inside_a_save(studio, job_id: int, run_dir: Path) -> int:
             if ckpt in seen:
                 continue
             seen.add(ckpt)
+            at = int(ckpt.name.split("-")[1])
+            assert at + 1 < steps, f"training reached {ckpt.name} of {steps} steps before a save could be caught"
             if checkpoints.is_complete(ckpt):
                 continue  # saved between two looks: wait for the next one
             freeze(trainers)
@@ -83,11 +94,19 @@ def kill_the_api_while_a_dataset_validates(studio, tmp_path: Path, job: dict, ru
     restart_api(studio, signal.SIGKILL)
     after = wait_until(studio, job["id"], lambda j: j["step"] > running["step"], "progress after the restart")
     assert after["status"] == "running" and after["worker"] == running["worker"]
+    # The run went on; now hold its trainers while the new API sweeps the validation (up to a
+    # heartbeat timeout and more on a loaded machine), so that the steps left for the cancel do
+    # not depend on how long that takes. The worker's heartbeats for the job go on meanwhile.
+    trainers = run_trainers(Path(running["run_dir"]))
+    freeze(trainers)
     deadline = time.monotonic() + 60
-    with studio.api as api:
-        while (ds := api.get(f"/datasets/{orphan}").json())["status"] == "validating":
-            assert time.monotonic() < deadline, ds
-            time.sleep(0.5)
+    try:
+        with studio.api as api:
+            while (ds := api.get(f"/datasets/{orphan}").json())["status"] == "validating":
+                assert time.monotonic() < deadline, ds
+                time.sleep(0.5)
+    finally:
+        processes.send(trainers, signal.SIGCONT)
     assert ds["status"] == "failed" and ds["report"]["message"] == SWEPT, ds
     assert not (studio.data_dir / "datasets" / str(orphan)).exists()
 
@@ -104,7 +123,7 @@ def cancel_then_resume(studio, tmp_path: Path, kill_api_midway: bool = False) ->
     first, last_id = read_sse(url, headers, max_events=5)
     if kill_api_midway:
         kill_the_api_while_a_dataset_validates(studio, tmp_path, job, running)
-    interrupted = cancel_inside_a_save(studio, job["id"], run_dir)
+    interrupted = cancel_inside_a_save(studio, job["id"], run_dir, steps)
     done = studio.wait_job(job["id"], timeout=300)
     assert done["status"] == "cancelled", done
     # The save the signal landed in completed (every rank's files, sealed), and the trainer
