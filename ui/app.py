@@ -12,7 +12,7 @@ from ui.client import ApiError
 from ui.pages import compare, datasets, evaluate, jobs, login, models, playground, train
 from ui.session import Sessions
 from ui.theme import CSS, theme
-from ui.widgets import esc
+from ui.widgets import SET_URL_JS, esc
 
 TITLE = "vlstudio"
 # The browser's own requests to Gradio's upload route need a login too: the sign-in hands its
@@ -22,6 +22,21 @@ SESSION_COOKIE_JS = """(t) => { if (t) { fetch('/api/auth/cookie', {method: 'POS
   headers: {Authorization: 'Bearer ' + t}, credentials: 'same-origin'}).catch(() => {}); } return []; }"""
 CLEAR_COOKIE_JS = """() => { fetch('/api/auth/cookie', {method: 'DELETE', credentials: 'same-origin'})
   .catch(() => {}); return []; }"""
+
+
+# Deep links: the open tab and job live in the page's URL (?tab=jobs&job=12), so a reload or a
+# pasted link lands where the user was. Written in the browser (replaceState: ui/widgets.py), read
+# back by the page's load (``from_url``).
+TAB_IDS = ("datasets", "models", "jobs", "train", "compare", "evaluate", "playground")
+
+
+def tab_url_js(tab: str) -> str:
+    """The Jobs tab keeps its place in the URL; any other tab clears it: Gradio's file uploads
+    resolve their route against the page's current URL and fail under a query string (the
+    Datasets, Models and Playground uploads broke with ?tab=datasets)."""
+    if tab == "jobs":
+        return f"() => {{ const set = {SET_URL_JS}; set('tab', 'jobs'); return []; }}"
+    return f"() => {{ const set = {SET_URL_JS}; set('job', null); set('tab', null); return []; }}"
 
 
 def appbar(health: dict | None, error: str = "", user: dict | None = None) -> str:
@@ -87,8 +102,20 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
 
         gated = [bar, panel, main, sign_out]
 
+        def from_url(request: gr.Request) -> dict:
+            """The tab and the job the page's URL names (a reload, a pasted link)."""
+            params = dict(request.query_params) if request is not None else {}
+            out: dict = {}
+            if params.get("tab") in TAB_IDS:
+                out[tabs] = gr.Tabs(selected=params["tab"])
+            job = params.get("job", "")
+            if job.isdigit() and int(job) > 0 and not login.check(sessions, request).needs_login:
+                out.update(jobs_page.open_job(request, int(job)))  # after a sign-in, when one is needed
+            return out
+
         def load_pages(event) -> None:  # noqa: ANN001
-            (event.then(ds_page.refresh, ds_page.selected, ds_page.list_html)
+            (event.then(from_url, None, [tabs, *jobs_page.outputs])
+             .then(ds_page.refresh, ds_page.selected, ds_page.list_html)
              .then(ds_page.fill, None, ds_page.pickers)
              .then(models_refresh, None, models_html).then(train_page.refresh, None, train_page.pickers))
 
@@ -105,6 +132,9 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
         compare_tab.select(compare_load, compare_pick, compare_pick)
         eval_tab.select(eval_page.load, None, eval_page.pickers)
         chat_tab.select(chat_load, None, chat_model)
+        for tab, tab_id in ((ds_tab, "datasets"), (models_tab, "models"), (jobs_tab, "jobs"), (train_tab, "train"),
+                            (compare_tab, "compare"), (eval_tab, "evaluate"), (chat_tab, "playground")):
+            tab.select(None, None, None, js=tab_url_js(tab_id))
     # Handlers wait on the API (I/O), not the CPU: let sessions' timers and uploads run side by
     # side instead of Gradio's default of one at a time per event.
     demo.queue(default_concurrency_limit=16)

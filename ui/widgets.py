@@ -134,3 +134,13 @@ def histogram(title: str, bins: Sequence[tuple[str, int]], unit: str, empty: str
                    f"<div class='vl-hist-n'>{c:,}</div><div class='vl-hist-bar' style='height:{max(2, 100 * c / top):.0f}%'>"
                    f"</div><div class='vl-hist-label'>{esc(label)}</div></div>" for label, c in bins)
     return f"<div class='vl-hist'><div class='vl-hist-title'>{esc(title)}</div><div class='vl-hist-cols'>{cols}</div></div>"
+
+
+# The page's URL carries where the user is (ui/app.py ``from_url`` reads it back on load).
+SET_URL_JS = """(key, value) => { const u = new URL(window.location.href);
+  if (value === null || value === undefined || value === '') { u.searchParams.delete(key); }
+  else { u.searchParams.set(key, String(value)); }
+  if (u.href !== window.location.href) { window.history.replaceState(null, '', u); } }"""
+#: after an event that opened a job (its input: the Jobs page's hidden job id)
+JOB_URL_JS = f"""(job) => {{ const set = {SET_URL_JS}; if (job) {{ set('tab', 'jobs'); set('job', job); }}
+  return []; }}"""

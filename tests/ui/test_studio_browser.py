@@ -307,3 +307,35 @@ def test_ui_runs_as_its_own_service(standalone_ui, page, screenshot):
     upload(page, write_zip(studio.data_dir.parent / "few.zip", n=4))
     page.locator("#vl-ds-result", has_text="registered").wait_for(timeout=120_000)
     page.locator("#vl-ds-list tr[data-ds]", has_text="few").wait_for()
+
+
+def test_the_open_job_survives_a_reload(studio, page, screenshot, tmp_path: Path):
+    """Issue 25: nothing was in the URL, a reload lost the open job. The tab and the job are in
+    it (?tab=jobs&job=N): a reload, or the link pasted in a fresh page, lands on that job."""
+    with studio.api as api:
+        r = api.post("/datasets/demo", params={"samples": 8})
+        assert r.status_code in (200, 201), r.text
+        ds = r.json()["id"]
+        ids = []
+        for _ in range(2):
+            r = api.post("/jobs", json={"dataset_id": ds, "model_id": 1, "preset": "demo",
+                                        "hyperparameters": {"max_steps": 2}})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+    page.goto(studio.url)
+    page.locator("#vl-health", has_text="API connected").wait_for()
+    open_tab(page, "Jobs")
+    page.wait_for_function("new URL(location.href).searchParams.get('tab') === 'jobs'")
+    page.locator(f"#vl-jobs-list [data-job='{ids[0]}']").click()
+    page.locator("#vl-job-header", has_text=f"Job #{ids[0]}").wait_for(timeout=60_000)
+    page.wait_for_function(f"new URL(location.href).searchParams.get('job') === '{ids[0]}'")
+    page.reload()
+    page.locator("#vl-job-header", has_text=f"Job #{ids[0]}").wait_for(timeout=60_000)
+    assert page.get_by_role("tab", name="Jobs").get_attribute("aria-selected") == "true"
+    screenshot(page, "deep-link-reload")
+    page.goto(f"{studio.url.rstrip('/')}/?tab=jobs&job={ids[1]}")  # a pasted link to the other job
+    page.locator("#vl-job-header", has_text=f"Job #{ids[1]}").wait_for(timeout=60_000)
+    open_tab(page, "Datasets")  # any other tab: a clean URL (uploads resolve their route against it)
+    page.wait_for_function("new URL(location.href).search === ''")
+    upload(page, write_zip(tmp_path / "shapes.zip", n=4))
+    page.locator("#vl-ds-result", has_text="registered").wait_for(timeout=120_000)

@@ -17,7 +17,7 @@ from ui.logview import batch, log_viewer
 from ui.pages import job_view as view
 from ui.pages.mixture_view import data_label
 from ui.session import Sessions
-from ui.widgets import ACTIVE, notice, section
+from ui.widgets import ACTIVE, JOB_URL_JS, notice, section
 
 PLOTS = [("loss", "Loss (raw, smoothed, validation)"), ("learning_rate", "Learning rate"),
          ("grad_norm", "Gradient norm"), ("tokens_per_second", "Throughput (tokens/s)"),
@@ -36,6 +36,7 @@ class JobsPage:
     outputs: list
     open_job: object  # (request, job_id) -> dict of updates; used by the Train page
     refresh: object  # (state, request) -> the jobs table
+    job_ref: gr.Textbox  # the open job's id, hidden: where the page's URL takes it from (JOB_URL_JS)
 
 
 def new_state(job_id: int | None = None) -> dict:
@@ -74,6 +75,7 @@ def build(sessions: Sessions) -> JobsPage:
         "element.addEventListener('click', (e) => { const r = e.target.closest('[data-job]');"
         " if (r) trigger('select', {index: parseInt(r.dataset.job), value: r.dataset.job}); });"))
     state = gr.State(new_state())
+    job_ref = gr.Textbox(visible=False, elem_id="vl-job-ref")  # a State is not in the browser; this is
     with gr.Column(visible=False, elem_id="vl-job-detail") as detail:
         with gr.Row(equal_height=False, elem_classes="vl-jobbar"):
             header = gr.HTML(elem_id="vl-job-header", scale=4)
@@ -99,7 +101,8 @@ def build(sessions: Sessions) -> JobsPage:
         with gr.Accordion("Spec, command line and run folder", open=False):
             spec = gr.HTML(elem_id="vl-job-spec")
     buttons = [cancel, resume, retry]
-    outputs = [state, detail, header, progress, cards, logv, spec, artifacts, *plots.values(), *buttons, action_msg]
+    outputs = [state, detail, header, progress, cards, logv, spec, artifacts, *plots.values(), *buttons, action_msg,
+               job_ref]
 
     def render(request: gr.Request, st: dict, reset: bool) -> dict:
         views = dict(detail=detail, header=header, progress=progress, cards=cards, logv=logv, spec=spec,
@@ -108,7 +111,7 @@ def build(sessions: Sessions) -> JobsPage:
 
     def open_job(request: gr.Request, job_id: int) -> dict:
         st = new_state(int(job_id))
-        return {state: st, **render(request, st, True)}
+        return {state: st, job_ref: str(int(job_id)), **render(request, st, True)}
 
     def on_select(st: dict, evt: gr.SelectData, request: gr.Request) -> dict:
         return open_job(request, int(evt.index))
@@ -147,13 +150,14 @@ def build(sessions: Sessions) -> JobsPage:
                                                             f"#{st['job']})."), visible=True)}
         return run
 
-    list_html.select(on_select, state, outputs)
+    list_html.select(on_select, state, outputs).then(None, job_ref, None, js=JOB_URL_JS)  # the job in the URL
     timer = gr.Timer(1.0)
     timer.tick(on_tick, state, outputs, show_progress="hidden")
     gr.Timer(2.5).tick(refresh_list, state, list_html, show_progress="hidden")
     for verb, btn in zip(("cancel", "resume", "retry"), buttons, strict=True):
-        btn.click(action(verb), state, [action_msg, *outputs]).then(refresh_list, state, list_html)
-    return JobsPage(state, list_html, outputs, open_job, refresh_list)
+        (btn.click(action(verb), state, [action_msg, *outputs]).then(refresh_list, state, list_html)
+         .then(None, job_ref, None, js=JOB_URL_JS))
+    return JobsPage(state, list_html, outputs, open_job, refresh_list, job_ref)
 
 
 def _errors(e: ApiError) -> str:

@@ -13,7 +13,7 @@ from ui.client import ApiError
 from ui.pages import meta_builder
 from ui.pages.jobs import JobsPage
 from ui.session import Sessions
-from ui.widgets import cards, esc, notice, number, section
+from ui.widgets import JOB_URL_JS, cards, esc, notice, number, section
 
 #: layout only: (group, [(field, widget)]). Fields the API's schema lacks are hidden.
 GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
@@ -194,7 +194,7 @@ def build(sessions: Sessions, jobs: JobsPage, tabs: gr.Tabs, mixture_grid=None) 
     start_inputs = {presets_state, model, dataset, preset, source, meta_path, meta_base, *widgets.values()}
     if mixture_grid is not None:
         start_inputs.add(mixture_grid)
-    start.click(on_start, start_inputs, [msg, tabs, *jobs.outputs])
+    start.click(on_start, start_inputs, [msg, tabs, *jobs.outputs]).then(None, jobs.job_ref, None, js=JOB_URL_JS)
     return TrainPage(refresh, pickers)
 
 
