@@ -70,8 +70,10 @@ def test_hf_model_is_validated_trained_and_evaluated_with_one_template(api, tmp_
         ds.update(s.get(Dataset, ds["id"]).__dict__)  # its files: root, annotation, val_annotation
     report = api.get(f"/api/datasets/{ds['id']}/report?per_sample_limit=10").json()
     assert report["notes"] == [] and report["settings"]["template"] == "tokenizer"
-    preview = api.get(f"/api/datasets/{ds['id']}/samples/1", params={"model_id": model_id}).json()
+    # the training part's first record, previewed by its line of the uploaded file (record i is line i + 1)
     record = json.loads(Path(ds["annotation"]).read_text().splitlines()[0])
+    preview = api.get(f"/api/datasets/{ds['id']}/samples/{record['id'] + 1}", params={"model_id": model_id}).json()
+    assert (preview["line"], preview["part"]) == (record["id"] + 1, "train")
     assert preview["text"] == f"<|im_start|>user\n<image>\n{record['conversations'][0]['value'][8:]}<|im_end|>\n" \
                               f"<|im_start|>assistant\n{record['conversations'][1]['value']}<|im_end|>\n"
     with session_scope() as s:
