@@ -105,7 +105,9 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
         def from_url(request: gr.Request) -> dict:
             """The tab and the job the page's URL names (a reload, a pasted link)."""
             params = dict(request.query_params) if request is not None else {}
-            out: dict = {}
+            # never an empty dict: Gradio takes {} for ONE output value, fails the event and every
+            # .then() after it (the pages' first refresh) on a page opened without a query string
+            out: dict = {tabs: gr.update()}
             if params.get("tab") in TAB_IDS:
                 out[tabs] = gr.Tabs(selected=params["tab"])
             job = params.get("job", "")

@@ -69,6 +69,9 @@ def first_error(log: str) -> TrainerError | None:
             continue  # torchrun's own report of a rank that failed
         inner = frames[-1] if frames else None
         return TrainerError(exc_type, msg, inner["file"] if inner else None, int(inner["line"]) if inner else None)
+    refusal = _refusal(lines)
+    if refusal:
+        return refusal
     text = "\n".join(lines)
     if "ChildFailedError" in text or "Failures:" in text:
         root = text[text.rfind("Root Cause"):] if "Root Cause" in text else text  # the first rank that failed
@@ -77,6 +80,20 @@ def first_error(log: str) -> TrainerError | None:
             return TrainerError("RankKilled", sig.group(1))
         if code:
             return TrainerError("RankFailed", f"a rank exited with code {code.group(1)} without a traceback")
+    return None
+
+
+def _refusal(lines: list[str]) -> TrainerError | None:
+    """The training program's own refusal (worker/training/train.py ``fail``): a ``cannot train:``
+    line and its ``  - problem`` lines, printed before it exits with code 2 and no traceback."""
+    for k, line in enumerate(lines):
+        if line.strip() == "cannot train:":
+            problems = []
+            for x in lines[k + 1:]:
+                if not x.startswith("  - "):
+                    break
+                problems.append(x[4:])
+            return TrainerError("CannotTrain", "; ".join(problems))
     return None
 
 

@@ -67,6 +67,17 @@ def test_a_rank_killed_by_a_signal_has_no_traceback():
         "RankFailed: a rank exited with code 7 without a traceback")
 
 
+def test_the_trainers_own_refusal_is_the_reason():
+    """train.py's ``fail`` prints its problems and exits 2 without a traceback: the reason names
+    them, not torchrun's 'exited with code 2' (a mixture whose every line is bad)."""
+    log = ("samples: 0 kept, 1 dropped (invalid 1)\ncannot train:\n  - no trainable sample left: 1 dropped "
+           "(invalid 1); the first: shapes sample 0: line 1: JSONDecodeError: Expecting value\n"
+           "  - max_steps must be positive\n" + BANNER.format(code=2, tb="To enable"))
+    assert str(first_error(log)) == ("CannotTrain: no trainable sample left: 1 dropped (invalid 1); the first: "
+                                     "shapes sample 0: line 1: JSONDecodeError: Expecting value; "
+                                     "max_steps must be positive")
+
+
 def test_no_error_no_claim():
     assert first_error("step 1\nstep 2\nsaving final model\n") is None
     assert describe("trainer exited without writing the final model", "ok\n", ["ok"]) == (

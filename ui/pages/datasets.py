@@ -65,7 +65,9 @@ def build(sessions: Sessions) -> DatasetsPage:
                                      elem_id="vl-ds-val-fraction")
             val_file = gr.File(label="…or a validation .jsonl (same image folder)", file_types=[".jsonl"],
                                elem_id="vl-ds-val-file", height=90)
-            max_len = gr.Number(value=None, precision=0, minimum=1, label="Max sequence length",
+            # no minimum: an empty box (not filled from the preset yet) is sent as 0, "not set", and a
+            # bound here would fail the upload event before it starts; the API bounds the value
+            max_len = gr.Number(value=None, precision=0, label="Max sequence length",
                                 info="with a model above: samples longer than this are named (training "
                                      "truncates them, or drops those it cannot cut)", elem_id="vl-ds-max-len")
             drop_bad = gr.Checkbox(label="Drop the lines with errors", value=False, elem_id="vl-ds-drop",

@@ -346,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     for example in dataset.drop_examples:
         log(f"  dropped: {example}")
     if len(dataset) == 0:
-        fail(["no trainable sample left (see the dropped counts above)"])
+        first = f"; the first: {dataset.drop_examples[0]}" if dataset.drop_examples else ""
+        fail([f"no trainable sample left: {sum(dropped.values())} dropped "
+              f"({', '.join(f'{k} {v}' for k, v in dropped.items() if v)}){first}"])
     problems = speed.runtime_problems(h, use_gpu)
     if problems:
         fail(problems)
