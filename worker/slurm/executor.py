@@ -11,13 +11,13 @@ The Slurm job id is also kept in ``RUN/slurm_job_id`` so that a job can be follo
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend.core import failure
 from backend.settings import Settings, get_settings
 from worker.slurm import state as slurm_state
 from worker.slurm.script import SlurmConfigError, SlurmJobRequest, render_sbatch
@@ -30,22 +30,17 @@ SCRIPT_NAME = "job.sbatch"
 JOB_ID_FILE = "slurm_job_id"
 # Variables of the worker's own node that must not leak into the allocation: Slurm sets its own.
 # "module.ClassError: message", the last line of a Python traceback; torchrun's own are not the cause.
-ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::|$)")
-LAUNCHER_ERRORS = ("torch.distributed.elastic.", "ChildFailedError", "SignalException")
 NODE_LOCAL_ENV = ("CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 def first_error(log_path: Path | None) -> str | None:
-    """The first exception a training process raised: the root cause, which torchrun's and srun's
-    summaries (the last lines of the log) bury under their own."""
+    """The first real error of the training processes (backend.core.failure, the one reader of a
+    trainer's log: a rank's exception, the program's own refusal, or torchrun's summary of a rank
+    that failed), which torchrun's and srun's summaries (the last lines of the log) bury."""
     if log_path is None or not log_path.exists():
         return None
-    with open(log_path, errors="replace") as f:
-        for line in f:
-            m = ERROR_LINE.match(line.strip())
-            if m and not m.group(1).startswith(LAUNCHER_ERRORS):
-                return line.strip()[:500]
-    return None
+    err = failure.first_error(failure.read_log(log_path))
+    return str(err)[:500] if err else None
 
 
 class SlurmExecutor:
