@@ -38,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.validate import contention  # noqa: E402  (how shared the machine is; one definition)
+
 #: the seed's internvl_1_2_finetune.json: name -> (lines, kind)
 SEED = {
     "sharegpt4v_instruct_gpt4-vision_cap100k": (102_025, "caption"),
@@ -351,14 +353,6 @@ def child(phase: str, *args: str) -> dict:
         raise SystemExit(f"phase {phase} failed:\n{out.stderr[-3000:]}")
     sys.stderr.write("".join(x + "\n" for x in out.stderr.splitlines() if x.startswith("indexing")))
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def contention() -> float:
-    t, c = time.perf_counter(), time.process_time()
-    x = 0
-    while time.process_time() - c < 0.5:
-        x += 1
-    return (time.perf_counter() - t) / 0.5
 
 
 def main() -> None:
