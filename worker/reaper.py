@@ -14,13 +14,17 @@ import signal
 import time
 from pathlib import Path
 
-from backend.db.models import Evaluation, Job
 from backend.db.session import session_scope
+from backend.services import runs
 from backend.settings import Settings
 from worker import processes
 
 log = logging.getLogger(__name__)
-KINDS = {"runs": Job, "evaluations": Evaluation}
+
+
+def kinds() -> dict[str, runs.RunKind]:
+    """The kinds of run whose programs have a run folder, by its folder: DATA/<folder>/<id>."""
+    return {k.folder: k for k in runs.KINDS.values()}
 
 
 def run_of(proc: processes.Proc, data: Path) -> tuple[str, int] | None:
@@ -29,9 +33,10 @@ def run_of(proc: processes.Proc, data: Path) -> tuple[str, int] | None:
     args = proc.argv
     specs = [Path(args[i + 1]) for i, a in enumerate(args[:-1]) if a == "--spec"]
     tag = None if specs else processes.run_tag(proc.pid)
+    folders = kinds()
     for path in specs + ([Path(tag)] if tag else []):
         if path.name == "spec.json" and path.parent.parent.parent == data and path.parent.name.isdigit() \
-                and path.parent.parent.name in KINDS:
+                and path.parent.parent.name in folders:
             return path.parent.parent.name, int(path.parent.name)
     return None
 
@@ -51,8 +56,10 @@ class Reaper:
                 by_run.setdefault(key, []).append(p)
         if not by_run:
             return {}
+        folders = kinds()
         with session_scope() as s:
-            done = {key for key in by_run if (row := s.get(KINDS[key[0]], key[1])) is None or row.status.finished}
+            done = {key for key in by_run
+                    if (row := s.get(folders[key[0]].table, key[1])) is None or row.status.finished}
         return {k: v for k, v in by_run.items() if k in done}
 
     def tick(self, followed: set[tuple[str, int]]) -> list[tuple[str, int]]:

@@ -110,3 +110,29 @@ def test_a_cpu_job_and_an_evaluation_take_slots_of_their_own(api):
         assert scheduling.claim_next(s, "w", "n", 0, {"job": 1, "evaluation": 1}, slots) is None
         again = scheduling.claim_next(s, "w", "n", None, {"job": 1, "evaluation": 0}, slots)  # a cluster
         assert (again.kind, again.run_id) == ("evaluation", second_ev)
+
+
+def test_the_reaper_finds_every_kind_by_the_folder_its_descriptor_names(api, monkeypatch):
+    """The reaper keeps no folder-to-table map of its own (it had one, which a new kind of run
+    would have missed): a kind registered in runs.KINDS is found by its run folder and reaped
+    once its row is finished."""
+    import dataclasses
+
+    from worker import processes, reaper
+
+    other = dataclasses.replace(runs.EVALUATION, name="other", folder="others")
+    monkeypatch.setitem(runs.KINDS, "other", other)
+    ev_id = queued_evaluation(api)
+    data = get_settings().data_path.resolve()
+    proc = processes.Proc(pid=4242, ppid=1, pgid=4242, argv=("python", "--spec", str(data / "others" / str(ev_id)
+                                                                                     / "spec.json")))
+    assert reaper.run_of(proc, data) == ("others", ev_id)
+    assert reaper.run_of(dataclasses.replace(proc, argv=("python", "--spec", str(data / "nope" / "1" / "spec.json"))),
+                         data) is None
+    monkeypatch.setattr(processes, "all_processes", lambda: [proc])
+    monkeypatch.setattr(processes, "launched_by_worker", lambda _p: True)
+    r = reaper.Reaper(get_settings())
+    assert r.orphans() == {}  # queued: not an orphan
+    with session_scope() as s:
+        runs.transition(s, other, ev_id, JobStatus.cancelled, failure_reason="test")
+    assert r.orphans() == {("others", ev_id): [proc]}
