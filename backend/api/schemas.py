@@ -128,6 +128,8 @@ class JobOut(ORM):
     warnings: list[str] = Field(default_factory=list, description="a succeeded job with warnings (e.g. samples "
                                 "dropped for missing images): the UI shows 'succeeded with warnings'")
     eta_seconds: float | None = Field(None, description="seconds left by the trainer's own ETA (running jobs)")
+    eta_at: UtcDateTime | None = Field(None, description="when the run should finish by that ETA: the same "
+                                       "instant for every viewer until the next step")
     phase: str | None = Field(None, description="what a started job does before its first step (its log's last "
                               "'phase:' line: preparing data, loading the model, compiling kernels...)")
     phase_since: UtcDateTime | None = Field(None, description="when that phase began")

@@ -4,7 +4,7 @@ comparison (curves overlaid, the hyperparameters that differ, evaluation scores 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -24,10 +24,12 @@ CURVES = ("loss", "eval_loss", "learning_rate", "tokens_per_second", "samples_pe
 MAX_JOBS = 8
 
 
-def etas(session: Session, jobs: Sequence[Job]) -> dict[int, float]:
-    """job id -> seconds left, from the trainer's own ETA of its last step row (less the time
-    since that row was written). The one ETA the list and the job view both show; a job whose
-    trainer has not logged a step yet has none (start-up is not training time)."""
+def finish_times(session: Session, jobs: Sequence[Job]) -> dict[int, datetime]:
+    """job id -> when the run should finish: the trainer's own ETA of its last step row, counted
+    from when that row was written. The one ETA every viewer shows (the list, the job view, two
+    tabs on one job): an instant changes only with a new step, so it needs no clock of the
+    reader's; a job whose trainer has not logged a step yet has none (start-up is not training
+    time)."""
     ids = [j.id for j in jobs if j.status in ACTIVE]
     if not ids:
         return {}
@@ -36,13 +38,17 @@ def etas(session: Session, jobs: Sequence[Job]) -> dict[int, float]:
     rows = session.execute(select(JobMetric.job_id, JobMetric.values, JobMetric.created_at)
                            .join(last, (JobMetric.job_id == last.c.job_id) & (JobMetric.seq == last.c.seq)))
     out = {}
-    now = datetime.now(UTC)
     for job_id, values, created in rows:
         eta = (values or {}).get("eta_seconds")
         if isinstance(eta, int | float):
-            since = (now - (created if created.tzinfo else created.replace(tzinfo=UTC))).total_seconds()
-            out[job_id] = max(0.0, float(eta) - max(0.0, since))
+            out[job_id] = (created if created.tzinfo else created.replace(tzinfo=UTC)) + timedelta(seconds=float(eta))
     return out
+
+
+def etas(session: Session, jobs: Sequence[Job]) -> dict[int, float]:
+    """job id -> seconds left now, from :func:`finish_times`."""
+    now = datetime.now(UTC)
+    return {job_id: max(0.0, (at - now).total_seconds()) for job_id, at in finish_times(session, jobs).items()}
 
 
 def phases(session: Session, jobs: Sequence[Job]) -> dict[int, tuple[str, datetime]]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
+from backend.api.routes.jobs import _poll
 from backend.db.models import Evaluation, JobStatus
 from backend.db.session import session_scope
 from backend.services import jobs
@@ -81,6 +84,12 @@ def test_list_and_job_show_the_trainers_eta(api, ds):  # noqa: F811
     listed = next(j for j in api.get("/api/jobs").json() if j["id"] == job)["eta_seconds"]
     single = api.get(f"/api/jobs/{job}").json()["eta_seconds"]
     assert 880 < listed <= 900 and 880 < single <= 900 and abs(listed - single) < 5
+    # one finish instant for every viewer (issue 25: two tabs showed different ETAs), in the
+    # list, the job and the event stream alike
+    at = api.get(f"/api/jobs/{job}").json()["eta_at"]
+    assert at and next(j for j in api.get("/api/jobs").json() if j["id"] == job)["eta_at"] == at
+    status, _ = _poll(job, [0, 0])  # the event stream's `status` payload
+    assert datetime.fromisoformat(status["eta_at"]) == datetime.fromisoformat(at.replace("Z", "+00:00"))
     force_status(job, S.succeeded)
     assert api.get(f"/api/jobs/{job}").json()["eta_seconds"] is None
 

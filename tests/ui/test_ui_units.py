@@ -76,6 +76,18 @@ def test_list_and_job_view_show_the_same_eta():
     assert "ETA –" in job_view.progress_html({**job, "eta_seconds": None}, None)
 
 
+def test_two_viewers_of_one_job_show_one_eta():
+    """Issue 25: two tabs on one job showed "58s" and "1m 27s". The page counts down to the API's
+    finish instant (eta_at), not from seconds-left read at different moments."""
+    from datetime import UTC, datetime, timedelta
+
+    at = (datetime.now(UTC) + timedelta(seconds=95.5)).isoformat()
+    first = {"id": 1, "status": "running", "step": 83, "total_steps": 200, "eta_at": at, "eta_seconds": 58}
+    second = {**first, "step": 85, "eta_seconds": 87}  # read later, the same step row's instant
+    assert "ETA 1m 35s" in job_view.progress_html(first, None)
+    assert "ETA 1m 35s" in job_view.progress_html(second, None)
+
+
 def test_a_job_without_a_step_says_it_is_starting_and_for_how_long():
     job = {"status": "running", "step": 0, "total_steps": 20, "started_at": "2020-01-01T00:00:00+00:00"}
     html = job_view.progress_html(job, None)

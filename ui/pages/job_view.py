@@ -59,10 +59,16 @@ def loss_frame(metrics: list[dict]) -> pd.DataFrame:
 
 
 def eta_seconds(job: dict, last_metric: dict | None = None) -> float | None:  # noqa: ARG001
-    """The API's ``eta_seconds`` (the trainer's own ETA of its last step), so the list and the job
-    view always agree; none before the first step (start-up is not training time)."""
+    """Seconds left to the API's ``eta_at`` (the trainer's own ETA of its last step, as the
+    instant the run should finish), so the list, the job view and every other tab on the job
+    show the same ETA at the same moment, and it counts down between steps; none before the
+    first step (start-up is not training time)."""
+    if job["status"] not in ACTIVE:
+        return None
+    if (at := parse_time(job.get("eta_at"))) is not None:
+        return max(0.0, (at - datetime.now(UTC)).total_seconds())
     eta = job.get("eta_seconds")
-    return float(eta) if job["status"] in ACTIVE and isinstance(eta, int | float) else None
+    return float(eta) if isinstance(eta, int | float) else None
 
 
 def starting_for(job: dict) -> float | None:

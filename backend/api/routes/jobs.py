@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,10 +85,18 @@ def estimate_memory(body: JobCreate, session: SessionDep, user: CurrentUser) -> 
 @router.get("", response_model=list[JobOut])
 def list_jobs(session: SessionDep, user: CurrentUser, status: JobStatus | None = None, limit: Count = 200) -> list:
     jobs = svc.list_jobs(session, user, status, min(max(limit, 1), 1000))
-    etas, warned, phases = job_compare.etas(session, jobs), svc.warnings_of(session, jobs), job_compare.phases(session, jobs)
-    return [JobOut.model_validate(j).model_copy(update={"eta_seconds": etas.get(j.id), "warnings": warned.get(j.id, []),
+    finish, warned = job_compare.finish_times(session, jobs), svc.warnings_of(session, jobs)
+    phases = job_compare.phases(session, jobs)
+    return [JobOut.model_validate(j).model_copy(update={**_eta(finish.get(j.id)), "warnings": warned.get(j.id, []),
                                                         **_phase(phases.get(j.id))})
             for j in jobs]
+
+
+def _eta(at: datetime | None) -> dict[str, Any]:
+    """The API's one ETA: the finish instant and the seconds left to it now."""
+    if at is None:
+        return {}
+    return {"eta_at": at, "eta_seconds": max(0.0, (at - datetime.now(UTC)).total_seconds())}
 
 
 def _phase(found: tuple[str, Any] | None) -> dict[str, Any]:
@@ -117,7 +126,7 @@ def get_job(job_id: DbId, session: SessionDep, user: CurrentUser) -> JobDetail:
     job = svc.get_job(session, job_id, user)
     return JobDetail.model_validate(job).model_copy(
         update={"last_lines": svc.last_lines(session, job_id), "run_files": _run_files(job.run_dir),
-                "eta_seconds": job_compare.etas(session, [job]).get(job.id),
+                **_eta(job_compare.finish_times(session, [job]).get(job.id)),
                 **_phase(job_compare.phases(session, [job]).get(job.id)),
                 "warnings": svc.warnings_of(session, [job]).get(job.id, [])})
 
@@ -177,8 +186,11 @@ def _poll(job_id: int, cursors: list[int]) -> tuple[dict, list[list[dict]]]:
     log_after, metric_after = cursors
     with get_sessionmaker()() as s:
         job = svc.get_job(s, job_id)
+        at = job_compare.finish_times(s, [job]).get(job_id)
+        # the finish instant, not seconds left: it changes with a step, so it is news only then
         state = {"status": job.status.value, "step": job.step, "total_steps": job.total_steps,
-                 "exit_code": job.exit_code, "failure_reason": job.failure_reason}
+                 "exit_code": job.exit_code, "failure_reason": job.failure_reason,
+                 "eta_at": at.isoformat() if at else None}
         logs = [{"seq": r.seq, "stream": r.stream, "line": r.line} for r in svc.logs_after(s, job_id, log_after, 500)]
         metrics = [{"seq": m.seq, "step": m.step, "loss": m.loss, "values": m.values}
                    for m in svc.metrics_after(s, job_id, metric_after, 500)]
