@@ -26,6 +26,7 @@ from backend.services import chat as chat_svc
 from backend.services import scheduling
 from backend.services.playground import decode_image
 from backend.settings import get_settings
+from worker.evaluation.readable import ReadableText
 
 if TYPE_CHECKING:
     from worker.scheduler import Scheduler
@@ -44,11 +45,19 @@ class BatchStreamer:
     def __init__(self, gen: Any, limits: list[int], flush: Any) -> None:
         self.gen, self.limits, self.flush = gen, limits, flush
         self.ids: list[list[int]] = [[] for _ in limits]
+        self.readers = [ReadableText(gen.tokenizer) for _ in limits]
         self.sent = ["" for _ in limits]
         self.pending: list[list[str]] = [[] for _ in limits]
         self.done = [False for _ in limits]
         self.prompt_seen = False
         self.last_flush = time.monotonic()
+
+    def _send(self, i: int, final: bool = False) -> None:
+        # bytes that may still become a character wait; stray ones are sent as <0xNN> (worker.evaluation.readable)
+        text = self.readers[i].text(final)
+        if len(text) > len(self.sent[i]):
+            self.pending[i].append(text[len(self.sent[i]):])
+            self.sent[i] = text
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # the first call carries the prompts
@@ -62,10 +71,8 @@ class BatchStreamer:
                 self.done[i] = True
                 continue
             self.ids[i].append(token)
-            text = self.gen.tokenizer.decode(self.ids[i], skip_special_tokens=True)
-            if not text.endswith("\ufffd") and text.startswith(self.sent[i]) and len(text) > len(self.sent[i]):
-                self.pending[i].append(text[len(self.sent[i]):])  # a multi-byte character waits until whole
-                self.sent[i] = text
+            self.readers[i].add([token])
+            self._send(i)
             if len(self.ids[i]) >= self.limits[i]:
                 self.done[i] = True
         if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
@@ -73,12 +80,9 @@ class BatchStreamer:
             self.last_flush = time.monotonic()
 
     def end(self) -> None:
-        # What was held back for a character still incomplete is sent as decoded now.
-        for i, ids in enumerate(self.ids):
-            text = self.gen.tokenizer.decode(ids, skip_special_tokens=True)
-            if text.startswith(self.sent[i]) and len(text) > len(self.sent[i]):
-                self.pending[i].append(text[len(self.sent[i]):])
-                self.sent[i] = text
+        # What was held back for a character still incomplete is sent now (as <0xNN> bytes).
+        for i in range(len(self.ids)):
+            self._send(i, final=True)
         self.flush(self)
 
     def take(self) -> list[list[str]]:

@@ -16,6 +16,7 @@ from backend.core.samples import IGNORE_INDEX, tokenize_sample
 from backend.core.templates import get_template
 from worker.demo_model import build_demo_model
 from worker.evaluation.generation import Generator
+from worker.evaluation.readable import readable_text
 from worker.training.data import tile_image, to_tensor
 
 
@@ -61,7 +62,9 @@ def direct_generate(model_dir, png: bytes, question: str, max_new_tokens: int) -
     new = out[0, ids.shape[1]:].tolist()
     end = tok.convert_tokens_to_ids("<|im_end|>")
     new = new[: new.index(end)] if end in new else new
-    return tok.decode(new, skip_special_tokens=True).strip()
+    # the tokens are transformers'; their text as users read it (this untrained model emits stray
+    # bytes, e.g. 0xF8, that the tokenizer's decode shows as U+FFFD: tests/eval/test_readable_text.py)
+    return readable_text(tok, new).strip()
 
 
 def test_generator_matches_transformers_generate(gen, demo_model):

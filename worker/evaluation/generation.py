@@ -23,6 +23,7 @@ from backend.core.model_folder import ModelFolderError
 from backend.core.samples import SampleError
 from backend.core.templates import Template
 from backend.core.tiling import IMAGE_SIZE, max_patches_per_image
+from worker.evaluation.readable import readable_text
 from worker.training.data import tile_image, to_tensor
 
 __all__ = ["Generator", "Prompt", "Tiling", "build_prompt", "collate_left", "stop_token_ids"]
@@ -144,7 +145,7 @@ class Generator:
             if t in self.stop_ids:
                 ids = ids[:k]
                 break
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return readable_text(self.tokenizer, ids).strip()  # stray bytes as <0xNN>, not the tokenizer's �
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 32, temperature: float = 0.0,
