@@ -136,6 +136,18 @@ class StudioClient:
         """Convert and register a checkpoint folder on the server (under VLSTUDIO_DATA_ROOTS)."""
         return self._call("POST", "/models/import", json={"path": path, "name": name or None})
 
+    def start_import(self, path: str, name: str | None = None) -> dict:
+        """Start converting and registering a checkpoint folder; the import job (``id``, ``status``,
+        ``progress``, ``message``) without waiting for it."""
+        return self._call("POST", "/models/import", json={"path": path, "name": name or None, "wait": False})
+
+    def model_import(self, import_id: int) -> dict:
+        """An import's status, progress (0..1), message, error and, once done, ``model_id``."""
+        return self._call("GET", f"/models/imports/{import_id}")
+
+    def cancel_import(self, import_id: int) -> dict:
+        return self._call("POST", f"/models/imports/{import_id}/cancel")
+
     def inspect_model(self, path: str) -> dict:
         """Format, family, template, parameters and tiling of a checkpoint folder, before import."""
         return self._call("POST", "/models/inspect", json={"path": path})

@@ -25,8 +25,17 @@ def test_import_a_checkpoint_from_the_models_page(studio_with_roots, page, scree
 
     page.locator("#vl-import-path textarea, #vl-import-path input").first.fill(
         str(tmp_path / "shared" / "Mini-InternVL-Chat-2B-V1-5"))
+    # Every state the import's box shows on its way (the tiny import may take well under a second).
+    page.evaluate("""() => { window.vlImportSeen = [];
+        new MutationObserver(() => { const p = document.querySelector('#vl-import-progress');
+            if (p) window.vlImportSeen.push(p.dataset.status + ' ' + p.innerText); })
+          .observe(document.querySelector('#vl-import-msg'), {subtree: true, childList: true, characterData: true}); }""")
     page.locator("#vl-import-btn").click()
     page.locator("#vl-import-msg .vl-notice-ok", has_text="Imported").wait_for(timeout=120_000)
+    seen = page.evaluate("window.vlImportSeen")
+    # the import's own progress while it ran (not only Gradio's spinner), then its result
+    assert seen and all("Importing Mini-InternVL-Chat-2B-V1-5" in s and "of the weights written" in s for s in seen), seen
+    assert not page.locator("#vl-import-progress").count() and not page.locator("#vl-import-cancel").is_visible()
     listing = page.locator("#vl-models-list")
     listing.filter(has_text="Mini-InternVL-Chat-2B-V1-5").wait_for()
     assert "internlm2-chat" in listing.inner_text()

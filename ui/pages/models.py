@@ -1,13 +1,19 @@
 """Models page: the registered base checkpoints with family, size, template and parameter
-count (from the API's ``info``; unknown values show as a dash, never a guess)."""
+count (from the API's ``info``; unknown values show as a dash, never a guess), and the import of
+a checkpoint folder with its progress as the worker converts it, its result or error, and cancel."""
 
 from __future__ import annotations
+
+import time
 
 import gradio as gr
 
 from ui.client import ApiError
 from ui.session import Sessions
-from ui.widgets import badge, esc, notice, number, section, table
+from ui.widgets import badge, duration, esc, notice, number, progress_bar, section, table
+
+#: how often the page asks the API about a running import
+IMPORT_POLL_SECONDS = 0.5
 
 
 def _params(info: dict) -> str:
@@ -54,6 +60,26 @@ def summary_html(s: dict) -> str:
     return table(["", s["path"]], rows, "")
 
 
+def import_progress_html(imp: dict, elapsed: float) -> str:
+    """A running import: its status, the share of the weights written and the worker's message."""
+    waiting = {"queued": "waiting for a worker", "cancelling": "cancelling"}.get(imp["status"], "converting")
+    pct = f"{100 * (imp.get('progress') or 0):.0f}%"
+    caption = f"{esc(waiting)} · {pct} of the weights written · {duration(elapsed)}"
+    if imp.get("message"):
+        caption += f" · <span class='vl-mono'>{esc(imp['message'])}</span>"
+    return (f"<div id='vl-import-progress' data-status='{esc(imp['status'])}'><div class='vl-notice-title'>Importing "
+            f"{esc(imp.get('name') or imp.get('src'))}</div>{progress_bar(imp.get('progress') or 0, caption)}</div>")
+
+
+def import_result_html(imp: dict, model: dict | None) -> str:
+    """A finished import: the model registered, the error, or the cancel."""
+    if imp["status"] == "done" and model is not None:
+        return notice("ok", f"Imported {model['name']}", f"{esc(model['family'])} · template {esc(model['template'])}")
+    if imp["status"] == "cancelled":
+        return notice("info", "Import cancelled", esc(imp.get("message") or "nothing was kept"))
+    return notice("error", "The model was not imported", esc(imp.get("error") or imp.get("message") or imp["status"]))
+
+
 def build(sessions: Sessions):  # noqa: ANN201
     gr.HTML(section("Models", "Base checkpoints you can fine-tune."))
     listing = gr.HTML(elem_id="vl-models-list")
@@ -68,7 +94,9 @@ def build(sessions: Sessions):  # noqa: ANN201
         name = gr.Textbox(label="Name (optional)", elem_id="vl-import-name", scale=1)
         look = gr.Button("Inspect", elem_id="vl-inspect-btn", scale=1)
         go = gr.Button("Import", variant="primary", elem_id="vl-import-btn", scale=1)
+        stop = gr.Button("Cancel import", variant="stop", elem_id="vl-import-cancel", scale=1, visible=False)
     result = gr.HTML(elem_id="vl-import-msg")
+    running = gr.State(None)  # the id of the import this page follows
 
     def do_inspect(p: str, request: gr.Request) -> str:
         try:
@@ -83,15 +111,41 @@ def build(sessions: Sessions):  # noqa: ANN201
             return notice("error", "Cannot load the models", esc(e))
 
     def do_import(p: str, n: str, request: gr.Request):  # noqa: ANN202
+        """Start the import, then follow it until it ends: progress, then the result or the error."""
+        hidden = gr.update(visible=False)
         if not (p or "").strip():
-            return notice("error", "No folder given", "Enter the checkpoint folder's path on the server."), gr.update()
+            yield (notice("error", "No folder given", "Enter the checkpoint folder's path on the server."),
+                   gr.update(), None, hidden)
+            return
+        api = sessions.api(request)
         try:
-            m = sessions.api(request).import_model(p.strip(), (n or "").strip() or None)
+            imp = api.start_import(p.strip(), (n or "").strip() or None)
         except ApiError as e:
-            return notice("error", "The model was not imported", esc(e)), gr.update()
-        return (notice("ok", f"Imported {m['name']}", f"{esc(m['family'])} · template {esc(m['template'])}"),
-                refresh(request))
+            yield notice("error", "The model was not imported", esc(e)), gr.update(), None, hidden
+            return
+        t0 = time.monotonic()
+        while imp["status"] not in ("done", "failed", "cancelled"):
+            yield import_progress_html(imp, time.monotonic() - t0), gr.update(), imp["id"], gr.update(visible=True)
+            time.sleep(IMPORT_POLL_SECONDS)
+            try:
+                imp = api.model_import(imp["id"])
+            except ApiError as e:
+                yield notice("error", "Lost track of the import", esc(e)), gr.update(), None, hidden
+                return
+        try:
+            model = next((m for m in api.models() if m["id"] == imp.get("model_id")), None)
+        except ApiError:
+            model = None
+        yield import_result_html(imp, model), refresh(request), None, hidden
+
+    def do_cancel(import_id: int | None, request: gr.Request) -> None:
+        if import_id is not None:
+            try:
+                sessions.api(request).cancel_import(import_id)
+            except ApiError:  # it ended meanwhile: the import's own result says how
+                return
 
     look.click(do_inspect, [path], [result])
-    go.click(do_import, [path, name], [result, listing])
+    go.click(do_import, [path, name], [result, listing, running, stop], show_progress="hidden")
+    stop.click(do_cancel, [running], [])
     return listing, refresh
