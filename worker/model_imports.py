@@ -1,5 +1,6 @@
-"""The worker's import runner: model imports (checkpoint conversions) claimed from the
-``model_imports`` table and done here, with progress stored as weights are written and a cancel
+"""The worker's import runner: model imports (checkpoint conversions, a kind of run of the one
+lifecycle, :data:`backend.services.runs.MODEL_IMPORT`) claimed from the ``model_imports`` table
+and done here, with progress stored as weights are written and a cancel
 that stops the conversion (the half-written folder is removed: the converter writes into a
 temporary folder and renames it only when complete)."""
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import live
+from backend.db.models import JobStatus as S
 from backend.db.session import session_scope
 from backend.services import model_imports as svc
 from backend.services.errors import Conflict, DomainError, InvalidInput
@@ -84,15 +86,16 @@ class ImportRunner:
             with session_scope() as s:
                 model = import_model(s, settings, src, name, owner, convert, self._progress(import_id))
                 values = {"model_id": model.id, "progress": 1.0, "message": f"registered as {model.name}"}
-            outcome = ("done", values)
+            outcome = (S.succeeded, values)
         except ImportCancelled:
-            outcome = ("cancelled", {"message": "cancelled; nothing was kept"})
+            outcome = (S.cancelled, {"message": "cancelled; nothing was kept",
+                                     "failure_reason": "cancelled by the user; nothing was kept"})
         except DomainError as e:
             code = 409 if isinstance(e, Conflict) else 422 if isinstance(e, InvalidInput) else 400
-            outcome = ("failed", {"error": e.message, "error_status": code})
+            outcome = (S.failed, {"failure_reason": e.message, "error_status": code})
         except Exception as e:  # noqa: BLE001 - recorded on the import, with the trace in the worker log
             log.exception("model import %s failed", import_id)
-            outcome = ("failed", {"error": f"{type(e).__name__}: {e}", "error_status": 500})
+            outcome = (S.failed, {"failure_reason": f"{type(e).__name__}: {e}", "error_status": 500})
         with session_scope() as s:
             svc.finish(s, import_id, outcome[0], **outcome[1])
         live.publish(import_id, "import")

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def kinds() -> dict[str, runs.RunKind]:
     """The kinds of run whose programs have a run folder, by its folder: DATA/<folder>/<id>."""
-    return {k.folder: k for k in runs.KINDS.values()}
+    return {k.program.folder: k for k in runs.ALL_KINDS.values() if k.program is not None}
 
 
 def run_of(proc: processes.Proc, data: Path) -> tuple[str, int] | None:

@@ -153,13 +153,13 @@ class Scheduler:
                 lost: list = jobs_svc.recover_lost_jobs(s, timeout, wake_workers)
                 lost += [f"evaluation {i}" for i in runs.recover_lost(s, runs.EVALUATION, timeout)]
                 lost += [f"chat {i}" for i in chat_svc.recover_stale(s, timeout)]
-                lost += [f"model import {i}" for i in imports_svc.recover_stale(s, timeout)]
+                lost += [f"model import {i}" for i in imports_svc.recover_lost(s, timeout)]
                 if lost:
                     log.warning("recovered runs whose worker went silent: %s", lost)
         if self.cluster:
             self._adopt()
         with self.lock:
-            folders = {(runs.KINDS[k].folder, i) for k, i in self.runs}
+            folders = {(runs.KINDS[k].program.folder, i) for k, i in self.runs}
         self.reaper.tick(folders)
         return time.monotonic()
 

@@ -44,7 +44,7 @@ class JobStatus(str, enum.Enum):
 
 
 class RunColumns:
-    """The columns every kind of run has (training jobs, evaluations: :mod:`backend.services.runs`):
+    """The columns every kind of run has (training jobs, evaluations, model imports: :mod:`backend.services.runs`):
     owner, state, where it runs, the verdict, its times and the log bytes already stored."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -330,23 +330,17 @@ class ChatToken(Base):
     text: Mapped[str] = mapped_column(Text)
 
 
-class ModelImport(Base):
+class ModelImport(RunColumns, Base):
     """One model import (checkpoint conversion) as a background job done by a worker (issue 13):
-    progress, cancel, and the registered model or the error when it ends."""
+    progress, cancel, and the registered model or the reason when it ends. A kind of run
+    (:data:`backend.services.runs.MODEL_IMPORT`, migration 0021): the lifecycle's states and
+    columns; the API speaks its own words for them (``backend.services.model_imports``)."""
 
     __tablename__ = "model_imports"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     src: Mapped[str] = mapped_column(Text)
     name: Mapped[str] = mapped_column(String(200))
     progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1, bytes of weights written
     message: Mapped[str | None] = mapped_column(Text, default=None)
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), default=None)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
     error_status: Mapped[int | None] = mapped_column(Integer, default=None)  # the HTTP status it means
-    worker: Mapped[str | None] = mapped_column(String(200), default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -7,7 +7,6 @@ needs no torch. The table is the queue (compare-and-set claims), as for jobs and
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,27 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.core.clock import now
-from backend.db.models import ModelImport, User
+from backend.db.models import JobStatus, ModelImport, User
+from backend.services import runs
 from backend.services.errors import Conflict, NotFound
 from backend.services.models import check_import
 from backend.services.users import visible_to
 from backend.settings import Settings
 
-ACTIVE = ("queued", "running", "cancelling")
+S, KIND = JobStatus, runs.MODEL_IMPORT
+# The API's words for the lifecycle's states, as the import answered before it joined the
+# lifecycle (clients poll for "done"): a claimed import is running from the start.
+WORDS = {S.queued: "queued", S.starting: "running", S.running: "running", S.stopping: "cancelling",
+         S.succeeded: "done", S.failed: "failed", S.cancelled: "cancelled"}
 FINISHED = ("done", "failed", "cancelled")
 
 
 def submit(session: Session, settings: Settings, src: Path, name: str | None, owner_id: int | None) -> ModelImport:
     name, _ = check_import(session, settings, src, name)
-    if session.scalar(select(ModelImport).where(ModelImport.name == name, ModelImport.status.in_(ACTIVE))):
+    active = (S.queued, *runs.ACTIVE)
+    if session.scalar(select(ModelImport).where(ModelImport.name == name, ModelImport.status.in_(active))):
         raise Conflict(f"a model named {name!r} is being imported already")
-    imp = ModelImport(owner_id=owner_id, status="queued", src=str(src), name=name, progress=0.0)
+    imp = ModelImport(owner_id=owner_id, status=S.queued, src=str(src), name=name, progress=0.0)
     session.add(imp)
     session.commit()
     return imp
@@ -44,52 +49,56 @@ def get(session: Session, import_id: int, user: User | None = None) -> ModelImpo
 
 
 def request_cancel(session: Session, import_id: int, user: User | None = None) -> ModelImport:
+    """The lifecycle's cancel; asking again once cancelled answers with its state, as before."""
     imp = get(session, import_id, user)
-    if imp.status == "queued":
-        _set(session, import_id, "queued", status="cancelled", finished_at=now(), message="cancelled before it started")
-    elif imp.status == "running":
-        _set(session, import_id, "running", status="cancelling")
-    elif imp.status not in ("cancelling", "cancelled"):
-        raise Conflict(f"model import {import_id} is {imp.status}; nothing to cancel")
+    if imp.status in (S.succeeded, S.failed):
+        raise Conflict(f"model import {import_id} is {WORDS[imp.status]}; nothing to cancel")
+    if imp.status != S.cancelled:
+        runs.request_cancel(session, KIND, imp)
     return get(session, import_id, user)
 
 
-def _set(session: Session, import_id: int, current: str | tuple[str, ...], **values: Any) -> bool:
-    states = (current,) if isinstance(current, str) else current
-    res = session.execute(update(ModelImport).where(ModelImport.id == import_id, ModelImport.status.in_(states))
-                          .values(**values))
-    session.commit()
-    return res.rowcount == 1
-
-
 def claim(session: Session, worker: str) -> ModelImport | None:
-    for import_id in session.scalars(select(ModelImport.id).where(ModelImport.status == "queued")
+    for import_id in session.scalars(select(ModelImport.id).where(ModelImport.status == S.queued)
                                      .order_by(ModelImport.id).limit(10)):
-        if _set(session, import_id, "queued", status="running", worker=worker, heartbeat_at=now()):
+        if runs.claim(session, KIND, import_id, worker):
             return get(session, import_id)
     return None
 
 
 def report(session: Session, import_id: int, progress: float, message: str) -> bool:
-    """Store progress; False when a cancel was asked for (the conversion then stops)."""
-    _set(session, import_id, ("running", "cancelling"), progress=progress, message=message, heartbeat_at=now())
-    return get(session, import_id).status == "running"
+    """Store progress (and the heartbeat); False when a cancel was asked for (the conversion
+    then stops)."""
+    t = ModelImport
+    session.execute(update(t).where(t.id == import_id, t.status.in_(runs.ACTIVE))
+                    .values(progress=progress, message=message, heartbeat_at=now()))
+    runs.mark_running(session, KIND, import_id)
+    session.commit()
+    return get(session, import_id).status == S.running
 
 
-def finish(session: Session, import_id: int, status: str, **values: Any) -> None:
-    _set(session, import_id, ACTIVE, status=status, finished_at=now(), **values)
+def finish(session: Session, import_id: int, status: JobStatus, **values: Any) -> bool:
+    """The runner's verdict; False if the import had ended meanwhile (the recovery sweep failed
+    it while this worker was frozen: its reason stays)."""
+    imp = get(session, import_id)
+    if imp.status.finished:
+        return False
+    runs.mark_running(session, KIND, import_id)  # done before its first report: it ran all the same
+    session.commit()
+    try:
+        return runs.transition(session, KIND, import_id, status, **values)
+    except Conflict:
+        return False  # ended by another between the check and the transition
 
 
-def recover_stale(session: Session, timeout_s: float) -> list[int]:
-    cutoff = now() - timedelta(seconds=timeout_s)
-    ids = list(session.scalars(select(ModelImport.id).where(ModelImport.status.in_(("running", "cancelling")),
-                                                           ModelImport.heartbeat_at < cutoff)))
-    for import_id in ids:
-        finish(session, import_id, "failed", error="the worker converting it stopped answering", error_status=500)
-    return ids
+def recover_lost(session: Session, timeout_s: float) -> list[int]:
+    """Imports whose worker went silent: the one sweep of every kind of run."""
+    return runs.recover_lost(session, KIND, timeout_s)
 
 
 def as_dict(imp: ModelImport) -> dict[str, Any]:
-    return {"id": imp.id, "status": imp.status, "src": imp.src, "name": imp.name, "progress": imp.progress,
-            "message": imp.message, "model_id": imp.model_id, "error": imp.error, "created_at": imp.created_at,
-            "finished_at": imp.finished_at}
+    failed = imp.status == S.failed
+    message = imp.message or (imp.failure_reason if imp.status == S.cancelled else None)
+    return {"id": imp.id, "status": WORDS[imp.status], "src": imp.src, "name": imp.name, "progress": imp.progress,
+            "message": message, "model_id": imp.model_id, "error": imp.failure_reason if failed else None,
+            "created_at": imp.created_at, "finished_at": imp.finished_at}

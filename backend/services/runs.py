@@ -1,8 +1,11 @@
-"""One lifecycle for every kind of run a worker supervises (training jobs, evaluations).
+"""One lifecycle for every kind of run a worker does (training jobs, evaluations, model imports).
 
-A :class:`RunKind` names what differs between kinds: the tables (the run, its log lines, the
-rows its program writes), the files of its run folder, how its rows are stored, its progress
-fields and its success rule. Everything else is written once here and serves every kind:
+A :class:`RunKind` names what differs between kinds: the tables (the run, its log lines) and,
+for a kind whose work is a program launched in a run folder (:class:`Program`: training,
+evaluation), the files of that folder, how the rows its program writes are stored, its progress
+fields and its success rule. A model import has no program: the worker converts it in a thread
+of its own (:mod:`worker.model_imports`), so it has no run folder and no log table, only its
+state, progress message and reason. Everything else is written once here and serves every kind:
 
 - the legal states and the one compare-and-set :func:`transition` (finishing releases the
   run's GPU leases in the same transaction), :func:`claim`, :func:`request_cancel`;
@@ -43,6 +46,7 @@ from backend.db.models import (
     JobLog,
     JobMetric,
     JobStatus,
+    ModelImport,
 )
 from backend.services.errors import Conflict, NotFound
 
@@ -74,18 +78,14 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class RunKind:
-    """What one kind of run is made of; the lifecycle is the same for all."""
+class Program:
+    """What a kind whose work is a program launched in a run folder adds to its lifecycle."""
 
-    name: str  # "job", "evaluation": the label, the live channel, the scheduler's key
-    table: type[Job] | type[Evaluation]
-    logs: type[JobLog] | type[EvaluationLog]
-    fk: str  # the log rows' (and GPU leases') column naming the run
     folder: str  # DATA/<folder>/<id> is its run folder
     log_file: str  # the program's log in the run folder
     rows_file: str  # the program's rows (JSON lines) in the run folder
     rows_offset: str  # the run's column: bytes of rows_file stored
-    program: str  # who runs: "trainer", "evaluation"
+    name: str  # who runs: "trainer", "evaluation"
     result: str  # what a successful program leaves: for "exited without writing ..."
     result_note: str  # where the user finds it, once succeeded
     # the rows: (session, run id, first number, rows, step of a row without one) -> how many
@@ -100,11 +100,28 @@ class RunKind:
     # what the run saved that a failure keeps (a checkpoint): (note for the reason, columns)
     saved: Callable[[Path], tuple[str, dict[str, Any]]] = lambda _run: ("", {})
 
+
+@dataclass(frozen=True)
+class RunKind:
+    """What one kind of run is made of; the lifecycle is the same for all."""
+
+    name: str  # "job", "evaluation", "import": the live channel, the scheduler's key
+    table: type[Job] | type[Evaluation] | type[ModelImport]
+    fk: str  # the log rows' (and GPU leases') column naming the run
+    logs: type[JobLog] | type[EvaluationLog] | None = None  # None: the reason is its only record
+    program: Program | None = None  # None: not a program in a run folder (a model import)
+    noun: str = ""  # in messages, if not its name: "model import"
+
+    @property
+    def label(self) -> str:
+        return self.noun or self.name
+
     def run_dir(self, data: Path, run_id: int) -> Path:
-        return data / self.folder / str(run_id)
+        assert self.program is not None, f"a {self.label} has no run folder"
+        return data / self.program.folder / str(run_id)
 
 
-Run = Job | Evaluation
+Run = Job | Evaluation | ModelImport
 OnFailed = Callable[[Session, Any], object]  # after a failure that is not the program's own
 
 
@@ -112,7 +129,7 @@ OnFailed = Callable[[Session, Any], object]  # after a failure that is not the p
 def get(session: Session, kind: RunKind, run_id: int) -> Any:
     run = session.get(kind.table, run_id)
     if run is None:
-        raise NotFound(f"{kind.name} {run_id} not found")
+        raise NotFound(f"{kind.label} {run_id} not found")
     return run
 
 
@@ -123,13 +140,13 @@ def transition(session: Session, kind: RunKind, run_id: int, new: JobStatus, **f
     session.refresh(run)
     current = run.status
     if new not in LEGAL[current]:
-        raise Conflict(f"{kind.name} {run_id} cannot go from {current.value} to {new.value}")
+        raise Conflict(f"{kind.label} {run_id} cannot go from {current.value} to {new.value}")
     values: dict[str, Any] = {"status": new, "updated_at": now(), **fields}
     if new.finished:
         values.setdefault("finished_at", now())
     t = kind.table
     res = session.execute(update(t).where(t.id == run_id, t.status == current).values(**values))
-    if res.rowcount == 1 and new.finished:
+    if res.rowcount == 1 and new.finished and hasattr(GpuLease, kind.fk):  # a kind that leases GPUs
         session.execute(delete(GpuLease).where(getattr(GpuLease, kind.fk) == run_id))
     session.commit()
     session.refresh(run)
@@ -147,6 +164,13 @@ def claim(session: Session, kind: RunKind, run_id: int, worker: str) -> bool:
     return res.rowcount == 1
 
 
+def mark_running(session: Session, kind: RunKind, run_id: int) -> None:
+    """Starting -> running once its work shows, in the caller's transaction; a compare-and-set,
+    so a cancel that came meanwhile (starting -> stopping) is kept."""
+    t = kind.table
+    session.execute(update(t).where(t.id == run_id, t.status == S.starting).values(status=S.running, updated_at=now()))
+
+
 def request_cancel(session: Session, kind: RunKind, run: Run) -> None:
     """Queued: cancelled at once. Starting or running: stopping (its supervisor terminates the
     program, which saves and exits, and records the verdict)."""
@@ -155,7 +179,7 @@ def request_cancel(session: Session, kind: RunKind, run: Run) -> None:
     elif run.status in (S.starting, S.running):
         transition(session, kind, run.id, S.stopping, failure_reason="cancel requested")
     elif run.status != S.stopping:
-        raise Conflict(f"{kind.name} {run.id} is {run.status.value}; nothing to cancel")
+        raise Conflict(f"{kind.label} {run.id} is {run.status.value}; nothing to cancel")
     session.refresh(run)
 
 
@@ -184,6 +208,10 @@ def append_logs(session: Session, kind: RunKind, run_id: int, first_seq: int, li
 
 
 def system_line(session: Session, kind: RunKind, run_id: int, lines: Sequence[str]) -> None:
+    """The studio's own lines in the run's log; a kind without a log table (a model import)
+    has its reason as its only record, which the caller has stored with the transition."""
+    if kind.logs is None:
+        return
     append_logs(session, kind, run_id, next_seq(session, kind, run_id), lines, stream="system")
 
 
@@ -210,7 +238,9 @@ class RunRecord:
 
     def __init__(self, kind: RunKind, run_id: int, run_dir: Path, reporters: Sequence[Reporter] = (),
                  on_failed: OnFailed | None = None, session: Session | None = None) -> None:
-        self.kind, self.id, self.run_dir, self.label = kind, run_id, run_dir, f"{kind.name} {run_id}"
+        assert kind.program is not None, f"a {kind.label} is no supervised program"
+        self.kind, self.program, self.id, self.run_dir = kind, kind.program, run_id, run_dir
+        self.label = f"{kind.name} {run_id}"
         if session is None:
             from backend.db.session import session_scope
 
@@ -225,8 +255,8 @@ class RunRecord:
 
     def _read(self, s: Session) -> None:
         run = get(s, self.kind, self.id)
-        self.log_seq, self.row_seq = next_seq(s, self.kind, self.id), self.kind.next_row(s, self.id)
-        self.offsets = (run.log_offset, getattr(run, self.kind.rows_offset))
+        self.log_seq, self.row_seq = next_seq(s, self.kind, self.id), self.program.next_row(s, self.id)
+        self.offsets = (run.log_offset, getattr(run, self.program.rows_offset))
         self.step = 0
 
     def notes(self) -> list[str]:
@@ -239,24 +269,23 @@ class RunRecord:
         """After a failed attempt: did its commit land anyway (the connection died after the
         server committed)? Only this supervisor numbers this run's rows, so the next free
         numbers tell."""
-        n, m = len(batch.system) + len(batch.lines), self.kind.stored_rows(batch.rows)
-        return bool(n or m) and (next_seq(s, self.kind, self.id), self.kind.next_row(s, self.id)) == \
+        n, m = len(batch.system) + len(batch.lines), self.program.stored_rows(batch.rows)
+        return bool(n or m) and (next_seq(s, self.kind, self.id), self.program.next_row(s, self.id)) == \
             (self.log_seq + n, self.row_seq + m)
 
     def write(self, s: Session, batch: Batch) -> None:
         """The batch's lines and rows, its offsets and the progress they show, in the caller's
         transaction (the supervisor's tick, or a recovery storing what a dead worker left)."""
-        k, t = self.kind, self.kind.table
+        k, p, t = self.kind, self.program, self.kind.table
         add_logs(s, k, self.id, self.log_seq, [("system", x) for x in batch.system]
                  + [("stdout", x) for x in batch.lines])
-        k.add_rows(s, self.id, self.row_seq, batch.rows, self.step)
-        values = {"log_offset": batch.log_offset, k.rows_offset: batch.rows_offset,
-                  **k.progress(self, batch.rows)}
+        p.add_rows(s, self.id, self.row_seq, batch.rows, self.step)
+        values = {"log_offset": batch.log_offset, p.rows_offset: batch.rows_offset,
+                  **p.progress(self, batch.rows)}
         s.execute(update(t).where(t.id == self.id).values(**values))
 
     def store(self, s: Session, batch: Batch) -> JobStatus:
         """One transaction: every line and row read since the last tick, and the offsets."""
-        t = self.kind.table
         status = self._status(s)
         if status is not None and status.finished:
             return status  # finished elsewhere: the recovery stored the rest of the run folder
@@ -265,8 +294,7 @@ class RunRecord:
             return status
         self.unsure = True
         self.write(s, batch)
-        # compare-and-set: a cancel that came meanwhile (starting -> stopping) is kept
-        s.execute(update(t).where(t.id == self.id, t.status == S.starting).values(status=S.running))
+        mark_running(s, self.kind, self.id)
         status = self._status(s)
         s.commit()  # nothing after it may fail the batch: a retry would store it twice
         self._stored(batch)
@@ -278,7 +306,7 @@ class RunRecord:
 
         self.unsure = False
         self.log_seq += len(batch.system) + len(batch.lines)
-        self.row_seq += self.kind.stored_rows(batch.rows)
+        self.row_seq += self.program.stored_rows(batch.rows)
         steps = [r for r in step_rows(batch.rows) if r.get("kind") != "gpu"]
         if steps:
             self.step = int(steps[-1].get("step", self.step))
@@ -306,12 +334,12 @@ class RunRecord:
             live.publish(self.id, self.kind.name)
 
     def _verdict(self, s: Session, end: Any) -> tuple[str, str | None]:
-        k, name = self.kind, self.kind.name
+        k, p, name = self.kind, self.program, self.kind.name
         run = get(s, k, self.id)
         s.refresh(run)
         if run.status.finished:
             return "taken over (marked finished elsewhere)", None
-        saved, fields = k.saved(self.run_dir)
+        saved, fields = p.saved(self.run_dir)
         if fields:
             s.execute(update(k.table).where(k.table.id == self.id).values(**fields))
             s.commit()
@@ -329,12 +357,12 @@ class RunRecord:
             if self.on_failed is not None:
                 self.on_failed(s, run)
             return "failed (worker shut down)", f"{name} failed: {reason}"
-        done = k.success(self.run_dir) if end.rc == 0 else None
+        done = p.success(self.run_dir) if end.rc == 0 else None
         if done is not None:
             transition(s, k, self.id, S.succeeded, exit_code=0, **done)
-            return "succeeded", f"{name} succeeded: {k.result_note}"
-        head = f"{k.program} exited with code {end.rc}" if end.rc else f"{k.program} exited without writing {k.result}"
-        reason = failure.describe(head + saved, failure.read_log(self.run_dir / k.log_file), end.tail)
+            return "succeeded", f"{name} succeeded: {p.result_note}"
+        head = f"{p.name} exited with code {end.rc}" if end.rc else f"{p.name} exited without writing {p.result}"
+        reason = failure.describe(head + saved, failure.read_log(self.run_dir / p.log_file), end.tail)
         transition(s, k, self.id, S.failed, exit_code=end.rc, failure_reason=reason)
         return "failed", f"{name} failed: {reason.splitlines()[0]}"
 
@@ -344,11 +372,12 @@ def recover_output(session: Session, kind: RunKind, run: Run) -> int:
     """Store what a dead worker left unread in the run folder: the log and rows from the
     offsets it stored with its last batch (no gap, no duplicate), with the supervisor's own
     code. Returns the lines stored."""
-    if not run.run_dir:
+    p = kind.program
+    if p is None or not run.run_dir:
         return 0
     folder = Path(run.run_dir)
-    logs = LogTail(folder / kind.log_file, run.log_offset)
-    rows = MetricsTail(folder / kind.rows_file, getattr(run, kind.rows_offset))
+    logs = LogTail(folder / p.log_file, run.log_offset)
+    rows = MetricsTail(folder / p.rows_file, getattr(run, p.rows_offset))
     try:
         lines, found = logs.read(final=True), rows.read()
     except (OSError, ValueError) as e:  # unreadable from here (another node's disk): say so
@@ -373,13 +402,13 @@ def recover_lost(session: Session, kind: RunKind, timeout_s: float, on_failed: O
     for run in stale(session, kind, timeout_s):
         if on_cluster(run):
             continue  # it runs on without its worker: a worker of the cluster backend adopts it
-        was = run.status
+        was, p = run.status, kind.program
         reason = (f"worker {run.worker} stopped sending heartbeats (last at {run.heartbeat_at:%Y-%m-%d %H:%M:%S} "
                   "UTC): it was killed or its node went down")
-        done = kind.success(Path(run.run_dir)) if was == S.running and run.run_dir else None
+        done = p.success(Path(run.run_dir)) if p is not None and was == S.running and run.run_dir else None
         if done is not None:  # the program finished before the worker was lost: nothing to redo
-            target, line, fields = S.succeeded, f"{reason}, after the {kind.program} had finished; " \
-                f"{kind.result_note}", done
+            target, line, fields = S.succeeded, f"{reason}, after the {p.name} had finished; " \
+                f"{p.result_note}", done
         else:
             target, line, fields = S.cancelled if was == S.stopping else S.failed, reason, {"failure_reason": reason}
         try:
@@ -521,15 +550,19 @@ def _eval_success(run: Path) -> dict[str, Any] | None:
     return {"summary": json.loads(results.read_text())["models"]} if results.exists() else None
 
 
-JOB = RunKind(
-    name="job", table=Job, logs=JobLog, fk="job_id", folder="runs", log_file="training_log.txt",
-    rows_file="metrics.jsonl", rows_offset="metrics_offset", program="trainer", result="the final model",
-    result_note="the final model is in final/", add_rows=add_metrics, stored_rows=lambda rows: len(step_rows(rows)),
-    next_row=_next_metric, progress=_job_progress, success=_job_success, saved=_job_saved)
-EVALUATION = RunKind(
-    name="evaluation", table=Evaluation, logs=EvaluationLog, fk="evaluation_id", folder="evaluations",
-    log_file="evaluation_log.txt", rows_file="outputs.jsonl", rows_offset="outputs_offset", program="evaluation",
-    result="results.json", result_note="the results are in results.json", add_rows=add_samples,
+JOB = RunKind(name="job", table=Job, fk="job_id", logs=JobLog, program=Program(
+    folder="runs", log_file="training_log.txt", rows_file="metrics.jsonl", rows_offset="metrics_offset",
+    name="trainer", result="the final model", result_note="the final model is in final/", add_rows=add_metrics,
+    stored_rows=lambda rows: len(step_rows(rows)), next_row=_next_metric, progress=_job_progress,
+    success=_job_success, saved=_job_saved))
+EVALUATION = RunKind(name="evaluation", table=Evaluation, fk="evaluation_id", logs=EvaluationLog, program=Program(
+    folder="evaluations", log_file="evaluation_log.txt", rows_file="outputs.jsonl", rows_offset="outputs_offset",
+    name="evaluation", result="results.json", result_note="the results are in results.json", add_rows=add_samples,
     stored_rows=lambda rows: len(_samples(rows)), next_row=sample_count, progress=_eval_progress,
-    success=_eval_success)
+    success=_eval_success))
+# converted in the worker's import runner (worker/model_imports.py), on no GPU: no program, no log
+MODEL_IMPORT = RunKind(name="import", table=ModelImport, fk="import_id", noun="model import")
+# the kinds a worker's scheduler claims with GPU leases and supervises (worker/scheduler.py)
 KINDS: dict[str, RunKind] = {k.name: k for k in (JOB, EVALUATION)}
+# every kind of run, for what all share (the reaper's folders, the recovery sweep)
+ALL_KINDS: dict[str, RunKind] = {k.name: k for k in (JOB, EVALUATION, MODEL_IMPORT)}

@@ -114,14 +114,15 @@ def test_a_cpu_job_and_an_evaluation_take_slots_of_their_own(api):
 
 def test_the_reaper_finds_every_kind_by_the_folder_its_descriptor_names(api, monkeypatch):
     """The reaper keeps no folder-to-table map of its own (it had one, which a new kind of run
-    would have missed): a kind registered in runs.KINDS is found by its run folder and reaped
+    would have missed): a kind registered in runs.ALL_KINDS is found by its run folder and reaped
     once its row is finished."""
     import dataclasses
 
     from worker import processes, reaper
 
-    other = dataclasses.replace(runs.EVALUATION, name="other", folder="others")
-    monkeypatch.setitem(runs.KINDS, "other", other)
+    other = dataclasses.replace(runs.EVALUATION, name="other",
+                                program=dataclasses.replace(runs.EVALUATION.program, folder="others"))
+    monkeypatch.setitem(runs.ALL_KINDS, "other", other)
     ev_id = queued_evaluation(api)
     data = get_settings().data_path.resolve()
     proc = processes.Proc(pid=4242, ppid=1, pgid=4242, argv=("python", "--spec", str(data / "others" / str(ev_id)

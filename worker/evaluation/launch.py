@@ -26,7 +26,7 @@ from worker.supervision import RunControl, Supervision
 
 S = JobStatus
 EVAL_MODULE = "worker.evaluation.run"
-LOG_NAME = EVALUATION.log_file
+LOG_NAME = EVALUATION.program.log_file
 
 
 def prepare_run(evaluation_id: int, run_dir: Path, gpu_ids: list[int] | None = None) -> Launch:

@@ -29,7 +29,7 @@ from worker.supervision import RunControl, Supervision
 
 S = JobStatus
 TRAIN_MODULE = "worker.training.train"
-LOG_NAME = JOB.log_file
+LOG_NAME = JOB.program.log_file
 __all__ = ["RunControl", "prepare_run", "run_claimed", "supervise"]
 
 

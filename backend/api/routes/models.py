@@ -97,9 +97,15 @@ async def import_model(body: ImportRequest, request: Request, session: SessionDe
             if state["status"] in imports_svc.FINISHED:
                 detail = state["error"] or state["message"] or state["status"]
                 return JSONResponse({"detail": detail, "errors": [], "import": jsonable_encoder(state)},
-                                    status_code=state.get("error_status") or 409)
+                                    status_code=_failure_status(state))
             await listener.wait(1.0 if listener.active else settings.stream_poll_seconds)
     return None
+
+
+def _failure_status(state: dict) -> int:
+    """What the import's end means over HTTP: its error's own status; a failure without one (its
+    worker was lost) is the server's; a cancel is a conflict with the request."""
+    return state.get("error_status") or (500 if state["status"] == "failed" else 409)
 
 
 def _import_state(import_id: int) -> dict:
