@@ -14,6 +14,15 @@
 # by pip over the index (--find-links); TORCH_SPEC picks the build. For GPU workers, PyPI's default
 # Linux torch is the CUDA one; another CUDA release: TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128.
 ARG BASE_IMAGE=python:3.11-slim
+
+# The dependency list alone, read from pyproject.toml in a stage of its own: the final image copies
+# only this file, so a change to pyproject.toml that leaves [project].dependencies as they are (the
+# version, the test extras, pytest settings) keeps the dependency layer cached.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib; print('\n'.join(sorted(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies'])))" \
+        > /tmp/requirements.txt
+
 FROM ${BASE_IMAGE}
 
 ARG TORCH_SPEC="torch>=2.4,<2.15"
@@ -30,22 +39,21 @@ RUN apt-get update \
     && python3 -m venv /opt/venv
 
 # Layers from the least to the most often changed: torch, then the dependencies named in
-# pyproject.toml, then the code (a code change rebuilds only the last, small layers).
+# pyproject.toml (only a change to that list rebuilds them), then the code (a code change rebuilds
+# only the last, small layers).
 COPY deploy/wheels/ /tmp/wheels/
 RUN pip install --find-links /tmp/wheels ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "${TORCH_SPEC}" \
     && rm -rf /tmp/wheels
 WORKDIR /app
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
+RUN pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 # With a CPU torch, jobs train on CPUs, where DeepSpeed's collectives use its shared-memory op:
 # built here once, not at every container's first job.
 ENV TORCH_EXTENSIONS_DIR=/opt/torch_extensions
 RUN if python -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then \
         python -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"; \
     fi
-COPY README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini ./
 COPY alembic ./alembic
 COPY backend ./backend
 COPY worker ./worker
