@@ -265,9 +265,33 @@ def bad_zip(path: Path) -> Path:
     return path
 
 
+# What of a labelled box (upload, image) is not seen whole: an icon or a text under the box's
+# floating label, or past the box's edge (Gradio cuts it off). Leaves only: the box's own wrappers
+# lie under its label by design.
+HIDDEN_PARTS = """(id) => {
+  const box = document.getElementById(id).getBoundingClientRect();
+  const label = document.querySelector('#' + id + ' [data-testid=block-label]').getBoundingClientRect();
+  const hidden = [];
+  for (const e of document.querySelectorAll('#' + id + ' *')) {
+    if (e.closest('[data-testid=block-label]') || !(e.tagName === 'svg' || (!e.children.length && e.innerText && e.innerText.trim()))) continue;
+    const r = e.getBoundingClientRect();
+    if (!r.width || !r.height || getComputedStyle(e).visibility === 'hidden') continue;
+    const under = r.top < label.bottom && r.bottom > label.top && r.left < label.right && r.right > label.left;
+    if (under || r.bottom > box.bottom + 1 || r.right > box.right + 1) hidden.push((e.innerText || e.tagName).trim());
+  }
+  return hidden; }"""
+
+
 def test_bad_dataset_shows_errors_with_line_numbers(studio, page, screenshot, tmp_path: Path):
     page.goto(studio.url)
     page.locator("#vl-health", has_text="API connected").wait_for()
+    # labels not clipped, nothing under them (issue 25): the upload boxes here, the image on the Playground
+    for box in ("vl-upload", "vl-ds-val-file"):
+        assert page.evaluate(HIDDEN_PARTS, box) == [], box
+    open_tab(page, "Playground")
+    page.locator("#vl-chat-image").wait_for()
+    assert page.evaluate(HIDDEN_PARTS, "vl-chat-image") == []
+    open_tab(page, "Datasets")
     upload(page, bad_zip(tmp_path / "broken.zip"))
     result = page.locator("#vl-ds-result")
     result.locator(".vl-notice-error").wait_for(timeout=120_000)

@@ -45,7 +45,7 @@ def build(sessions: Sessions) -> DatasetsPage:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             files = gr.File(label="Drop a .zip, or images together with one .jsonl", file_count="multiple",
-                            file_types=[".zip", ".jsonl", "image"], elem_id="vl-upload", height=150)
+                            file_types=[".zip", ".jsonl", "image"], elem_id="vl-upload", height=200)
         with gr.Column(scale=2, min_width=260):
             name = gr.Textbox(label="Name", placeholder="defaults to the file name", elem_id="vl-ds-name")
             check_model = gr.Dropdown(label="Also check token lengths with", choices=[("don't check tokens", 0)],
@@ -61,10 +61,11 @@ def build(sessions: Sessions) -> DatasetsPage:
     with gr.Accordion("Validation split, sequence length, bad lines", open=True, elem_id="vl-ds-options"):
         with gr.Row(equal_height=False):
             val_fraction = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Hold out for validation",
-                                     info="the share of samples the Evaluate page and the eval loss use (seeded)",
+                                     info="the share of samples the Evaluate page and the eval loss use (seeded); or a "
+                                          "validation .jsonl beside, its images in the same folder",
                                      elem_id="vl-ds-val-fraction")
-            val_file = gr.File(label="…or a validation .jsonl (same image folder)", file_types=[".jsonl"],
-                               elem_id="vl-ds-val-file", height=90)
+            val_file = gr.File(label="…or a validation .jsonl", file_types=[".jsonl"],
+                               elem_id="vl-ds-val-file", height=180)
             # no minimum: an empty box (not filled from the preset yet) is sent as 0, "not set", and a
             # bound here would fail the upload event before it starts; the API bounds the value
             max_len = gr.Number(value=None, precision=0, label="Max sequence length",

@@ -22,10 +22,11 @@ from ui.widgets import ACTIVE, JOB_URL_JS, notice, section
 PLOTS = [("loss", "Loss (raw, smoothed, validation)"), ("learning_rate", "Learning rate"),
          ("grad_norm", "Gradient norm"), ("tokens_per_second", "Throughput (tokens/s)"),
          ("gpu_memory_gib", "GPU memory (GiB)"), ("mfu", "Model FLOPs utilisation"),
-         ("packing_efficiency", "Packing efficiency (real tokens / slots)"),
-         ("dataloader_wait_fraction", "Data-loader wait (fraction of the time)")]
+         ("packing_efficiency", "Packing efficiency"),
+         ("dataloader_wait_fraction", "Data-loader wait")]
 Y_TITLES = {"loss": "loss", "learning_rate": "lr", "grad_norm": "norm", "tokens_per_second": "tokens/s",
-            "gpu_memory_gib": "GiB", "mfu": "MFU", "packing_efficiency": "efficiency", "dataloader_wait_fraction": "wait"}
+            "gpu_memory_gib": "GiB", "mfu": "MFU", "packing_efficiency": "real tokens / slots",
+            "dataloader_wait_fraction": "share of the time"}  # the titles stay short: a plot's width clips them
 LOG_BATCH = 3000
 
 
