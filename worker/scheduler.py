@@ -152,7 +152,7 @@ class Scheduler:
             if self.db_failed_at is None or time.monotonic() - self.db_failed_at > timeout:
                 lost: list = jobs_svc.recover_lost_jobs(s, timeout, wake_workers)
                 lost += [f"evaluation {i}" for i in runs.recover_lost(s, runs.EVALUATION, timeout)]
-                lost += [f"chat {i}" for i in chat_svc.recover_stale(s, timeout)]
+                lost += [f"chat {i}" for i in chat_svc.recover_lost(s, timeout)]
                 lost += [f"model import {i}" for i in imports_svc.recover_lost(s, timeout)]
                 if lost:
                     log.warning("recovered runs whose worker went silent: %s", lost)

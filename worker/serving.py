@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from backend import live
 from backend.core.chat_prompt import context_length
 from backend.db.models import ChatRequest
+from backend.db.models import JobStatus as S
 from backend.db.session import session_scope
 from backend.services import chat as chat_svc
 from backend.services import scheduling
@@ -203,19 +204,19 @@ class ModelServer:
             gen = self._model(chats[0])
         except Exception as e:  # noqa: BLE001 - every chat of the group is told why
             for c in chats:
-                self._finish(c.id, "failed", error=f"cannot load the model {chats[0].model_path}: {e}")
+                self._finish(c.id, S.failed, error=f"cannot load the model {chats[0].model_path}: {e}")
             return
         ready, prompts = [], []
         for c in chats:
             try:
                 prompt = gen.prompt(c.conversation, [decode_image(c.image)] if c.image else [])
             except Exception as e:  # noqa: BLE001 - this chat alone cannot be answered
-                self._finish(c.id, "failed", error=f"cannot build the prompt: {e}")
+                self._finish(c.id, S.failed, error=f"cannot build the prompt: {e}")
                 continue
             context = context_length(gen.card.config)
             if context is not None and len(prompt.input_ids) + c.max_new_tokens > context:
                 # the API refuses such a chat (422); one queued otherwise is not generated either
-                self._finish(c.id, "failed", error=f"the prompt is {len(prompt.input_ids):,} tokens and "
+                self._finish(c.id, S.failed, error=f"the prompt is {len(prompt.input_ids):,} tokens and "
                              f"max_new_tokens {c.max_new_tokens:,}: over the model's context of {context:,} tokens")
                 continue
             prompts.append(prompt)
@@ -234,7 +235,7 @@ class ModelServer:
             pieces = {c.id: (seqs[i] + 1, p) for i, (c, p) in enumerate(zip(chats, st.take(), strict=True)) if p}
             with session_scope() as s:
                 chat_svc.append(s, pieces)
-                gone = {k for k, v in chat_svc.statuses(s, [c.id for c in chats]).items() if v in chat_svc.FINISHED}
+                gone = chat_svc.stopped(s, [c.id for c in chats])
             for i, c in enumerate(chats):
                 if c.id in pieces:
                     seqs[i] += len(pieces[c.id][1])
@@ -253,12 +254,12 @@ class ModelServer:
                                    stopping_criteria=_stopping(streamer))
         except Exception as e:  # noqa: BLE001 - reported to every chat of the batch
             for c in chats:
-                self._finish(c.id, "failed", error=f"generation failed: {e}")
+                self._finish(c.id, S.failed, error=f"generation failed: {e}")
             return
         for i, c in enumerate(chats):
-            self._finish(c.id, "done", reply=gen.decode(streamer.ids[i]), batch_size=len(chats))
+            self._finish(c.id, S.succeeded, reply=gen.decode(streamer.ids[i]), batch_size=len(chats))
 
-    def _finish(self, chat_id: int, status: str, **fields: Any) -> None:
+    def _finish(self, chat_id: int, status: S, **fields: Any) -> None:
         with session_scope() as s:
             chat_svc.finish(s, chat_id, status, **fields)
         live.publish(chat_id, "chat")

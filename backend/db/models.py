@@ -44,7 +44,7 @@ class JobStatus(str, enum.Enum):
 
 
 class RunColumns:
-    """The columns every kind of run has (training jobs, evaluations, model imports: :mod:`backend.services.runs`):
+    """The columns every kind of run has (jobs, evaluations, model imports, chats: :mod:`backend.services.runs`):
     owner, state, where it runs, the verdict, its times and the log bytes already stored."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -294,15 +294,14 @@ class EvaluationSample(Base):
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
-class ChatRequest(Base):
+class ChatRequest(RunColumns, Base):
     """One playground reply to generate (issue 13): the table is the queue of the workers' model
-    servers; the reply's pieces stream back as ``chat_tokens`` rows (the path logs take)."""
+    servers; the reply's pieces stream back as ``chat_tokens`` rows (the path logs take). A kind
+    of run (:data:`backend.services.runs.CHAT`, migration 0022): the lifecycle's states and
+    columns (``failure_reason`` is why it failed)."""
 
     __tablename__ = "chat_requests"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)  # queued running done failed cancelled
     model_path: Mapped[str] = mapped_column(Text)
     builtin: Mapped[bool] = mapped_column(default=False)  # the demo model: the server builds it if absent
     template: Mapped[str] = mapped_column(String(50))
@@ -311,13 +310,8 @@ class ChatRequest(Base):
     image: Mapped[str | None] = mapped_column(Text, default=None)  # base64, as sent
     max_new_tokens: Mapped[int] = mapped_column(Integer, default=256)
     temperature: Mapped[float] = mapped_column(Float, default=0.0)
-    worker: Mapped[str | None] = mapped_column(String(200), default=None)
     batch_size: Mapped[int | None] = mapped_column(Integer, default=None)  # chats generated together
     reply: Mapped[str | None] = mapped_column(Text, default=None)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ChatToken(Base):

@@ -1,11 +1,13 @@
-"""One lifecycle for every kind of run a worker does (training jobs, evaluations, model imports).
+"""One lifecycle for every kind of run a worker does (training jobs, evaluations, model imports,
+playground chats).
 
 A :class:`RunKind` names what differs between kinds: the tables (the run, its log lines) and,
 for a kind whose work is a program launched in a run folder (:class:`Program`: training,
 evaluation), the files of that folder, how the rows its program writes are stored, its progress
-fields and its success rule. A model import has no program: the worker converts it in a thread
-of its own (:mod:`worker.model_imports`), so it has no run folder and no log table, only its
-state, progress message and reason. Everything else is written once here and serves every kind:
+fields and its success rule. A model import and a chat have no program: the worker converts an
+import in a thread of its own (:mod:`worker.model_imports`) and generates a chat's reply in a
+batch of its model server (:mod:`worker.serving`), so they have no run folder and no log table,
+only their state, their output and their reason. Everything else is written once here and serves every kind:
 
 - the legal states and the one compare-and-set :func:`transition` (finishing releases the
   run's GPU leases in the same transaction), :func:`claim`, :func:`request_cancel`;
@@ -38,6 +40,7 @@ from backend.core.eval_spec import EvaluationSpec
 from backend.core.mixture import with_trained
 from backend.core.tails import LogTail, MetricsTail
 from backend.db.models import (
+    ChatRequest,
     Evaluation,
     EvaluationLog,
     EvaluationSample,
@@ -106,7 +109,7 @@ class RunKind:
     """What one kind of run is made of; the lifecycle is the same for all."""
 
     name: str  # "job", "evaluation", "import": the live channel, the scheduler's key
-    table: type[Job] | type[Evaluation] | type[ModelImport]
+    table: type[Job] | type[Evaluation] | type[ModelImport] | type[ChatRequest]
     fk: str  # the log rows' (and GPU leases') column naming the run
     logs: type[JobLog] | type[EvaluationLog] | None = None  # None: the reason is its only record
     program: Program | None = None  # None: not a program in a run folder (a model import)
@@ -121,7 +124,7 @@ class RunKind:
         return data / self.program.folder / str(run_id)
 
 
-Run = Job | Evaluation | ModelImport
+Run = Job | Evaluation | ModelImport | ChatRequest
 OnFailed = Callable[[Session, Any], object]  # after a failure that is not the program's own
 
 
@@ -562,7 +565,10 @@ EVALUATION = RunKind(name="evaluation", table=Evaluation, fk="evaluation_id", lo
     success=_eval_success))
 # converted in the worker's import runner (worker/model_imports.py), on no GPU: no program, no log
 MODEL_IMPORT = RunKind(name="import", table=ModelImport, fk="import_id", noun="model import")
+# a playground reply, generated in a batch of the worker's model server (worker/serving.py, which
+# holds the GPU lease for its loaded models): no program, no log; its pieces are chat_tokens rows
+CHAT = RunKind(name="chat", table=ChatRequest, fk="chat_id")
 # the kinds a worker's scheduler claims with GPU leases and supervises (worker/scheduler.py)
 KINDS: dict[str, RunKind] = {k.name: k for k in (JOB, EVALUATION)}
 # every kind of run, for what all share (the reaper's folders, the recovery sweep)
-ALL_KINDS: dict[str, RunKind] = {k.name: k for k in (JOB, EVALUATION, MODEL_IMPORT)}
+ALL_KINDS: dict[str, RunKind] = {k.name: k for k in (JOB, EVALUATION, MODEL_IMPORT, CHAT)}

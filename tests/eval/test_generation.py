@@ -252,7 +252,7 @@ def test_a_chat_over_the_models_limits_is_refused_and_the_server_answers_the_nex
             if chat.status in chat_svc.FINISHED:
                 break
         time.sleep(0.1)
-    assert chat.status == "failed" and "over the model's context of 8,192 tokens" in chat.error, chat.error
+    assert chat.status == "failed" and "over the model's context of 8,192 tokens" in chat.failure_reason, chat.failure_reason
     _, png, record = demo_samples(1, seed=21)[0]
     question = record["conversations"][0]["value"].removeprefix("<image>\n")
     r = api.post(url, json={"messages": [{"role": "user", "content": question}], "stream": False,

@@ -95,7 +95,7 @@ async def _pieces(chat_id: int, request: Request, poll: float) -> AsyncIterator[
                 after = seq
                 yield "token", {"text": text}
             if state["status"] in chat_svc.FINISHED and not pieces:
-                if state["status"] == "done":
+                if state["status"] == "succeeded":
                     yield "done", {"text": state["reply"] or ""}
                 else:
                     yield "error", {"detail": state["error"] or f"the chat was {state['status']}"}
