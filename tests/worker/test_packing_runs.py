@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training_runs import metrics, state_dict, straight_then_cut_and_resume, write_data
+from test_training_runs import metrics, repeated_lines, state_dict, straight_then_cut_and_resume, write_data
 
 # 8 samples (4 image, 4 text) pack into 3 packs of <= 900 tokens and 3 tiles: 2 steps per epoch of
 # 2 ranks x 1 pack, so 6 steps are 3 epochs (each with its own order of the packs)
@@ -32,6 +32,7 @@ def test_packed_run_reports_packing_and_speed(packed_runs):
     assert [r["step"] for r in rows] == list(range(1, 7)) and rows[0]["total_steps"] == 6
     assert "8 samples into 3 packs of <= 900 tokens and <= 3 tiles" in log and "2 steps per epoch" in log
     assert "grad checkpointing vision off / LLM off" in log and "TFLOP/s per device" in log
+    assert not repeated_lines(log)  # a deprecation warning came back at every collective call
     for r in rows:
         assert 0.5 < r["packing_efficiency"] <= 1 and r["packing_efficiency"] == pytest.approx(1 - r["padding_ratio"])
         assert 0 <= r["dataloader_wait_fraction"] < 1 and 0 < r["mfu"] < 1

@@ -92,6 +92,18 @@ def metrics(run_dir: Path) -> list[dict]:
     return [r for r in rows if r.get("kind") != "data"]
 
 
+def repeated_lines(log: str) -> list[str]:
+    """Lines the job log holds more than once: a warning that every rank prints, or one rank
+    repeating a warning at every step (blank lines, torchrun's banner of stars, progress bars,
+    which rank 0 draws for each save, and the indented source line under a warning, which two
+    warnings raised through one wrapper share, aside)."""
+    from collections import Counter
+
+    lines = [line for line in log.splitlines()
+             if line.strip("* ") and "it/s]" not in line and not line.startswith(" ")]
+    return [line for line, n in Counter(lines).items() if n > 1]
+
+
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
     from transformers import InternVLForConditionalGeneration
 
@@ -155,6 +167,7 @@ def test_training_log_states_the_setup(overfit):
     steps = [line for line in log.splitlines() if line.startswith("step 30/30 | loss ")]
     assert len(steps) == 1, steps  # one line per step
     assert "{'loss'" not in log and "{'train_runtime'" not in log  # no raw Trainer dict beside it
+    assert not repeated_lines(log)  # warnings and progress bars once (rank 0), not once per rank
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ whole job, not rank 0's share of it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -203,6 +204,27 @@ def quiet_trainer(trainer) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+
+
+def quiet_deepspeed_replicas() -> None:
+    """DeepSpeed says that it loaded its shared-memory op with ``print`` (not its logger) on every
+    rank; rank 0's line is enough. The other ranks load it without that line."""
+    import contextlib
+    import importlib
+    import io
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        return
+    # the module itself: deepspeed.comm's attribute "torch" is torch
+    backend = importlib.import_module("deepspeed.comm.torch")
+
+    build = backend.build_shm_op
+
+    def quiet_build():  # noqa: ANN202
+        with contextlib.redirect_stdout(io.StringIO()):
+            return build()
+
+    backend.build_shm_op = quiet_build
 
 
 def compile_notice(zero_stage: int, offload: str, use_gpu: bool, optimizer: str = "adamw_torch") -> str | None:

@@ -46,6 +46,7 @@ from worker.training.callbacks import (
     SealCallback,
     StopCallback,
     compile_notice,
+    quiet_deepspeed_replicas,
     quiet_trainer,
 )
 from worker.training.data import Collator, SupervisedDataset
@@ -398,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         remove_unused_columns=False,  # gradient checkpointing: per part, in apply_speed_options
         report_to=["tensorboard"] if h.report_to == "tensorboard" else [],
         disable_tqdm=True, dataloader_num_workers=data_workers(h, use_gpu), save_only_model=False,
+        log_level_replica="error",  # the Trainer sets each rank's transformers verbosity: rank 0 warns, once
         ddp_backend=None if use_gpu else "gloo",
         eval_strategy="steps" if eval_dataset is not None else "no", eval_steps=h.eval_steps or None,
         per_device_eval_batch_size=h.per_device_batch_size, prediction_loss_only=True,
@@ -425,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop,
                    SealCallback(h.save_total_limit), OptimizerLog(log)])
     quiet_trainer(trainer)
+    if h.zero_stage:
+        quiet_deepspeed_replicas()
     notice = compile_notice(h.zero_stage, h.offload, use_gpu, h.optimizer)
     if notice:
         log(notice)
