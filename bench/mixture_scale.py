@@ -186,7 +186,8 @@ def phase_build(root: Path, tok_dir: Path, cache: Path) -> dict:
     ds = SupervisedDataset(root / "meta.json", tok, tpl, **settings(), cache_dir=cache,
                            progress=lambda m: print(m, file=sys.stderr, flush=True))
     build = {"cpu_s": cpu() - c0, "wall_s": time.perf_counter() - t0, "lines": sum(ds.lengths.values()),
-             "kept": len(ds), "tokenized": ds.tokenized}
+             "kept": len(ds), "tokenized": ds.tokenized,
+             "workers": max((r["workers"] or 1 for r in ds.index_report), default=1)}
     del ds
     before = rss_mb()
     c0, t0 = cpu(), time.perf_counter()
@@ -396,7 +397,8 @@ def main() -> None:
               f"dicts: {ref['dict_mb']:,.0f} MB ({ref['dict_mb'] * 1024 / total:.2f} KB a line)")
         b = child("build", str(root), str(tok_dir), str(cache))
         bb, cc, mm = b["build"], b["cached"], b["memory"]
-        print(f"index build (first start, one process): {bb['cpu_s']:,.1f} CPU-s, {bb['wall_s']:,.1f} s wall, "
+        print(f"index build (first start, up to {bb['workers']} processes): {bb['cpu_s']:,.1f} CPU-s, "
+              f"{bb['wall_s']:,.1f} s wall, "
               f"{bb['lines'] / bb['cpu_s']:,.0f} lines/CPU-s ({bb['cpu_s'] / bb['lines'] * 1000:.2f} ms a line; "
               f"{bb['cpu_s'] / (ref['cpu_s_per_line'] * bb['lines']):.0%} of the reference's CPU), "
               f"{bb['kept']:,} samples kept")

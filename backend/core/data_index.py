@@ -29,11 +29,13 @@ Pure Python + numpy + PIL; the tokenizer is duck-typed as in :mod:`backend.core.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,6 +57,10 @@ DROP_REASONS = ("truncated_image", "empty_labels", "invalid", "unreadable_image"
 CACHE_ENV = "VLSTUDIO_INDEX_CACHE"
 #: records tokenized per batched tokenizer call (a cancel is seen between two batches)
 BATCH = 256
+#: rows a build worker process indexes at a time (a file of fewer than two is built in-process)
+PIECE = 4096
+#: processes that build an index (default: the CPUs this process may use)
+WORKERS_ENV = "VLSTUDIO_INDEX_WORKERS"
 #: drops whose reason is kept in index.json (the job log shows the first ten)
 EXAMPLES = 10
 #: seconds between two progress lines
@@ -390,94 +396,246 @@ class _ImageSizes:
         return hit
 
 
-def _build(annotation: Path, root: Path, lines: FileLines, tokenizer: Any, template: Template,
-           settings: IndexSettings, key: str, parts: dict, name: str, progress: Progress | None,
-           cancel: Callable[[], bool] | None) -> AnnotationIndex:
-    t0, c0 = time.perf_counter(), time.process_time()
-    offsets = np.ascontiguousarray(lines.rows, dtype=np.int64)
+@dataclass
+class _Part:
+    """The index of consecutive rows (a piece of the file): merged in file order."""
+
+    length: np.ndarray  # int32
+    reason: np.ndarray  # uint8
+    n_images: np.ndarray  # int64, images of each kept row
+    tiles: list[int]  # tiles of each image of the kept rows, in order
+    examples: list[dict]  # the piece's first drops
+    tokenized: int
+
+
+def _index_rows(f, offsets: np.ndarray, end: int, line_no: np.ndarray, first_row: int, tokenizer: Any,
+                template: Template, settings: IndexSettings, sizes: _ImageSizes) -> _Part:
+    """The index of the rows starting at ``offsets`` (the last one ends at byte ``end``) of the
+    open file ``f``; ``first_row`` is the first one's row in the file (for the drop examples)."""
     n = len(offsets)
-    line_no = np.flatnonzero(np.asarray(lines.nonblank)) + 1  # file line of each row, for messages
     length = np.zeros(n, dtype=np.int32)
     reason = np.zeros(n, dtype=np.uint8)
     n_images = np.zeros(n, dtype=np.int64)
     tiles_flat: list[int] = []
     examples: list[dict] = []
-    sizes = _ImageSizes(root)
     s = settings
-    last = t0
-    tokenized = 0
 
     def drop(row: int, code: str, rec: Any, why: str) -> None:
         reason[row] = 1 + DROP_REASONS.index(code)
         if len(examples) < EXAMPLES:
             has_id = isinstance(rec, dict) and "id" in rec
-            examples.append({"row": row, "line": int(line_no[row]), "id": rec.get("id") if has_id else None,
-                             "has_id": has_id, "why": why})
+            examples.append({"row": first_row + row, "line": int(line_no[row]), "has_id": has_id,
+                             "id": rec.get("id") if has_id else None, "why": why})
 
-    with open(annotation, "rb") as f:
-        for lo in range(0, n, BATCH):
-            if cancel is not None and cancel():
-                raise IndexCancelled(f"cancelled while indexing {name}")
-            hi = min(lo + BATCH, n)
-            f.seek(int(offsets[lo]))
-            end = int(offsets[hi]) if hi < n else lines.size
-            block = f.read(end - int(offsets[lo]))
-            base = int(offsets[lo])
-            todo: list[tuple[int, dict, list[int]]] = []
-            for row in range(lo, hi):
-                a = int(offsets[row]) - base
-                b = int(offsets[row + 1]) - base if row + 1 < hi else len(block)
-                try:
-                    rec = json.loads(block[a:b])
-                except ValueError as e:  # not JSON, not UTF-8
-                    drop(row, "invalid", None, f"line {line_no[row]}: {type(e).__name__}: {e}")
-                    continue
-                if not isinstance(rec, dict):
-                    drop(row, "invalid", rec, f"line {line_no[row]}: a JSON {type(rec).__name__}, not an object")
-                    continue
-                try:
-                    paths = image_paths(rec)
-                    per_image = max_patches_per_image(s.max_dynamic_patch, len(paths))
-                    tiles = []
-                    for rel in paths:
-                        w, h = sizes.size(rel)
-                        tiles.append(plan_tiles(w, h, dynamic=s.dynamic_image_size, min_num=s.min_dynamic_patch,
-                                                max_num=per_image, use_thumbnail=s.use_thumbnail,
-                                                image_size=s.image_size).num_tiles)
-                except (OSError, ValueError, Image.DecompressionBombError) as e:
-                    drop(row, "unreadable_image", rec, f"{type(e).__name__}: {e}")
-                    continue
-                except (TypeError, AttributeError) as e:
-                    drop(row, "invalid", rec, f"{type(e).__name__}: {e}")
-                    continue
-                todo.append((row, rec, tiles))
-            counted = count_samples([(rec, tiles) for _, rec, tiles in todo], template, tokenizer,
-                                    s.tokens_per_tile, limit=s.max_seq_length)
-            tokenized += len(todo)
-            for (row, rec, tiles), c in zip(todo, counted, strict=True):
-                if isinstance(c, Exception):
-                    drop(row, "invalid", rec, f"{type(c).__name__}: {c}")
-                    continue
-                limit = s.max_seq_length
-                if any(e > limit for _, e in c.image_spans):
-                    drop(row, "truncated_image", rec, f"{c.total_tokens} tokens, max_seq_length {limit}")
-                elif c.trained_in_limit == 0:
-                    drop(row, "empty_labels", rec, f"{c.total_tokens} tokens, max_seq_length {limit}")
-                else:
-                    length[row] = min(c.total_tokens, limit)
-                    n_images[row] = len(tiles)
-                    tiles_flat += tiles
-            now = time.perf_counter()
-            if progress is not None and (now - last >= PROGRESS_EVERY or (hi == n and now - t0 >= PROGRESS_EVERY)):
-                last = now
-                rate = hi / max(now - t0, 1e-9)
-                progress(f"indexing {name}: {hi:,}/{n:,} lines, {rate:,.0f} lines/s, eta {(n - hi) / rate:,.0f} s")
-    img_ptr = np.concatenate(([0], np.cumsum(n_images))).astype(np.int64)
+    base = int(offsets[0]) if n else 0
+    f.seek(base)
+    block = f.read(end - base)
+    todo: list[tuple[int, dict, list[int]]] = []
+    for row in range(n):
+        a = int(offsets[row]) - base
+        b = int(offsets[row + 1]) - base if row + 1 < n else len(block)
+        try:
+            rec = json.loads(block[a:b])
+        except ValueError as e:  # not JSON, not UTF-8
+            drop(row, "invalid", None, f"line {line_no[row]}: {type(e).__name__}: {e}")
+            continue
+        if not isinstance(rec, dict):
+            drop(row, "invalid", rec, f"line {line_no[row]}: a JSON {type(rec).__name__}, not an object")
+            continue
+        try:
+            paths = image_paths(rec)
+            per_image = max_patches_per_image(s.max_dynamic_patch, len(paths))
+            tiles = []
+            for rel in paths:
+                w, h = sizes.size(rel)
+                tiles.append(plan_tiles(w, h, dynamic=s.dynamic_image_size, min_num=s.min_dynamic_patch,
+                                        max_num=per_image, use_thumbnail=s.use_thumbnail,
+                                        image_size=s.image_size).num_tiles)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            drop(row, "unreadable_image", rec, f"{type(e).__name__}: {e}")
+            continue
+        except (TypeError, AttributeError) as e:
+            drop(row, "invalid", rec, f"{type(e).__name__}: {e}")
+            continue
+        todo.append((row, rec, tiles))
+    counted = count_samples([(rec, tiles) for _, rec, tiles in todo], template, tokenizer,
+                            s.tokens_per_tile, limit=s.max_seq_length)
+    for (row, rec, tiles), c in zip(todo, counted, strict=True):
+        if isinstance(c, Exception):
+            drop(row, "invalid", rec, f"{type(c).__name__}: {c}")
+            continue
+        limit = s.max_seq_length
+        if any(e > limit for _, e in c.image_spans):
+            drop(row, "truncated_image", rec, f"{c.total_tokens} tokens, max_seq_length {limit}")
+        elif c.trained_in_limit == 0:
+            drop(row, "empty_labels", rec, f"{c.total_tokens} tokens, max_seq_length {limit}")
+        else:
+            length[row] = min(c.total_tokens, limit)
+            n_images[row] = len(tiles)
+            tiles_flat += tiles
+    return _Part(length, reason, n_images, tiles_flat, examples, len(todo))
+
+
+def build_workers() -> int:
+    """Processes that build an index: ``$VLSTUDIO_INDEX_WORKERS``, else every CPU this process
+    may run on (the other ranks and jobs that need the same index wait and build nothing)."""
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+#: the state of a build worker process (set by :func:`_init_worker`)
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(annotation: Path, root: Path, tokenizer: Any, template: Template, settings: IndexSettings) -> None:
+    # The parent stops its workers with SIGTERM (Pool.terminate); a trainer's own SIGTERM handler
+    # (inherited through fork) only sets a flag. A terminal's Ctrl-C is the parent's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):  # Linux: end with the parent, even on SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker; the pool is the parallelism
+    _WORKER.update(file=open(annotation, "rb"), tokenizer=tokenizer, template=template, settings=settings,  # noqa: SIM115
+                   sizes=_ImageSizes(root))
+
+
+def _index_piece(offsets: np.ndarray, end: int, line_no: np.ndarray, first_row: int) -> _Part:
+    """In a build worker: the piece's rows, :data:`BATCH` per tokenizer call."""
+    w = _WORKER
+    n = len(offsets)
+    return _merge([_index_rows(w["file"], offsets[lo:lo + BATCH], int(offsets[lo + BATCH]) if lo + BATCH < n else end,
+                               line_no[lo:lo + BATCH], first_row + lo, w["tokenizer"], w["template"], w["settings"],
+                               w["sizes"]) for lo in range(0, n, BATCH)])
+
+
+def _merge(parts: list[_Part]) -> _Part:
+    """Consecutive pieces as one (their drop examples: the first :data:`EXAMPLES`)."""
+    if not parts:
+        return _Part(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64), [], [], 0)
+    return _Part(np.concatenate([p.length for p in parts]), np.concatenate([p.reason for p in parts]),
+                 np.concatenate([p.n_images for p in parts]), [t for p in parts for t in p.tiles],
+                 [e for p in parts for e in p.examples][:EXAMPLES], sum(p.tokenized for p in parts))
+
+
+def _pool_context():
+    """fork (the workers inherit the tokenizer, nothing is imported again; a trainer's DataLoader
+    forks the same way) when this process runs no other thread, else spawn; None when this process
+    may not have children (a daemon, as Celery's prefork workers are)."""
+    import multiprocessing
+    import threading
+
+    if multiprocessing.current_process().daemon:
+        return None
+    return multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
+
+
+def _build(annotation: Path, root: Path, lines: FileLines, tokenizer: Any, template: Template,
+           settings: IndexSettings, key: str, parts: dict, name: str, progress: Progress | None,
+           cancel: Callable[[], bool] | None) -> AnnotationIndex:
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    offsets = np.ascontiguousarray(lines.rows, dtype=np.int64)
+    n = len(offsets)
+    line_no = np.flatnonzero(np.asarray(lines.nonblank)) + 1  # file line of each row, for messages
+    last = t0
+
+    def report(done: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if progress is not None and (now - last >= PROGRESS_EVERY or (done == n and now - t0 >= PROGRESS_EVERY)):
+            last = now
+            rate = done / max(now - t0, 1e-9)
+            eta = f"eta {(n - done) / rate:,.0f} s" if rate > 0 else "eta unknown yet"
+            progress(f"indexing {name}: {done:,}/{n:,} lines, {rate:,.0f} lines/s, {eta}")
+
+    def end_of(hi: int) -> int:
+        return int(offsets[hi]) if hi < n else lines.size
+
+    if cancel is not None and cancel():  # asked to stop while it waited for the lock
+        raise IndexCancelled(f"cancelled while indexing {name}")
+    workers = min(build_workers(), -(-n // PIECE))
+    ctx = _pool_context() if workers > 1 else None
+    pieces: list[_Part] = []
+    if ctx is None:
+        sizes = _ImageSizes(root)
+        with open(annotation, "rb") as f:
+            for lo in range(0, n, BATCH):
+                if cancel is not None and cancel():
+                    raise IndexCancelled(f"cancelled while indexing {name}")
+                hi = min(lo + BATCH, n)
+                pieces.append(_index_rows(f, offsets[lo:hi], end_of(hi), line_no[lo:hi], lo, tokenizer, template,
+                                          settings, sizes))
+                report(hi)
+    else:
+        pieces = _build_in_pool(ctx, workers, annotation, root, offsets, end_of, line_no, tokenizer, template,
+                                settings, name, cancel, report, progress)
+    whole = _merge(pieces)
+    length, reason = whole.length, whole.reason
+    tiles = np.asarray(whole.tiles, dtype=np.int16)
+    img_ptr = np.concatenate(([0], np.cumsum(whole.n_images))).astype(np.int64)
     meta = {"key": key, "parts": parts, "annotation": str(annotation), "rows": n,
             "kept": int((reason == 0).sum()),
             "dropped": {r: int((reason == k + 1).sum()) for k, r in enumerate(DROP_REASONS)},
-            "tokenized": tokenized, "examples": examples, "built": time.time(),
+            "tokenized": whole.tokenized, "workers": workers if ctx is not None else 1,
+            "examples": whole.examples, "built": time.time(),
             "build_seconds": round(time.perf_counter() - t0, 3),
-            "build_cpu_seconds": round(time.process_time() - c0, 3), "reused": False}
-    return AnnotationIndex(annotation, root, offsets, length, reason, img_ptr,
-                           np.asarray(tiles_flat, dtype=np.int16), meta)
+            "build_cpu_seconds": round(_cpu_seconds() - c0, 3), "reused": False}
+    return AnnotationIndex(annotation, root, offsets, length, reason, img_ptr, tiles, meta)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its ended children (a build's pool workers, once reaped)."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def _build_in_pool(ctx, workers: int, annotation: Path, root: Path, offsets: np.ndarray, end_of, line_no,
+                   tokenizer: Any, template: Template, settings: IndexSettings, name: str,
+                   cancel: Callable[[], bool] | None, report: Callable[[int], None],
+                   progress_start: Progress | None = None) -> list[_Part]:
+    """The pieces of :data:`PIECE` rows indexed by ``workers`` processes, in file order; the
+    caller's ``cancel`` is polled while they work (True: the workers are killed)."""
+    n = len(offsets)
+    los = list(range(0, n, PIECE))
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # no fork warning from tokenizers; each worker uses one core
+    try:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(annotation, root, tokenizer, template, settings))
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+    out: list[_Part | None] = [None] * len(los)
+    if progress_start is not None:
+        progress_start(f"indexing {name}: 0/{n:,} lines, {workers} processes")
+    try:
+        results = [pool.apply_async(_index_piece, (offsets[lo:lo + PIECE], end_of(min(lo + PIECE, n)),
+                                                   line_no[lo:lo + PIECE], lo)) for lo in los]
+        done = 0
+        pending = set(range(len(los)))
+        while pending:
+            if cancel is not None and cancel():
+                raise IndexCancelled(f"cancelled while indexing {name}")
+            for k in sorted(pending):
+                r = results[k]
+                if r.ready():
+                    out[k] = r.get()
+                    pending.discard(k)
+                    done += len(out[k].length)
+            report(done)
+            if pending:
+                results[min(pending)].wait(0.1)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return out  # type: ignore[return-value]

@@ -121,13 +121,20 @@ def reference_index(meta_path: Path, tokenizer, template, *, max_seq_length: int
     return {"samples": samples, "dropped": dropped, "examples": examples, "lengths": lengths}
 
 
-@pytest.mark.parametrize("template", ["internlm2-chat", "internvl2_5"])
-def test_compact_index_equals_the_in_memory_index(tmp_path, tokenizer, template):
+@pytest.mark.parametrize("template, workers", [("internlm2-chat", 1), ("internvl2_5", 1), ("internlm2-chat", 2)])
+def test_compact_index_equals_the_in_memory_index(tmp_path, tokenizer, template, workers, monkeypatch):
+    """In one process, and built by a pool of 2 worker processes over pieces of 3 lines (merged in
+    file order: the same arrays and the same first drops)."""
+    from backend.core import data_index
+
+    monkeypatch.setenv(data_index.WORKERS_ENV, str(workers))
+    monkeypatch.setattr(data_index, "PIECE", 3)
     meta = write_mixture(tmp_path / "data")
     tpl = get_template(template)
     ref = reference_index(meta, tokenizer, tpl, max_seq_length=1800, max_dynamic_patch=4)
     ds = SupervisedDataset(meta, tokenizer, tpl, max_seq_length=1800, max_dynamic_patch=4, seed=7,
                            cache_dir=tmp_path / "cache")
+    assert [r["workers"] for r in ds.index_report] == [workers, workers]
     assert set(ref["dropped"].values()) != {0} and len(ref["samples"]) > 5  # the mixture exercises it
     assert ds.lengths == ref["lengths"]
     assert [ds.record(k) for k in range(len(ds))] == [s["record"] for s in ref["samples"]]
@@ -354,6 +361,27 @@ def test_sigterm_while_indexing_stops_the_run_within_seconds(tmp_path, demo_mode
     """The worker's cancel (SIGTERM to the run's trainers) while rank 0 or 1 builds the index
     and the other waits for it: both stop between two batches, the run ends stopped at step 0 with
     a clean last line within 5 s, and no process of it is left."""
+    text = stop_run_in_phase(tmp_path, demo_model, 30_000, "indexing tiny:")
+    assert "phase: indexing tiny: " in text  # the Jobs page shows it as the run's phase
+    last = [x for x in text.splitlines() if x.strip()][-1]
+    assert last.startswith("stopped on request before training (cancelled while"), text[-3000:]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name not in ("files", "lines")
+                and not p.name.endswith(".lock")], "a partial index entry was left"
+
+
+def test_sigterm_while_the_model_loads_stops_the_run_within_seconds(tmp_path, demo_model):
+    """The same cancel once the data is ready, while the model loads (or the rendezvous and
+    DeepSpeed's init run): before, the trainers saw it only at the end of step 1."""
+    text = stop_run_in_phase(tmp_path, demo_model, 40, "phase: loading the model")
+    last = [x for x in text.splitlines() if x.strip()][-1]
+    assert last.startswith("stopped on request before training (cancelled during "), text[-3000:]
+    assert "step 1/" not in text, text[-3000:]
+
+
+def stop_run_in_phase(tmp_path: Path, demo_model: Path, lines: int, mark: str) -> str:
+    """A 2-rank torchrun of the trainer on ``lines`` lines, SIGTERM to its trainers (what the
+    worker's cancel does, worker.local) as soon as ``mark`` is in its log; checks that it ended
+    stopped at step 0 within 5 s, without a traceback and with no process left; its log."""
     import signal
     import time
 
@@ -364,10 +392,10 @@ def test_sigterm_while_indexing_stops_the_run_within_seconds(tmp_path, demo_mode
     data.mkdir()
     words = "a long answer about the chart and the values of its bars over the years".split()
     with open(data / "ann.jsonl", "w") as f:
-        for i in range(30_000):
+        for i in range(lines):
             f.write(json.dumps({"id": i, "conversations": conv(f"Question {i}?", " ".join(words * 12))}) + "\n")
     (data / "meta.json").write_text(json.dumps({"tiny": {"root": str(data), "annotation": str(data / "ann.jsonl"),
-                                                         "repeat_time": 1, "length": 30_000}}))
+                                                         "repeat_time": 1, "length": lines}}))
     run = tmp_path / "run"
     run.mkdir()
     TrainingSpec(job_id=1, model_path=str(demo_model), template="internlm2-chat", meta_path=str(data / "meta.json"),
@@ -381,11 +409,10 @@ def test_sigterm_while_indexing_stops_the_run_within_seconds(tmp_path, demo_mode
                                      "VLSTUDIO_INDEX_CACHE": str(tmp_path / "cache")})
     try:
         deadline = time.monotonic() + 300
-        while "indexing tiny:" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        while mark not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is None and "indexing tiny:" in log_path.read_text(), log_path.read_text()[-3000:]
+        assert proc.poll() is None and mark in log_path.read_text(), log_path.read_text()[-3000:]
         t0 = time.monotonic()
-        # what the worker's cancel does (worker.local): SIGTERM to the trainers, not their agent
         ranks = processes.trainers(processes.spec_processes(run / "spec.json"))
         assert len(ranks) == 2
         processes.send([p.pid for p in ranks], signal.SIGTERM)
@@ -396,12 +423,8 @@ def test_sigterm_while_indexing_stops_the_run_within_seconds(tmp_path, demo_mode
             os.killpg(proc.pid, signal.SIGKILL)
     text = log_path.read_text()
     assert proc.returncode == 0 and took < 5, (proc.returncode, took, text[-3000:])
-    assert "phase: indexing tiny: " in text  # the Jobs page shows it as the run's phase
     assert json.loads((run / "outcome.json").read_text())["outcome"] == "stopped"
-    last = [x for x in text.splitlines() if x.strip()][-1]
-    assert last.startswith("stopped on request before training (cancelled while"), text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     time.sleep(0.5)
     assert processes.spec_processes(run / "spec.json") == []
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name not in ("files", "lines")
-                and not p.name.endswith(".lock")], "a partial index entry was left"
+    return text

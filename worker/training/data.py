@@ -172,8 +172,8 @@ class SupervisedDataset(Dataset):
     def index_report(self) -> list[dict]:
         """Each dataset's index: its cache key and what the key is made of, reused or built."""
         return [{"dataset": s.name, **{k: s.index.meta.get(k) for k in (
-            "key", "parts", "rows", "kept", "reused", "build_seconds", "build_cpu_seconds", "waited_seconds",
-            "tokenized", "path")}} for s in self.sources]
+            "key", "parts", "rows", "kept", "reused", "build_seconds", "build_cpu_seconds", "workers",
+            "waited_seconds", "tokenized", "path")}} for s in self.sources]
 
     @property
     def tokenized(self) -> int:

@@ -23,8 +23,48 @@ import sys
 import time
 from pathlib import Path
 
+# SIGTERM is this program's cancel from its first moment: its imports take seconds on a busy
+# node, and a rank signalled before its handler is set dies with -15 (torchrun: "failed").
+STOP_REQUESTED = False
+#: stopped on request before training began (while the data index was built or waited for)
+STOPPED_EARLY = False
+#: between the data and the first step (model load, rendezvous, DeepSpeed init): SIGTERM raises
+#: :class:`StopNow` at once instead of waiting for a step's end (nothing to save yet)
+RAISE_ON_SIGTERM = False
+#: the run folder and the phase, for the last line of a run stopped before training
+RUN_DIR: Path | None = None
+PHASE = "starting"
+
+
+class StopNow(BaseException):
+    """SIGTERM before the first step: leave at once (a BaseException: no ``except Exception`` of
+    transformers or DeepSpeed swallows it)."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    # Cooperative cancel: finish the step, save a checkpoint, exit. The worker escalates to
+    # SIGKILL of the process group only after a grace period. Before training there is no step
+    # to finish: from the model load to the first step the handler raises instead.
+    global STOP_REQUESTED
+    STOP_REQUESTED = True
+    if RAISE_ON_SIGTERM:
+        raise StopNow()
+
+
+def raise_on_sigterm(on: bool) -> None:
+    """Switch SIGTERM between raising :class:`StopNow` (startup phases) and the step-end flag;
+    one that came before the switch to raising is acted on now."""
+    global RAISE_ON_SIGTERM
+    RAISE_ON_SIGTERM = on
+    if on and STOP_REQUESTED:
+        raise StopNow()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
 import torch
-from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from backend.core import run_outcome
 from backend.core.checkpoints import latest_complete
@@ -52,17 +92,6 @@ from worker.training.callbacks import (
 from worker.training.data import Collator, SupervisedDataset
 from worker.training.sampler import SeededSampler
 
-STOP_REQUESTED = False
-#: stopped on request before training began (while the data index was built or waited for)
-STOPPED_EARLY = False
-
-
-def _on_sigterm(signum, frame):  # noqa: ARG001
-    # Cooperative cancel: finish the step, save a checkpoint, exit. The worker escalates to
-    # SIGKILL of the process group only after a grace period.
-    global STOP_REQUESTED
-    STOP_REQUESTED = True
-
 
 def log(msg: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
@@ -72,6 +101,8 @@ def log(msg: str) -> None:
 def phase(what: str) -> None:
     """What the run is doing until its first step (the API shows the last one with its elapsed
     time: backend/services/job_compare.py ``phases``); the step lines take over from there."""
+    global PHASE
+    PHASE = what
     log(f"{PHASE_PREFIX}{what}")
 
 
@@ -304,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     spec, card = read_model_card(TrainingSpec.read(args.spec))
     h = spec.hyper
     out = output_folder(spec, args.output_dir, args.in_place or os.environ.get(WORKER_RUN_ENV) == "1")
+    global RUN_DIR
+    RUN_DIR = out
+    if STOP_REQUESTED:  # signalled while it started (imports, spec)
+        return stopped_before_training(out, "cancelled while starting")
     if out != Path(spec.output_dir) and args.output_dir is None:
         log(f"writing to {out}: {spec.output_dir} already holds the outputs of a run (pass --in-place to write "
             "there, --output-dir DIR to choose)")
@@ -368,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- model: load, freeze, LoRA
     phase("loading the model")
+    raise_on_sigterm(True)  # until the first step begins (TrainingBegins): nothing to save before it
     # fp32 master weights at every ZeRO stage: DeepSpeed's bf16 mode keeps them in its optimizer;
     # without DeepSpeed (zero_stage 0) the weights stay fp32 and the Trainer's autocast computes in bf16.
     model = modeling.load_model(spec.model_path, h, dtype if h.zero_stage else torch.float32, use_gpu)
@@ -425,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=tokenizer, sampler=sampler, stats=stats, one_row=attention in ONE_ROW,
         fused_ce=h.fused_cross_entropy, loss_reduction=h.loss_reduction, eval_collator=collator,
         callbacks=[MetricsCallback(out / "metrics.jsonl", stats, device, dropped, flops, peak), stop,
-                   SealCallback(h.save_total_limit), OptimizerLog(log)])
+                   SealCallback(h.save_total_limit), OptimizerLog(log), TrainingBegins()])
     quiet_trainer(trainer)
     if h.zero_stage:
         quiet_deepspeed_replicas()
@@ -471,6 +507,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class TrainingBegins(TrainerCallback):
+    """From the first step on, SIGTERM sets the step-end flag again (finish the step, save, stop)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        raise_on_sigterm(False)
+
+
+def stopped_during_startup(error: BaseException) -> int:
+    """The run was stopped (SIGTERM) between its data and its first step: :class:`StopNow`, or
+    the error another rank's exit caused in a collective this rank was in (its own SIGTERM comes
+    within a moment: the worker signals every rank at once). Anything else is re-raised."""
+    global RAISE_ON_SIGTERM
+    startup = RAISE_ON_SIGTERM
+    RAISE_ON_SIGTERM = False  # from here on a SIGTERM only sets the flag
+    if not isinstance(error, StopNow):
+        if not isinstance(error, Exception):  # SystemExit (a refusal), KeyboardInterrupt
+            raise error
+        deadline = time.monotonic() + 2.0
+        while startup and not STOP_REQUESTED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not (startup and STOP_REQUESTED) or RUN_DIR is None:
+            raise error
+    return stopped_before_training(RUN_DIR, f"cancelled during {PHASE}")
+
+
 def index_cache_dir() -> Path:
     """Where the compact data indexes are cached: the worker's ``DATA/index-cache`` for its jobs
     (``VLSTUDIO_INDEX_CACHE``), else the user's cache folder."""
@@ -495,7 +556,8 @@ def report_index(out: Path, dataset: SupervisedDataset, part: str) -> None:
     for r in dataset.index_report:
         how = (f"reused from the cache (waited {r['waited_seconds']:.1f} s for its build)" if r["reused"]
                and r["waited_seconds"] else "reused from the cache" if r["reused"]
-               else f"built in {r['build_seconds']:.1f} s ({r['build_cpu_seconds']:.1f} CPU-s)")
+               else f"built in {r['build_seconds']:.1f} s ({r['build_cpu_seconds']:.1f} CPU-s, {r['workers'] or 1} "
+               f"process{'es' if (r['workers'] or 1) > 1 else ''})")
         log(f"index {r['dataset']}: key {r['key'] or '(not cached)'}, {r['rows']:,} lines, {how}")
     if int(os.environ.get("RANK", "0")) == 0:
         path = out / "data_index.json"
@@ -651,7 +713,10 @@ def save_final(trainer: Trainer, spec: TrainingSpec, tokenizer, template, final:
 
 
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    except BaseException as e:  # noqa: BLE001 - re-raised unless the run was stopped before its first step
+        code = stopped_during_startup(e)
     if STOPPED_EARLY:
         # Stopped before training: everything is written (the log line, outcome.json). The
         # interpreter's own shutdown with torch, transformers and DeepSpeed loaded takes seconds
