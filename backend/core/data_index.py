@@ -58,7 +58,7 @@ CACHE_ENV = "VLSTUDIO_INDEX_CACHE"
 #: records tokenized per batched tokenizer call (a cancel is seen between two batches)
 BATCH = 256
 #: rows a build worker process indexes at a time (a file of fewer than two is built in-process)
-PIECE = 4096
+PIECE = 1024
 #: processes that build an index (default: the CPUs this process may use)
 WORKERS_ENV = "VLSTUDIO_INDEX_WORKERS"
 #: drops whose reason is kept in index.json (the job log shows the first ten)
@@ -546,7 +546,7 @@ def _build(annotation: Path, root: Path, lines: FileLines, tokenizer: Any, templ
     def report(done: int) -> None:
         nonlocal last
         now = time.perf_counter()
-        if progress is not None and (now - last >= PROGRESS_EVERY or (done == n and now - t0 >= PROGRESS_EVERY)):
+        if done and progress is not None and (now - last >= PROGRESS_EVERY or (done == n and now - t0 >= PROGRESS_EVERY)):
             last = now
             rate = done / max(now - t0, 1e-9)
             eta = f"eta {(n - done) / rate:,.0f} s" if rate > 0 else "eta unknown yet"
