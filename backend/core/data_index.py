@@ -555,8 +555,6 @@ def _build(annotation: Path, root: Path, lines: FileLines, tokenizer: Any, templ
     def end_of(hi: int) -> int:
         return int(offsets[hi]) if hi < n else lines.size
 
-    if cancel is not None and cancel():  # asked to stop while it waited for the lock
-        raise IndexCancelled(f"cancelled while indexing {name}")
     workers = min(build_workers(), -(-n // PIECE))
     ctx = _pool_context() if workers > 1 else None
     pieces: list[_Part] = []
@@ -571,6 +569,8 @@ def _build(annotation: Path, root: Path, lines: FileLines, tokenizer: Any, templ
                                           settings, sizes))
                 report(hi)
     else:
+        if cancel is not None and cancel():  # asked to stop while it waited for the lock: start no pool
+            raise IndexCancelled(f"cancelled while indexing {name}")
         pieces = _build_in_pool(ctx, workers, annotation, root, offsets, end_of, line_no, tokenizer, template,
                                 settings, name, cancel, report, progress)
     whole = _merge(pieces)
