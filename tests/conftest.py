@@ -112,6 +112,20 @@ class Studio:
                 time.sleep(1)
         raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}\n{self.worker_log()}")
 
+    def wait_job_running(self, job_id: int, timeout: float = 600) -> dict:
+        """The job once it runs and its run folder has its log (the worker reads it from then)."""
+        deadline = time.monotonic() + timeout
+        with self.api as c:
+            while time.monotonic() < deadline:
+                job = c.get(f"/jobs/{job_id}").json()
+                if job["status"] == "running" and job.get("run_dir") and \
+                        (Path(job["run_dir"]) / "training_log.txt").exists():
+                    return job
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(0.5)
+        raise AssertionError(f"job {job_id} is not running: {job}\n{self.worker_log()}")
+
     def worker_log(self) -> str:
         p = self.data_dir / "worker.log"
         return p.read_text()[-5000:] if p.exists() else ""

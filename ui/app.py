@@ -5,6 +5,8 @@ the API process (the embedded mode), ``launch`` as a service of their own (``vls
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 import gradio as gr
 from fastapi import FastAPI
 
@@ -24,19 +26,29 @@ CLEAR_COOKIE_JS = """() => { fetch('/api/auth/cookie', {method: 'DELETE', creden
   .catch(() => {}); return []; }"""
 
 
-# Deep links: the open tab and job live in the page's URL (?tab=jobs&job=12), so a reload or a
-# pasted link lands where the user was. Written in the browser (replaceState: ui/widgets.py), read
-# back by the page's load (``from_url``).
+# Deep links: the open tab, job and evaluation live in the page's URL
+# (?tab=evaluate&job=12&evaluation=3), one history entry per move (pushState: ui/widgets.py), so a
+# reload, a pasted link, Back and Forward land where the user was: the page applies its URL on
+# load (``from_url``) and on the browser's popstate (the hidden router's ``select``).
 TAB_IDS = ("datasets", "models", "jobs", "train", "compare", "evaluate", "playground")
+# popstate -> the router's select event with the URL's query string
+ROUTER_JS = "window.addEventListener('popstate', () => trigger('select', {index: 0, value: location.search}));"
+
+
+# Gradio selects the first tab as the page starts, before the page's own URL was applied: a
+# tab's select writes the URL only once it was (a pasted ?tab=jobs&job=3 would else gain a
+# ?tab=datasets entry in the history first).
+URL_APPLIED_JS = "() => { window.vlUrlApplied = true; return []; }"
 
 
 def tab_url_js(tab: str) -> str:
-    """The Jobs tab keeps its place in the URL; any other tab clears it: Gradio's file uploads
-    resolve their route against the page's current URL and fail under a query string (the
-    Datasets, Models and Playground uploads broke with ?tab=datasets)."""
-    if tab == "jobs":
-        return f"() => {{ const set = {SET_URL_JS}; set('tab', 'jobs'); return []; }}"
-    return f"() => {{ const set = {SET_URL_JS}; set('job', null); set('tab', null); return []; }}"
+    return (f"() => {{ if (window.vlUrlApplied) {{ const set = {SET_URL_JS}; set({{tab: '{tab}'}}); }} "
+            "return []; }")
+
+
+def url_id(params: dict, key: str) -> int | None:
+    value = str(params.get(key) or "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def appbar(health: dict | None, error: str = "", user: dict | None = None) -> str:
@@ -61,6 +73,7 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
             bar = gr.HTML(appbar(None, "(connecting…)"), elem_id="vl-appbar", scale=8)
             sign_out = gr.Button("Sign out", size="sm", visible=False, scale=0, min_width=90, elem_id="vl-signout")
         panel, user, password, go, login_msg = login.build_panel()
+        router = gr.HTML("", js_on_load=ROUTER_JS, elem_id="vl-router", padding=False)
         with gr.Column(visible=False, elem_id="vl-main") as main:
             with gr.Tabs(selected="datasets", elem_id="vl-tabs") as tabs:
                 with gr.Tab("Datasets", id="datasets", elem_id="vl-tab-datasets") as ds_tab:
@@ -102,25 +115,44 @@ def build_ui(api_url: str, browser_api_url: str | None = None) -> gr.Blocks:
 
         gated = [bar, panel, main, sign_out]
 
-        def from_url(request: gr.Request) -> dict:
-            """The tab and the job the page's URL names (a reload, a pasted link)."""
-            params = dict(request.query_params) if request is not None else {}
+        def apply_url(params: dict, request: gr.Request, moved: bool, open_now: int | None = None) -> dict:
+            """Where the URL says the user is: its tab, its job, its evaluation. ``moved``: the
+            URL changed under the page (Back, Forward), so what it lacks is closed too."""
             # never an empty dict: Gradio takes {} for ONE output value, fails the event and every
             # .then() after it (the pages' first refresh) on a page opened without a query string
             out: dict = {tabs: gr.update()}
             if params.get("tab") in TAB_IDS:
                 out[tabs] = gr.Tabs(selected=params["tab"])
-            job = params.get("job", "")
-            if job.isdigit() and int(job) > 0 and not login.check(sessions, request).needs_login:
-                out.update(jobs_page.open_job(request, int(job)))  # after a sign-in, when one is needed
+            elif moved:
+                out[tabs] = gr.Tabs(selected="datasets")
+            if login.check(sessions, request).needs_login:
+                return out  # after a sign-in, when one is needed
+            job, ev = url_id(params, "job"), url_id(params, "evaluation")
+            if job is not None and job != open_now:  # the job open already keeps its live view
+                out.update(jobs_page.open_job(request, job))
+            elif job is None and moved:
+                out.update(jobs_page.close_job(request))
+            if ev is not None or moved:
+                out[eval_page.picked] = eval_page.open_evaluation(request, ev)
             return out
 
+        def from_url(request: gr.Request) -> dict:
+            """A reload, a pasted link."""
+            return apply_url(dict(request.query_params) if request is not None else {}, request, False)
+
+        def on_popstate(st: dict, evt: gr.SelectData, request: gr.Request) -> dict:
+            """Back or Forward: the URL the browser went to (its query string)."""
+            return apply_url(dict(parse_qsl(str(evt.value or "").lstrip("?"))), request, True, st.get("job"))
+
+        url_outputs = [tabs, *jobs_page.outputs, eval_page.picked]
+
         def load_pages(event) -> None:  # noqa: ANN001
-            (event.then(from_url, None, [tabs, *jobs_page.outputs])
+            (event.then(from_url, None, url_outputs).then(None, None, None, js=URL_APPLIED_JS)
              .then(ds_page.refresh, ds_page.selected, ds_page.list_html)
              .then(ds_page.fill, None, ds_page.pickers)
              .then(models_refresh, None, models_html).then(train_page.refresh, None, train_page.pickers))
 
+        router.select(on_popstate, jobs_page.state, url_outputs)
         load_pages(demo.load(restore, token, gated))
         demo.load(None, token, None, js=SESSION_COOKIE_JS)
         signed_in = gr.on([go.click, password.submit], on_sign_in, [user, password], [token, login_msg, password])

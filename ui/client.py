@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from ui.events import EventFeed
+
 
 class ApiError(Exception):
     """An API call failed; ``str()`` is a message fit for the user, ``errors`` the details
@@ -201,6 +203,11 @@ class StudioClient:
     def compare_jobs(self, ids: list[int]) -> dict:
         """``{jobs, series, differing, evaluations}`` of 2 to 8 jobs (``GET /api/jobs/compare``)."""
         return self._call("GET", "/jobs/compare", params=[("ids", i) for i in ids])
+
+    def job_feed(self, job_id: int, cursor: str) -> EventFeed:
+        """The job's event stream from ``cursor`` (``LOGSEQ:METRICSEQ``) on, as this user."""
+        auth = {k: v for k, v in self.http.headers.items() if k.lower() == "authorization"}
+        return EventFeed(f"{self.base}/api/jobs/{job_id}/events", auth, cursor)
 
     def cancel(self, job_id: int) -> dict:
         return self._call("POST", f"/jobs/{job_id}/cancel")

@@ -136,11 +136,17 @@ def histogram(title: str, bins: Sequence[tuple[str, int]], unit: str, empty: str
     return f"<div class='vl-hist'><div class='vl-hist-title'>{esc(title)}</div><div class='vl-hist-cols'>{cols}</div></div>"
 
 
-# The page's URL carries where the user is (ui/app.py ``from_url`` reads it back on load).
-SET_URL_JS = """(key, value) => { const u = new URL(window.location.href);
-  if (value === null || value === undefined || value === '') { u.searchParams.delete(key); }
-  else { u.searchParams.set(key, String(value)); }
-  if (u.href !== window.location.href) { window.history.replaceState(null, '', u); } }"""
+# The page's URL carries where the user is: ``?tab=...`` and the open job and evaluation
+# (``&job=N``, ``&evaluation=N``). Each move is a new history entry (pushState), so Back and
+# Forward walk the user's own steps (ui/app.py applies the URL on load and on popstate); an
+# entry is pushed only when the URL really changes, so applying a URL never pushes it again.
+SET_URL_JS = """(changes) => { const u = new URL(window.location.href);
+  for (const [key, value] of Object.entries(changes)) {
+    if (value === null || value === undefined || value === '') { u.searchParams.delete(key); }
+    else { u.searchParams.set(key, String(value)); } }
+  if (u.href !== window.location.href) { window.history.pushState(null, '', u); } }"""
 #: after an event that opened a job (its input: the Jobs page's hidden job id)
-JOB_URL_JS = f"""(job) => {{ const set = {SET_URL_JS}; if (job) {{ set('tab', 'jobs'); set('job', job); }}
+JOB_URL_JS = f"""(job) => {{ const set = {SET_URL_JS}; if (job) {{ set({{tab: 'jobs', job: job}}); }}
   return []; }}"""
+#: after the Evaluate page's evaluation changed (its input: the evaluation picked)
+EVALUATION_URL_JS = f"""(ev) => {{ const set = {SET_URL_JS}; set({{evaluation: ev}}); return []; }}"""

@@ -9,7 +9,9 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from backend.core.demo_data import write_zip
@@ -333,19 +335,32 @@ def test_ui_runs_as_its_own_service(standalone_ui, page, screenshot):
     page.locator("#vl-ds-list tr[data-ds]", has_text="few").wait_for()
 
 
-def test_the_open_job_survives_a_reload(studio, page, screenshot, tmp_path: Path):
-    """Issue 25: nothing was in the URL, a reload lost the open job. The tab and the job are in
-    it (?tab=jobs&job=N): a reload, or the link pasted in a fresh page, lands on that job."""
+def test_the_page_follows_the_url_and_the_job_live(studio, page, screenshot, tmp_path: Path):
+    """Issue 25, in one browser session. The URL holds the tab, the open job and the open
+    evaluation (?tab=..&job=N&evaluation=M): a reload, a pasted link, Back and Forward land where
+    the user was. The open job follows the API's event stream: a line appended to the running
+    job's log reaches the page with no request of the page's after the job opened but the jobs
+    list's own refresh (a timer polling the job would show up as requests). An upload works
+    with a query string in the URL (Gradio resolves its upload route without it)."""
     with studio.api as api:
         r = api.post("/datasets/demo", params={"samples": 8})
         assert r.status_code in (200, 201), r.text
         ds = r.json()["id"]
         ids = []
-        for _ in range(2):
+        for steps in (100_000, 2):  # the first runs until cancelled, the second waits behind it
             r = api.post("/jobs", json={"dataset_id": ds, "model_id": 1, "preset": "demo",
-                                        "hyperparameters": {"max_steps": 2}})
+                                        "hyperparameters": {"max_steps": steps}})
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
+        r = api.post("/evaluations", json={"dataset_id": ds, "split": "train", "models": [{"model_id": 1}],
+                                           "metrics": ["exact_match"]})
+        assert r.status_code == 201, r.text
+        ev = r.json()["id"]
+    calls: list[int] = []  # the fn_index of every Gradio event the page sends
+    page.on("request", lambda req: calls.append(json.loads(req.post_data or "{}").get("fn_index"))
+            if req.method == "POST" and urlsplit(req.url).path.endswith("/queue/join") else None)
+    names = {d["id"]: d.get("api_name") for d in httpx.get(f"{studio.url}/config", timeout=30).json()["dependencies"]}
+    page.set_default_timeout(90_000)  # a page load stalls the browser for 20-30 s on a loaded 2-core machine
     page.goto(studio.url)
     page.locator("#vl-health", has_text="API connected").wait_for()
     open_tab(page, "Jobs")
@@ -353,13 +368,48 @@ def test_the_open_job_survives_a_reload(studio, page, screenshot, tmp_path: Path
     page.locator(f"#vl-jobs-list [data-job='{ids[0]}']").click()
     page.locator("#vl-job-header", has_text=f"Job #{ids[0]}").wait_for(timeout=60_000)
     page.wait_for_function(f"new URL(location.href).searchParams.get('job') === '{ids[0]}'")
+
+    # live: the running job's log file gets a line; the page shows it, pushed by the job's stream
+    log = Path(studio.wait_job_running(ids[0])["run_dir"]) / "training_log.txt"
+    page.locator("#vl-log .vl-line").first.wait_for(timeout=60_000)  # the follow handler runs
+    before = len(calls)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("appended by the test after the page opened\n")
+    page.locator("#vl-log .vl-line", has_text="appended by the test after the page opened").wait_for(timeout=60_000)
+    assert {names.get(i) for i in calls[before:]} <= {"jobs_list"}, [names.get(i) for i in calls[before:]]
+    with studio.api as api:  # the rest needs no running job (and a loaded browser draws less)
+        assert api.post(f"/jobs/{ids[0]}/cancel").status_code == 200
+    page.locator("#vl-job-header [data-status='cancelled']").wait_for(timeout=120_000)  # the stream's end
+
     page.reload()
     page.locator("#vl-job-header", has_text=f"Job #{ids[0]}").wait_for(timeout=60_000)
     assert page.get_by_role("tab", name="Jobs").get_attribute("aria-selected") == "true"
     screenshot(page, "deep-link-reload")
+    # Back and Forward: each tab and the open evaluation is a step in the history
+    open_tab(page, "Evaluate")
+    page.wait_for_function("new URL(location.href).searchParams.get('tab') === 'evaluate'")
+    page.goto(f"{studio.url.rstrip('/')}/?tab=evaluate&evaluation={ev}")  # a pasted link to an evaluation
+    page.locator("#vl-eval-summary", has_text=f"Evaluation #{ev}").wait_for(timeout=60_000)
+    open_tab(page, "Models")
+    page.wait_for_function("new URL(location.href).searchParams.get('tab') === 'models'")
+    page.go_back()
+    page.wait_for_function("new URL(location.href).searchParams.get('tab') === 'evaluate'")
+    page.wait_for_function("document.querySelector('#vl-tab-evaluate') && "
+                           "document.querySelector('#vl-tab-evaluate').offsetParent !== null")
+    assert page.get_by_role("tab", name="Evaluate").get_attribute("aria-selected") == "true"
+    page.locator("#vl-eval-summary", has_text=f"Evaluation #{ev}").wait_for(timeout=60_000)
+    page.go_forward()
+    page.wait_for_function("new URL(location.href).searchParams.get('tab') === 'models'")
+    page.wait_for_function("document.querySelector('[role=tab][aria-selected=true]').textContent.includes('Models')")
     page.goto(f"{studio.url.rstrip('/')}/?tab=jobs&job={ids[1]}")  # a pasted link to the other job
     page.locator("#vl-job-header", has_text=f"Job #{ids[1]}").wait_for(timeout=60_000)
-    open_tab(page, "Datasets")  # any other tab: a clean URL (uploads resolve their route against it)
-    page.wait_for_function("new URL(location.href).search === ''")
+    page.locator(f"#vl-jobs-list [data-job='{ids[0]}']").click()
+    page.locator("#vl-job-header", has_text=f"Job #{ids[0]}").wait_for(timeout=60_000)
+    page.go_back()  # the job opened before, in the same page
+    page.wait_for_function(f"new URL(location.href).searchParams.get('job') === '{ids[1]}'")
+    page.locator("#vl-job-header", has_text=f"Job #{ids[1]}").wait_for(timeout=60_000)
+    # an upload with a query string in the URL
+    open_tab(page, "Datasets")
+    page.wait_for_function("new URL(location.href).searchParams.get('tab') === 'datasets'")
     upload(page, write_zip(tmp_path / "shapes.zip", n=4))
     page.locator("#vl-ds-result", has_text="registered").wait_for(timeout=120_000)

@@ -213,3 +213,13 @@ def test_problems_notice_lists_every_field_and_line():
     html = problems_notice("Refused", "invalid job", [{"field": "learning_rate", "message": "<bad>"},
                                                       {"file": "a.jsonl", "line": 3, "message": "no image"}])
     assert "<b>learning_rate</b>: &lt;bad&gt;" in html and "a.jsonl line 3" in html
+
+
+def test_the_job_streams_events_parse_with_their_cursor():
+    """The Jobs page's reader of GET /api/jobs/{id}/events (ui/events.py): the id is the cursor
+    it reconnects from (Last-Event-ID); a bare retry hint is no event."""
+    from ui.events import Event, parse
+
+    got = parse(["id: 12:3", "event: log", 'data: {"seq": 12, "stream": "stdout", "line": "step 3/9"}'])
+    assert got == Event("log", "12:3", {"seq": 12, "stream": "stdout", "line": "step 3/9"})
+    assert parse(["retry: 1000"]) is None

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ui.client import ApiError
 from ui.session import Sessions
-from ui.widgets import badge, esc, notice, problems_notice, progress_bar, section, table
+from ui.widgets import EVALUATION_URL_JS, badge, esc, notice, problems_notice, progress_bar, section, table
 
 METRICS = ["exact_match", "vqa_accuracy", "anls", "relaxed_accuracy", "multiple_choice"]
 #: the data choice of a benchmark suite (the benchmarks are ticked apart)
@@ -194,6 +194,8 @@ def samples_table(res: dict, only_differences: bool = True) -> str:
 class EvaluatePage:
     load: object  # (request) -> pickers
     pickers: list  # dataset, models, evaluation
+    picked: gr.Dropdown  # the open evaluation (in the page's URL: ``&evaluation=N``)
+    open_evaluation: object  # (request, id or None) -> the picker's update (its change shows it)
 
 
 def _eval_choices(api) -> list[tuple[str, int]]:  # noqa: ANN001
@@ -287,9 +289,19 @@ def build_evaluate(sessions: Sessions) -> EvaluatePage:
     run.click(start, [dataset, split, models, metrics, benchmarks], [message, picked])
     refresh.click(load, None, [dataset, models, picked, benchmarks]).then(show, [picked, only_diff], shown)
     picked.change(show, [picked, only_diff], shown)
+    picked.change(None, picked, None, js=EVALUATION_URL_JS)  # the open evaluation in the URL
     only_diff.change(show, [picked, only_diff], shown)
     timer.tick(show, [picked, only_diff], shown)
-    return EvaluatePage(load, [dataset, models, picked, benchmarks])
+
+    def open_evaluation(request: gr.Request, ev_id: int | None) -> dict:
+        if ev_id is None:
+            return gr.update(value=None)
+        try:
+            return gr.update(choices=_eval_choices(sessions.api(request)), value=int(ev_id))
+        except ApiError:
+            return gr.skip()
+
+    return EvaluatePage(load, [dataset, models, picked, benchmarks], picked, open_evaluation)
 
 
 def error_html(title: str, e: ApiError) -> str:
