@@ -7,7 +7,8 @@ evaluation), the files of that folder, how the rows its program writes are store
 fields and its success rule. A model import and a chat have no program: the worker converts an
 import in a thread of its own (:mod:`worker.model_imports`) and generates a chat's reply in a
 batch of its model server (:mod:`worker.serving`), so they have no run folder and no log table,
-only their state, their output and their reason. Everything else is written once here and serves every kind:
+only their state, their output and their reason. Everything else is written once here and
+serves every kind:
 
 - the legal states and the one compare-and-set :func:`transition` (finishing releases the
   run's GPU leases in the same transaction), :func:`claim`, :func:`request_cancel`;
@@ -108,11 +109,11 @@ class Program:
 class RunKind:
     """What one kind of run is made of; the lifecycle is the same for all."""
 
-    name: str  # "job", "evaluation", "import": the live channel, the scheduler's key
+    name: str  # "job", "evaluation", "import", "chat": the live channel, the scheduler's key
     table: type[Job] | type[Evaluation] | type[ModelImport] | type[ChatRequest]
     fk: str  # the log rows' (and GPU leases') column naming the run
     logs: type[JobLog] | type[EvaluationLog] | None = None  # None: the reason is its only record
-    program: Program | None = None  # None: not a program in a run folder (a model import)
+    program: Program | None = None  # None: not a program in a run folder (a model import, a chat)
     noun: str = ""  # in messages, if not its name: "model import"
 
     @property
@@ -211,7 +212,7 @@ def append_logs(session: Session, kind: RunKind, run_id: int, first_seq: int, li
 
 
 def system_line(session: Session, kind: RunKind, run_id: int, lines: Sequence[str]) -> None:
-    """The studio's own lines in the run's log; a kind without a log table (a model import)
+    """The studio's own lines in the run's log; a kind without a log table (an import, a chat)
     has its reason as its only record, which the caller has stored with the transition."""
     if kind.logs is None:
         return
