@@ -404,8 +404,11 @@ def stop_run_in_phase(tmp_path: Path, demo_model: Path, lines: int, mark: str) -
     TrainingSpec(job_id=1, model_path=str(demo_model), template="internlm2-chat", meta_path=str(data / "meta.json"),
                  output_dir=str(run), hyper=Hyperparameters(nproc_per_node=2, max_steps=1)).write(run / "spec.json")
     log_path = run / "training_log.txt"
+    from backend.services.scheduling import free_port
+
+    # a real port: a rank that reaches the rendezvous must find it (with port 0 it retries for 30 min)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_port",
-           "0", "-m", "worker.training.train", "--spec", str(run / "spec.json")]
+           str(free_port(set())), "-m", "worker.training.train", "--spec", str(run / "spec.json")]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",

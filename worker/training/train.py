@@ -56,8 +56,49 @@ def raise_on_sigterm(on: bool) -> None:
     one that came before the switch to raising is acted on now."""
     global RAISE_ON_SIGTERM
     RAISE_ON_SIGTERM = on
+    if on:
+        _watch_startup_sigterm()
     if on and STOP_REQUESTED:
         raise StopNow()
+
+
+_WATCHING = False
+_WAKEUP_SOCKETS: list = []
+#: seconds the main thread has to act on a startup SIGTERM before the watchdog ends the rank
+STARTUP_STOP_GRACE = 2.0
+
+
+def _watch_startup_sigterm() -> None:
+    """A Python signal handler runs only when the main thread is back in Python; a rank blocked
+    in C++ (the rendezvous waiting for a rank that already stopped) never gets there. The C-level
+    handler writes each signal to a wakeup fd (``signal.set_wakeup_fd``); this thread reads it
+    and, if a SIGTERM came in a startup phase and the main thread has not ended the rank within
+    ``STARTUP_STOP_GRACE`` seconds, ends it the same way (last line, outcome, ``os._exit(0)``).
+    Started after the data (the index build forks only from a single-threaded process)."""
+    global _WATCHING
+    if _WATCHING or __name__ != "__main__":
+        return
+    import socket
+    import threading
+
+    r, w = socket.socketpair()
+    w.setblocking(False)
+    signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+    _WATCHING = True
+    _WAKEUP_SOCKETS.extend((r, w))  # kept open for the process's life
+
+    def watch() -> None:
+        while True:
+            got = r.recv(64)
+            if int(signal.SIGTERM) in got and RAISE_ON_SIGTERM:
+                time.sleep(STARTUP_STOP_GRACE)
+                if RAISE_ON_SIGTERM and RUN_DIR is not None and not STOPPED_EARLY:
+                    stopped_before_training(RUN_DIR, f"cancelled during {PHASE}")
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(0)
+
+    threading.Thread(target=watch, name="startup-sigterm", daemon=True).start()
 
 
 if __name__ == "__main__":
