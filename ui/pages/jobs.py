@@ -283,13 +283,17 @@ def _build(sessions: Sessions, request: gr.Request, st: dict, v: dict, job: dict
     # A plot is drawn anew on each update (Vega embeds it again): the page's costliest work. The
     # loss plot is redrawn at most every PLOT_EVERY_S, the others every OTHER_PLOTS_EVERY_S, so
     # a busy browser is not kept from the log lines and cards queued behind them.
+    # One of the other plots per update at most (the stalest first): seven redrawn together
+    # would stall the page for seconds at once.
     drawn = st.setdefault("drawn", {})  # plot -> (rows drawn, when)
     now, final = time.monotonic(), job["status"] not in ACTIVE
-    for k in plots:
+    others = 0
+    for k in sorted(plots, key=lambda k: (k != "loss", drawn.get(k, (-1, 0.0))[1])):
         rows, at = drawn.get(k, (-1, 0.0))
         every = PLOT_EVERY_S if k == "loss" else OTHER_PLOTS_EVERY_S
-        if not (reset or (len(metrics) > rows and (final or now - at >= every))):
+        if not (reset or (len(metrics) > rows and (final or (now - at >= every and not (k != "loss" and others))))):
             continue
+        others += k != "loss"
         drawn[k] = (len(metrics), now)
         frame = view.loss_frame(metrics) if k == "loss" else view.series_frame(metrics, k, k)
         # None, not an empty frame: a plot first given an empty frame draws no coloured lines later.
