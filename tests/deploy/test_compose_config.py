@@ -80,10 +80,20 @@ def test_compose_refuses_to_start_without_a_secret():
 
 
 def test_dockerfile_copies_existing_paths_and_runs_the_cli():
+    """Every COPY from the build context names a path of the checkout (and .dockerignore lets it
+    in); a COPY --from names a stage of this Dockerfile."""
     text = (REPO / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, flags=re.M))
+    ignore = (REPO / ".dockerignore").read_text().split()
     for src in re.findall(r"^COPY (.+) \S+$", text, flags=re.M):
-        for part in src.split():
+        parts = src.split()
+        if parts[0].startswith("--from="):
+            assert parts[0].removeprefix("--from=") in stages, f"Dockerfile copies from no stage: {src}"
+            continue
+        for part in parts:
             assert (REPO / part).exists(), f"Dockerfile copies missing path {part}"
+            assert "!" + part.rstrip("/") in ignore, f".dockerignore keeps {part} out of the build context"
+    assert stages == {"requirements"}, stages
     assert 'CMD ["vlstudio"' in text
 
 
