@@ -7,15 +7,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-from alembic import command
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from backend.core.clock import now
-from backend.db.migrate import alembic_config
 from backend.db.models import ChatRequest, JobStatus
-from backend.db.session import make_engine, session_scope
+from backend.db.session import session_scope
 from backend.services import chat
 from backend.settings import get_settings
 from worker import scheduler
@@ -24,16 +21,8 @@ OLD_WORDS = ["queued", "running", "done", "failed", "cancelled"]
 STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_the_migration_maps_the_chat_words_to_the_lifecycle_and_back(backend, request, tmp_path):
-    url = request.getfixturevalue("pg_database") if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
-    engine, cfg = make_engine(url), alembic_config()
-
-    def migrate(revision: str, down: bool = False) -> None:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, revision)
-
+def test_the_migration_maps_the_chat_words_to_the_lifecycle_and_back(migration_db):
+    engine, migrate = migration_db
     migrate("0021_import_lifecycle")
     at = now() - timedelta(minutes=5)
     with engine.begin() as conn:
@@ -58,7 +47,6 @@ def test_the_migration_maps_the_chat_words_to_the_lifecycle_and_back(backend, re
         assert conn.execute(text("SELECT count(*) FROM chat_tokens")).scalar() == len(OLD_WORDS)
     assert [r.status for r in rows] == ["cancelled", *OLD_WORDS[1:]]
     assert [r.error for r in rows] == [None, None, None, "bad", None]
-    engine.dispose()
 
 
 def submit() -> int:

@@ -9,15 +9,12 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
-from alembic import command
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from backend.core.clock import now
-from backend.db.migrate import alembic_config
 from backend.db.models import JobStatus, ModelImport
-from backend.db.session import make_engine, session_scope
+from backend.db.session import session_scope
 from backend.services import model_imports
 from backend.settings import get_settings
 from worker import scheduler
@@ -29,16 +26,8 @@ OLD_WORDS = ["queued", "running", "cancelling", "done", "failed", "cancelled"]
 STATES = ["queued", "running", "stopping", "succeeded", "failed", "cancelled"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_the_migration_maps_the_import_words_to_the_lifecycle_and_back(backend, request, tmp_path):
-    url = request.getfixturevalue("pg_database") if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
-    engine, cfg = make_engine(url), alembic_config()
-
-    def migrate(revision: str, down: bool = False) -> None:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, revision)
-
+def test_the_migration_maps_the_import_words_to_the_lifecycle_and_back(migration_db):
+    engine, migrate = migration_db
     migrate("0020_eval_suite")
     at = now() - timedelta(minutes=5)
     with engine.begin() as conn:
@@ -63,15 +52,6 @@ def test_the_migration_maps_the_import_words_to_the_lifecycle_and_back(backend, 
     assert [r.status for r in rows] == ["running", *OLD_WORDS[1:]]
     assert [r.error for r in rows] == [None] * 4 + ["bad", None]
     migrate("head")  # and up again
-    engine.dispose()
-
-
-@pytest.fixture
-def shared(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "shared"
-    root.mkdir()
-    monkeypatch.setenv("VLSTUDIO_DATA_ROOTS", str(root))
-    return root
 
 
 def queued_import(api, shared: Path, name: str) -> int:

@@ -24,14 +24,6 @@ def import_runner(shared, api):
     runner.stop()
 
 
-@pytest.fixture
-def shared(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "shared"
-    root.mkdir()
-    monkeypatch.setenv("VLSTUDIO_DATA_ROOTS", str(root))
-    return root
-
-
 def test_import_converts_and_registers(shared, api, tmp_path):
     write_original(shared / "Mini-InternVL-Chat-4B-V1-5", "phi3")
     r = api.post("/api/models/import", json={"path": str(shared / "Mini-InternVL-Chat-4B-V1-5")})

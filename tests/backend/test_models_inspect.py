@@ -19,14 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data" / "families"
 
 
-@pytest.fixture
-def shared(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "shared"
-    root.mkdir()
-    monkeypatch.setenv("VLSTUDIO_DATA_ROOTS", str(root))
-    return root
-
-
 @pytest.mark.parametrize("name, family, template", [
     ("internlm2", "internlm2", "internlm2-chat"), ("phi3", "phi3", "phi3-chat"), ("qwen2", "qwen2", "internvl2_5"),
     ("llama", "llama", "Hermes-2"), ("qwen3", "qwen3", "internvl2_5"), ("hf_qwen3", "qwen3", "tokenizer")])
